@@ -1,0 +1,160 @@
+"""The three roles of an attention backend, and the per-step metadata they share.
+
+A backend is chosen once at start-up (see `attention/selector.py`) and stays fixed for the run:
+- `AttentionBackend`: class-level description (name, KV-cache layout, what it supports).
+- `AttentionMetadataBuilder`: one per engine; turns `CommonAttentionMetadata` into the kernel's inputs.
+- `AttentionImpl`: one per layer; writes K/V through the slot mapping and attends.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+PAD_SLOT_ID = -1
+
+
+class CudaGraphSupport(enum.Enum):
+    """Which steps of a builder may be captured in a CUDA graph."""
+
+    NEVER = 0
+    DECODE_ONLY = 1
+    ALWAYS = 2
+
+
+@dataclass
+class CommonAttentionMetadata:
+    """What the runner knows about one step, for every backend.
+
+    Requests are laid out in the batch in order; request r owns query tokens
+    `query_start_loc[r]:query_start_loc[r+1]`. Tokens past `query_start_loc[-1]` (up to
+    `num_tokens`) are padding: their slot is `PAD_SLOT_ID` and their output is ignored.
+
+    Attributes:
+        num_reqs: number of requests in the batch.
+        num_tokens: number of query tokens in the (possibly padded) batch, T.
+        query_start_loc: [num_reqs + 1] int32 on the device; prefix sum of query lengths.
+        query_start_loc_cpu: the same on the CPU.
+        seq_lens: [num_reqs] int32 on the device; tokens in the cache after this step
+            (`num_computed_tokens + query_len`).
+        seq_lens_cpu: the same on the CPU.
+        max_query_len: largest query length in the batch.
+        max_seq_len: largest sequence length in the batch.
+        block_table: [num_reqs, max_blocks_per_req] int32 on the device; logical block i of
+            request r is physical block `block_table[r, i]` (the read map).
+        slot_mapping: [num_tokens] int64 on the device; `block_id * block_size + offset` of
+            each token's K/V, `PAD_SLOT_ID` for padding (the write map).
+        block_size: tokens per KV block.
+    """
+
+    num_reqs: int
+    num_tokens: int
+    query_start_loc: torch.Tensor
+    query_start_loc_cpu: torch.Tensor
+    seq_lens: torch.Tensor
+    seq_lens_cpu: torch.Tensor
+    max_query_len: int
+    max_seq_len: int
+    block_table: torch.Tensor
+    slot_mapping: torch.Tensor
+    block_size: int
+
+    @property
+    def is_decode_only(self) -> bool:
+        return self.max_query_len == 1
+
+
+class AttentionImpl:
+    """Runs attention for one layer. Must not sync with the host or allocate (graph-safe)."""
+
+    def __init__(self, num_heads: int, head_size: int, scale: float, num_kv_heads: int) -> None:
+        self.num_heads = num_heads
+        self.head_size = head_size
+        self.scale = scale
+        self.num_kv_heads = num_kv_heads
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        kv_cache: torch.Tensor,
+        metadata: Any,
+        output: torch.Tensor,
+    ) -> None:
+        """Write K/V of this step into `kv_cache`, then attend.
+
+        Args:
+            query: [T, num_heads, head_size].
+            key, value: [T, num_kv_heads, head_size].
+            kv_cache: the layer's cache, in the backend's layout (`get_kv_cache_shape`).
+            metadata: what this backend's builder returned for the step.
+            output: [T, num_heads, head_size], written in place (padding rows may hold anything).
+        """
+        raise NotImplementedError
+
+
+class AttentionMetadataBuilder:
+    """Turns `CommonAttentionMetadata` into this backend's metadata (one per engine)."""
+
+    cudagraph_support: ClassVar[CudaGraphSupport] = CudaGraphSupport.NEVER
+
+    def __init__(self, num_heads: int, num_kv_heads: int, head_size: int, block_size: int,
+                 max_num_seqs: int, max_model_len: int, device: torch.device) -> None:
+        self.num_heads = num_heads
+        self.num_kv_heads = num_kv_heads
+        self.head_size = head_size
+        self.block_size = block_size
+        self.max_num_seqs = max_num_seqs
+        self.max_model_len = max_model_len
+        self.device = device
+
+    def build(self, common: CommonAttentionMetadata) -> Any:
+        """Return the metadata the Impl reads this step (may be `common` itself)."""
+        return common
+
+
+class AttentionBackend:
+    """Class-level description of a backend; never instantiated."""
+
+    name: ClassVar[str] = ""
+    supported_dtypes: ClassVar[tuple[torch.dtype, ...]] = (torch.float16, torch.bfloat16, torch.float32)
+    supported_head_sizes: ClassVar[tuple[int, ...] | None] = None  # None: any
+    default_block_size: ClassVar[int] = 16
+
+    @staticmethod
+    def get_impl_cls() -> type[AttentionImpl]:
+        raise NotImplementedError
+
+    @staticmethod
+    def get_builder_cls() -> type[AttentionMetadataBuilder]:
+        return AttentionMetadataBuilder
+
+    @staticmethod
+    def get_kv_cache_shape(num_blocks: int, block_size: int, num_kv_heads: int,
+                           head_size: int) -> tuple[int, ...]:
+        """Default layout: [2 (K, V), num_blocks, block_size, num_kv_heads, head_size]."""
+        return (2, num_blocks, block_size, num_kv_heads, head_size)
+
+    @classmethod
+    def supports_block_size(cls, block_size: int) -> bool:
+        return block_size > 0
+
+    @classmethod
+    def validate(cls, device: torch.device, dtype: torch.dtype, head_size: int,
+                 block_size: int | None) -> list[str]:
+        """Reasons this backend cannot serve the set-up; empty when it can.
+
+        `block_size=None` means the user left it to the backend (its default is used).
+        """
+        reasons = []
+        if dtype not in cls.supported_dtypes:
+            names = ", ".join(str(d).removeprefix("torch.") for d in cls.supported_dtypes)
+            reasons.append(f"dtype {str(dtype).removeprefix('torch.')} is not supported (supported: {names})")
+        if cls.supported_head_sizes is not None and head_size not in cls.supported_head_sizes:
+            reasons.append(f"head size {head_size} is not supported (supported: {list(cls.supported_head_sizes)})")
+        if block_size is not None and not cls.supports_block_size(block_size):
+            reasons.append(f"block size {block_size} is not supported")
+        return reasons

@@ -1,0 +1,1 @@
+"""Attention backends; `attention/selector.py` holds the registry."""

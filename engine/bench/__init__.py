@@ -1,0 +1,1 @@
+"""Benchmarks shipped with the engine: `python -m engine.bench {attention,throughput,latency,serve}`."""

@@ -1,0 +1,112 @@
+"""EngineConfig (what the user asks for) and ModelConfig (what the checkpoint says); both frozen."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from engine.checks import check
+
+_DTYPES = {"float32": torch.float32, "float": torch.float32, "float16": torch.float16, "half": torch.float16,
+           "bfloat16": torch.bfloat16}
+LOAD_FORMATS = ("auto", "safetensors", "dummy")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Engine settings, validated at construction. Field names match vLLM's engine args.
+
+    dtype "auto" takes the checkpoint's dtype on CUDA (bfloat16 if it says float32) and float32 on
+    the CPU. block_size None takes what the chosen attention backend needs. num_kv_blocks None sizes
+    the cache from gpu_memory_utilization on CUDA, or from cpu_kv_cache_gib on the CPU.
+    """
+
+    model: str
+    tokenizer: str | None = None
+    dtype: str = "auto"
+    device: str = "auto"
+    block_size: int | None = None
+    max_model_len: int | None = None
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int | None = None
+    num_kv_blocks: int | None = None
+    gpu_memory_utilization: float = 0.9
+    cpu_kv_cache_gib: float = 1.0
+    enable_prefix_caching: bool = True
+    enable_chunked_prefill: bool = True
+    enforce_eager: bool = False
+    attention_backend: str | None = None
+    seed: int = 0
+    load_format: str = "auto"
+    max_queue_len: int | None = None
+    revision: str | None = None
+
+    def __post_init__(self) -> None:
+        check(bool(self.model), "model", self.model, "must name a preset, a local folder or a hub id")
+        check(self.dtype == "auto" or self.dtype in _DTYPES, "dtype", self.dtype,
+               f"must be 'auto' or one of {sorted(_DTYPES)}")
+        check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "device", self.device,
+               "must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
+        check(self.block_size is None or self.block_size > 0, "block_size", self.block_size, "must be positive")
+        check(self.max_model_len is None or self.max_model_len > 0, "max_model_len", self.max_model_len,
+               "must be positive")
+        check(self.max_num_seqs > 0, "max_num_seqs", self.max_num_seqs, "must be positive")
+        check(self.max_num_batched_tokens is None or self.max_num_batched_tokens > 0, "max_num_batched_tokens",
+               self.max_num_batched_tokens, "must be positive")
+        check(self.num_kv_blocks is None or self.num_kv_blocks > 0, "num_kv_blocks", self.num_kv_blocks,
+               "must be positive")
+        check(0 < self.gpu_memory_utilization <= 1, "gpu_memory_utilization", self.gpu_memory_utilization,
+               "must be in (0, 1]")
+        check(self.cpu_kv_cache_gib > 0, "cpu_kv_cache_gib", self.cpu_kv_cache_gib, "must be positive")
+        check(self.load_format in LOAD_FORMATS, "load_format", self.load_format, f"must be one of {LOAD_FORMATS}")
+        check(self.max_queue_len is None or self.max_queue_len > 0, "max_queue_len", self.max_queue_len,
+               "must be positive")
+
+    def torch_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+    def torch_dtype(self, checkpoint_dtype: torch.dtype | None, device: torch.device) -> torch.dtype:
+        if self.dtype != "auto":
+            return _DTYPES[self.dtype]
+        if device.type == "cpu":
+            return torch.float32
+        if checkpoint_dtype in (torch.float16, torch.bfloat16):
+            return checkpoint_dtype
+        return torch.bfloat16
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The architecture facts the engine needs, read from a Hugging Face config."""
+
+    architecture: str
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_size: int
+    vocab_size: int
+    max_position_embeddings: int
+    eos_token_ids: tuple[int, ...]
+    checkpoint_dtype: torch.dtype | None
+
+    @classmethod
+    def from_hf_config(cls, hf_config) -> "ModelConfig":
+        archs = getattr(hf_config, "architectures", None) or []
+        if not archs:
+            raise ValueError("config.json names no architecture ('architectures' is empty)")
+        num_heads = hf_config.num_attention_heads
+        head_size = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // num_heads
+        eos = getattr(hf_config, "eos_token_id", None)
+        eos_ids = tuple(eos) if isinstance(eos, (list, tuple)) else (() if eos is None else (eos,))
+        dtype = getattr(hf_config, "torch_dtype", None) or getattr(hf_config, "dtype", None)
+        if isinstance(dtype, str):
+            dtype = _DTYPES.get(dtype)
+        return cls(architecture=archs[0], num_layers=hf_config.num_hidden_layers, hidden_size=hf_config.hidden_size,
+                   num_heads=num_heads, num_kv_heads=getattr(hf_config, "num_key_value_heads", None) or num_heads,
+                   head_size=head_size, vocab_size=hf_config.vocab_size,
+                   max_position_embeddings=getattr(hf_config, "max_position_embeddings", 2048),
+                   eos_token_ids=eos_ids, checkpoint_dtype=dtype)
+

@@ -1,0 +1,65 @@
+"""SamplingParams: how one request picks tokens and when it stops; validated at construction."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from engine.checks import check
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Per-request sampling and stopping settings (the names and defaults vLLM users know).
+
+    temperature 0 means greedy; top_k 0 or -1 means no top-k; top_p 1 and min_p 0 disable those.
+    `stop` strings are matched on the decoded text and are not returned (unless
+    include_stop_str_in_output); `logprobs` asks for that many top alternatives per sampled token.
+    """
+
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    seed: int | None = None
+    max_tokens: int | None = 16
+    min_tokens: int = 0
+    stop: list[str] | None = None
+    stop_token_ids: list[int] | None = None
+    ignore_eos: bool = False
+    logprobs: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logit_bias: dict[int, float] | None = None
+    skip_special_tokens: bool = True
+    include_stop_str_in_output: bool = False
+    extra: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stop, str):
+            object.__setattr__(self, "stop", [self.stop])
+        check(self.n >= 1, "n", self.n, "must be at least 1")
+        check(self.temperature >= 0, "temperature", self.temperature, "must be >= 0")
+        check(0 < self.top_p <= 1, "top_p", self.top_p, "must be in (0, 1]")
+        check(self.top_k == -1 or self.top_k >= 0, "top_k", self.top_k, "must be -1, 0 (disabled) or a positive integer")
+        check(0 <= self.min_p <= 1, "min_p", self.min_p, "must be in [0, 1]")
+        check(self.max_tokens is None or self.max_tokens >= 1, "max_tokens", self.max_tokens, "must be at least 1")
+        check(self.min_tokens >= 0, "min_tokens", self.min_tokens, "must be >= 0")
+        if self.max_tokens is not None:
+            check(self.min_tokens <= self.max_tokens, "min_tokens", self.min_tokens,
+                   f"must be <= max_tokens ({self.max_tokens})")
+        check(self.logprobs is None or self.logprobs >= 0, "logprobs", self.logprobs, "must be >= 0")
+        check(-2 <= self.presence_penalty <= 2, "presence_penalty", self.presence_penalty, "must be in [-2, 2]")
+        check(-2 <= self.frequency_penalty <= 2, "frequency_penalty", self.frequency_penalty, "must be in [-2, 2]")
+        check(0 < self.repetition_penalty <= 2, "repetition_penalty", self.repetition_penalty, "must be in (0, 2]")
+        if self.stop is not None:
+            check(all(isinstance(s, str) and s for s in self.stop), "stop", self.stop, "must be non-empty strings")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    @property
+    def all_stop_token_ids(self) -> frozenset[int]:
+        return frozenset(self.stop_token_ids or ())
+
