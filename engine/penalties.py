@@ -1,0 +1,39 @@
+"""Logit processors applied before sampling: logit bias, the min_tokens mask, and penalties.
+
+Each takes logits `[N, V] float32` and the step's SamplingMetadata and returns logits of the same shape;
+the input tensor is never written (the first processor that runs makes the copy the rest write into).
+"""
+from __future__ import annotations
+
+import torch
+
+from engine.sampling_metadata import SamplingMetadata
+
+
+def apply_logit_processors(logits: torch.Tensor, meta: SamplingMetadata) -> torch.Tensor:
+    """Logit bias, then the min_tokens mask, then penalties; returns `logits` itself when none applies."""
+    if meta.no_logit_bias and meta.no_min_tokens and meta.no_penalties:
+        return logits
+    logits = logits.clone()
+    if not meta.no_logit_bias:
+        logits.index_put_((meta.logit_bias_rows, meta.logit_bias_token_ids), meta.logit_bias_values,
+                          accumulate=True)
+    if not meta.no_min_tokens:
+        logits[meta.min_tokens_rows, meta.min_tokens_token_ids] = float("-inf")
+    if not meta.no_penalties:
+        apply_penalties_(logits, meta)
+    return logits
+
+
+def apply_penalties_(logits: torch.Tensor, meta: SamplingMetadata) -> None:
+    """In place. Repetition (tokens seen in prompt or output: positive logits / r, negative * r),
+    then frequency (- f * count of the token in the output) and presence (- p if it occurred)."""
+    counts = meta.output_token_counts                                  # [N, V] float32
+    occurred = counts > 0
+    if meta.prompt_token_mask is not None:
+        rep = meta.repetition_penalty.unsqueeze(1)                     # [N, 1]
+        seen = occurred | meta.prompt_token_mask
+        scaled = torch.where(logits > 0, logits / rep, logits * rep)
+        torch.where(seen, scaled, logits, out=logits)
+    logits.sub_(counts * meta.frequency_penalty.unsqueeze(1))
+    logits.sub_(occurred.to(logits.dtype) * meta.presence_penalty.unsqueeze(1))

@@ -1,0 +1,126 @@
+"""Sampler: logits -> one token per row, batched on the device with no host sync.
+
+Order: logit bias, min_tokens mask, penalties (engine/penalties.py); logprobs are taken here, before
+temperature. Greedy rows take the argmax. Random rows: divide by temperature, top-k, top-p, min-p, then
+the exponential race: argmax(probs / E) with E ~ Exponential(1) i.i.d. per token, which draws a token with
+probability proportional to probs. Rows with a seed draw E from their own generator, reseeded every step
+from (seed, step), so their tokens do not depend on the rest of the batch or on preemption.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from engine.penalties import apply_logit_processors
+from engine.sampling_metadata import SamplingMetadata
+
+_MASK64 = (1 << 64) - 1
+
+
+@dataclass
+class SamplerOutput:
+    """sampled_token_ids `[N] int64` on the logits' device. When some row asked for logprobs
+    (K = max_num_logprobs): logprob_token_ids `[N, K+1] int64` (the sampled token first, then the top-K
+    tokens) and logprobs `[N, K+1] float32`: log-softmax of the logits after bias and penalties, before
+    temperature and filters. A row that asked for k < K uses the first k+1 columns."""
+
+    sampled_token_ids: torch.Tensor
+    logprob_token_ids: torch.Tensor | None = None
+    logprobs: torch.Tensor | None = None
+
+
+def seed_for_step(seed: int, step: int) -> int:
+    """A 63-bit generator seed from (request seed, output step): splitmix64, stable across processes."""
+    z = (seed * 0x9E3779B97F4A7C15 + step + 1) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return (z ^ (z >> 31)) & ((1 << 63) - 1)
+
+
+class Sampler:
+    """Stateless except for one reusable torch.Generator per device for seeded rows."""
+
+    def __init__(self) -> None:
+        self._generators: dict[torch.device, torch.Generator] = {}
+
+    def __call__(self, logits: torch.Tensor, meta: SamplingMetadata) -> SamplerOutput:
+        """logits `[N, V] float32` (not modified) -> SamplerOutput."""
+        if logits.dim() != 2 or logits.shape[0] != meta.num_reqs:
+            raise ValueError(f"logits must be [num_reqs={meta.num_reqs}, V], got {tuple(logits.shape)}")
+        logits = apply_logit_processors(logits, meta)
+        logprobs = None
+        if meta.max_num_logprobs is not None:
+            logprobs = torch.log_softmax(logits, dim=-1, dtype=torch.float32)
+        if meta.all_greedy:
+            sampled = logits.argmax(dim=-1)
+        else:
+            sampled = self._sample_random(logits, meta)
+            if meta.greedy_mask is not None:
+                sampled = torch.where(meta.greedy_mask, logits.argmax(dim=-1), sampled)
+        out = SamplerOutput(sampled_token_ids=sampled)
+        if logprobs is not None:
+            out.logprob_token_ids, out.logprobs = gather_logprobs(logprobs, sampled, meta.max_num_logprobs)
+        return out
+
+    def _sample_random(self, logits: torch.Tensor, meta: SamplingMetadata) -> torch.Tensor:
+        """Temperature, top-k, top-p, min-p, then the exponential race. Returns `[N] int64`."""
+        logits = logits / meta.temperature.unsqueeze(1)
+        if not meta.no_top_k_top_p:
+            logits = apply_top_k_top_p(logits, meta.top_k, meta.max_top_k, meta.top_p)
+        probs = logits.softmax(dim=-1)
+        if meta.min_p is not None:
+            apply_min_p_(probs, meta.min_p)
+        noise = torch.empty_like(probs).exponential_()
+        if meta.seeds:
+            gen = self._generator(probs.device)
+            for row, seed, step in meta.seeds:
+                gen.manual_seed(seed_for_step(seed, step))
+                noise[row].exponential_(generator=gen)
+        noise.clamp_min_(torch.finfo(noise.dtype).tiny)
+        return probs.div_(noise).argmax(dim=-1)
+
+    def _generator(self, device: torch.device) -> torch.Generator:
+        gen = self._generators.get(device)
+        if gen is None:
+            gen = self._generators[device] = torch.Generator(device=device)
+        return gen
+
+
+def apply_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor | None, max_top_k: int,
+                      top_p: torch.Tensor | None) -> torch.Tensor:
+    """Set to -inf every logit outside the row's top-k and outside its top-p nucleus.
+
+    logits `[N, V] float32`; top_k `[N] int64` in [1, V] (V = off) or None; top_p `[N] float32` in (0, 1]
+    or None. The nucleus is the smallest set of highest-probability tokens whose mass reaches top_p (the
+    top token is always kept). Ties at the top-k threshold are all kept.
+    """
+    if top_p is None:
+        kth = logits.topk(max_top_k, dim=-1).values.gather(1, (top_k - 1).unsqueeze(1))
+        return logits.masked_fill(logits < kth, float("-inf"))
+    sorted_logits, order = logits.sort(dim=-1)                       # ascending
+    if top_k is not None:
+        kth = sorted_logits.gather(1, (logits.shape[1] - top_k).unsqueeze(1))
+        sorted_logits.masked_fill_(sorted_logits < kth, float("-inf"))
+    mass_below = sorted_logits.softmax(dim=-1).cumsum(dim=-1)          # mass up to and including each
+    drop = mass_below <= (1 - top_p).unsqueeze(1)
+    drop[:, -1] = False
+    sorted_logits.masked_fill_(drop, float("-inf"))
+    return torch.empty_like(logits).scatter_(1, order, sorted_logits)
+
+
+def apply_min_p_(probs: torch.Tensor, min_p: torch.Tensor) -> None:
+    """In place: zero the probs `[N, V]` below min_p `[N]` times the row's largest prob (no renorm
+    needed: the exponential race is scale-free)."""
+    threshold = probs.amax(dim=-1, keepdim=True) * min_p.unsqueeze(1)
+    probs.masked_fill_(probs < threshold, 0.0)
+
+
+def gather_logprobs(logprobs: torch.Tensor, sampled: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """logprobs `[N, V]`, sampled `[N]` -> (token ids `[N, k+1] int64`, logprobs `[N, k+1] float32`),
+    the sampled token first, then the k most likely tokens (highest first); k is capped at V."""
+    k = min(k, logprobs.shape[1])
+    ids = sampled.unsqueeze(1)
+    if k > 0:
+        ids = torch.cat([ids, logprobs.topk(k, dim=-1).indices], dim=1)
+    return ids, logprobs.gather(1, ids)

@@ -1,0 +1,184 @@
+"""SamplingMetadata: one step's sampling settings for a batch of requests, as device tensors.
+
+Built once per step from the requests whose logits are sampled (row i = requests[i]). Settings that are
+at their defaults for every row become `None` (and a flag), so the sampler skips that work entirely.
+The build is vectorized: one list comprehension over the batch packs the numeric settings into a single
+CPU tensor that is copied to the device once; only rows that use a rare feature (seed, logit_bias,
+min_tokens, logprobs, penalties) get any further per-request Python.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from itertools import chain
+
+import numpy as np
+import torch
+
+from engine.request import Request
+
+# Columns of the packed per-row settings tensor.
+_TEMP, _TOP_P, _MIN_P, _PRES, _FREQ, _REP, _TOP_K, _SPECIAL = range(8)
+_NUM_COLS = 8
+
+
+@dataclass
+class SamplingMetadata:
+    """Per-row sampling settings for `num_reqs` rows of logits `[num_reqs, vocab_size]`.
+
+    temperature `[N] float32`: greedy rows hold 1.0 (they take the argmax and never divide).
+    greedy_mask `[N] bool`: None when all rows are greedy or none is.
+    top_k `[N] int64` (disabled rows hold vocab_size), top_p `[N] float32`, min_p `[N] float32`:
+        None when no random row uses that filter; `max_top_k` is the largest top_k (a host int).
+    presence/frequency/repetition_penalty `[N] float32`: None when `no_penalties`.
+    output_token_counts `[N, V] float32`: how often each token was generated so far (rows without
+        penalties are zero); prompt_token_mask `[N, V] bool`: tokens in the prompt, only when some row
+        has repetition_penalty != 1.
+    logit_bias_rows / _token_ids `int64`, logit_bias_values `float32` `[num_entries]`: added to logits.
+    min_tokens_rows / _token_ids `[num_entries] int64`: set to -inf (EOS / stop tokens too early).
+    max_num_logprobs: largest `logprobs` asked in the batch (None: no row asked).
+    seeds: `(row, seed, step)` for each random row with a seed; step = that request's
+        num_output_tokens, so the noise depends only on (seed, step), never on the batch.
+    """
+
+    num_reqs: int
+    vocab_size: int
+    temperature: torch.Tensor
+    all_greedy: bool
+    all_random: bool
+    greedy_mask: torch.Tensor | None = None
+    top_k: torch.Tensor | None = None
+    max_top_k: int = 0
+    top_p: torch.Tensor | None = None
+    min_p: torch.Tensor | None = None
+    no_penalties: bool = True
+    presence_penalty: torch.Tensor | None = None
+    frequency_penalty: torch.Tensor | None = None
+    repetition_penalty: torch.Tensor | None = None
+    output_token_counts: torch.Tensor | None = None
+    prompt_token_mask: torch.Tensor | None = None
+    logit_bias_rows: torch.Tensor | None = None
+    logit_bias_token_ids: torch.Tensor | None = None
+    logit_bias_values: torch.Tensor | None = None
+    min_tokens_rows: torch.Tensor | None = None
+    min_tokens_token_ids: torch.Tensor | None = None
+    max_num_logprobs: int | None = None
+    seeds: list[tuple[int, int, int]] = field(default_factory=list)
+
+    @property
+    def no_top_k_top_p(self) -> bool:
+        return self.top_k is None and self.top_p is None
+
+    @property
+    def no_logit_bias(self) -> bool:
+        return self.logit_bias_rows is None
+
+    @property
+    def no_min_tokens(self) -> bool:
+        return self.min_tokens_rows is None
+
+    @classmethod
+    def from_requests(cls, requests: list[Request], vocab_size: int, device: torch.device) -> SamplingMetadata:
+        """Build the metadata for `requests` (row i = requests[i]) with tensors on `device`."""
+        if not requests:
+            raise ValueError("requests must hold at least one request, got []")
+        sps = [r.sampling_params for r in requests]
+        n = len(requests)
+        packed = np.fromiter(chain.from_iterable(
+            (sp.temperature, sp.top_p, sp.min_p, sp.presence_penalty, sp.frequency_penalty, sp.repetition_penalty,
+             sp.top_k, sp.seed is not None or sp.logprobs is not None or sp.min_tokens > 0 or bool(sp.logit_bias))
+            for sp in sps), dtype=np.float32, count=n * _NUM_COLS)
+        host = torch.from_numpy(packed).view(n, _NUM_COLS)
+        greedy = host[:, _TEMP] == 0
+        num_greedy = int(greedy.sum())
+        all_greedy, all_random = num_greedy == n, num_greedy == 0
+        # Greedy rows: temperature 1 (never used) and no filters, so they never enable a filter path.
+        host[:, _TEMP].masked_fill_(greedy, 1.0)
+        host[greedy, _TOP_P] = 1.0
+        host[greedy, _MIN_P] = 0.0
+        top_k = host[:, _TOP_K]
+        top_k.masked_fill_((top_k <= 0) | (top_k > vocab_size) | greedy, float(vocab_size))
+        dev = host[:, :_SPECIAL].to(device, non_blocking=True)
+        meta = cls(num_reqs=n, vocab_size=vocab_size, temperature=dev[:, _TEMP],
+                   all_greedy=all_greedy, all_random=all_random)
+        if not (all_greedy or all_random):
+            meta.greedy_mask = greedy.to(device, non_blocking=True)
+        if not all_greedy:
+            max_top_k = int(top_k.max())
+            if max_top_k < vocab_size:
+                meta.top_k, meta.max_top_k = dev[:, _TOP_K].long(), max_top_k
+            if bool((host[:, _TOP_P] < 1).any()):
+                meta.top_p = dev[:, _TOP_P]
+            if bool((host[:, _MIN_P] > 0).any()):
+                meta.min_p = dev[:, _MIN_P]
+        _add_penalties(meta, requests, host, dev, device)
+        _add_rare_features(meta, requests, host[:, _SPECIAL], greedy, device)
+        return meta
+
+
+def _add_penalties(meta: SamplingMetadata, requests: list[Request], host: torch.Tensor, dev: torch.Tensor,
+                   device: torch.device) -> None:
+    """Fill the penalty tensors, output token counts and prompt mask when any row has a penalty."""
+    uses_rep = host[:, _REP] != 1
+    uses_any = (host[:, _PRES] != 0) | (host[:, _FREQ] != 0) | uses_rep
+    if not bool(uses_any.any()):
+        return
+    meta.no_penalties = False
+    meta.presence_penalty, meta.frequency_penalty = dev[:, _PRES], dev[:, _FREQ]
+    meta.repetition_penalty = dev[:, _REP]
+    rows = uses_any.nonzero().flatten().tolist()
+    counts = torch.zeros(meta.num_reqs * meta.vocab_size, dtype=torch.float32, device=device)
+    flat = _flat_token_index(rows, [requests[i].output_token_ids for i in rows], meta.vocab_size, device)
+    counts.index_add_(0, flat, torch.ones(flat.numel(), dtype=torch.float32, device=device))
+    meta.output_token_counts = counts.view(meta.num_reqs, meta.vocab_size)
+    rep_rows = uses_rep.nonzero().flatten().tolist()
+    if rep_rows:
+        mask = torch.zeros(meta.num_reqs * meta.vocab_size, dtype=torch.bool, device=device)
+        flat = _flat_token_index(rep_rows, [requests[i].prompt_token_ids for i in rep_rows], meta.vocab_size, device)
+        mask[flat] = True
+        meta.prompt_token_mask = mask.view(meta.num_reqs, meta.vocab_size)
+
+
+def _flat_token_index(rows: list[int], token_lists: list[list[int]], vocab_size: int,
+                      device: torch.device) -> torch.Tensor:
+    """`row * vocab_size + token` for every token of every listed row, as an int64 device tensor."""
+    lens = np.fromiter((len(t) for t in token_lists), dtype=np.int64, count=len(rows))
+    tokens = np.fromiter(chain.from_iterable(token_lists), dtype=np.int64, count=int(lens.sum()))
+    if tokens.size and (tokens.min() < 0 or tokens.max() >= vocab_size):
+        raise ValueError(f"token ids must be in [0, {vocab_size}), got {int(tokens.min())}..{int(tokens.max())}")
+    flat = np.repeat(np.asarray(rows, dtype=np.int64), lens) * vocab_size + tokens
+    return torch.from_numpy(flat).to(device, non_blocking=True)
+
+
+def _add_rare_features(meta: SamplingMetadata, requests: list[Request], special: torch.Tensor,
+                       greedy: torch.Tensor, device: torch.device) -> None:
+    """Seeds, logit_bias, the min_tokens mask and logprobs: Python only for rows that use them
+    (special `[N] float32` is 1 for those rows)."""
+    special = special.nonzero().flatten().tolist()
+    bias_rows, bias_ids, bias_vals, min_rows, min_ids = [], [], [], [], []
+    greedy_list = greedy.tolist() if special else []
+    max_lp = None
+    for i in special:
+        r = requests[i]
+        sp = r.sampling_params
+        if sp.seed is not None and not greedy_list[i]:
+            meta.seeds.append((i, sp.seed, r.num_output_tokens))
+        if sp.logprobs is not None:
+            max_lp = sp.logprobs if max_lp is None else max(max_lp, sp.logprobs)
+        for tok, val in (sp.logit_bias or {}).items():
+            tok = int(tok)
+            if not 0 <= tok < meta.vocab_size:
+                raise ValueError(f"logit_bias token ids must be in [0, {meta.vocab_size}), got {tok}")
+            bias_rows.append(i), bias_ids.append(tok), bias_vals.append(float(val))
+        if r.num_output_tokens < sp.min_tokens:
+            banned = set(sp.stop_token_ids or ()) | (set() if sp.ignore_eos else set(r.eos_token_ids))
+            banned = sorted(t for t in banned if 0 <= t < meta.vocab_size)
+            min_rows.extend([i] * len(banned)), min_ids.extend(banned)
+    meta.max_num_logprobs = max_lp
+    if bias_rows:
+        meta.logit_bias_rows = torch.tensor(bias_rows, dtype=torch.int64).to(device, non_blocking=True)
+        meta.logit_bias_token_ids = torch.tensor(bias_ids, dtype=torch.int64).to(device, non_blocking=True)
+        meta.logit_bias_values = torch.tensor(bias_vals, dtype=torch.float32).to(device, non_blocking=True)
+    if min_rows:
+        meta.min_tokens_rows = torch.tensor(min_rows, dtype=torch.int64).to(device, non_blocking=True)
+        meta.min_tokens_token_ids = torch.tensor(min_ids, dtype=torch.int64).to(device, non_blocking=True)
+
