@@ -1,0 +1,13 @@
+"""A small, fast LLM serving engine. Offline use: `from engine import LLM, SamplingParams`."""
+from engine.sampling_params import SamplingParams
+
+
+def __getattr__(name: str):
+    # LLM pulls in torch and the models; import it lazily so `engine.sampling_params` stays light.
+    if name == "LLM":
+        from engine.llm import LLM
+        return LLM
+    raise AttributeError(name)
+
+
+__all__ = ["LLM", "SamplingParams"]

@@ -1,0 +1,88 @@
+"""LLM: the offline API. `LLM(model, **engine_args).generate(prompts, sampling_params)`."""
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Sequence
+
+from tqdm.auto import tqdm
+
+from engine.config import EngineConfig
+from engine.llm_engine import LLMEngine
+from engine.outputs import RequestOutput
+from engine.sampling_params import SamplingParams
+
+Prompt = str | list[int]
+
+
+class LLM:
+    """Offline batched generation.
+
+    `model` is a preset (`preset:tiny-qwen3`, `preset:qwen3-0.6b`, ...), a local Hugging Face folder, or a
+    hub id; keyword arguments are EngineConfig fields (dtype, max_model_len, attention_backend, ...).
+    """
+
+    def __init__(self, model: str, **engine_args) -> None:
+        _configure_logging()
+        self.engine = LLMEngine(EngineConfig(model=model, **engine_args))
+        self._ids = itertools.count()
+
+    def get_tokenizer(self):
+        return self.engine.tokenizer
+
+    def generate(self, prompts: Prompt | Sequence[Prompt], sampling_params: SamplingParams |
+                 Sequence[SamplingParams] | None = None, use_tqdm: bool = True) -> list[RequestOutput]:
+        """Generate for every prompt; outputs come back in input order.
+
+        prompts: a string, a list of strings, a list of token ids, or a list of token-id lists.
+        sampling_params: one for all prompts, or one per prompt (default: SamplingParams()).
+        """
+        prompts = _as_prompt_list(prompts)
+        params = sampling_params if sampling_params is not None else SamplingParams()
+        if isinstance(params, SamplingParams):
+            params = [params] * len(prompts)
+        elif len(params) != len(prompts):
+            raise ValueError(f"sampling_params has {len(params)} entries but there are {len(prompts)} prompts; "
+                             "pass one SamplingParams or one per prompt")
+        ids = [str(next(self._ids)) for _ in prompts]
+        try:
+            for request_id, prompt, p in zip(ids, prompts, params):
+                self.engine.add_request(request_id, prompt, p)
+        except Exception:
+            self.engine.abort_request(ids)
+            raise
+        return self._run(ids, use_tqdm)
+
+    def _run(self, ids: list[str], use_tqdm: bool) -> list[RequestOutput]:
+        finished: dict[str, RequestOutput] = {}
+        bar = tqdm(total=len(ids), desc="Generating", unit="req", disable=not use_tqdm, dynamic_ncols=True)
+        start, num_out_tokens = time.perf_counter(), 0
+        while self.engine.has_unfinished_requests():
+            for output in self.engine.step():
+                num_out_tokens += sum(len(c.token_ids_delta) for c in output.outputs)
+                if output.finished:
+                    finished[output.request_id] = output
+                    bar.update(1)
+            elapsed = time.perf_counter() - start
+            bar.set_postfix_str(f"{num_out_tokens / max(elapsed, 1e-9):.1f} out tok/s", refresh=False)
+        bar.close()
+        return [finished[i] for i in ids]
+
+
+def _as_prompt_list(prompts) -> list[Prompt]:
+    if isinstance(prompts, str):
+        return [prompts]
+    prompts = list(prompts)
+    if prompts and all(isinstance(t, int) for t in prompts):
+        return [prompts]
+    if not prompts:
+        raise ValueError("prompts must not be empty")
+    return prompts
+
+
+def _configure_logging() -> None:
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(asctime)s %(name)s: %(message)s",
+                            datefmt="%H:%M:%S")

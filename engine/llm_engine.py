@@ -1,0 +1,179 @@
+"""LLMEngine: the synchronous engine. add_request / step / abort_request.
+
+One step: the scheduler picks requests and token counts, the runner runs the model and samples, the
+scheduler appends the tokens, and the output processor applies stop conditions and detokenizes.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+
+from attention.selector import select_backend
+from engine.config import EngineConfig, ModelConfig
+from engine.model_runner import ModelRunner
+from engine.output_processor import OutputProcessor
+from engine.outputs import RequestOutput
+from engine.request import Request, RequestStatus
+from engine.sampling_params import SamplingParams
+from kv_cache.block_manager import BlockManager
+from models.loader import load_tokenizer, resolve_model
+from scheduler.scheduler import Scheduler, SchedulerConfig
+
+logger = logging.getLogger(__name__)
+
+
+class QueueFullError(RuntimeError):
+    """The waiting queue holds `max_queue_len` requests already."""
+
+
+@dataclass
+class EngineStats:
+    num_running: int
+    num_waiting: int
+    kv_cache_usage: float
+    prefix_cache_queries: int
+    prefix_cache_hits: int
+    num_preemptions: int
+    num_prompt_tokens: int
+    num_generation_tokens: int
+    num_free_blocks: int
+    num_total_blocks: int
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        resolved = resolve_model(config.model, config.revision, config.load_format)
+        self.tokenizer = load_tokenizer(resolved, config.tokenizer)
+        self.model_config = mc = ModelConfig.from_hf_config(resolved.hf_config)
+        self.device = config.torch_device()
+        self.dtype = config.torch_dtype(mc.checkpoint_dtype, self.device)
+        self.max_model_len = config.max_model_len or mc.max_position_embeddings
+        self.eos_token_ids = self._eos_ids(mc)
+        choice = select_backend(self.device, self.dtype, mc.head_size, config.block_size, config.attention_backend)
+        logger.info("attention backend: %s, block size %d (%s)", choice.backend.name, choice.block_size, choice.reason)
+        self.attention_backend = choice.backend.name
+        budget = config.max_num_batched_tokens or max(8192, config.max_num_seqs)
+        if not config.enable_chunked_prefill:
+            budget = max(budget, self.max_model_len)
+        self.runner = ModelRunner(config, mc, resolved.hf_config, resolved.path, choice, self.device, self.dtype,
+                                  self.max_model_len, budget)
+        self.block_manager = BlockManager(self.runner.num_blocks, choice.block_size, config.enable_prefix_caching)
+        self.scheduler = Scheduler(SchedulerConfig(config.max_num_seqs, budget, self.max_model_len,
+                                                   config.enable_chunked_prefill), self.block_manager)
+        self.outputs = OutputProcessor(self.tokenizer)
+        self.requests: dict[str, Request] = {}
+        self.num_prompt_tokens = 0
+        self.num_generation_tokens = 0
+        torch.manual_seed(config.seed)
+
+    def _eos_ids(self, mc: ModelConfig) -> tuple[int, ...]:
+        ids = set(mc.eos_token_ids)
+        if getattr(self.tokenizer, "eos_token_id", None) is not None:
+            ids.add(self.tokenizer.eos_token_id)
+        return tuple(sorted(ids))
+
+    def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams,
+                    arrival_time: float | None = None) -> None:
+        """Queue a prompt (text or token ids); n > 1 fans out into n sequences. Raises ValueError on bad input."""
+        if request_id in self.outputs.groups:
+            raise ValueError(f"request id {request_id!r} is already in use")
+        prompt_text, ids = self._tokenize(prompt)
+        params = self._fill_max_tokens(params, len(ids))
+        if self.config.max_queue_len is not None and len(self.scheduler.waiting) >= self.config.max_queue_len:
+            raise QueueFullError(f"the waiting queue is full ({self.config.max_queue_len} requests); retry later")
+        children = []
+        for i in range(params.n):
+            child_id = request_id if params.n == 1 else f"{request_id}#{i}"
+            child_params = params if params.seed is None or i == 0 else _with_seed(params, params.seed + i)
+            req = Request(child_id, ids, child_params, self.eos_token_ids)
+            if arrival_time is not None:
+                req.arrival_time = arrival_time
+            children.append(req)
+        self.outputs.add_group(request_id, prompt_text, ids, children)
+        for req in children:
+            self.requests[req.request_id] = req
+            self.scheduler.add_request(req)
+
+    def _tokenize(self, prompt: str | list[int]) -> tuple[str | None, list[int]]:
+        if isinstance(prompt, str):
+            if not prompt:
+                raise ValueError("prompt must not be empty")
+            return prompt, self.tokenizer.encode(prompt)
+        ids = list(prompt)
+        if not ids:
+            raise ValueError("prompt must not be empty (got no token ids)")
+        vocab = self.model_config.vocab_size
+        bad = [t for t in ids if not isinstance(t, int) or not 0 <= t < vocab]
+        if bad:
+            raise ValueError(f"prompt token ids must be integers in [0, {vocab}), got {bad[:5]}")
+        return None, ids
+
+    def _fill_max_tokens(self, params: SamplingParams, prompt_len: int) -> SamplingParams:
+        room = self.max_model_len - prompt_len
+        if room < 1:
+            raise ValueError(f"the prompt has {prompt_len} tokens, which leaves no room to generate within "
+                             f"max_model_len={self.max_model_len}; shorten the prompt")
+        if params.max_tokens is None:
+            params = _replace(params, max_tokens=room)
+        elif params.max_tokens > room:
+            raise ValueError(f"prompt ({prompt_len} tokens) + max_tokens ({params.max_tokens}) = "
+                             f"{prompt_len + params.max_tokens} exceeds max_model_len={self.max_model_len}; "
+                             f"lower max_tokens to at most {room} or shorten the prompt")
+        total = prompt_len + params.max_tokens
+        if not self.block_manager.can_ever_fit(total):
+            raise ValueError(f"prompt + max_tokens = {total} tokens can never fit in the KV cache "
+                             f"({self.block_manager.num_blocks} blocks of {self.block_manager.block_size}); "
+                             "lower max_tokens or enlarge the cache")
+        return params
+
+    def abort_request(self, request_ids: Iterable[str]) -> None:
+        for request_id in request_ids:
+            for req in self.outputs.pop_group(request_id):
+                self.requests.pop(req.request_id, None)
+                self.scheduler.finish_request(req, RequestStatus.FINISHED_ABORTED)
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    def step(self) -> list[RequestOutput]:
+        out = self.scheduler.schedule()
+        if out.is_empty:
+            return []
+        result = self.runner.execute(out)
+        progressed = self.scheduler.update_from_output(out, result.sampled)
+        self.num_prompt_tokens += sum(s.num_new_tokens for s in out.scheduled if s.num_computed_tokens
+                                      < s.request.num_prompt_tokens)
+        self.num_generation_tokens += len(progressed)
+        logprobs = {id(s.request): lp for s, lp in zip(out.scheduled, result.logprobs) if lp is not None}
+        for req in progressed:
+            status = self.outputs.process_token(req, logprobs.get(id(req)), self.max_model_len)
+            if status is not None:
+                self.scheduler.finish_request(req, status)
+        outputs = self.outputs.make_outputs(progressed)
+        for output in outputs:
+            if output.finished:
+                for req in self.outputs.pop_group(output.request_id):
+                    self.requests.pop(req.request_id, None)
+        return outputs
+
+    def get_stats(self) -> EngineStats:
+        bm = self.block_manager
+        return EngineStats(
+            num_running=len(self.scheduler.running), num_waiting=len(self.scheduler.waiting),
+            kv_cache_usage=bm.usage, prefix_cache_queries=bm.num_prefix_queries,
+            prefix_cache_hits=bm.num_prefix_hits, num_preemptions=self.scheduler.num_preemptions,
+            num_prompt_tokens=self.num_prompt_tokens, num_generation_tokens=self.num_generation_tokens,
+            num_free_blocks=bm.num_free_blocks, num_total_blocks=bm.num_blocks)
+
+
+def _replace(params: SamplingParams, **changes) -> SamplingParams:
+    import dataclasses
+    return dataclasses.replace(params, **changes)
+
+
+def _with_seed(params: SamplingParams, seed: int) -> SamplingParams:
+    return _replace(params, seed=seed)

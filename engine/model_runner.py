@@ -1,0 +1,131 @@
+"""ModelRunner: loads the model, allocates the KV cache, prepares inputs, runs a step, samples."""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import torch
+
+from attention.backend import CommonAttentionMetadata
+from attention.forward_context import set_forward_context
+from attention.layer import bind_attention_layers
+from attention.selector import BackendChoice
+from engine import kv_sizing
+from engine.config import EngineConfig, ModelConfig
+from engine.input_prep import InputPreparer
+from engine.sampler import Sampler
+from engine.sampling_metadata import SamplingMetadata
+from models.loader import build_model
+from scheduler.output import SchedulerOutput
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RunnerOutput:
+    """Per scheduled request: the sampled token (None while mid-prompt) and its logprobs if asked."""
+
+    sampled: list[int | None]
+    logprobs: list[dict[int, float] | None]
+
+
+class ModelRunner:
+    def __init__(self, config: EngineConfig, model_config: ModelConfig, hf_config, model_path: str | None,
+                 choice: BackendChoice, device: torch.device, dtype: torch.dtype, max_model_len: int,
+                 max_num_batched_tokens: int) -> None:
+        self.config, self.model_config = config, model_config
+        self.device, self.dtype = device, dtype
+        self.block_size = choice.block_size
+        self.backend = choice.backend
+        self.max_model_len = max_model_len
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.model = build_model(hf_config, model_path, config.load_format, dtype, device)
+        self.num_blocks = self._size_kv_cache()
+        self.kv_caches = self._allocate_kv_cache(self.num_blocks)
+        bind_attention_layers(self.model, self.backend.get_impl_cls(), self.kv_caches)
+        mc = model_config
+        self.builder = self.backend.get_builder_cls()(mc.num_heads, mc.num_kv_heads, mc.head_size, self.block_size,
+                                                      config.max_num_seqs, max_model_len, device)
+        self.inputs = InputPreparer(config.max_num_seqs, max_model_len, self.block_size, device)
+        self.sampler = Sampler()
+
+    def _allocate_kv_cache(self, num_blocks: int) -> list[torch.Tensor]:
+        mc = self.model_config
+        shape = self.backend.get_kv_cache_shape(num_blocks, self.block_size, mc.num_kv_heads, mc.head_size)
+        return [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(mc.num_layers)]
+
+    def _size_kv_cache(self) -> int:
+        block_bytes = kv_sizing.bytes_per_block(self.model_config, self.block_size, self.dtype)
+        if self.device.type != "cuda":
+            num_blocks = kv_sizing.num_blocks_cpu(self.config, block_bytes, self.block_size, self.max_model_len)
+            why = f"cpu_kv_cache_gib={self.config.cpu_kv_cache_gib}" if self.config.num_kv_blocks is None \
+                else "num_kv_blocks given"
+        else:
+            self._profile_run()
+            num_blocks, why = kv_sizing.num_blocks_cuda(self.config, block_bytes, self.device)
+        min_blocks = -(-self.max_model_len // self.block_size)
+        if num_blocks < min_blocks:
+            raise ValueError(
+                f"the KV cache holds {max(num_blocks, 0) * self.block_size} tokens ({max(num_blocks, 0)} blocks of "
+                f"{self.block_size}), fewer than one request of max_model_len={self.max_model_len} needs: lower "
+                "max_model_len, or raise gpu_memory_utilization / num_kv_blocks / cpu_kv_cache_gib")
+        logger.info("KV cache: %d blocks x %d tokens = %d tokens, %.2f GiB (%s)", num_blocks, self.block_size,
+                    num_blocks * self.block_size, num_blocks * block_bytes / 2**30, why)
+        return num_blocks
+
+    @torch.inference_mode()
+    def _profile_run(self) -> None:
+        """One forward at the largest batch on a scratch cache, to measure the activation peak."""
+        num_tokens = self.max_num_batched_tokens
+        num_blocks = -(-num_tokens // self.block_size)
+        scratch = self._allocate_kv_cache(num_blocks)
+        bind_attention_layers(self.model, self.backend.get_impl_cls(), scratch)
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        dev = self.device
+        qsl = torch.tensor([0, num_tokens], dtype=torch.int32)
+        seq = torch.tensor([num_tokens], dtype=torch.int32)
+        attn = CommonAttentionMetadata(
+            num_reqs=1, num_tokens=num_tokens, query_start_loc=qsl.to(dev), query_start_loc_cpu=qsl,
+            seq_lens=seq.to(dev), seq_lens_cpu=seq, max_query_len=num_tokens, max_seq_len=num_tokens,
+            block_table=torch.arange(num_blocks, dtype=torch.int32, device=dev)[None],
+            slot_mapping=torch.arange(num_tokens, dtype=torch.int64, device=dev), block_size=self.block_size)
+        mc = self.model_config
+        builder = self.backend.get_builder_cls()(mc.num_heads, mc.num_kv_heads, mc.head_size, self.block_size,
+                                                 self.config.max_num_seqs, self.max_model_len, dev)
+        ids = torch.zeros(num_tokens, dtype=torch.long, device=dev)
+        with set_forward_context(builder.build(attn)):
+            hidden = self.model(ids, torch.arange(num_tokens, device=dev) % self.max_model_len)
+        self.model.compute_logits(hidden[: min(num_tokens, self.config.max_num_seqs)])
+        torch.cuda.synchronize(self.device)
+        del scratch, hidden
+
+    @torch.inference_mode()
+    def execute(self, out: SchedulerOutput) -> RunnerOutput:
+        self.inputs.release(out.finished_request_ids + out.preempted_request_ids)
+        step = self.inputs.prepare(out)
+        with set_forward_context(self.builder.build(step.attn)):
+            hidden = self.model(step.input_ids, step.positions)
+        sampled: list[int | None] = [None] * len(out.scheduled)
+        logprobs: list[dict[int, float] | None] = [None] * len(out.scheduled)
+        if not step.sampling_rows:
+            return RunnerOutput(sampled, logprobs)
+        logits = self.model.compute_logits(hidden[step.logits_indices])
+        requests = [out.scheduled[i].request for i in step.sampling_rows]
+        meta = SamplingMetadata.from_requests(requests, logits.shape[-1], self.device)
+        result = self.sampler(logits, meta)
+        tokens = result.sampled_token_ids.tolist()
+        lp = self._logprobs_to_host(result)
+        for k, i in enumerate(step.sampling_rows):
+            sampled[i] = tokens[k]
+            if lp is not None and requests[k].sampling_params.logprobs is not None:
+                logprobs[i] = dict(lp[k][: requests[k].sampling_params.logprobs + 1])
+        return RunnerOutput(sampled, logprobs)
+
+    @staticmethod
+    def _logprobs_to_host(result) -> list[list[tuple[int, float]]] | None:
+        ids = getattr(result, "logprob_token_ids", None)
+        if ids is None:
+            return None
+        return [list(zip(i, v)) for i, v in zip(ids.tolist(), result.logprobs.tolist())]

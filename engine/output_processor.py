@@ -1,0 +1,120 @@
+"""OutputProcessor: stop conditions, incremental detokenizing, and RequestOutputs per user request.
+
+A user request with n > 1 is a group of n sequences (Requests); its RequestOutput carries one
+CompletionOutput per sequence and is finished when all of them are.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from engine.detokenizer import IncrementalDetokenizer, StopStringChecker
+from engine.outputs import CompletionOutput, RequestOutput
+from engine.request import Request, RequestStatus
+
+
+@dataclass
+class _Sequence:
+    request: Request
+    index: int
+    detokenizer: IncrementalDetokenizer
+    stops: StopStringChecker | None
+    text: str = ""                  # output text so far, stop string cut off once matched
+    num_sent_chars: int = 0         # characters already handed out as deltas
+    num_sent_tokens: int = 0
+
+
+@dataclass
+class _Group:
+    request_id: str
+    prompt: str | None
+    prompt_token_ids: list[int]
+    sequences: list[_Sequence] = field(default_factory=list)
+
+
+class OutputProcessor:
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.groups: dict[str, _Group] = {}
+        self._sequences: dict[str, tuple[_Group, _Sequence]] = {}
+
+    def add_group(self, request_id: str, prompt: str | None, prompt_token_ids: list[int],
+                  requests: list[Request]) -> None:
+        group = _Group(request_id, prompt, prompt_token_ids)
+        for i, req in enumerate(requests):
+            sp = req.sampling_params
+            detok = IncrementalDetokenizer(self.tokenizer, req.prompt_token_ids, sp.skip_special_tokens)
+            stops = StopStringChecker(sp.stop, sp.include_stop_str_in_output) if sp.stop else None
+            seq = _Sequence(req, i, detok, stops)
+            group.sequences.append(seq)
+            self._sequences[req.request_id] = (group, seq)
+        self.groups[request_id] = group
+
+    def pop_group(self, request_id: str) -> list[Request]:
+        group = self.groups.pop(request_id, None)
+        if group is None:
+            return []
+        for seq in group.sequences:
+            self._sequences.pop(seq.request.request_id, None)
+        return [seq.request for seq in group.sequences]
+
+    def process_token(self, req: Request, logprobs: dict[int, float] | None, max_model_len: int) -> RequestStatus | None:
+        """Take the request's newest token: logprobs, text, stop checks. Returns a finished status or None."""
+        _, seq = self._sequences[req.request_id]
+        if logprobs is not None:
+            req.output_logprobs.append(logprobs)
+        token = req.output_token_ids[-1]
+        status = _token_stop(req, token, max_model_len)
+        delta = seq.detokenizer.append([token])
+        seq.text += delta
+        if seq.stops is not None and status is not RequestStatus.FINISHED_STOPPED:
+            match = seq.stops.check(seq.text, len(delta))
+            if match is not None:
+                stop_str, keep = match
+                seq.text = seq.text[:keep]
+                req.stop_reason = stop_str
+                status = RequestStatus.FINISHED_STOPPED
+        return status
+
+    def make_outputs(self, progressed: list[Request]) -> list[RequestOutput]:
+        groups: dict[str, _Group] = {}
+        for req in progressed:
+            group, _ = self._sequences[req.request_id]
+            groups[group.request_id] = group
+        return [self._output(g) for g in groups.values()]
+
+    def _output(self, group: _Group) -> RequestOutput:
+        completions = [self._completion(seq) for seq in group.sequences]
+        first = group.sequences[0].request
+        return RequestOutput(request_id=group.request_id, prompt=group.prompt,
+                             prompt_token_ids=group.prompt_token_ids, outputs=completions,
+                             finished=all(c.finished for c in completions), num_cached_tokens=first.num_cached_tokens)
+
+    def _completion(self, seq: _Sequence) -> CompletionOutput:
+        req = seq.request
+        finished = req.is_finished
+        hold = 0 if finished or seq.stops is None else seq.stops.hold_back_len
+        num_chars = max(seq.num_sent_chars, len(seq.text) - hold)
+        text_delta = seq.text[seq.num_sent_chars:num_chars]
+        token_delta = req.output_token_ids[seq.num_sent_tokens:]
+        seq.num_sent_chars, seq.num_sent_tokens = num_chars, req.num_output_tokens
+        return CompletionOutput(
+            index=seq.index, text=seq.text[:num_chars], token_ids=list(req.output_token_ids),
+            finish_reason=req.finish_reason, stop_reason=req.stop_reason,
+            logprobs=list(req.output_logprobs) if req.sampling_params.logprobs is not None else None,
+            text_delta=text_delta, token_ids_delta=token_delta)
+
+
+def _token_stop(req: Request, token: int, max_model_len: int) -> RequestStatus | None:
+    """Stops decided by the token alone: EOS, stop_token_ids (after min_tokens), max_tokens, max_model_len."""
+    sp = req.sampling_params
+    if req.num_output_tokens > sp.min_tokens:     # the sampler masked these tokens before that
+        if not sp.ignore_eos and token in req.eos_token_ids:
+            return RequestStatus.FINISHED_STOPPED
+        if sp.stop_token_ids and token in sp.stop_token_ids:
+            req.stop_reason = token
+            return RequestStatus.FINISHED_STOPPED
+    if sp.max_tokens is not None and req.num_output_tokens >= sp.max_tokens:
+        return RequestStatus.FINISHED_LENGTH
+    if req.num_tokens >= max_model_len:
+        return RequestStatus.FINISHED_LENGTH
+    return None

@@ -1,0 +1,141 @@
+"""Scheduler: which requests run this step, and how many tokens each.
+
+Continuous batching: running requests go first (a decode is one token; an unfinished prompt continues
+as a chunk), then waiting requests are admitted while the token budget (`max_num_batched_tokens`), the
+sequence budget (`max_num_seqs`) and free KV blocks allow. A long prompt is split into chunks (chunked
+prefill). When blocks run out, the newest running request is preempted: its blocks are freed and it
+goes back to the front of the queue, to be recomputed later (its generated tokens are kept).
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from engine.checks import check
+from engine.request import Request, RequestStatus
+from kv_cache.block_manager import BlockManager
+from scheduler.output import ScheduledRequest, SchedulerOutput
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    max_model_len: int
+    enable_chunked_prefill: bool = True
+
+    def __post_init__(self) -> None:
+        check(self.max_num_seqs > 0, "max_num_seqs", self.max_num_seqs, "must be positive")
+        check(self.max_num_batched_tokens > 0, "max_num_batched_tokens", self.max_num_batched_tokens,
+              "must be positive")
+        if not self.enable_chunked_prefill:
+            check(self.max_num_batched_tokens >= self.max_model_len, "max_num_batched_tokens",
+                  self.max_num_batched_tokens, f"must be >= max_model_len ({self.max_model_len}) "
+                  "without chunked prefill")
+
+
+class Scheduler:
+    def __init__(self, config: SchedulerConfig, block_manager: BlockManager) -> None:
+        self.config = config
+        self.block_manager = block_manager
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []
+        self._finished_ids: list[str] = []
+        self.num_preemptions = 0
+
+    def add_request(self, request: Request) -> None:
+        request.status = RequestStatus.WAITING
+        self.waiting.append(request)
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def finish_request(self, request: Request, status: RequestStatus) -> None:
+        """Stop `request` (stop condition met or aborted) and free its blocks."""
+        if request.is_finished:
+            return
+        if request in self.running:
+            self.running.remove(request)
+        elif request in self.waiting:
+            self.waiting.remove(request)
+        request.status = status
+        self.block_manager.free(request)
+        self._finished_ids.append(request.request_id)
+
+    def schedule(self) -> SchedulerOutput:
+        out = SchedulerOutput()
+        budget = self.config.max_num_batched_tokens
+        budget, preempted = self._schedule_running(out, budget)
+        if not preempted:
+            self._schedule_waiting(out, budget)
+        out.finished_request_ids, self._finished_ids = self._finished_ids, []
+        return out
+
+    def _schedule_running(self, out: SchedulerOutput, budget: int) -> tuple[int, bool]:
+        preempted = False
+        i = 0
+        while i < len(self.running) and budget > 0:
+            request = self.running[i]
+            num_new = min(request.num_tokens - request.num_computed_tokens, budget)
+            while not self.block_manager.allocate_slots(request, num_new):
+                victim = self.running[-1]
+                self._preempt(victim)
+                out.preempted_request_ids.append(victim.request_id)
+                preempted = True
+                if victim is request:
+                    break
+            if request.status is not RequestStatus.RUNNING:
+                break                                    # preempted itself: nothing more fits
+            out.scheduled.append(self._scheduled(request, num_new, is_new=False))
+            budget -= num_new
+            i += 1
+        return budget, preempted
+
+    def _schedule_waiting(self, out: SchedulerOutput, budget: int) -> None:
+        while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
+            request = self.waiting[0]
+            blocks, num_cached = self.block_manager.get_computed_blocks(request)
+            num_new = request.num_tokens - num_cached
+            if num_new > budget and not self.config.enable_chunked_prefill:
+                break
+            num_new = min(num_new, budget)
+            if not self.block_manager.allocate_slots(request, num_new, blocks):
+                break
+            self.waiting.popleft()
+            if request.status is RequestStatus.WAITING:
+                request.num_cached_tokens = num_cached
+            request.num_computed_tokens = num_cached
+            request.status = RequestStatus.RUNNING
+            self.running.append(request)
+            out.scheduled.append(self._scheduled(request, num_new, is_new=True))
+            budget -= num_new
+
+    def _scheduled(self, request: Request, num_new: int, is_new: bool) -> ScheduledRequest:
+        return ScheduledRequest(request=request, num_new_tokens=num_new,
+                                num_computed_tokens=request.num_computed_tokens,
+                                block_ids=self.block_manager.get_block_ids(request.request_id), is_new=is_new)
+
+    def _preempt(self, request: Request) -> None:
+        self.running.remove(request)
+        self.block_manager.free(request)
+        request.status = RequestStatus.PREEMPTED
+        request.num_computed_tokens = 0
+        request.num_preemptions += 1
+        self.num_preemptions += 1
+        self.waiting.appendleft(request)
+
+    def update_from_output(self, out: SchedulerOutput, sampled: list[int | None]) -> list[Request]:
+        """Advance each scheduled request; append its sampled token (None: still mid-prompt).
+
+        Returns the requests that got a new token this step (stop checks are the engine's).
+        """
+        progressed = []
+        for sched, token in zip(out.scheduled, sampled):
+            request = sched.request
+            if request.is_finished or request.status is RequestStatus.PREEMPTED:
+                continue
+            request.num_computed_tokens = sched.seq_len
+            if token is not None:
+                request.append_output_token(token)
+                progressed.append(request)
+        return progressed
