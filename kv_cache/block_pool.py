@@ -49,8 +49,8 @@ class BlockPool:
 
         A reused block that carried a hash is evicted from the prefix index.
         """
-        check(0 <= num_blocks <= len(self._free), "num_blocks", num_blocks,
-              f"must be in [0, {len(self._free)}] (the free blocks)")
+        if not 0 <= num_blocks <= len(self._free):
+            check(False, "num_blocks", num_blocks, f"must be in [0, {len(self._free)}] (the free blocks)")
         block_ids = []
         for _ in range(num_blocks):
             block_id, _ = self._free.popitem(last=False)
