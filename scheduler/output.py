@@ -19,15 +19,11 @@ class ScheduledRequest:
     num_computed_tokens: int
     block_ids: list[int]
     is_new: bool
+    samples: bool = False   # this step reaches the request's last known token: a new token is sampled
 
     @property
     def seq_len(self) -> int:
         return self.num_computed_tokens + self.num_new_tokens
-
-    @property
-    def samples(self) -> bool:
-        """True when this step reaches the request's last known token, so a new token is sampled."""
-        return self.seq_len == self.request.num_tokens
 
 
 @dataclass

@@ -113,7 +113,8 @@ class Scheduler:
     def _scheduled(self, request: Request, num_new: int, is_new: bool) -> ScheduledRequest:
         return ScheduledRequest(request=request, num_new_tokens=num_new,
                                 num_computed_tokens=request.num_computed_tokens,
-                                block_ids=self.block_manager.get_block_ids(request.request_id), is_new=is_new)
+                                block_ids=self.block_manager.get_block_ids(request.request_id), is_new=is_new,
+                                samples=request.num_computed_tokens + num_new == request.num_tokens)
 
     def _preempt(self, request: Request) -> None:
         self.running.remove(request)
