@@ -1,0 +1,102 @@
+"""Rotary position embedding (neox style: the two halves of each head rotate together).
+
+Rope settings are read from a Hugging Face config in either form: transformers >= 5
+`config.rope_parameters = {"rope_type", "rope_theta", ...}`, or the older `config.rope_theta` plus
+`config.rope_scaling`. Supported rope types: "default" and "llama3".
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+SUPPORTED_ROPE_TYPES = ("default", "llama3")
+
+
+def rope_parameters(hf_config) -> dict[str, Any]:
+    """The config's rope settings as one dict with at least "rope_type" and "rope_theta"."""
+    params = dict(getattr(hf_config, "rope_parameters", None) or {})
+    scaling = getattr(hf_config, "rope_scaling", None) or {}
+    for key, value in scaling.items():
+        params.setdefault(key, value)
+    if "rope_type" not in params:
+        params["rope_type"] = params.get("type", "default")
+    if "rope_theta" not in params:
+        params["rope_theta"] = getattr(hf_config, "rope_theta", None) or 10000.0
+    if params["rope_type"] not in SUPPORTED_ROPE_TYPES:
+        raise ValueError(f"rope_type must be one of {SUPPORTED_ROPE_TYPES}, got {params['rope_type']!r}")
+    return params
+
+
+def _default_inv_freq(rotary_dim: int, theta: float) -> torch.Tensor:
+    """[rotary_dim / 2] float32: theta^(-2i / rotary_dim)."""
+    exponents = torch.arange(0, rotary_dim, 2, dtype=torch.int64).to(torch.float32) / rotary_dim
+    return 1.0 / (theta ** exponents)
+
+
+def _llama3_inv_freq(inv_freq: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
+    """Llama 3.1 scaling: long wavelengths slowed by `factor`, short ones kept, a smooth blend between."""
+    factor = params["factor"]
+    low_freq_factor = params["low_freq_factor"]
+    high_freq_factor = params["high_freq_factor"]
+    old_context_len = params["original_max_position_embeddings"]
+    low_freq_wavelen = old_context_len / low_freq_factor
+    high_freq_wavelen = old_context_len / high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > low_freq_wavelen, inv_freq / factor, inv_freq)
+    smooth = (old_context_len / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+    blended = (1 - smooth) * scaled / factor + smooth * scaled
+    is_medium = (wavelen >= high_freq_wavelen) & (wavelen <= low_freq_wavelen)
+    return torch.where(is_medium, blended, scaled)
+
+
+class RotaryEmbedding(nn.Module):
+    """Applies rope to q [T, H * D] and k [T, Hkv * D] at positions [T] int64.
+
+    Keeps `cos_sin_cache` [max_position, rotary_dim] float32 (cos | sin halves); the math runs in
+    float32 and the results come back in the input dtype.
+    """
+
+    def __init__(self, head_size: int, rotary_dim: int, max_position: int, params: dict[str, Any]) -> None:
+        super().__init__()
+        self.head_size = head_size
+        self.rotary_dim = rotary_dim
+        self.max_position = max_position
+        inv_freq = _default_inv_freq(rotary_dim, float(params["rope_theta"]))
+        if params["rope_type"] == "llama3":
+            inv_freq = _llama3_inv_freq(inv_freq, params)
+        inv_freq = inv_freq.to(self._device())
+        positions = torch.arange(max_position, dtype=torch.float32, device=inv_freq.device)
+        freqs = torch.outer(positions, inv_freq)                    # [max_position, rotary_dim / 2]
+        cache = torch.cat([freqs.cos(), freqs.sin()], dim=-1)
+        self.register_buffer("cos_sin_cache", cache, persistent=False)
+
+    @staticmethod
+    def _device() -> torch.device:
+        return torch.empty(0).device  # the ambient `with torch.device(...)` the model is built under
+
+    def _rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """x: [T, N * head_size] -> same, rope applied to the first rotary_dim of every head."""
+        num_tokens = x.shape[0]
+        heads = x.view(num_tokens, -1, self.head_size).float()
+        rot, rest = heads[..., : self.rotary_dim], heads[..., self.rotary_dim:]
+        x1, x2 = rot.chunk(2, dim=-1)
+        rotated = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+        out = torch.cat([rotated, rest], dim=-1) if rest.numel() else rotated
+        return out.to(x.dtype).view(num_tokens, -1)
+
+    def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
+        """positions: [T] int64 (< max_position); q: [T, H * D]; k: [T, Hkv * D] -> (q, k) rotated."""
+        cos, sin = self.cos_sin_cache.index_select(0, positions).unsqueeze(1).chunk(2, dim=-1)
+        return self._rotate(q, cos, sin), self._rotate(k, cos, sin)
+
+
+def get_rope(hf_config, head_size: int) -> RotaryEmbedding:
+    """The rotary embedding a Hugging Face config asks for."""
+    params = rope_parameters(hf_config)
+    partial = params.get("partial_rotary_factor", getattr(hf_config, "partial_rotary_factor", 1.0)) or 1.0
+    rotary_dim = int(head_size * partial)
+    max_position = getattr(hf_config, "max_position_embeddings", 2048)
+    return RotaryEmbedding(head_size, rotary_dim, max_position, params)

@@ -1,0 +1,32 @@
+"""Tensor-parallel rank and size seen by the layers.
+
+The engine runs on one device today, so rank 0 of 1. The layers already shard their parameters by
+these numbers, so adding tensor parallelism later means changing this file (and adding the
+collectives marked in `linear.py` / `embedding.py`), not the model code.
+"""
+from __future__ import annotations
+
+
+def get_tp_rank() -> int:
+    """This process's tensor-parallel rank."""
+    return 0
+
+
+def get_tp_size() -> int:
+    """Number of tensor-parallel ranks."""
+    return 1
+
+
+def divide(numerator: int, denominator: int, what: str) -> int:
+    """numerator / denominator, or a ValueError naming `what` when it does not divide evenly."""
+    if numerator % denominator:
+        raise ValueError(f"{what} ({numerator}) must be divisible by the tensor-parallel size ({denominator})")
+    return numerator // denominator
+
+
+def copy_into(target, loaded) -> None:
+    """Copy a checkpoint tensor into a parameter slice, converting dtype and device; shapes must match."""
+    if tuple(target.shape) != tuple(loaded.shape):
+        raise ValueError(f"checkpoint shape {tuple(loaded.shape)} does not fit parameter slice "
+                         f"shape {tuple(target.shape)}")
+    target.copy_(loaded)

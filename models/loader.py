@@ -1,0 +1,156 @@
+"""Finding a model (preset, local folder or hub id), its tokenizer, and building it with its weights."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoTokenizer, PretrainedConfig
+
+from models.layers.norm import RMSNorm
+from models.presets import get_preset, preset_names
+from models.registry import get_model_class
+from models.tokenizer import byte_tokenizer
+
+logger = logging.getLogger(__name__)
+
+PRESET_PREFIX = "preset:"
+CONFIG_FILES = ["config.json", "generation_config.json"]
+TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                   "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json"]
+WEIGHT_FILES = ["*.safetensors", "model.safetensors.index.json"]
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+DUMMY_SEED = 0
+DUMMY_RANGE = 1e-3
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """hf_config: the transformers config; path: local folder with its files (None for presets)."""
+
+    hf_config: PretrainedConfig
+    path: str | None
+    is_preset: bool
+
+
+def resolve_model(model: str, revision: str | None = None, load_format: str = "auto") -> ResolvedModel:
+    """`preset:NAME`, a local folder with config.json, or a Hugging Face hub id (downloaded).
+
+    For a hub id only config, tokenizer and safetensors files are fetched (only config and
+    tokenizer with load_format="dummy"). Raises ValueError with what to pass instead on failure.
+    """
+    if model.startswith(PRESET_PREFIX):
+        return ResolvedModel(get_preset(model[len(PRESET_PREFIX):]), None, True)
+    if os.path.isdir(model):
+        if not os.path.isfile(os.path.join(model, "config.json")):
+            raise ValueError(f"model folder {model!r} has no config.json")
+        return ResolvedModel(AutoConfig.from_pretrained(model), os.path.abspath(model), False)
+    path = _download(model, revision, load_format)
+    return ResolvedModel(AutoConfig.from_pretrained(path), path, False)
+
+
+def _download(repo_id: str, revision: str | None, load_format: str) -> str:
+    from huggingface_hub import snapshot_download
+
+    patterns = CONFIG_FILES + TOKENIZER_FILES + ([] if load_format == "dummy" else WEIGHT_FILES)
+    try:
+        path = snapshot_download(repo_id=repo_id, revision=revision, allow_patterns=patterns)
+    except Exception as exc:  # offline, unknown repo, gated, bad id: all answered the same way
+        raise ValueError(
+            f"model {repo_id!r} is not a local folder and could not be fetched from the Hugging Face hub "
+            f"({type(exc).__name__}: {exc}); pass a local folder with config.json, or a preset as "
+            f"'preset:NAME' with NAME one of {', '.join(preset_names())}") from exc
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise ValueError(f"hub model {repo_id!r} has no config.json")
+    return path
+
+
+def load_tokenizer(resolved: ResolvedModel, tokenizer: str | None = None):
+    """The tokenizer: `tokenizer` if given (a folder or hub id), the built-in byte tokenizer for
+    presets, else the checkpoint's own (AutoTokenizer)."""
+    if tokenizer is not None:
+        return AutoTokenizer.from_pretrained(tokenizer)
+    if resolved.is_preset or resolved.path is None:
+        return byte_tokenizer()
+    return AutoTokenizer.from_pretrained(resolved.path)
+
+
+@contextmanager
+def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def build_model(hf_config: PretrainedConfig, path: str | None, load_format: str, dtype: torch.dtype,
+                device: torch.device) -> nn.Module:
+    """Build the model straight on `device` in `dtype`, load or dummy-fill its weights, eval mode.
+
+    load_format: "auto" / "safetensors" read the checkpoint in `path`; "dummy" fills every parameter
+    with small random values from a fixed seed (RMSNorm weights near 1).
+    """
+    model_cls = get_model_class(getattr(hf_config, "architectures", None))
+    start = time.perf_counter()
+    with _default_dtype(dtype), torch.device(device):
+        model = model_cls(hf_config)
+    if load_format == "dummy":
+        init_dummy_weights(model, DUMMY_SEED)
+        what = "dummy weights"
+    elif load_format in ("auto", "safetensors"):
+        if path is None:
+            raise ValueError("a preset has no checkpoint: use load_format='dummy' with 'preset:' models")
+        files = safetensors_files(path)
+        model.load_weights(iterate_safetensors(files))
+        what = f"{len(files)} safetensors file(s) from {path}"
+    else:
+        raise ValueError(f"load_format must be one of ('auto', 'safetensors', 'dummy'), got {load_format!r}")
+    num_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    logger.info("Loaded %s (%s, %.2f GiB, %s on %s) in %.1f s", model_cls.__name__, what, num_bytes / 2**30,
+                str(dtype).removeprefix("torch."), device, time.perf_counter() - start)
+    return model.eval()
+
+
+@torch.no_grad()
+def init_dummy_weights(model: nn.Module, seed: int) -> None:
+    """Every parameter uniform(-DUMMY_RANGE, DUMMY_RANGE); RMSNorm weights 1 + the same noise."""
+    norm_weights = {id(m.weight) for m in model.modules() if isinstance(m, RMSNorm)}
+    generators: dict[torch.device, torch.Generator] = {}
+    for param in model.parameters():
+        gen = generators.get(param.device)
+        if gen is None:
+            gen = generators[param.device] = torch.Generator(device=param.device).manual_seed(seed)
+        param.uniform_(-DUMMY_RANGE, DUMMY_RANGE, generator=gen)
+        if id(param) in norm_weights:
+            param.add_(1.0)
+
+
+def safetensors_files(path: str) -> list[str]:
+    """The checkpoint's safetensors files: from model.safetensors.index.json if present, else all."""
+    index = os.path.join(path, SAFETENSORS_INDEX)
+    if os.path.isfile(index):
+        with open(index) as f:
+            names = sorted(set(json.load(f)["weight_map"].values()))
+    else:
+        names = sorted(n for n in os.listdir(path) if n.endswith(".safetensors"))
+    if not names:
+        raise ValueError(f"no .safetensors files in {path!r}; use load_format='dummy' to run without weights")
+    return [os.path.join(path, n) for n in names]
+
+
+def iterate_safetensors(files: list[str]) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, CPU tensor) for every tensor, one at a time, so the whole checkpoint is never in memory."""
+    from safetensors import safe_open
+
+    for file in files:
+        with safe_open(file, framework="pt", device="cpu") as f:
+            for name in f.keys():
+                yield name, f.get_tensor(name)

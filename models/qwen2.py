@@ -1,0 +1,15 @@
+"""Qwen2 / Qwen2.5: the common decoder with biases on q, k and v (none on o_proj)."""
+from __future__ import annotations
+
+from models.causal_lm import DecoderForCausalLM
+from models.decoder import DecoderSpec
+
+
+class Qwen2ForCausalLM(DecoderForCausalLM):
+    architectures = ("Qwen2ForCausalLM",)
+
+    @classmethod
+    def spec_for(cls, hf_config) -> DecoderSpec:
+        if getattr(hf_config, "use_sliding_window", False):
+            raise ValueError("use_sliding_window must be false: sliding-window attention is not supported")
+        return DecoderSpec(qkv_bias=True)

@@ -1,0 +1,77 @@
+"""Test helpers: random HF checkpoints, KV caches and step metadata for running a model on torch_ref."""
+from __future__ import annotations
+
+import torch
+
+from attention.backend import CommonAttentionMetadata
+from attention.backends.torch_ref import TorchRefBackend, TorchRefImpl
+from attention.forward_context import set_forward_context
+from attention.layer import bind_attention_layers
+
+BLOCK_SIZE = 4
+
+
+def randomize_hf_model(hf_model: torch.nn.Module, seed: int = 0) -> None:
+    """Give every HF parameter random values (norm weights near 1, biases non-zero) so a wrong copy shows."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in hf_model.named_parameters():
+            noise = torch.randn(param.shape, generator=gen, dtype=torch.float32)
+            if "norm" in name:
+                param.copy_(1.0 + 0.1 * noise)
+            else:
+                param.copy_(0.05 * noise)
+
+
+class PagedRunner:
+    """Runs an engine model over requests on the torch_ref backend with a shuffled block layout."""
+
+    def __init__(self, model: torch.nn.Module, hf_config, num_reqs: int, max_len: int, seed: int = 0) -> None:
+        head_size = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // hf_config.num_attention_heads
+        self.blocks_per_req = -(-max_len // BLOCK_SIZE)
+        num_blocks = num_reqs * self.blocks_per_req + 3
+        gen = torch.Generator().manual_seed(seed)
+        perm = torch.randperm(num_blocks, generator=gen)[: num_reqs * self.blocks_per_req]
+        self.block_table = perm.view(num_reqs, self.blocks_per_req).to(torch.int32)
+        dtype = next(model.parameters()).dtype
+        shape = TorchRefBackend.get_kv_cache_shape(num_blocks, BLOCK_SIZE, hf_config.num_key_value_heads,
+                                                   head_size)
+        caches = [torch.zeros(shape, dtype=dtype) for _ in range(hf_config.num_hidden_layers)]
+        bind_attention_layers(model, TorchRefImpl, caches)
+        self.model = model
+        self.num_computed = [0] * num_reqs
+
+    def step(self, chunks: list[list[int]]) -> torch.Tensor:
+        """Feed chunks[r] (non-empty token ids) to request r as one flat batch; returns logits [T, V] float32."""
+        ids, positions, slots, query_lens, seq_lens = [], [], [], [], []
+        for r, chunk in enumerate(chunks):
+            start = self.num_computed[r]
+            for i, token in enumerate(chunk):
+                pos = start + i
+                ids.append(token)
+                positions.append(pos)
+                slots.append(int(self.block_table[r, pos // BLOCK_SIZE]) * BLOCK_SIZE + pos % BLOCK_SIZE)
+            query_lens.append(len(chunk))
+            seq_lens.append(start + len(chunk))
+            self.num_computed[r] += len(chunk)
+        qsl = torch.tensor([0, *torch.tensor(query_lens).cumsum(0).tolist()], dtype=torch.int32)
+        seq = torch.tensor(seq_lens, dtype=torch.int32)
+        meta = CommonAttentionMetadata(
+            num_reqs=len(chunks), num_tokens=len(ids), query_start_loc=qsl, query_start_loc_cpu=qsl,
+            seq_lens=seq, seq_lens_cpu=seq, max_query_len=max(query_lens), max_seq_len=max(seq_lens),
+            block_table=self.block_table[: len(chunks)], slot_mapping=torch.tensor(slots, dtype=torch.int64),
+            block_size=BLOCK_SIZE)
+        with torch.no_grad(), set_forward_context(meta):
+            hidden = self.model(torch.tensor(ids, dtype=torch.int64), torch.tensor(positions, dtype=torch.int64))
+            return self.model.compute_logits(hidden)
+
+
+def hf_logits(hf_model: torch.nn.Module, prompt: list[int]) -> torch.Tensor:
+    """Reference logits [len(prompt), V] float32 from transformers, one prompt at a time."""
+    with torch.no_grad():
+        return hf_model(torch.tensor([prompt])).logits[0].float()
+
+
+def max_rel_err(ours: torch.Tensor, ref: torch.Tensor) -> float:
+    """max |ours - ref| / max |ref|."""
+    return ((ours - ref).abs().max() / ref.abs().max()).item()
