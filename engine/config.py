@@ -101,7 +101,7 @@ class ModelConfig:
         head_size = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // num_heads
         eos = getattr(hf_config, "eos_token_id", None)
         eos_ids = tuple(eos) if isinstance(eos, (list, tuple)) else (() if eos is None else (eos,))
-        dtype = getattr(hf_config, "torch_dtype", None) or getattr(hf_config, "dtype", None)
+        dtype = getattr(hf_config, "dtype", None)
         if isinstance(dtype, str):
             dtype = _DTYPES.get(dtype)
         return cls(architecture=archs[0], num_layers=hf_config.num_hidden_layers, hidden_size=hf_config.hidden_size,

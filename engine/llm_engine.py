@@ -59,8 +59,9 @@ class LLMEngine:
         budget = config.max_num_batched_tokens or max(8192, config.max_num_seqs)
         if not config.enable_chunked_prefill:
             budget = max(budget, self.max_model_len)
-        self.runner = ModelRunner(config, mc, resolved.hf_config, resolved.path, choice, self.device, self.dtype,
-                                  self.max_model_len, budget)
+        load_format = "dummy" if resolved.is_preset else config.load_format
+        self.runner = ModelRunner(config, mc, resolved.hf_config, resolved.path, load_format, choice, self.device,
+                                  self.dtype, self.max_model_len, budget)
         self.block_manager = BlockManager(self.runner.num_blocks, choice.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(SchedulerConfig(config.max_num_seqs, budget, self.max_model_len,
                                                    config.enable_chunked_prefill), self.block_manager)

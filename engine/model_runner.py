@@ -32,7 +32,7 @@ class RunnerOutput:
 
 class ModelRunner:
     def __init__(self, config: EngineConfig, model_config: ModelConfig, hf_config, model_path: str | None,
-                 choice: BackendChoice, device: torch.device, dtype: torch.dtype, max_model_len: int,
+                 load_format: str, choice: BackendChoice, device: torch.device, dtype: torch.dtype, max_model_len: int,
                  max_num_batched_tokens: int) -> None:
         self.config, self.model_config = config, model_config
         self.device, self.dtype = device, dtype
@@ -40,7 +40,7 @@ class ModelRunner:
         self.backend = choice.backend
         self.max_model_len = max_model_len
         self.max_num_batched_tokens = max_num_batched_tokens
-        self.model = build_model(hf_config, model_path, config.load_format, dtype, device)
+        self.model = build_model(hf_config, model_path, load_format, dtype, device)
         self.num_blocks = self._size_kv_cache()
         self.kv_caches = self._allocate_kv_cache(self.num_blocks)
         bind_attention_layers(self.model, self.backend.get_impl_cls(), self.kv_caches)

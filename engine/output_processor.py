@@ -92,7 +92,7 @@ class OutputProcessor:
     def _completion(self, seq: _Sequence) -> CompletionOutput:
         req = seq.request
         finished = req.is_finished
-        hold = 0 if finished or seq.stops is None else seq.stops.hold_back_len
+        hold = 0 if finished or seq.stops is None else seq.stops.hold_back_len_for(seq.text)
         num_chars = max(seq.num_sent_chars, len(seq.text) - hold)
         text_delta = seq.text[seq.num_sent_chars:num_chars]
         token_delta = req.output_token_ids[seq.num_sent_tokens:]
