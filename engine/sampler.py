@@ -91,13 +91,14 @@ def apply_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor | None, max_top_
                       top_p: torch.Tensor | None) -> torch.Tensor:
     """Set to -inf every logit outside the row's top-k and outside its top-p nucleus.
 
-    logits `[N, V] float32`; top_k `[N] int64` in [1, V] (V = off) or None; top_p `[N] float32` in (0, 1]
+    logits `[N, V] float32`; top_k `[N] int64` in [1, V] (V = off; max_top_k = the largest other) or None; top_p `[N] float32` in (0, 1]
     or None. The nucleus is the smallest set of highest-probability tokens whose mass reaches top_p (the
     top token is always kept). Ties at the top-k threshold are all kept.
     """
     if top_p is None:
-        kth = logits.topk(max_top_k, dim=-1).values.gather(1, (top_k - 1).unsqueeze(1))
-        return logits.masked_fill(logits < kth, float("-inf"))
+        off = top_k.unsqueeze(1) >= logits.shape[1]
+        kth = logits.topk(max_top_k, dim=-1).values.gather(1, (top_k.clamp(max=max_top_k) - 1).unsqueeze(1))
+        return logits.masked_fill((logits < kth) & ~off, float("-inf"))
     sorted_logits, order = logits.sort(dim=-1)                       # ascending
     if top_k is not None:
         kth = sorted_logits.gather(1, (logits.shape[1] - top_k).unsqueeze(1))

@@ -28,7 +28,7 @@ class SamplingMetadata:
     temperature `[N] float32`: greedy rows hold 1.0 (they take the argmax and never divide).
     greedy_mask `[N] bool`: None when all rows are greedy or none is.
     top_k `[N] int64` (disabled rows hold vocab_size), top_p `[N] float32`, min_p `[N] float32`:
-        None when no random row uses that filter; `max_top_k` is the largest top_k (a host int).
+        None when no random row uses that filter; `max_top_k`: the largest top_k among rows that use it.
     presence/frequency/repetition_penalty `[N] float32`: None when `no_penalties`.
     output_token_counts `[N, V] float32`: how often each token was generated so far (rows without
         penalties are zero); prompt_token_mask `[N, V] bool`: tokens in the prompt, only when some row
@@ -103,9 +103,9 @@ class SamplingMetadata:
         if not (all_greedy or all_random):
             meta.greedy_mask = greedy.to(device, non_blocking=True)
         if not all_greedy:
-            max_top_k = int(top_k.max())
-            if max_top_k < vocab_size:
-                meta.top_k, meta.max_top_k = dev[:, _TOP_K].long(), max_top_k
+            enabled = top_k < vocab_size
+            if bool(enabled.any()):
+                meta.top_k, meta.max_top_k = dev[:, _TOP_K].long(), int(top_k[enabled].max())
             if bool((host[:, _TOP_P] < 1).any()):
                 meta.top_p = dev[:, _TOP_P]
             if bool((host[:, _MIN_P] > 0).any()):

@@ -1,0 +1,83 @@
+"""IncrementalDetokenizer: new token ids -> text delta, O(new tokens) per step, never half a character.
+
+Scheme (prefix / read offsets over token strings): `tokens[prefix:read]` is a short window already turned
+into text; each step decodes `tokens[prefix:]` and emits what it adds beyond the window's own text. The
+window gives the decoder its left context (leading-space rules of sentencepiece, byte-level merges), so
+the delta is right without decoding the whole sequence. A decode that ends in U+FFFD is an incomplete
+UTF-8 character: nothing is emitted until a later token completes it.
+
+Stop strings live in engine/stop_strings.py (StopStringChecker, re-exported here).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from engine.stop_strings import StopStringChecker
+
+__all__ = ["IncrementalDetokenizer", "StopStringChecker"]
+
+# Prompt tokens used as left context for the first output tokens.
+_NUM_CONTEXT_TOKENS = 5
+_REPLACEMENT_CHAR = "\ufffd"
+
+
+class IncrementalDetokenizer:
+    """Turns one sequence's output token ids into text, step by step.
+
+    tokenizer: a transformers tokenizer (convert_ids_to_tokens / convert_tokens_to_string / all_special_ids).
+    prompt_token_ids: its last few tokens are the left context of the first output token.
+    skip_special_tokens: drop special tokens from the text.
+    spaces_between_special_tokens: accepted for API parity with vLLM; fast tokenizers (the only ones the
+        engine loads) decode special tokens as written, which is what this class does either way.
+    """
+
+    def __init__(self, tokenizer, prompt_token_ids: Sequence[int], skip_special_tokens: bool = True,
+                 spaces_between_special_tokens: bool = True) -> None:
+        self.tokenizer = tokenizer
+        self.skip_special_tokens = skip_special_tokens
+        self.spaces_between_special_tokens = spaces_between_special_tokens
+        self._skip_ids = frozenset(tokenizer.all_special_ids) if skip_special_tokens else frozenset()
+        context = list(prompt_token_ids[-(_NUM_CONTEXT_TOKENS + 1):])
+        self._tokens: list[str] = self._to_tokens(context)
+        self._read = len(self._tokens)
+        self._prefix = max(self._read - _NUM_CONTEXT_TOKENS, 0)
+        self.output_text = ""
+        self.num_tokens = 0
+
+    def append(self, new_token_ids: Sequence[int]) -> str:
+        """Take the next output token ids; return the text they complete (may be "" while a character is
+        still partial). `output_text` is the concatenation of all returned deltas."""
+        parts = []
+        for token_id in new_token_ids:
+            self.num_tokens += 1
+            new = self._to_tokens([token_id])
+            if not new:
+                continue
+            self._tokens.extend(new)
+            parts.append(self._advance())
+        delta = "".join(parts)
+        self.output_text += delta
+        return delta
+
+    def _advance(self) -> str:
+        """Decode the window plus the pending tokens; emit the new text unless it ends mid-character."""
+        prefix_text = self.tokenizer.convert_tokens_to_string(self._tokens[self._prefix:self._read])
+        full_text = self.tokenizer.convert_tokens_to_string(self._tokens[self._prefix:])
+        if len(full_text) <= len(prefix_text) or full_text.endswith(_REPLACEMENT_CHAR):
+            return ""
+        delta = full_text[len(prefix_text):]
+        # The pending tokens become the next window; drop what lies before it to stay O(window).
+        del self._tokens[:self._read]
+        self._prefix, self._read = 0, len(self._tokens)
+        return delta
+
+    def _to_tokens(self, ids: Sequence[int]) -> list[str]:
+        """Token strings of `ids`, without special tokens when they are skipped (unknown ids give none)."""
+        out = []
+        for token_id in ids:
+            if token_id in self._skip_ids:
+                continue
+            token = self.tokenizer.convert_ids_to_tokens(int(token_id))
+            if token is not None:
+                out.append(token)
+        return out

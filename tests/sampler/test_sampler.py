@@ -1,0 +1,163 @@
+"""Sampler: greedy, top-k / top-p / min-p support and distribution, seeds, logprobs (CPU)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from engine.request import Request
+from engine.sampler import Sampler
+from engine.sampling_metadata import SamplingMetadata
+from engine.sampling_params import SamplingParams
+
+CPU = torch.device("cpu")
+
+
+def make_request(params: SamplingParams, num_output_tokens: int = 0, rid: str = "r") -> Request:
+    req = Request(rid, [1, 2, 3], params)
+    for t in range(num_output_tokens):
+        req.append_output_token(t % 7)
+    return req
+
+
+def sample(logits: torch.Tensor, requests: list[Request]):
+    meta = SamplingMetadata.from_requests(requests, logits.shape[1], CPU)
+    return Sampler()(logits, meta)
+
+
+def reference_probs(logits_row: torch.Tensor, p: SamplingParams) -> np.ndarray:
+    """float64 reference: temperature, top-k, top-p (smallest prefix reaching p), min-p, renormalized."""
+    x = logits_row.double().numpy() / p.temperature
+    keep = np.ones_like(x, dtype=bool)
+    if p.top_k > 0:
+        keep &= x >= np.sort(x)[::-1][p.top_k - 1]
+    probs = np.where(keep, np.exp(x - x[keep].max()), 0.0)
+    probs /= probs.sum()
+    if p.top_p < 1:
+        order = np.argsort(-probs)
+        mass_before = np.cumsum(probs[order]) - probs[order]
+        nucleus = np.zeros_like(keep)
+        nucleus[order[mass_before < p.top_p]] = True
+        probs = np.where(nucleus, probs, 0.0)
+        probs /= probs.sum()
+    if p.min_p > 0:
+        probs = np.where(probs >= p.min_p * probs.max(), probs, 0.0)
+        probs /= probs.sum()
+    return probs
+
+
+def test_temperature_zero_is_argmax():
+    logits = torch.randn(9, 50)
+    reqs = [make_request(SamplingParams(temperature=0, top_k=3, top_p=0.5)) for _ in range(9)]
+    out = sample(logits, reqs)
+    assert torch.equal(out.sampled_token_ids, logits.argmax(dim=-1))
+    assert out.logprobs is None
+
+
+def test_greedy_rows_in_mixed_batch_and_top_k_one():
+    logits = torch.randn(8, 40)
+    params = [SamplingParams(temperature=0) if i % 2 else SamplingParams(temperature=1.3, top_k=1)
+              for i in range(8)]
+    out = sample(logits, [make_request(p) for p in params])
+    assert torch.equal(out.sampled_token_ids, logits.argmax(dim=-1))
+
+
+def test_greedy_ties_take_lowest_index():
+    logits = torch.zeros(2, 10)
+    logits[:, 3] = logits[:, 7] = 5.0
+    out = sample(logits, [make_request(SamplingParams(temperature=0)) for _ in range(2)])
+    assert out.sampled_token_ids.tolist() == [3, 3]
+
+
+@pytest.mark.parametrize("params", [
+    SamplingParams(temperature=0.8, top_k=5),
+    SamplingParams(temperature=1.2, top_p=0.7),
+    SamplingParams(temperature=1.0, min_p=0.15),
+    SamplingParams(temperature=0.7, top_k=8, top_p=0.8, min_p=0.05),
+    SamplingParams(temperature=1.5),
+])
+def test_filtered_sampling_support_and_distribution(params):
+    torch.manual_seed(hash(repr(params)) % 1000)
+    vocab, draws = 24, 3000
+    row = torch.randn(vocab) * 2
+    out = sample(row.expand(draws, vocab).contiguous(), [make_request(params) for _ in range(draws)])
+    tokens = out.sampled_token_ids.numpy()
+    expected = reference_probs(row, params)
+    assert set(tokens.tolist()) <= set(np.flatnonzero(expected).tolist())
+    freq = np.bincount(tokens, minlength=vocab) / draws
+    tol = 5 * np.sqrt(expected * (1 - expected) / draws) + 3e-3
+    assert np.all(np.abs(freq - expected) <= tol), (freq, expected)
+
+
+@pytest.mark.parametrize("settings", [
+    [SamplingParams(top_k=3), SamplingParams(top_p=0.5), SamplingParams(min_p=0.3),
+     SamplingParams(top_k=10, top_p=0.9), SamplingParams()],
+    [SamplingParams(top_k=2), SamplingParams(), SamplingParams(top_k=6, temperature=0.5), SamplingParams(top_k=-1)],
+])
+def test_support_per_row_with_different_settings(settings):
+    """Different filters on different rows of one batch: each row stays inside its own allowed set."""
+    torch.manual_seed(1)
+    vocab, reps = 30, 200
+    rows = torch.randn(len(settings), vocab) * 2
+    logits = rows.repeat(reps, 1)
+    out = sample(logits, [make_request(settings[i % len(settings)]) for i in range(len(logits))])
+    tokens = out.sampled_token_ids.view(reps, len(settings))
+    for j, p in enumerate(settings):
+        allowed = set(np.flatnonzero(reference_probs(rows[j], p)).tolist())
+        assert set(tokens[:, j].tolist()) <= allowed
+
+
+def _seeded_tokens(seed_row: torch.Tensor, others: torch.Tensor, index: int, seed: int, step: int) -> int:
+    logits = torch.cat([others[:index], seed_row[None], others[index:]])
+    reqs = [make_request(SamplingParams(temperature=1.0), rid=f"o{i}") for i in range(len(others))]
+    reqs.insert(index, make_request(SamplingParams(temperature=0.9, top_p=0.95, seed=seed), step))
+    return sample(logits, reqs).sampled_token_ids[index].item()
+
+
+def test_seed_reproducible_across_batches_and_positions():
+    vocab = 500
+    row = torch.randn(vocab) * 0.1                     # flat: a different draw is very likely to differ
+    for step in range(4):
+        a = _seeded_tokens(row, torch.randn(3, vocab), 0, seed=1234, step=step)
+        b = _seeded_tokens(row, torch.randn(7, vocab), 5, seed=1234, step=step)
+        c = _seeded_tokens(row, torch.randn(0, vocab), 0, seed=1234, step=step)
+        assert a == b == c
+
+
+def test_different_seeds_and_steps_differ():
+    vocab = 500
+    row = torch.randn(vocab) * 0.1
+    others = torch.randn(2, vocab)
+    by_seed = [tuple(_seeded_tokens(row, others, 1, seed=s, step=t) for t in range(4)) for s in (1, 2, 3)]
+    assert len(set(by_seed)) == 3
+    assert len(set(by_seed[0])) > 1                     # the step changes the noise
+
+
+def test_logprobs_match_float64_reference():
+    torch.manual_seed(2)
+    vocab = 64
+    logits = torch.randn(4, vocab) * 3
+    params = [SamplingParams(temperature=0.5, top_k=4, logprobs=5), SamplingParams(temperature=0, logprobs=2),
+              SamplingParams(logprobs=0, logit_bias={7: 2.5}), SamplingParams(temperature=2.0)]
+    out = sample(logits, [make_request(p) for p in params])
+    assert out.logprob_token_ids.shape == (4, 6) and out.logprobs.shape == (4, 6)
+    biased = logits.double().clone()
+    biased[2, 7] += 2.5
+    ref = torch.log_softmax(biased, dim=-1)             # before temperature and filters
+    assert torch.equal(out.logprob_token_ids[:, 0], out.sampled_token_ids)
+    assert torch.equal(out.logprob_token_ids[:, 1:], ref.topk(5, dim=-1).indices)
+    expected = ref.gather(1, out.logprob_token_ids).float()
+    torch.testing.assert_close(out.logprobs, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_logprobs_capped_at_vocab():
+    out = sample(torch.randn(1, 4), [make_request(SamplingParams(logprobs=20))])
+    assert out.logprob_token_ids.shape == (1, 5)
+
+
+def test_logits_not_modified():
+    logits = torch.randn(3, 20)
+    before = logits.clone()
+    sample(logits, [make_request(SamplingParams(top_p=0.5, repetition_penalty=1.5, logit_bias={1: 3.0}), 3)
+                    for _ in range(3)])
+    assert torch.equal(logits, before)
