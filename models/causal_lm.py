@@ -20,6 +20,12 @@ STACKED_PARAMS = (
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 
+def _expected_shards(param_name: str) -> list:
+    """The shard ids a parameter is loaded from: [None] unless it is a fused one."""
+    shards = [shard_id for ours, _, shard_id in STACKED_PARAMS if ours in param_name]
+    return shards or [None]
+
+
 def default_weight_loader(param: nn.Parameter, loaded_weight: torch.Tensor, shard_id=None) -> None:
     if tuple(param.shape) != tuple(loaded_weight.shape):
         raise ValueError(f"checkpoint shape {tuple(loaded_weight.shape)} does not match parameter "
@@ -61,7 +67,7 @@ class DecoderForCausalLM(nn.Module):
         a shape mismatch, or the parameters no tensor was given for.
         """
         params = dict(self.named_parameters())
-        loaded: set[str] = set()
+        loaded: dict[str, set] = {}
         for hf_name, tensor in weights:
             if hf_name.endswith(IGNORED_SUFFIXES) or (self.tie_word_embeddings and hf_name == "lm_head.weight"):
                 continue
@@ -75,12 +81,13 @@ class DecoderForCausalLM(nn.Module):
                     loader(param, tensor, shard_id) if shard_id is not None else loader(param, tensor)
             except ValueError as exc:
                 raise ValueError(f"weight {hf_name!r}: {exc}") from exc
-            loaded.add(name)
-        missing = sorted(set(params) - loaded)
+            loaded.setdefault(name, set()).add(shard_id)
+        missing = [f"{name}{'' if shard is None else f' (shard {shard!r})'}" for name in params
+                   for shard in _expected_shards(name) if shard not in loaded.get(name, ())]
         if missing:
             shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
             raise ValueError(f"the checkpoint has no tensor for {len(missing)} parameter(s): {shown}")
-        return loaded
+        return set(loaded)
 
     @staticmethod
     def _param_name(hf_name: str) -> tuple[str, object]:

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.layers.tp import copy_into, divide, get_tp_rank, get_tp_size
+from models.layers.tp import copy_into, divide, get_tp_rank, get_tp_size, take_shard
 
 
 class _LinearBase(nn.Module):
@@ -45,7 +45,7 @@ class ColumnParallelLinear(_LinearBase):
     def weight_loader(self, param, loaded_weight, shard_id=None) -> None:
         """loaded_weight: the full [output_size(, input_size)] tensor; this rank's rows are copied."""
         rows = param.shape[0]
-        copy_into(param.data, loaded_weight.narrow(0, get_tp_rank() * rows, rows))
+        copy_into(param.data, take_shard(loaded_weight, 0, get_tp_rank(), rows, get_tp_size()))
 
 
 class MergedColumnParallelLinear(ColumnParallelLinear):
@@ -66,7 +66,7 @@ class MergedColumnParallelLinear(ColumnParallelLinear):
         tp_size = get_tp_size()
         offset = sum(self.output_sizes[:shard_id]) // tp_size
         rows = self.output_sizes[shard_id] // tp_size
-        source = loaded_weight.narrow(0, get_tp_rank() * rows, rows)
+        source = take_shard(loaded_weight, 0, get_tp_rank(), rows, tp_size)
         copy_into(param.data.narrow(0, offset, rows), source)
 
 
@@ -96,13 +96,14 @@ class QKVParallelLinear(ColumnParallelLinear):
             raise ValueError("QKVParallelLinear loads q, k and v separately: shard_id must be 'q', 'k' or 'v'")
         q, kv, _ = self.output_split()
         if shard_id == "q":
-            offset, rows, rank = 0, q, get_tp_rank()
+            offset, rows, rank, num_slices = 0, q, get_tp_rank(), get_tp_size()
         elif shard_id in ("k", "v"):
             offset = q if shard_id == "k" else q + kv
             rows, rank = kv, get_tp_rank() // self.num_kv_head_replicas
+            num_slices = get_tp_size() // self.num_kv_head_replicas
         else:
             raise ValueError(f"shard_id must be 'q', 'k' or 'v', got {shard_id!r}")
-        copy_into(param.data.narrow(0, offset, rows), loaded_weight.narrow(0, rank * rows, rows))
+        copy_into(param.data.narrow(0, offset, rows), take_shard(loaded_weight, 0, rank, rows, num_slices))
 
 
 class RowParallelLinear(_LinearBase):
@@ -118,7 +119,7 @@ class RowParallelLinear(_LinearBase):
             copy_into(param.data, loaded_weight)
             return
         cols = param.shape[1]
-        copy_into(param.data, loaded_weight.narrow(1, get_tp_rank() * cols, cols))
+        copy_into(param.data, take_shard(loaded_weight, 1, get_tp_rank(), cols, get_tp_size()))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [T, in_per_rank] -> [T, output_size]."""

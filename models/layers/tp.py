@@ -30,3 +30,12 @@ def copy_into(target, loaded) -> None:
         raise ValueError(f"checkpoint shape {tuple(loaded.shape)} does not fit parameter slice "
                          f"shape {tuple(target.shape)}")
     target.copy_(loaded)
+
+
+def take_shard(loaded, dim: int, index: int, length: int, num_slices: int):
+    """Slice `index` of size `length` along `dim` of a full checkpoint tensor made of exactly
+    `num_slices` such slices; ValueError when the checkpoint's size does not match."""
+    if loaded.dim() <= dim or loaded.shape[dim] != length * num_slices:
+        raise ValueError(f"checkpoint shape {tuple(loaded.shape)} does not match: expected "
+                         f"{length * num_slices} along dim {dim}")
+    return loaded.narrow(dim, index * length, length)
