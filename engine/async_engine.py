@@ -1,0 +1,260 @@
+"""AsyncEngine: the synchronous LLMEngine stepped by one background thread, one asyncio queue per request.
+
+A full waiting queue (EngineConfig.max_queue_len, checked by LLMEngine.add_request) raises
+QueueFullError from add_request. The engine is not thread-safe, so every engine call (add, abort, step, stats) runs on the loop thread:
+the asyncio side posts commands to it and receives outputs through `loop.call_soon_threadsafe`.
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from engine.config import EngineConfig
+from engine.llm_engine import LLMEngine, QueueFullError  # QueueFullError: a full waiting queue (429)
+from engine.outputs import RequestOutput
+from engine.sampling_params import SamplingParams
+
+__all__ = ["AsyncEngine", "EngineDeadError", "QueueFullError"]
+logger = logging.getLogger(__name__)
+
+_IDLE_WAIT_S = 0.5          # how long an idle loop sleeps between stats refreshes
+
+
+class EngineDeadError(RuntimeError):
+    """The engine loop stopped or crashed; no request can be served (the server answers 503)."""
+
+
+@dataclass
+class _Stream:
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue
+
+
+class AsyncEngine:
+    """Runs `LLMEngine.step()` on a background thread so the event loop never blocks on the model.
+
+    `engine` may be given instead of `config` (tests pass a prepared LLMEngine). `stall_timeout_s` is
+    how long one step may take while there is work before `is_healthy()` turns False.
+    """
+
+    def __init__(self, config: EngineConfig | None = None, *, engine: LLMEngine | None = None,
+                 stall_timeout_s: float = 120.0) -> None:
+        if engine is None:
+            engine = LLMEngine(config)
+        self.engine = engine
+        self.config: EngineConfig = engine.config
+        self.tokenizer = engine.tokenizer
+        self.model_config = engine.model_config
+        self.max_model_len: int = engine.max_model_len
+        self.stall_timeout_s = stall_timeout_s
+        self._commands: queue.Queue = queue.Queue()
+        self._streams: dict[str, _Stream] = {}
+        self._streams_lock = threading.Lock()
+        self._error: BaseException | None = None
+        self._stopped = threading.Event()
+        self._step_started: float | None = None     # monotonic time of the step in progress
+        self._last_progress = time.monotonic()
+        self._stats = engine.get_stats()
+        self._ids = itertools.count()
+        self._thread = threading.Thread(target=self._run_loop, name="engine-loop", daemon=True)
+        self._thread.start()
+
+    # ----- asyncio side -------------------------------------------------------------------------
+
+    async def add_request(self, request_id: str, prompt: str | list[int],
+                          params: SamplingParams) -> AsyncIterator[RequestOutput]:
+        """Admit one request; raise ValueError (bad input), QueueFullError or EngineDeadError at once.
+
+        Returns an async iterator of its RequestOutputs; closing or cancelling it aborts the request.
+        """
+        self._check_alive()
+        loop = asyncio.get_running_loop()
+        stream = _Stream(loop, asyncio.Queue())
+        with self._streams_lock:
+            if request_id in self._streams:
+                raise ValueError(f"request_id {request_id!r} is already in use")
+            self._streams[request_id] = stream
+        try:
+            await self._call(lambda eng: eng.add_request(request_id, prompt, params))
+        except BaseException:
+            self.abort(request_id)     # also covers a cancel that raced with the admission
+            raise
+        return self._iterate(request_id, stream)
+
+    async def generate(self, request_id: str, prompt: str | list[int],
+                       params: SamplingParams) -> AsyncIterator[RequestOutput]:
+        """Yield the request's outputs until it finishes; a consumer that goes away aborts it."""
+        outputs = await self.add_request(request_id, prompt, params)
+        try:
+            async for out in outputs:
+                yield out
+        finally:
+            await outputs.aclose()
+
+    def abort(self, request_id: str) -> None:
+        """Abort a request (its KV blocks return to the pool); safe to call from any thread, any time."""
+        if self._drop(request_id):
+            self._commands.put(("abort", request_id, None))
+
+    async def get_stats(self) -> Any:
+        """Fresh EngineStats read on the loop thread (the cached snapshot if the loop is dead)."""
+        if not self.is_alive():
+            return self._stats
+        return await self._call(lambda eng: self._refresh_stats(eng))
+
+    @property
+    def stats(self) -> Any:
+        """The EngineStats snapshot taken after the last step or command batch (no waiting)."""
+        return self._stats
+
+    def new_request_id(self, prefix: str) -> str:
+        return f"{prefix}-{next(self._ids)}-{time.monotonic_ns():x}"
+
+    def is_alive(self) -> bool:
+        return self._thread.is_alive() and self._error is None and not self._stopped.is_set()
+
+    def is_healthy(self) -> bool:
+        """Loop thread alive, not errored, and no step has been running longer than stall_timeout_s."""
+        if not self.is_alive():
+            return False
+        started = self._step_started
+        return started is None or time.monotonic() - started < self.stall_timeout_s
+
+    @property
+    def error(self) -> BaseException | None:
+        return self._error
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        """Stop the loop thread; pending requests get EngineDeadError."""
+        self._stopped.set()
+        self._commands.put(("wake", None, None))
+        self._thread.join(timeout)
+        self._fail_all(EngineDeadError("engine was shut down"))
+
+    async def _iterate(self, request_id: str, stream: _Stream) -> AsyncIterator[RequestOutput]:
+        finished = False
+        try:
+            while True:
+                item = await stream.queue.get()
+                if isinstance(item, BaseException):
+                    raise EngineDeadError(f"engine loop failed: {item!r}") from item
+                yield item
+                if item.finished:
+                    finished = True
+                    return
+        finally:
+            if not finished:
+                self.abort(request_id)
+
+    async def _call(self, fn: Callable[[Any], Any]) -> Any:
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self._commands.put(("call", fn, future))
+        if not self.is_alive():          # the loop may have died after the put; never hang
+            self._fail_future(future)
+        return await asyncio.wrap_future(future)
+
+    def _check_alive(self) -> None:
+        if not self.is_alive():
+            raise EngineDeadError(f"engine loop is not running (error: {self._error!r})")
+
+    def _drop(self, request_id: str) -> bool:
+        with self._streams_lock:
+            return self._streams.pop(request_id, None) is not None
+
+    # ----- loop thread ------------------------------------------------------------------------
+
+    def _refresh_stats(self, eng: Any) -> Any:
+        self._stats = eng.get_stats()
+        return self._stats
+
+    def _run_loop(self) -> None:
+        eng = self.engine
+        try:
+            while not self._stopped.is_set():
+                busy = eng.has_unfinished_requests()
+                self._drain_commands(eng, block=not busy)
+                if self._stopped.is_set():
+                    break
+                if eng.has_unfinished_requests():
+                    self._step_started = time.monotonic()
+                    outputs = eng.step()
+                    self._step_started = None
+                    self._last_progress = time.monotonic()
+                    self._dispatch(outputs)
+                self._stats = eng.get_stats()
+        except BaseException as exc:  # noqa: BLE001 - any loop failure must reach every waiting request
+            logger.exception("engine loop failed")
+            self._error = exc
+            self._step_started = None
+            self._fail_all(exc)
+
+    def _drain_commands(self, eng: Any, block: bool) -> None:
+        try:
+            cmd = self._commands.get(timeout=_IDLE_WAIT_S) if block else self._commands.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            self._run_command(eng, *cmd)
+            try:
+                cmd = self._commands.get_nowait()
+            except queue.Empty:
+                return
+
+    def _run_command(self, eng: Any, kind: str, arg: Any, future: Any) -> None:
+        if kind == "abort":
+            eng.abort_request([arg])
+        elif kind == "call" and not future.done():     # done: its caller was cancelled
+            try:
+                result = arg(eng)
+            except Exception as exc:  # noqa: BLE001 - handed back to the caller
+                _settle(future, exc=exc)
+            else:
+                _settle(future, result=result)
+
+    def _dispatch(self, outputs: list[RequestOutput]) -> None:
+        for out in outputs:
+            with self._streams_lock:
+                stream = self._streams.get(out.request_id)
+                if stream is not None and out.finished:
+                    del self._streams[out.request_id]
+            if stream is not None:
+                stream.loop.call_soon_threadsafe(stream.queue.put_nowait, out)
+
+    def _fail_all(self, exc: BaseException) -> None:
+        with self._streams_lock:
+            streams = list(self._streams.values())
+            self._streams.clear()
+        for stream in streams:
+            try:
+                stream.loop.call_soon_threadsafe(stream.queue.put_nowait, exc)
+            except RuntimeError:      # that event loop is closed
+                pass
+        while True:
+            try:
+                _, _, future = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if future is not None:
+                self._fail_future(future)
+
+    def _fail_future(self, future: concurrent.futures.Future) -> None:
+        _settle(future, exc=EngineDeadError(f"engine loop is not running (error: {self._error!r})"))
+
+
+def _settle(future: concurrent.futures.Future, result: Any = None, exc: BaseException | None = None) -> None:
+    """Set a future's outcome unless it is already done (cancelled by its caller, or failed)."""
+    try:
+        if exc is not None:
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
+    except concurrent.futures.InvalidStateError:
+        pass

@@ -1,0 +1,104 @@
+"""create_app: the FastAPI application of the OpenAI-compatible server around one AsyncEngine."""
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from engine.async_engine import AsyncEngine
+from server.auth import APIKeyMiddleware
+from server.errors import APIError, from_validation_errors
+from server.metrics import ServerMetrics
+from server.protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest, DetokenizeResponse,
+                             ModelCard, ModelList, TokenizeRequest, TokenizeResponse)
+from server.serving import Serving, until_disconnect
+from server.serving_chat import chat_prompt_ids, create_chat_completion
+from server.serving_completions import create_completion
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(async_engine: AsyncEngine, served_model_name: str | None = None,
+               api_key: str | None = None) -> FastAPI:
+    """The app serving `async_engine` under `served_model_name` (default: the configured model);
+    with `api_key`, every route but /health and /metrics needs `Authorization: Bearer <api_key>`."""
+    name = served_model_name or async_engine.config.model
+    metrics = ServerMetrics(async_engine, name)
+    serving = Serving(async_engine, name, metrics)
+    app = FastAPI(title="engine OpenAI-compatible server")
+    app.state.serving = serving
+    app.state.metrics = metrics
+    _add_error_handlers(app)
+    _add_routes(app, serving, metrics)
+    if api_key:
+        app.add_middleware(APIKeyMiddleware, api_key=api_key)
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return from_validation_errors(list(exc.errors())).response()
+
+    @app.exception_handler(APIError)
+    async def _api_error(_: Request, exc: APIError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(Exception)
+    async def _internal(_: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error")
+        return APIError(500, f"internal error: {exc!r}").response()
+
+
+async def _respond(request: Request, work) -> Response:
+    result = await until_disconnect(request, work)
+    if hasattr(result, "__aiter__"):
+        return StreamingResponse(result, media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return JSONResponse(result.model_dump())
+
+
+def _add_routes(app: FastAPI, serving: Serving, metrics: ServerMetrics) -> None:
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest, request: Request) -> Response:
+        return await _respond(request, create_completion(serving, body, metrics.timer))
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+        return await _respond(request, create_chat_completion(serving, body, metrics.timer))
+
+    @app.get("/v1/models")
+    async def models() -> ModelList:
+        return ModelList(data=[ModelCard(id=serving.model_name, max_model_len=serving.max_model_len)])
+
+    @app.get("/health")
+    async def health() -> Response:
+        if serving.engine.is_healthy():
+            return JSONResponse({"status": "ok"})
+        return APIError(503, f"engine is not healthy (error: {serving.engine.error!r})").response()
+
+    @app.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.post("/tokenize")
+    async def tokenize(body: TokenizeRequest) -> TokenizeResponse:
+        serving.check_model(body.model)
+        if (body.prompt is None) == (body.messages is None):
+            raise APIError(400, "give exactly one of prompt or messages", "prompt")
+        if body.messages is not None:
+            tokens = chat_prompt_ids(serving, body.messages, body.add_generation_prompt)
+        else:
+            tokens = serving.tokenizer.encode(body.prompt, add_special_tokens=body.add_special_tokens)
+        return TokenizeResponse(tokens=tokens, count=len(tokens), max_model_len=serving.max_model_len)
+
+    @app.post("/detokenize")
+    async def detokenize(body: DetokenizeRequest) -> DetokenizeResponse:
+        serving.check_model(body.model)
+        vocab = len(serving.tokenizer)
+        bad = [t for t in body.tokens if not 0 <= t < vocab]
+        if bad:
+            raise APIError(400, f"tokens must be in [0, {vocab}), got {bad[:4]}", "tokens")
+        return DetokenizeResponse(prompt=serving.tokenizer.decode(body.tokens))

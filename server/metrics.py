@@ -1,0 +1,87 @@
+"""Prometheus metrics of one app, in its own CollectorRegistry.
+
+Engine-wide gauges and counters are read from the AsyncEngine's stats snapshot at scrape time;
+latency histograms are observed per request by RequestTimer.
+"""
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+_PREFIX = "engine"
+_LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+# (metric suffix, EngineStats field, help)
+_GAUGES = (("num_requests_running", "num_running", "Requests in the running batch."),
+           ("num_requests_waiting", "num_waiting", "Requests waiting to be scheduled."),
+           ("kv_cache_usage_perc", "kv_cache_usage", "Fraction of KV-cache blocks in use (0..1)."))
+_COUNTERS = (("prefix_cache_queries", "prefix_cache_queries", "Prompt tokens looked up in the prefix cache."),
+             ("prefix_cache_hits", "prefix_cache_hits", "Prompt tokens found in the prefix cache."),
+             ("prompt_tokens", "num_prompt_tokens", "Prompt tokens processed."),
+             ("generation_tokens", "num_generation_tokens", "Tokens generated."),
+             ("num_preemptions", "num_preemptions", "Requests preempted (recomputed later)."))
+
+
+class _EngineStatsCollector:
+    """Turns the engine's stats snapshot into Prometheus gauges and counters at scrape time."""
+
+    def __init__(self, async_engine, model_name: str) -> None:
+        self.async_engine = async_engine
+        self.model_name = model_name
+
+    def collect(self):
+        stats = self.async_engine.stats
+        for suffix, field, help_text in _GAUGES:
+            family = GaugeMetricFamily(f"{_PREFIX}_{suffix}", help_text, labels=["model_name"])
+            family.add_metric([self.model_name], float(getattr(stats, field, 0)))
+            yield family
+        for suffix, field, help_text in _COUNTERS:
+            family = CounterMetricFamily(f"{_PREFIX}_{suffix}", help_text, labels=["model_name"])
+            family.add_metric([self.model_name], float(getattr(stats, field, 0)))
+            yield family
+        healthy = GaugeMetricFamily(f"{_PREFIX}_healthy", "1 while the engine loop is alive and progressing.")
+        healthy.add_metric([], 1.0 if self.async_engine.is_healthy() else 0.0)
+        yield healthy
+
+
+class ServerMetrics:
+    """The registry of one app: engine stats plus TTFT / inter-token / end-to-end latency histograms."""
+
+    def __init__(self, async_engine, model_name: str) -> None:
+        self.registry = CollectorRegistry()
+        self.registry.register(_EngineStatsCollector(async_engine, model_name))
+        labels = ["model_name"]
+        self.ttft = Histogram(f"{_PREFIX}_time_to_first_token_seconds", "Time to first token.", labels,
+                              registry=self.registry, buckets=_LATENCY_BUCKETS).labels(model_name)
+        self.itl = Histogram(f"{_PREFIX}_inter_token_latency_seconds", "Time between output steps of a request.",
+                             labels, registry=self.registry, buckets=_LATENCY_BUCKETS).labels(model_name)
+        self.e2e = Histogram(f"{_PREFIX}_e2e_request_latency_seconds", "Request arrival to finish.", labels,
+                             registry=self.registry, buckets=_LATENCY_BUCKETS).labels(model_name)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def timer(self) -> "RequestTimer":
+        return RequestTimer(self)
+
+
+class RequestTimer:
+    """Observes one request's latencies: call on_tokens() whenever new tokens arrive, finish() at the end."""
+
+    def __init__(self, metrics: ServerMetrics) -> None:
+        self.metrics = metrics
+        self.arrival = time.monotonic()
+        self.last_token: float | None = None
+
+    def on_tokens(self) -> None:
+        now = time.monotonic()
+        if self.last_token is None:
+            self.metrics.ttft.observe(now - self.arrival)
+        else:
+            self.metrics.itl.observe(now - self.last_token)
+        self.last_token = now
+
+    def finish(self) -> None:
+        self.metrics.e2e.observe(time.monotonic() - self.arrival)

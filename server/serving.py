@@ -1,0 +1,169 @@
+"""What completions and chat share: request -> SamplingParams, prompt checks, admission, stream merge,
+client-disconnect handling and SSE framing."""
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import fields
+
+from fastapi import Request
+from pydantic import BaseModel
+
+from engine.async_engine import AsyncEngine, EngineDeadError, QueueFullError
+from engine.outputs import RequestOutput
+from engine.sampling_params import SamplingParams
+from server.errors import APIError, from_value_error
+from server.metrics import ServerMetrics
+
+_SAMPLING_FIELDS = tuple(f.name for f in fields(SamplingParams))
+_COPIED = ("n", "temperature", "top_p", "top_k", "min_p", "seed", "stop", "stop_token_ids", "presence_penalty",
+           "frequency_penalty", "repetition_penalty", "ignore_eos", "min_tokens", "skip_special_tokens",
+           "include_stop_str_in_output")
+DONE = "data: [DONE]\n\n"
+
+
+class Serving:
+    """Binds the engine, the served model name and the metrics for the endpoint handlers."""
+
+    def __init__(self, async_engine: AsyncEngine, served_model_name: str, metrics: ServerMetrics) -> None:
+        self.engine = async_engine
+        self.tokenizer = async_engine.tokenizer
+        self.model_name = served_model_name
+        self.max_model_len = async_engine.max_model_len
+        self.metrics = metrics
+
+    def check_model(self, name: str | None) -> None:
+        if name is not None and name != self.model_name:
+            raise APIError(404, f"model {name!r} does not exist; this server serves {self.model_name!r}", "model")
+
+    def sampling_params(self, req, max_tokens: int, logprobs: int | None) -> SamplingParams:
+        """SamplingParams from the request's fields; a rule it breaks becomes a 400 naming the field."""
+        kwargs = {name: getattr(req, name) for name in _COPIED if getattr(req, name) is not None}
+        kwargs.update(max_tokens=max_tokens, logprobs=logprobs, logit_bias=_logit_bias(req.logit_bias))
+        try:
+            return SamplingParams(**kwargs)
+        except ValueError as exc:
+            raise from_value_error(exc, _SAMPLING_FIELDS) from exc
+
+    def check_prompt(self, token_ids: list[int], max_tokens: int | None, param: str = "prompt") -> None:
+        """400 for an empty prompt or one that leaves no room for max_tokens within max_model_len."""
+        if not token_ids:
+            raise APIError(400, f"{param} must not be empty", param)
+        if max_tokens is not None and len(token_ids) + max_tokens > self.max_model_len:
+            raise APIError(400, f"this model's max_model_len is {self.max_model_len} tokens, but the request asks "
+                                f"for {len(token_ids) + max_tokens} ({len(token_ids)} prompt tokens + max_tokens "
+                                f"{max_tokens}); shorten the {param} or lower max_tokens", param)
+
+    def default_max_tokens(self, token_ids: list[int]) -> int:
+        return max(1, self.max_model_len - len(token_ids))
+
+    async def start(self, prefix: str, prompts: list[list[int]],
+                    params: SamplingParams) -> list[AsyncIterator[RequestOutput]]:
+        """Admit one engine request per prompt; engine refusals become API errors before any byte is sent."""
+        base = f"{prefix}-{uuid.uuid4().hex}"
+        streams: list[AsyncIterator[RequestOutput]] = []
+        try:
+            for i, ids in enumerate(prompts):
+                streams.append(await self.engine.add_request(f"{base}-{i}", ids, params))
+        except BaseException as exc:
+            for stream in streams:
+                await stream.aclose()
+            raise _engine_error(exc) from exc
+        return streams
+
+    def decode_token(self, token_id: int) -> str:
+        return self.tokenizer.decode([token_id])
+
+
+def _logit_bias(bias: dict[str, float] | None) -> dict[int, float] | None:
+    if bias is None:
+        return None
+    try:
+        return {int(k): float(v) for k, v in bias.items()}
+    except ValueError as exc:
+        raise APIError(400, f"logit_bias keys must be token ids (integers), got {list(bias)[:4]}",
+                       "logit_bias") from exc
+
+
+def _engine_error(exc: BaseException) -> BaseException:
+    if isinstance(exc, APIError) or not isinstance(exc, Exception):
+        return exc
+    if isinstance(exc, QueueFullError):
+        return APIError(429, str(exc))
+    if isinstance(exc, EngineDeadError):
+        return APIError(503, str(exc))
+    if isinstance(exc, ValueError):
+        return from_value_error(exc, ("prompt", "max_tokens") + _SAMPLING_FIELDS, default="prompt")
+    return APIError(500, f"internal error: {exc!r}")
+
+
+def api_error(exc: BaseException) -> APIError:
+    """Any exception raised while serving, as the APIError the client sees."""
+    err = _engine_error(exc)
+    return err if isinstance(err, APIError) else APIError(500, f"internal error: {exc!r}")
+
+
+async def merge(streams: list[AsyncIterator[RequestOutput]]) -> AsyncIterator[tuple[int, RequestOutput]]:
+    """Interleave several request streams as (stream index, output); closing this closes (aborts) them all."""
+    if len(streams) == 1:
+        try:
+            async for out in streams[0]:
+                yield 0, out
+        finally:
+            await streams[0].aclose()
+        return
+    merged: asyncio.Queue = asyncio.Queue()
+
+    async def pump(i: int, stream: AsyncIterator[RequestOutput]) -> None:
+        try:
+            async for out in stream:
+                await merged.put((i, out))
+        except Exception as exc:  # noqa: BLE001 - re-raised by the consumer
+            await merged.put((i, exc))
+        await merged.put((i, None))
+
+    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        remaining = len(tasks)
+        while remaining:
+            i, item = await merged.get()
+            if item is None:
+                remaining -= 1
+            elif isinstance(item, Exception):
+                raise item
+            else:
+                yield i, item
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for stream in streams:
+            await stream.aclose()
+
+
+async def until_disconnect(request: Request, work: Awaitable) -> object:
+    """Run `work`; if the client disconnects first, cancel it (which aborts its engine requests)."""
+    work_task = asyncio.ensure_future(work)
+    watch_task = asyncio.create_task(_wait_disconnect(request))
+    try:
+        await asyncio.wait({work_task, watch_task}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch_task.cancel()
+        if not work_task.done():
+            work_task.cancel()
+            await asyncio.gather(work_task, return_exceptions=True)
+    if work_task.cancelled():
+        raise APIError(499, "client disconnected")
+    return work_task.result()
+
+
+async def _wait_disconnect(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def sse(payload: BaseModel | dict) -> str:
+    data = payload.model_dump_json() if isinstance(payload, BaseModel) else json.dumps(payload)
+    return f"data: {data}\n\n"

@@ -1,0 +1,147 @@
+"""POST /v1/completions: prompt(s) -> engine requests -> one response or an SSE stream."""
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+from engine.outputs import CompletionOutput
+from server.errors import APIError
+from server.protocol import (CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse,
+                             UsageInfo)
+from server.serving import DONE, Serving, api_error, merge, sse
+
+
+def _prompts(serving: Serving, req: CompletionRequest) -> list[list[int]]:
+    """The request's prompts as token-id lists (str | list[str] | list[int] | list[list[int]])."""
+    prompt = req.prompt
+    if isinstance(prompt, str):
+        items: list = [prompt]
+    elif prompt and all(isinstance(p, int) for p in prompt):
+        items = [prompt]
+    else:
+        items = list(prompt)
+    if not items:
+        raise APIError(400, "prompt must not be empty", "prompt")
+    return [serving.tokenizer.encode(p) if isinstance(p, str) else list(p) for p in items]
+
+
+def _check(req: CompletionRequest) -> None:
+    if req.best_of is not None and req.best_of != 1:
+        raise APIError(400, f"best_of must be 1 (best_of > 1 is not supported), got {req.best_of}", "best_of")
+    if req.suffix:
+        raise APIError(400, "suffix is not supported", "suffix")
+    if req.echo and req.logprobs is not None:
+        raise APIError(400, "echo together with logprobs is not supported (prompt logprobs are not computed)",
+                       "echo")
+
+
+class _Choices:
+    """Per-choice bookkeeping: what was sent so far (streaming) and the latest cumulative output."""
+
+    def __init__(self, serving: Serving, n: int, prompt_texts: list[str], echo: bool, want_logprobs: bool):
+        self.serving, self.n, self.echo, self.want_logprobs = serving, n, echo, want_logprobs
+        self.prompt_texts = prompt_texts
+        self.latest: dict[int, CompletionOutput] = {}
+        self.num_logprobs_sent: dict[int, int] = {}
+        self.text_len: dict[int, int] = {}
+
+    def index(self, prompt_idx: int, out: CompletionOutput) -> int:
+        return prompt_idx * self.n + out.index
+
+    def logprobs(self, index: int, out: CompletionOutput, start: int) -> CompletionLogprobs | None:
+        """OpenAI completions logprobs of out's tokens from `start` on; text offsets continue the text."""
+        if not self.want_logprobs:
+            return None
+        result = CompletionLogprobs()
+        offset = self.text_len.get(index, 0)
+        for token_id, top in zip(out.token_ids[start:], (out.logprobs or [])[start:]):
+            token = self.serving.decode_token(token_id)
+            result.tokens.append(token)
+            result.token_logprobs.append(top.get(token_id))
+            result.top_logprobs.append({self.serving.decode_token(t): lp for t, lp in
+                                        sorted(top.items(), key=lambda kv: -kv[1])})
+            result.text_offset.append(offset)
+            offset += len(token)
+        self.text_len[index] = offset
+        return result
+
+
+async def create_completion(serving: Serving, req: CompletionRequest, timer_factory) -> object:
+    """Validate, admit and return either a CompletionResponse or an async iterator of SSE strings."""
+    timer = timer_factory()     # latencies count from arrival
+    serving.check_model(req.model)
+    _check(req)
+    prompts = _prompts(serving, req)
+    max_tokens = req.max_tokens if req.max_tokens is not None else min(
+        serving.default_max_tokens(p) for p in prompts)
+    for ids in prompts:
+        serving.check_prompt(ids, max_tokens)
+    params = serving.sampling_params(req, max_tokens, req.logprobs)
+    prompt_texts = [serving.tokenizer.decode(ids) for ids in prompts] if req.echo else [""] * len(prompts)
+    choices = _Choices(serving, req.n, prompt_texts, req.echo, req.logprobs is not None)
+    for i, text in enumerate(prompt_texts):
+        for k in range(req.n):
+            choices.text_len[i * req.n + k] = len(text)
+    streams = await serving.start("cmpl", prompts, params)
+    response_id = f"cmpl-{uuid.uuid4().hex}"
+    if req.stream:
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        return _stream(serving, response_id, streams, choices, prompts, include_usage, timer)
+    return await _collect(serving, response_id, streams, choices, prompts, timer)
+
+
+async def _collect(serving, response_id, streams, choices: _Choices, prompts, timer) -> CompletionResponse:
+    async for prompt_idx, out in merge(streams):
+        if any(c.token_ids_delta for c in out.outputs):
+            timer.on_tokens()
+        for comp in out.outputs:
+            choices.latest[choices.index(prompt_idx, comp)] = comp
+    timer.finish()
+    result = []
+    for index in sorted(choices.latest):
+        comp = choices.latest[index]
+        prompt_text = choices.prompt_texts[index // choices.n]
+        result.append(CompletionChoice(index=index, text=prompt_text + comp.text,
+                                       logprobs=choices.logprobs(index, comp, 0),
+                                       finish_reason=comp.finish_reason, stop_reason=comp.stop_reason))
+    return CompletionResponse(id=response_id, model=serving.model_name, choices=result,
+                              usage=_usage(prompts, choices))
+
+
+def _usage(prompts: list[list[int]], choices: _Choices) -> UsageInfo:
+    prompt_tokens = sum(len(p) for p in prompts)
+    completion_tokens = sum(len(c.token_ids) for c in choices.latest.values())
+    return UsageInfo(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                     total_tokens=prompt_tokens + completion_tokens)
+
+
+async def _stream(serving, response_id, streams, choices: _Choices, prompts, include_usage,
+                  timer) -> AsyncIterator[str]:
+    def chunk(index: int, text: str, logprobs=None, finish_reason=None, stop_reason=None) -> str:
+        choice = CompletionChoice(index=index, text=text, logprobs=logprobs, finish_reason=finish_reason,
+                                  stop_reason=stop_reason)
+        return sse(CompletionResponse(id=response_id, model=serving.model_name, choices=[choice]))
+
+    try:
+        if choices.echo:
+            for index in range(len(prompts) * choices.n):
+                yield chunk(index, choices.prompt_texts[index // choices.n])
+        async for prompt_idx, out in merge(streams):
+            if any(c.token_ids_delta for c in out.outputs):
+                timer.on_tokens()
+            for comp in out.outputs:
+                index = choices.index(prompt_idx, comp)
+                sent = choices.num_logprobs_sent.get(index, 0)
+                choices.latest[index] = comp
+                if not (comp.text_delta or comp.finished or (choices.want_logprobs and len(comp.token_ids) > sent)):
+                    continue
+                choices.num_logprobs_sent[index] = len(comp.token_ids)
+                yield chunk(index, comp.text_delta, choices.logprobs(index, comp, sent), comp.finish_reason,
+                            comp.stop_reason)
+        timer.finish()
+        if include_usage:
+            yield sse(CompletionResponse(id=response_id, model=serving.model_name, choices=[],
+                                         usage=_usage(prompts, choices)))
+    except Exception as exc:  # noqa: BLE001 - the status line is gone; report in-band
+        yield api_error(exc).sse()
+    yield DONE
