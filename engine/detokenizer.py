@@ -37,10 +37,8 @@ class IncrementalDetokenizer:
         self.skip_special_tokens = skip_special_tokens
         self.spaces_between_special_tokens = spaces_between_special_tokens
         self._skip_ids = frozenset(tokenizer.all_special_ids) if skip_special_tokens else frozenset()
-        context = list(prompt_token_ids[-(_NUM_CONTEXT_TOKENS + 1):])
-        self._tokens: list[str] = self._to_tokens(context)
-        self._read = len(self._tokens)
-        self._prefix = max(self._read - _NUM_CONTEXT_TOKENS, 0)
+        self._tokens: list[str] = self._to_tokens(list(prompt_token_ids[-_NUM_CONTEXT_TOKENS:]))
+        self._prefix, self._read = 0, len(self._tokens)
         self.output_text = ""
         self.num_tokens = 0
 

@@ -42,19 +42,20 @@ class StopStringChecker:
         return best
 
     def check(self, text: str, num_new_chars: int) -> tuple[str, int] | None:
-        """The stop string that ends within the last `num_new_chars` characters of `text` (the earliest
-        one in the text when several do) and the length of text to keep: up to the start of the stop
-        string, or up to its end with include_stop_str_in_output. None when no stop string completed."""
+        """The stop string that ends within the last `num_new_chars` characters of `text` and the length
+        of text to keep: up to the start of the stop string, or up to its end with
+        include_stop_str_in_output. None when no stop string completed. When several complete, the one
+        that ends first wins (then the longer one), so the result does not depend on how the text was
+        split into deltas."""
         if num_new_chars <= 0:
             return None
         first_new = len(text) - num_new_chars
-        best: tuple[int, str] | None = None
+        best: tuple[int, int, str] | None = None
         for stop in self.stops:
-            start = max(0, first_new - len(stop) + 1)
-            idx = text.find(stop, start)
-            if idx != -1 and (best is None or idx < best[0]):
-                best = (idx, stop)
+            idx = text.find(stop, max(0, first_new - len(stop) + 1))
+            if idx != -1 and (best is None or (idx + len(stop), idx) < best[:2]):
+                best = (idx + len(stop), idx, stop)
         if best is None:
             return None
-        idx, stop = best
+        _, idx, stop = best
         return stop, idx + len(stop) if self.include_stop_str_in_output else idx
