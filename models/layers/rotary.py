@@ -21,8 +21,8 @@ def rope_parameters(hf_config) -> dict[str, Any]:
     scaling = getattr(hf_config, "rope_scaling", None) or {}
     for key, value in scaling.items():
         params.setdefault(key, value)
-    if "rope_type" not in params:
-        params["rope_type"] = params.get("type", "default")
+    legacy_type = params.pop("type", None)
+    params.setdefault("rope_type", legacy_type or "default")
     if "rope_theta" not in params:
         params["rope_theta"] = getattr(hf_config, "rope_theta", None) or 10000.0
     if params["rope_type"] not in SUPPORTED_ROPE_TYPES:
