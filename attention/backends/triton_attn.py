@@ -1,0 +1,179 @@
+"""`triton`: paged attention with this project's Triton kernels (attention/ops).
+
+Decode-only batches (max_query_len == 1) run the split-KV decode kernel; any other batch runs the
+prefill/extend kernel, which serves decodes, fresh prefills and chunked prefills in one launch.
+
+CUDA graphs (decode-only): the runner calls `builder.build_for_capture(common)` before capturing a
+batch size AND again before every replay of it, outside the capture. It copies `common`'s
+query_start_loc, seq_lens, block_table and slot_mapping into fixed-address buffers (same stream,
+no host sync) and returns metadata whose tensors are views into them; the split count depends only
+on num_reqs (it assumes max_model_len), so the captured launch shapes stay valid. Padded requests
+need seq_len 0, query_start_loc continuing by 1, and slot -1.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+
+from attention.backend import (AttentionBackend, AttentionImpl, AttentionMetadataBuilder,
+                               CommonAttentionMetadata, CudaGraphSupport)
+from attention.ops.decode_attention import decode_attention
+from attention.ops.prefill_attention import prefill_attention
+from attention.ops.store_kv import store_kv
+
+# Split-KV policy: aim for `waves` programs per multiprocessor; no split shorter than min_split_len.
+SPLIT_POLICY = dict(waves=2, min_split_len=256, max_splits=64)
+
+
+@dataclass
+class TritonAttnMetadata:
+    """What TritonAttnImpl reads each step. Tensors live on the device; ints are host ints.
+
+    part_out [num_reqs, H, num_splits, D] float32 and part_lse [num_reqs, H, num_splits] float32
+    are the split-KV workspace (views into one buffer of the builder)."""
+
+    num_reqs: int
+    num_tokens: int
+    max_query_len: int
+    max_seq_len: int
+    is_decode: bool
+    num_splits: int
+    query_start_loc: torch.Tensor
+    seq_lens: torch.Tensor
+    block_table: torch.Tensor
+    slot_mapping: torch.Tensor
+    part_out: torch.Tensor
+    part_lse: torch.Tensor
+
+
+class CaptureBuffers:
+    """Fixed-address copies of the per-step tensors, for CUDA-graph capture and replay."""
+
+    def __init__(self, max_num_seqs: int, max_blocks_per_req: int, device: torch.device) -> None:
+        self.query_start_loc = torch.zeros(max_num_seqs + 1, dtype=torch.int32, device=device)
+        self.seq_lens = torch.zeros(max_num_seqs, dtype=torch.int32, device=device)
+        self.block_table = torch.zeros(max_num_seqs, max_blocks_per_req, dtype=torch.int32, device=device)
+        self.slot_mapping = torch.full((max_num_seqs,), -1, dtype=torch.int64, device=device)
+
+    def fill(self, common: CommonAttentionMetadata) -> CommonAttentionMetadata:
+        """Copy `common` (a decode-only batch) in; return a copy of it that points into the buffers."""
+        num_reqs, num_tokens = common.num_reqs, common.num_tokens
+        width = common.block_table.shape[1]
+        if common.max_query_len != 1:
+            raise ValueError(f"max_query_len must be 1 for graph capture, got {common.max_query_len}")
+        if num_tokens > self.slot_mapping.shape[0] or num_reqs > num_tokens:
+            raise ValueError(f"num_tokens must be in [num_reqs, {self.slot_mapping.shape[0]}], got {num_tokens}")
+        if width > self.block_table.shape[1]:
+            raise ValueError(f"block_table width must be <= {self.block_table.shape[1]}, got {width}")
+        qsl, seq_lens = self.query_start_loc[:num_reqs + 1], self.seq_lens[:num_reqs]
+        table, slots = self.block_table[:num_reqs], self.slot_mapping[:num_tokens]
+        qsl.copy_(common.query_start_loc[:num_reqs + 1], non_blocking=True)
+        seq_lens.copy_(common.seq_lens[:num_reqs], non_blocking=True)
+        table[:, :width].copy_(common.block_table[:num_reqs], non_blocking=True)
+        slots.copy_(common.slot_mapping[:num_tokens], non_blocking=True)
+        return CommonAttentionMetadata(
+            num_reqs=num_reqs, num_tokens=num_tokens, query_start_loc=qsl,
+            query_start_loc_cpu=common.query_start_loc_cpu, seq_lens=seq_lens,
+            seq_lens_cpu=common.seq_lens_cpu, max_query_len=1, max_seq_len=common.max_seq_len,
+            block_table=table, slot_mapping=slots, block_size=common.block_size)
+
+
+class TritonAttnMetadataBuilder(AttentionMetadataBuilder):
+    cudagraph_support = CudaGraphSupport.DECODE_ONLY
+
+    def __init__(self, num_heads, num_kv_heads, head_size, block_size, max_num_seqs, max_model_len,
+                 device) -> None:
+        super().__init__(num_heads, num_kv_heads, head_size, block_size, max_num_seqs, max_model_len, device)
+        device = torch.device(device)
+        self.num_sms = (torch.cuda.get_device_properties(device).multi_processor_count
+                        if device.type == "cuda" else 4)
+        capacity = max(r * self.num_splits(r, max_model_len) for r in range(1, max_num_seqs + 1))
+        self._part_out = torch.empty(capacity * num_heads * head_size, dtype=torch.float32, device=device)
+        self._part_lse = torch.empty(capacity * num_heads, dtype=torch.float32, device=device)
+        self._capture: CaptureBuffers | None = None
+
+    def num_splits(self, num_reqs: int, max_seq_len: int) -> int:
+        """How many chunks each sequence's context is cut into for the decode kernel."""
+        programs = num_reqs * self.num_kv_heads
+        target = SPLIT_POLICY["waves"] * self.num_sms
+        if programs >= target:
+            return 1
+        by_len = max(1, max_seq_len // SPLIT_POLICY["min_split_len"])
+        return max(1, min(triton.cdiv(target, programs), by_len, SPLIT_POLICY["max_splits"]))
+
+    def build(self, common: CommonAttentionMetadata) -> TritonAttnMetadata:
+        return self._build(common, common.max_seq_len)
+
+    def build_for_capture(self, common: CommonAttentionMetadata) -> TritonAttnMetadata:
+        """Metadata for a decode-only batch whose tensors are views into fixed buffers; see the
+        module docstring for how the runner refills them before each replay."""
+        if self._capture is None:
+            self._capture = CaptureBuffers(self.max_num_seqs, triton.cdiv(self.max_model_len, self.block_size),
+                                           self.device)
+        return self._build(self._capture.fill(common), self.max_model_len)
+
+    def _build(self, common: CommonAttentionMetadata, split_seq_len: int) -> TritonAttnMetadata:
+        num_reqs = common.num_reqs
+        is_decode = common.max_query_len == 1
+        splits = self.num_splits(num_reqs, split_seq_len) if is_decode else 1
+        if num_reqs * splits * self.num_heads > self._part_lse.numel():
+            splits = 1  # more requests than max_num_seqs: no workspace for splitting
+        rows = num_reqs * self.num_heads * splits
+        part_out = self._part_out[:rows * self.head_size].view(num_reqs, self.num_heads, splits, self.head_size)
+        part_lse = self._part_lse[:rows].view(num_reqs, self.num_heads, splits)
+        return TritonAttnMetadata(
+            num_reqs=num_reqs, num_tokens=common.num_tokens, max_query_len=common.max_query_len,
+            max_seq_len=common.max_seq_len, is_decode=is_decode, num_splits=splits,
+            query_start_loc=common.query_start_loc, seq_lens=common.seq_lens,
+            block_table=common.block_table, slot_mapping=common.slot_mapping,
+            part_out=part_out, part_lse=part_lse)
+
+
+class TritonAttnImpl(AttentionImpl):
+    def forward(self, query, key, value, kv_cache, metadata: TritonAttnMetadata, output) -> None:
+        """Store K/V, then attend; see AttentionImpl.forward for shapes. No host sync."""
+        store_kv(key, value, kv_cache, metadata.slot_mapping)
+        if metadata.is_decode:
+            decode_attention(query, kv_cache, output, metadata.query_start_loc, metadata.seq_lens,
+                             metadata.block_table, self.scale, metadata.num_reqs, metadata.num_splits,
+                             metadata.part_out, metadata.part_lse)
+        else:
+            prefill_attention(query, kv_cache, output, metadata.query_start_loc, metadata.seq_lens,
+                              metadata.block_table, self.scale, metadata.num_reqs, metadata.max_query_len)
+
+
+class TritonAttnBackend(AttentionBackend):
+    name = "triton"
+    supported_dtypes = (torch.float16, torch.bfloat16, torch.float32)
+    supported_head_sizes = None  # any size up to MAX_HEAD_SIZE (padded to a power of two inside)
+    default_block_size = 16
+    MAX_HEAD_SIZE = 256
+
+    @staticmethod
+    def get_impl_cls():
+        return TritonAttnImpl
+
+    @staticmethod
+    def get_builder_cls():
+        return TritonAttnMetadataBuilder
+
+    @classmethod
+    def supports_block_size(cls, block_size: int) -> bool:
+        """Powers of two from 16 to 256."""
+        return 16 <= block_size <= 256 and block_size & (block_size - 1) == 0
+
+    @classmethod
+    def validate(cls, device, dtype, head_size, block_size) -> list[str]:
+        reasons = super().validate(device, dtype, head_size, block_size)
+        if block_size is not None and not cls.supports_block_size(block_size):
+            reasons[-1] += " (supported: powers of two from 16 to 256)"
+        if not 8 <= head_size <= cls.MAX_HEAD_SIZE or head_size % 8:
+            reasons.append(f"head size {head_size} is not supported (supported: multiples of 8 up to "
+                           f"{cls.MAX_HEAD_SIZE})")
+        if device.type == "cuda" and torch.cuda.is_available():
+            major, minor = torch.cuda.get_device_capability(device)
+            if dtype == torch.bfloat16 and major < 8:
+                reasons.append(f"bfloat16 needs compute capability >= 8.0, the GPU has {major}.{minor}")
+        return reasons

@@ -1,0 +1,143 @@
+"""Triton kernels: paged decode attention (one query token per request) with split-KV.
+
+Each (request, KV head) is cut into `num_splits` chunks of its context; one program per chunk
+attends with all query heads of the KV group at once (each K/V tile is loaded once per group), and
+a reduction kernel merges the chunks by their log-sum-exp. With one split the first kernel writes
+the output directly.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from attention.ops.paged_tiles import load_kv_tile, mma, softmax_step
+
+DECODE_CONFIGS = {
+    "cuda": dict(BLOCK_N=64, num_warps=4, num_stages=3),
+    "cpu": dict(BLOCK_N=32, num_warps=4, num_stages=1),
+}
+
+
+@triton.jit
+def _decode_kernel(q_ptr, cache_ptr, out_ptr, part_out_ptr, part_lse_ptr,
+                   query_start_ptr, seq_lens_ptr, table_ptr, scale_log2,
+                   stride_qt, stride_qh, stride_ot, stride_oh,
+                   stride_pr, stride_ph, stride_ps, stride_lr, stride_lh,
+                   value_offset, stride_cblock, stride_ctok, stride_chead, stride_table,
+                   NUM_SPLITS: tl.constexpr, GROUP: tl.constexpr, BLOCK_H: tl.constexpr,
+                   HEAD_SIZE: tl.constexpr, HEAD_PAD: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+                   BLOCK_N: tl.constexpr, DOT_F32: tl.constexpr, PRECISION: tl.constexpr):
+    """Program (request, kv_head, split): the GROUP query heads of kv_head over one context chunk."""
+    req = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    split = tl.program_id(2)
+    seq_len = tl.load(seq_lens_ptr + req)
+    num_tiles = tl.cdiv(seq_len, BLOCK_N)
+    tiles_per_split = tl.cdiv(num_tiles, NUM_SPLITS)
+    tile_begin = split * tiles_per_split
+    tile_end = tl.minimum(tile_begin + tiles_per_split, num_tiles)
+
+    rows = tl.arange(0, BLOCK_H)
+    head = kv_head * GROUP + rows
+    row_ok = rows < GROUP
+    dims = tl.arange(0, HEAD_PAD)
+    dim_ok = dims < HEAD_SIZE
+    q_row = tl.load(query_start_ptr + req).to(tl.int64)
+    q = tl.load(q_ptr + q_row * stride_qt + head[:, None] * stride_qh + dims[None, :],
+                mask=row_ok[:, None] & dim_ok[None, :], other=0.0)
+
+    m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_H], tl.float32)
+    acc = tl.zeros([BLOCK_H, HEAD_PAD], tl.float32)
+    table_row = table_ptr + req.to(tl.int64) * stride_table
+    head_off = kv_head.to(tl.int64) * stride_chead
+    for tile in range(tile_begin, tile_end):
+        start = tile * BLOCK_N
+        k = load_kv_tile(cache_ptr, table_row, start, seq_len, head_off, stride_cblock, stride_ctok,
+                         HEAD_SIZE, HEAD_PAD, BLOCK_SIZE, BLOCK_N, True, True)
+        qk = mma(q, k, DOT_F32, PRECISION) * scale_log2
+        k_pos = start + tl.arange(0, BLOCK_N)
+        qk = tl.where(k_pos[None, :] < seq_len, qk, float("-inf"))
+        v = load_kv_tile(cache_ptr + value_offset, table_row, start, seq_len, head_off, stride_cblock,
+                         stride_ctok, HEAD_SIZE, HEAD_PAD, BLOCK_SIZE, BLOCK_N, False, True)
+        m_i, l_i, acc = softmax_step(qk, v, m_i, l_i, acc, DOT_F32, PRECISION)
+
+    out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+    mask = row_ok[:, None] & dim_ok[None, :]
+    if NUM_SPLITS == 1:
+        tl.store(out_ptr + q_row * stride_ot + head[:, None] * stride_oh + dims[None, :],
+                 out.to(out_ptr.dtype.element_ty), mask=mask)
+    else:
+        base = req.to(tl.int64) * stride_pr + head * stride_ph + split * stride_ps
+        tl.store(part_out_ptr + base[:, None] + dims[None, :], out, mask=mask)
+        lse = tl.where(l_i == 0.0, float("-inf"), m_i + tl.math.log2(tl.where(l_i == 0.0, 1.0, l_i)))
+        lse_offs = req.to(tl.int64) * stride_lr + head * stride_lh + split
+        tl.store(part_lse_ptr + lse_offs, lse, mask=row_ok)
+
+
+@triton.jit
+def _merge_kernel(out_ptr, part_out_ptr, part_lse_ptr, query_start_ptr,
+                  stride_ot, stride_oh, stride_pr, stride_ph, stride_ps, stride_lr, stride_lh,
+                  NUM_SPLITS: tl.constexpr, SPLITS_PAD: tl.constexpr,
+                  HEAD_SIZE: tl.constexpr, HEAD_PAD: tl.constexpr):
+    """Program (request, head): output = sum_s w_s * out_s / sum_s w_s, w_s = 2^(lse_s - max)."""
+    req = tl.program_id(0)
+    head = tl.program_id(1)
+    splits = tl.arange(0, SPLITS_PAD)
+    dims = tl.arange(0, HEAD_PAD)
+    base = req.to(tl.int64) * stride_pr + head * stride_ph + splits * stride_ps
+    lse_offs = req.to(tl.int64) * stride_lr + head * stride_lh + splits
+    lse = tl.load(part_lse_ptr + lse_offs, mask=splits < NUM_SPLITS, other=float("-inf"))
+    lse_max = tl.max(lse, 0)
+    lse_max = tl.where(lse_max == float("-inf"), 0.0, lse_max)
+    weight = tl.math.exp2(lse - lse_max)
+    parts = tl.load(part_out_ptr + base[:, None] + dims[None, :],
+                    mask=(splits[:, None] < NUM_SPLITS) & (dims[None, :] < HEAD_SIZE), other=0.0)
+    total = tl.sum(weight, 0)
+    out = tl.sum(parts * weight[:, None], 0) / tl.where(total == 0.0, 1.0, total)
+    q_row = tl.load(query_start_ptr + req).to(tl.int64)
+    tl.store(out_ptr + q_row * stride_ot + head * stride_oh + dims, out.to(out_ptr.dtype.element_ty),
+             mask=dims < HEAD_SIZE)
+
+
+def decode_attention(query: torch.Tensor, kv_cache: torch.Tensor, output: torch.Tensor,
+                     query_start_loc: torch.Tensor, seq_lens: torch.Tensor, block_table: torch.Tensor,
+                     scale: float, num_reqs: int, num_splits: int, part_out: torch.Tensor,
+                     part_lse: torch.Tensor, config: dict | None = None) -> None:
+    """Paged attention of one query token per request; writes output [T, H, D] in place.
+
+    query [T, H, D] (request r's token at row query_start_loc[r]); kv_cache
+    [2, num_blocks, block_size, Hkv, D]; seq_lens [num_reqs] int32; block_table [num_reqs, *] int32.
+    part_out [>= num_reqs, H, >= num_splits, D] float32 and part_lse [same without D] float32 are
+    the split-KV workspace (unused when num_splits == 1; both contiguous in the last dim).
+    `num_reqs` and `num_splits` are host ints; nothing here syncs with the device.
+    """
+    num_heads, head_size = query.shape[1], query.shape[2]
+    num_kv_heads, block_size = kv_cache.shape[3], kv_cache.shape[2]
+    if num_reqs == 0:
+        return
+    group = num_heads // num_kv_heads
+    cfg = dict(config or DECODE_CONFIGS["cpu" if query.device.type == "cpu" else "cuda"])
+    head_pad = max(16, triton.next_power_of_2(head_size))
+    common = dict(HEAD_SIZE=head_size, HEAD_PAD=head_pad)
+    strides = (part_out.stride(0), part_out.stride(1), part_out.stride(2),
+               part_lse.stride(0), part_lse.stride(1))
+    _decode_kernel[(num_reqs, num_kv_heads, num_splits)](
+        query, kv_cache, output, part_out, part_lse, query_start_loc, seq_lens, block_table,
+        scale * math.log2(math.e),
+        query.stride(0), query.stride(1), output.stride(0), output.stride(1),
+        *strides,
+        kv_cache.stride(0), kv_cache.stride(1), kv_cache.stride(2), kv_cache.stride(3),
+        block_table.stride(0),
+        NUM_SPLITS=num_splits, GROUP=group, BLOCK_H=max(16, triton.next_power_of_2(group)),
+        BLOCK_SIZE=block_size, DOT_F32=query.device.type == "cpu",
+        PRECISION="ieee" if query.dtype == torch.float32 else "tf32", **common, **cfg)
+    if num_splits > 1:
+        _merge_kernel[(num_reqs, num_heads)](
+            output, part_out, part_lse, query_start_loc,
+            output.stride(0), output.stride(1), *strides,
+            NUM_SPLITS=num_splits, SPLITS_PAD=triton.next_power_of_2(num_splits), **common,
+            num_warps=4)

@@ -1,0 +1,53 @@
+"""Triton kernel: write this step's K/V into the block cache through the slot mapping."""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _store_kv_kernel(key_ptr, value_ptr, cache_ptr, slot_ptr,
+                     stride_kt, stride_kh, stride_vt, stride_vh,
+                     value_offset, stride_cslot, stride_ch,
+                     NUM_KV_HEADS: tl.constexpr, HEAD_SIZE: tl.constexpr,
+                     HEADS_PAD: tl.constexpr, HEAD_PAD: tl.constexpr):
+    """One program per token: copies its [Hkv, D] key and value rows to cache slot `slot`."""
+    token = tl.program_id(0).to(tl.int64)
+    slot = tl.load(slot_ptr + token).to(tl.int64)
+    if slot < 0:
+        return
+    heads = tl.arange(0, HEADS_PAD)[:, None]
+    dims = tl.arange(0, HEAD_PAD)[None, :]
+    mask = (heads < NUM_KV_HEADS) & (dims < HEAD_SIZE)
+    key = tl.load(key_ptr + token * stride_kt + heads * stride_kh + dims, mask=mask)
+    value = tl.load(value_ptr + token * stride_vt + heads * stride_vh + dims, mask=mask)
+    dst = cache_ptr + slot * stride_cslot + heads * stride_ch + dims
+    tl.store(dst, key, mask=mask)
+    tl.store(dst + value_offset, value, mask=mask)
+
+
+def store_kv(key: torch.Tensor, value: torch.Tensor, kv_cache: torch.Tensor,
+             slot_mapping: torch.Tensor) -> None:
+    """Write key/value [T, Hkv, D] into kv_cache [2, num_blocks, block_size, Hkv, D].
+
+    slot_mapping [T] int64 holds `block_id * block_size + offset`; slots < 0 (padding) are not
+    written. The last dims of key, value and cache must be contiguous; the cache must be contiguous
+    inside each (K or V) half. No host sync: safe inside CUDA-graph capture.
+    """
+    num_tokens, num_kv_heads, head_size = key.shape
+    if num_tokens == 0:
+        return
+    if key.stride(2) != 1 or value.stride(2) != 1:
+        raise ValueError("key and value must be contiguous in head_size")
+    block_size = kv_cache.shape[2]
+    stride_cslot = kv_cache.stride(2)
+    if kv_cache.stride(1) != block_size * stride_cslot or kv_cache.stride(4) != 1:
+        raise ValueError("kv_cache must be contiguous within its K and V halves")
+    _store_kv_kernel[(num_tokens,)](
+        key, value, kv_cache, slot_mapping,
+        key.stride(0), key.stride(1), value.stride(0), value.stride(1),
+        kv_cache.stride(0), stride_cslot, kv_cache.stride(3),
+        NUM_KV_HEADS=num_kv_heads, HEAD_SIZE=head_size,
+        HEADS_PAD=triton.next_power_of_2(num_kv_heads), HEAD_PAD=triton.next_power_of_2(head_size),
+        num_warps=4 if num_kv_heads * head_size >= 1024 else 1)

@@ -1,0 +1,72 @@
+"""Choosing the attention backend: defaults, overrides and the errors that explain a refusal."""
+import pytest
+import torch
+
+from attention.backends.flash_attn import FlashAttnBackend
+from attention.selector import ENV_VAR, REGISTRY, select_backend
+
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+
+
+@pytest.fixture(autouse=True)
+def no_env_choice(monkeypatch):
+    monkeypatch.delenv(ENV_VAR, raising=False)
+
+
+def test_cpu_default_is_torch_ref():
+    choice = select_backend(CPU, torch.float32, 64)
+    assert choice.backend.name == "torch_ref"
+    assert choice.block_size == 16
+
+
+def test_env_var_names_the_backend(monkeypatch):
+    monkeypatch.setenv(ENV_VAR, "torch_ref")
+    assert select_backend(CUDA, torch.bfloat16, 128).backend.name == "torch_ref"
+    monkeypatch.setenv(ENV_VAR, "flash_attn")
+    with pytest.raises(ValueError, match="'flash_attn' cannot serve"):
+        select_backend(CPU, torch.float32, 64)
+
+
+def test_explicit_argument_beats_env_var(monkeypatch):
+    monkeypatch.setenv(ENV_VAR, "flash_attn")
+    choice = select_backend(CUDA, torch.float16, 128, block_size=32, requested="triton")
+    assert choice.backend.name == "triton"
+    assert choice.block_size == 32
+
+
+def test_unknown_name_lists_known_backends():
+    with pytest.raises(ValueError) as err:
+        select_backend(CPU, torch.float32, 64, requested="paged_magic")
+    for name in REGISTRY:
+        assert name in str(err.value)
+
+
+def test_unfit_backend_gives_reasons_and_alternatives():
+    with pytest.raises(ValueError) as err:
+        select_backend(CPU, torch.float32, 64, requested="flash_attn")
+    message = str(err.value)
+    assert "does not run on cpu" in message
+    assert "Backends that can: torch_ref" in message
+    with pytest.raises(ValueError, match=r"block size 16 is not supported \(must be a multiple of 256\)"):
+        select_backend(CUDA, torch.bfloat16, 128, block_size=16, requested="flash_attn")
+
+
+def test_cuda_falls_back_to_triton_when_flash_attn_cannot_serve():
+    choice = select_backend(CUDA, torch.bfloat16, 128, block_size=16)
+    assert choice.backend.name == "triton"
+    assert "flash_attn" in choice.reason and "block size 16" in choice.reason
+
+
+def test_flash_attn_reasons():
+    cpu_reasons = FlashAttnBackend.validate(CPU, torch.float32, 64, None)
+    assert any("needs a CUDA device" in r for r in cpu_reasons)
+    assert any("dtype float32" in r for r in cpu_reasons)
+    assert any("head size 96" in r for r in FlashAttnBackend.validate(CUDA, torch.float16, 96, 256))
+    assert any("dtype float32" in r for r in FlashAttnBackend.validate(CUDA, torch.float32, 128, 256))
+    assert FlashAttnBackend.supports_block_size(512) and not FlashAttnBackend.supports_block_size(128)
+    missing = [r for r in FlashAttnBackend.validate(CUDA, torch.float16, 128, 256) if "not installed" in r]
+    try:
+        import flash_attn  # noqa: F401
+        assert not missing
+    except ImportError:
+        assert missing

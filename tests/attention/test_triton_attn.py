@@ -1,0 +1,106 @@
+"""The `triton` backend equals torch_ref: mixed batches, split-KV decode, graph-capture buffers.
+
+Without a GPU these run through Triton's interpreter (see conftest.py), so shapes stay tiny."""
+import pytest
+import torch
+
+from attention.backends import triton_attn
+from attention.backends.triton_attn import TritonAttnBackend
+from attention_batches import assert_matches_reference, make_batch, run_backend
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+# (query_lens, context_lens): 1-token decodes, a fresh prefill, chunked prefills over cached context.
+MIXED = ([1, 19, 1, 6, 33], [40, 0, 17, 29, 21])
+
+
+@pytest.mark.parametrize("group,head_size,block_size,dtype", [
+    (1, 64, 16, torch.float32),
+    (4, 128, 16, torch.bfloat16),
+    (8, 64, 64, torch.float16),
+    (4, 64, 256, torch.bfloat16),
+    (3, 64, 32, torch.float16),
+])
+def test_mixed_batch_matches_reference(group, head_size, block_size, dtype):
+    batch = make_batch(*MIXED, num_heads=2 * group, num_kv_heads=2, head_size=head_size,
+                       block_size=block_size, dtype=dtype, device=DEVICE, num_pad_tokens=3, seed=group)
+    assert_matches_reference(TritonAttnBackend, batch)
+
+
+def test_long_prefill_crosses_many_tiles():
+    batch = make_batch([70, 1], [50, 90], num_heads=4, num_kv_heads=1, head_size=64, block_size=16,
+                       dtype=torch.float32, device=DEVICE, seed=11)
+    assert_matches_reference(TritonAttnBackend, batch)
+
+
+@pytest.mark.parametrize("group,head_size,block_size,dtype", [
+    (1, 128, 16, torch.float16),
+    (4, 64, 16, torch.float32),
+    (8, 128, 128, torch.bfloat16),
+])
+@pytest.mark.parametrize("min_split_len", [16, 4096])
+def test_decode_matches_reference(monkeypatch, group, head_size, block_size, dtype, min_split_len):
+    monkeypatch.setitem(triton_attn.SPLIT_POLICY, "min_split_len", min_split_len)
+    batch = make_batch([1, 1, 1], [150, 3, 77], num_heads=2 * group, num_kv_heads=2, head_size=head_size,
+                       block_size=block_size, dtype=dtype, device=DEVICE, num_pad_tokens=2, seed=group)
+    builder = TritonAttnBackend.get_builder_cls()(2 * group, 2, head_size, block_size, 8, 4096, DEVICE)
+    metadata = builder.build(batch.common)
+    assert metadata.is_decode
+    if DEVICE == "cpu":  # 4 assumed multiprocessors: 3 requests x 2 KV heads < 8 programs
+        assert (metadata.num_splits > 1) == (min_split_len == 16)
+    assert_matches_reference(TritonAttnBackend, batch, builder=builder)
+
+
+def test_capture_metadata_is_fixed_and_refilled():
+    shape = dict(num_heads=8, num_kv_heads=2, head_size=64, block_size=16, dtype=torch.float16,
+                 device=DEVICE)
+    builder = TritonAttnBackend.get_builder_cls()(8, 2, 64, 16, 4, 512, DEVICE)
+    first = builder.build_for_capture(make_batch([1] * 3, [20, 5, 60], seed=1, **shape).common)
+    batch = make_batch([1] * 3, [41, 9, 2], seed=2, **shape)
+    second = builder.build_for_capture(batch.common)
+    for name in ("query_start_loc", "seq_lens", "block_table", "slot_mapping", "part_out", "part_lse"):
+        assert getattr(first, name).data_ptr() == getattr(second, name).data_ptr(), name
+    assert first.num_splits == second.num_splits
+    assert_matches_reference(TritonAttnBackend, batch, capture=True, builder=builder)
+
+
+def test_capture_rejects_prefill():
+    batch = make_batch([2], [3], num_heads=2, num_kv_heads=1, head_size=64, block_size=16,
+                       dtype=torch.float32, device=DEVICE)
+    builder = TritonAttnBackend.get_builder_cls()(2, 1, 64, 16, 4, 512, DEVICE)
+    with pytest.raises(ValueError, match="max_query_len"):
+        builder.build_for_capture(batch.common)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_cuda_graph_replay_with_new_contents():
+    shape = dict(num_heads=8, num_kv_heads=2, head_size=128, block_size=16, dtype=torch.bfloat16,
+                 device=DEVICE)
+    builder = TritonAttnBackend.get_builder_cls()(8, 2, 128, 16, 4, 1024, DEVICE)
+    impl = TritonAttnBackend.get_impl_cls()(8, 128, 128 ** -0.5, 2)
+    first = make_batch([1] * 4, [300, 5, 60, 900], seed=3, **shape)
+    second = make_batch([1] * 4, [7, 500, 33, 64], seed=4, **shape)
+    num_blocks = max(first.kv_cache.shape[1], second.kv_cache.shape[1])
+    cache = torch.zeros(2, num_blocks, 16, 2, 128, dtype=torch.bfloat16, device=DEVICE)
+    q, k, v = (torch.empty_like(t) for t in (first.query, first.key, first.value))
+    out = torch.empty_like(q)
+    metadata = builder.build_for_capture(first.common)
+    impl.forward(q, k, v, cache, metadata, out)  # warm-up compiles outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        impl.forward(q, k, v, cache, metadata, out)
+    builder.build_for_capture(second.common)
+    for dst, src in ((q, second.query), (k, second.key), (v, second.value)):
+        dst.copy_(src)
+    cache[:, :second.kv_cache.shape[1]].copy_(second.kv_cache)
+    graph.replay()
+    want, _ = run_backend(TritonAttnBackend, second)
+    err = ((out.float() - want.float()).norm() / want.float().norm()).item()
+    assert err < 2e-2
+
+
+@pytest.mark.parametrize("block_size,ok", [(16, True), (256, True), (8, False), (48, False), (512, False)])
+def test_supported_block_sizes(block_size, ok):
+    assert TritonAttnBackend.supports_block_size(block_size) is ok
+    reasons = TritonAttnBackend.validate(torch.device("cuda"), torch.bfloat16, 128, block_size)
+    assert (not reasons) is ok
