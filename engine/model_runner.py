@@ -7,13 +7,14 @@ from dataclasses import dataclass
 
 import torch
 
-from attention.backend import CommonAttentionMetadata
+from attention.backend import PAD_SLOT_ID, CommonAttentionMetadata, CudaGraphSupport
 from attention.forward_context import set_forward_context
 from attention.layer import bind_attention_layers
 from attention.selector import BackendChoice
 from engine import kv_sizing
 from engine.config import EngineConfig, ModelConfig
-from engine.input_prep import InputPreparer
+from engine.cuda_graph import CudaGraphRunner, capture_sizes, padded_size
+from engine.input_prep import InputPreparer, StepInputs
 from engine.sampler import Sampler
 from engine.sampling_metadata import SamplingMetadata
 from models.loader import build_model
@@ -47,8 +48,36 @@ class ModelRunner:
         mc = model_config
         self.builder = self.backend.get_builder_cls()(mc.num_heads, mc.num_kv_heads, mc.head_size, self.block_size,
                                                       config.max_num_seqs, max_model_len, device)
-        self.inputs = InputPreparer(config.max_num_seqs, max_model_len, self.block_size, device)
+        self.inputs = InputPreparer(config.max_num_seqs, max_model_len, max_num_batched_tokens, self.block_size, device)
         self.sampler = Sampler()
+        self.graphs = self._capture_graphs() if self._use_graphs() else None
+
+    def _use_graphs(self) -> bool:
+        if self.device.type != "cuda" or self.config.enforce_eager:
+            return False
+        if self.builder.cudagraph_support is CudaGraphSupport.NEVER:
+            logger.info("CUDA graphs off: attention backend %s cannot be captured", self.backend.name)
+            return False
+        return True
+
+    def _capture_graphs(self) -> CudaGraphRunner:
+        sizes = capture_sizes(self.config.max_num_seqs)
+        graphs = CudaGraphRunner(self.model, self.builder, sizes, self.model_config.hidden_size, self.dtype,
+                                 self.device)
+        graphs.capture(self._dummy_decode_metadata)
+        return graphs
+
+    def _dummy_decode_metadata(self, num_reqs: int) -> CommonAttentionMetadata:
+        """A decode batch of `num_reqs` one-token requests that reads block 0 and writes nothing."""
+        dev = self.device
+        qsl = torch.arange(num_reqs + 1, dtype=torch.int32)
+        seq = torch.ones(num_reqs, dtype=torch.int32)
+        return CommonAttentionMetadata(
+            num_reqs=num_reqs, num_tokens=num_reqs, query_start_loc=qsl.to(dev), query_start_loc_cpu=qsl,
+            seq_lens=seq.to(dev), seq_lens_cpu=seq, max_query_len=1, max_seq_len=1,
+            block_table=torch.zeros(num_reqs, 1, dtype=torch.int32, device=dev),
+            slot_mapping=torch.full((num_reqs,), PAD_SLOT_ID, dtype=torch.int64, device=dev),
+            block_size=self.block_size)
 
     def _allocate_kv_cache(self, num_blocks: int) -> list[torch.Tensor]:
         mc = self.model_config
@@ -104,9 +133,7 @@ class ModelRunner:
     @torch.inference_mode()
     def execute(self, out: SchedulerOutput) -> RunnerOutput:
         self.inputs.release(out.finished_request_ids + out.preempted_request_ids)
-        step = self.inputs.prepare(out)
-        with set_forward_context(self.builder.build(step.attn)):
-            hidden = self.model(step.input_ids, step.positions)
+        hidden, step = self._forward(out)
         sampled: list[int | None] = [None] * len(out.scheduled)
         logprobs: list[dict[int, float] | None] = [None] * len(out.scheduled)
         if not step.sampling_rows:
@@ -122,6 +149,17 @@ class ModelRunner:
             if lp is not None and requests[k].sampling_params.logprobs is not None:
                 logprobs[i] = dict(lp[k][: requests[k].sampling_params.logprobs + 1])
         return RunnerOutput(sampled, logprobs)
+
+    def _forward(self, out: SchedulerOutput) -> tuple[torch.Tensor, StepInputs]:
+        """Run the model: a captured graph for decode batches that fit one, eagerly otherwise."""
+        num_reqs = len(out.scheduled)
+        decode_only = all(s.num_new_tokens == 1 for s in out.scheduled)
+        if self.graphs is not None and self.graphs.can_run(num_reqs, 1 if decode_only else 2):
+            step = self.inputs.prepare(out, padded_size(self.graphs.sizes, num_reqs))
+            return self.graphs.run(step.input_ids, step.positions, step.attn), step
+        step = self.inputs.prepare(out)
+        with set_forward_context(self.builder.build(step.attn)):
+            return self.model(step.input_ids, step.positions), step
 
     @staticmethod
     def _logprobs_to_host(result) -> list[list[tuple[int, float]]] | None:

@@ -1,0 +1,58 @@
+"""The CPU side of CUDA graphs: capture sizes, padding a decode batch, and that padded steps give the
+same output as unpadded ones (run eagerly here through a stand-in for the graph runner)."""
+import numpy as np
+import pytest
+import torch
+
+from attention.backend import PAD_SLOT_ID
+from attention.forward_context import set_forward_context
+from engine import LLM, SamplingParams
+from engine.cuda_graph import capture_sizes, padded_size
+
+
+def test_capture_sizes():
+    assert capture_sizes(1) == [1]
+    assert capture_sizes(6) == [1, 2, 4, 6]
+    assert capture_sizes(40) == [1, 2, 4, 8, 16, 24, 32, 40]
+    assert capture_sizes(44) == [1, 2, 4, 8, 16, 24, 32, 40, 44]
+
+
+@pytest.mark.parametrize("n, want", [(1, 1), (3, 4), (5, 8), (9, 16), (40, 40), (41, None)])
+def test_padded_size(n, want):
+    assert padded_size(capture_sizes(40), n) == want
+
+
+class EagerGraphs:
+    """Runs padded decode batches eagerly with the same contract as CudaGraphRunner.run."""
+
+    def __init__(self, runner, sizes):
+        self.runner, self.sizes, self.seen = runner, sizes, []
+
+    def can_run(self, num_reqs, max_query_len):
+        return max_query_len == 1 and num_reqs <= self.sizes[-1]
+
+    def run(self, input_ids, positions, common):
+        self.seen.append(common)
+        assert common.num_reqs in self.sizes
+        with set_forward_context(self.runner.builder.build(common)):
+            return self.runner.model(input_ids, positions)
+
+
+def test_padded_decode_steps_match_eager(qwen3_checkpoint):
+    path, _ = qwen3_checkpoint
+    prompts = [[5 + i, 7, 9 + 2 * i, 11][: 2 + i % 3] for i in range(5)]
+    params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
+    plain = LLM(path, device="cpu", dtype="float32")
+    want = [o.outputs[0].token_ids for o in plain.generate(prompts, params, use_tqdm=False)]
+    padded = LLM(path, device="cpu", dtype="float32")
+    runner = padded.engine.runner
+    runner.graphs = EagerGraphs(runner, [1, 2, 4, 8])
+    got = [o.outputs[0].token_ids for o in padded.generate(prompts, params, use_tqdm=False)]
+    assert got == want
+    seen = runner.graphs.seen
+    assert seen and {c.num_reqs for c in seen} == {8}           # 5 live decodes padded to 8
+    c = seen[0]
+    slots = c.slot_mapping.numpy()
+    assert (slots[5:] == PAD_SLOT_ID).all() and (slots[:5] >= 0).all()
+    assert c.seq_lens.tolist()[5:] == [0, 0, 0]
+    assert c.query_start_loc.tolist() == list(range(9))
