@@ -97,11 +97,11 @@ class SamplingMetadata:
         host[greedy, _MIN_P] = 0.0
         top_k = host[:, _TOP_K]
         top_k.masked_fill_((top_k <= 0) | (top_k > vocab_size) | greedy, float(vocab_size))
-        dev = host[:, :_SPECIAL].to(device, non_blocking=True)
+        dev = _to_device(host[:, :_SPECIAL], device)
         meta = cls(num_reqs=n, vocab_size=vocab_size, temperature=dev[:, _TEMP],
                    all_greedy=all_greedy, all_random=all_random)
         if not (all_greedy or all_random):
-            meta.greedy_mask = greedy.to(device, non_blocking=True)
+            meta.greedy_mask = _to_device(greedy, device)
         if not all_greedy:
             enabled = top_k < vocab_size
             if bool(enabled.any()):
@@ -146,7 +146,7 @@ def _flat_token_index(rows: list[int], token_lists: list[list[int]], vocab_size:
     if tokens.size and (tokens.min() < 0 or tokens.max() >= vocab_size):
         raise ValueError(f"token ids must be in [0, {vocab_size}), got {int(tokens.min())}..{int(tokens.max())}")
     flat = np.repeat(np.asarray(rows, dtype=np.int64), lens) * vocab_size + tokens
-    return torch.from_numpy(flat).to(device, non_blocking=True)
+    return _to_device(torch.from_numpy(flat), device)
 
 
 def _add_rare_features(meta: SamplingMetadata, requests: list[Request], special: torch.Tensor,
@@ -175,10 +175,18 @@ def _add_rare_features(meta: SamplingMetadata, requests: list[Request], special:
             min_rows.extend([i] * len(banned)), min_ids.extend(banned)
     meta.max_num_logprobs = max_lp
     if bias_rows:
-        meta.logit_bias_rows = torch.tensor(bias_rows, dtype=torch.int64).to(device, non_blocking=True)
-        meta.logit_bias_token_ids = torch.tensor(bias_ids, dtype=torch.int64).to(device, non_blocking=True)
-        meta.logit_bias_values = torch.tensor(bias_vals, dtype=torch.float32).to(device, non_blocking=True)
+        meta.logit_bias_rows = _to_device(torch.tensor(bias_rows, dtype=torch.int64), device)
+        meta.logit_bias_token_ids = _to_device(torch.tensor(bias_ids, dtype=torch.int64), device)
+        meta.logit_bias_values = _to_device(torch.tensor(bias_vals, dtype=torch.float32), device)
     if min_rows:
-        meta.min_tokens_rows = torch.tensor(min_rows, dtype=torch.int64).to(device, non_blocking=True)
-        meta.min_tokens_token_ids = torch.tensor(min_ids, dtype=torch.int64).to(device, non_blocking=True)
+        meta.min_tokens_rows = _to_device(torch.tensor(min_rows, dtype=torch.int64), device)
+        meta.min_tokens_token_ids = _to_device(torch.tensor(min_ids, dtype=torch.int64), device)
 
+
+
+def _to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy a CPU tensor to `device` without waiting for the device: through pinned memory on CUDA (the
+    caching host allocator keeps the pinned block alive until the copy is done)."""
+    if torch.device(device).type == "cuda":
+        return host.contiguous().pin_memory().to(device, non_blocking=True)
+    return host.to(device)
