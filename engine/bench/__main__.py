@@ -1,10 +1,11 @@
 """Dispatch `python -m engine.bench MODE ...` to the module of that mode.
 
-Each mode module defines `add_args(parser)` and `main(args)`; they are imported lazily so a mode's
-optional dependencies (triton, flash-attn, openai) are needed only when it runs.
+Each mode module defines `add_args(parser)` and `main(args)`. Only the chosen mode is imported, so a
+mode's optional dependencies (triton, flash-attn, httpx) are needed only when it runs.
 """
 import argparse
 import importlib
+import sys
 
 MODES = {
     "attention": "engine.bench.attention",
@@ -14,16 +15,17 @@ MODES = {
 }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m engine.bench")
-    sub = parser.add_subparsers(dest="mode", required=True)
-    modules = {}
-    for mode, module_name in MODES.items():
-        module = importlib.import_module(module_name)
-        modules[mode] = module
-        module.add_args(sub.add_parser(mode, help=(module.__doc__ or "").strip().splitlines()[0]))
-    args = parser.parse_args()
-    modules[args.mode].main(args)
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in MODES:
+        print(f"usage: python -m engine.bench {{{','.join(MODES)}}} [options]  (MODE --help for its options)",
+              file=sys.stderr)
+        sys.exit(2)
+    mode = argv[0]
+    module = importlib.import_module(MODES[mode])
+    parser = argparse.ArgumentParser(prog=f"python -m engine.bench {mode}", description=module.__doc__)
+    module.add_args(parser)
+    module.main(parser.parse_args(argv[1:]))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,56 @@
+"""Latency: one request (128 prompt tokens, 512 output tokens), milliseconds per output token.
+
+Reports the median over --iters runs of wall time / output tokens, and the decode-only time per
+token (wall time after the first token).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+from engine.bench.common import add_engine_args, engine_kwargs, random_prompts, report, sync
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    add_engine_args(parser)
+    parser.add_argument("--input-len", type=int, default=128)
+    parser.add_argument("--output-len", type=int, default=512)
+    parser.add_argument("--iters", type=int, default=3)
+
+
+def _one_run(engine, prompt, params) -> tuple[float, float]:
+    """(total seconds, seconds after the first token) for one request run to completion."""
+    sync()
+    start = time.perf_counter()
+    engine.add_request("latency", prompt, params)
+    first = None
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            if first is None and out.outputs[0].token_ids:
+                first = time.perf_counter()
+    sync()
+    end = time.perf_counter()
+    return end - start, end - first
+
+
+def main(args: argparse.Namespace) -> dict:
+    from engine import LLM, SamplingParams
+
+    llm = LLM(args.model, **engine_kwargs(args))
+    prompt = random_prompts(1, (args.input_len, args.input_len), min(llm.engine.model_config.vocab_size, 10000),
+                            args.seed)[0]
+    params = SamplingParams(temperature=0, ignore_eos=True, max_tokens=args.output_len)
+    _one_run(llm.engine, prompt, SamplingParams(temperature=0, ignore_eos=True, max_tokens=16))   # warm-up
+    runs = [_one_run(llm.engine, prompt, params) for _ in range(args.iters)]
+    total = statistics.median(r[0] for r in runs)
+    decode = statistics.median(r[1] for r in runs)
+    result = {"bench": "latency", "model": args.model, "backend": llm.engine.attention_backend,
+              "input_len": args.input_len, "output_len": args.output_len, "iters": args.iters,
+              "ms_per_token": round(1000 * total / args.output_len, 3),
+              "decode_ms_per_token": round(1000 * decode / (args.output_len - 1), 3),
+              "total_s": round(total, 3)}
+    print(f"latency {args.model} [{result['backend']}]: {result['ms_per_token']:.3f} ms/token "
+          f"(decode {result['decode_ms_per_token']:.3f} ms/token, {total:.2f} s for {args.output_len} tokens)")
+    report(result, args)
+    return result
