@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from attention import Attention
-from models.layers import (MergedColumnParallelLinear, QKVParallelLinear, RMSNorm, RowParallelLinear,
-                           SiluAndMul, VocabParallelEmbedding, get_rope)
+from models.layers import (MergedColumnParallelLinear, QKVParallelLinear, RMSNorm, RotaryEmbedding,
+                           RowParallelLinear, SiluAndMul, VocabParallelEmbedding, get_rope)
 from models.layers.tp import divide, get_tp_size
 
 
@@ -35,9 +35,12 @@ def head_size_of(hf_config) -> int:
 
 
 class DecoderAttention(nn.Module):
-    """hidden [T, hidden_size] -> [T, hidden_size]: fused qkv, optional q/k norm, rope, attention, o_proj."""
+    """hidden [T, hidden_size] -> [T, hidden_size]: fused qkv, optional q/k norm, rope, attention, o_proj.
 
-    def __init__(self, hf_config, spec: DecoderSpec, layer_idx: int) -> None:
+    `rotary_emb` is shared by all layers (one cos/sin cache per model).
+    """
+
+    def __init__(self, hf_config, spec: DecoderSpec, layer_idx: int, rotary_emb: RotaryEmbedding) -> None:
         super().__init__()
         total_heads = hf_config.num_attention_heads
         total_kv_heads = getattr(hf_config, "num_key_value_heads", None) or total_heads
@@ -48,7 +51,7 @@ class DecoderAttention(nn.Module):
         self.o_proj = RowParallelLinear(total_heads * self.head_size, hf_config.hidden_size, bias=spec.o_bias)
         self.q_norm = RMSNorm(self.head_size, hf_config.rms_norm_eps) if spec.qk_norm else None
         self.k_norm = RMSNorm(self.head_size, hf_config.rms_norm_eps) if spec.qk_norm else None
-        self.rotary_emb = get_rope(hf_config, self.head_size)
+        self.rotary_emb = rotary_emb
         self.attn = Attention(self.num_heads, self.head_size, self.head_size ** -0.5, self.num_kv_heads,
                               layer_idx)
 
@@ -81,11 +84,11 @@ class DecoderMLP(nn.Module):
 class DecoderLayer(nn.Module):
     """Pre-norm block; the residual stream is carried separately so the norms fuse the add."""
 
-    def __init__(self, hf_config, spec: DecoderSpec, layer_idx: int) -> None:
+    def __init__(self, hf_config, spec: DecoderSpec, layer_idx: int, rotary_emb: RotaryEmbedding) -> None:
         super().__init__()
         eps = hf_config.rms_norm_eps
         self.input_layernorm = RMSNorm(hf_config.hidden_size, eps)
-        self.self_attn = DecoderAttention(hf_config, spec, layer_idx)
+        self.self_attn = DecoderAttention(hf_config, spec, layer_idx, rotary_emb)
         self.post_attention_layernorm = RMSNorm(hf_config.hidden_size, eps)
         self.mlp = DecoderMLP(hf_config.hidden_size, hf_config.intermediate_size, spec.mlp_bias)
 
@@ -107,7 +110,9 @@ class DecoderModel(nn.Module):
     def __init__(self, hf_config, spec: DecoderSpec) -> None:
         super().__init__()
         self.embed_tokens = VocabParallelEmbedding(hf_config.vocab_size, hf_config.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(hf_config, spec, i) for i in range(hf_config.num_hidden_layers))
+        rotary_emb = get_rope(hf_config, head_size_of(hf_config))
+        self.layers = nn.ModuleList(DecoderLayer(hf_config, spec, i, rotary_emb)
+                                    for i in range(hf_config.num_hidden_layers))
         self.norm = RMSNorm(hf_config.hidden_size, hf_config.rms_norm_eps)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

@@ -113,6 +113,8 @@ def build_model(hf_config: PretrainedConfig, path: str | None, load_format: str,
         what = f"{len(files)} safetensors file(s) from {path}"
     else:
         raise ValueError(f"load_format must be one of ('auto', 'safetensors', 'dummy'), got {load_format!r}")
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     num_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     logger.info("Loaded %s (%s, %.2f GiB, %s on %s) in %.1f s", model_cls.__name__, what, num_bytes / 2**30,
                 str(dtype).removeprefix("torch."), device, time.perf_counter() - start)

@@ -63,6 +63,7 @@ def test_dummy_build_in_bfloat16_keeps_norms_near_one():
     norm = model.model.layers[0].input_layernorm.weight
     assert (norm - 1).abs().max() < 0.01
     assert model.model.layers[0].self_attn.rotary_emb.cos_sin_cache.dtype == torch.float32
+    assert len({id(layer.self_attn.rotary_emb) for layer in model.model.layers}) == 1  # one shared cache
 
 
 @pytest.mark.parametrize("preset", ["qwen3-0.6b", "qwen3-8b", "llama-3.1-8b"])
