@@ -57,6 +57,17 @@ class IncrementalDetokenizer:
         self.output_text += delta
         return delta
 
+    def flush(self) -> str:
+        """At the end of the sequence: the text still held back (a character left incomplete decodes to
+        U+FFFD, as `tokenizer.decode` gives it)."""
+        prefix_text = self.tokenizer.convert_tokens_to_string(self._tokens[self._prefix:self._read])
+        full_text = self.tokenizer.convert_tokens_to_string(self._tokens[self._prefix:])
+        delta = full_text[len(prefix_text):]
+        del self._tokens[:self._read]
+        self._prefix, self._read = 0, len(self._tokens)
+        self.output_text += delta
+        return delta
+
     def _advance(self) -> str:
         """Decode the window plus the pending tokens; emit the new text unless it ends mid-character."""
         prefix_text = self.tokenizer.convert_tokens_to_string(self._tokens[self._prefix:self._read])

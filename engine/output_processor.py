@@ -65,6 +65,8 @@ class OutputProcessor:
         token = req.output_token_ids[-1]
         status = _token_stop(req, token, max_model_len)
         delta = seq.detokenizer.append([token])
+        if status is not None:
+            delta += seq.detokenizer.flush()
         seq.text += delta
         if seq.stops is not None and status is not RequestStatus.FINISHED_STOPPED:
             match = seq.stops.check(seq.text, len(delta))

@@ -1,0 +1,107 @@
+"""The offline API: prompt forms, per-prompt params, stop conditions, n > 1, seeds, logprobs, errors."""
+import pytest
+
+from engine import LLM, SamplingParams
+
+
+@pytest.fixture(scope="module")
+def llm(qwen3_checkpoint):
+    return LLM(qwen3_checkpoint[0], device="cpu", dtype="float32", max_model_len=256)
+
+
+def greedy(llm, prompt, **kw):
+    params = SamplingParams(temperature=0, ignore_eos=True, **{"max_tokens": 12, **kw})
+    return llm.generate(prompt, params, use_tqdm=False)[0].outputs[0]
+
+
+def test_prompt_forms_and_order(llm):
+    tok = llm.get_tokenizer()
+    texts = ["Hello there", "abc", "The quick brown fox"]
+    by_text = llm.generate(texts, SamplingParams(temperature=0, max_tokens=6, ignore_eos=True), use_tqdm=False)
+    by_ids = llm.generate([tok.encode(t) for t in texts], SamplingParams(temperature=0, max_tokens=6,
+                                                                          ignore_eos=True), use_tqdm=False)
+    assert [o.outputs[0].token_ids for o in by_text] == [o.outputs[0].token_ids for o in by_ids]
+    assert [o.prompt for o in by_text] == texts
+    single = llm.generate(texts[1], SamplingParams(temperature=0, max_tokens=6, ignore_eos=True), use_tqdm=False)
+    assert single[0].outputs[0].token_ids == by_text[1].outputs[0].token_ids
+    one_ids = llm.generate(tok.encode(texts[2]), SamplingParams(temperature=0, max_tokens=6, ignore_eos=True),
+                           use_tqdm=False)
+    assert one_ids[0].outputs[0].token_ids == by_text[2].outputs[0].token_ids
+    for o in by_text:
+        c = o.outputs[0]
+        assert c.text == tok.decode(c.token_ids, skip_special_tokens=True) and c.finish_reason == "length"
+
+
+def test_per_prompt_params(llm):
+    outs = llm.generate(["a", "b"], [SamplingParams(max_tokens=3), SamplingParams(max_tokens=5)], use_tqdm=False)
+    assert [len(o.outputs[0].token_ids) for o in outs] == [3, 5]
+    with pytest.raises(ValueError, match="sampling_params"):
+        llm.generate(["a", "b"], [SamplingParams()], use_tqdm=False)
+
+
+def test_stop_token_ids_and_stop_strings(llm):
+    base = greedy(llm, "xyz", max_tokens=12)
+    stop_tok = base.token_ids[4]
+    first = base.token_ids.index(stop_tok)
+    out = greedy(llm, "xyz", stop_token_ids=[stop_tok])
+    assert out.token_ids == base.token_ids[:first + 1] and out.finish_reason == "stop"
+    assert out.stop_reason == stop_tok
+    stop_str = base.text[3:5]
+    out = greedy(llm, "xyz", stop=[stop_str])
+    assert out.finish_reason == "stop" and out.stop_reason == stop_str
+    assert out.text == base.text[:base.text.index(stop_str)]
+    kept = greedy(llm, "xyz", stop=[stop_str], include_stop_str_in_output=True)
+    assert kept.text == base.text[:base.text.index(stop_str) + len(stop_str)]
+
+
+def test_eos_and_min_tokens(llm):
+    base = greedy(llm, "hello", max_tokens=8)
+    eos = base.token_ids[2]
+    llm.engine.eos_token_ids = (eos,)
+    try:
+        params = dict(temperature=0, max_tokens=8)
+        out = llm.generate("hello", SamplingParams(**params), use_tqdm=False)[0].outputs[0]
+        assert out.finish_reason == "stop" and out.token_ids[-1] == eos
+        assert len(out.token_ids) == base.token_ids.index(eos) + 1
+        ignored = llm.generate("hello", SamplingParams(ignore_eos=True, **params), use_tqdm=False)[0].outputs[0]
+        assert ignored.token_ids == base.token_ids
+        late = llm.generate("hello", SamplingParams(min_tokens=6, **params), use_tqdm=False)[0].outputs[0]
+        assert eos not in late.token_ids[:6]
+    finally:
+        llm.engine.eos_token_ids = ()
+
+
+def test_seed_reproducible_in_any_batch(llm):
+    params = SamplingParams(temperature=1.0, seed=1234, max_tokens=10, ignore_eos=True)
+    alone = llm.generate("seeded", params, use_tqdm=False)[0].outputs[0].token_ids
+    mixed = llm.generate(["other", "seeded", "more text here"],
+                         [SamplingParams(temperature=1.0, max_tokens=10), params,
+                          SamplingParams(temperature=0.7, max_tokens=4)], use_tqdm=False)
+    assert mixed[1].outputs[0].token_ids == alone
+    other = llm.generate("seeded", SamplingParams(temperature=1.0, seed=99, max_tokens=10, ignore_eos=True),
+                         use_tqdm=False)[0].outputs[0].token_ids
+    assert other != alone
+
+
+def test_n_and_logprobs(llm):
+    out = llm.generate("fan out", SamplingParams(n=3, temperature=1.0, seed=5, max_tokens=6, logprobs=2),
+                       use_tqdm=False)[0]
+    assert [c.index for c in out.outputs] == [0, 1, 2]
+    assert len({tuple(c.token_ids) for c in out.outputs}) > 1
+    for c in out.outputs:
+        assert len(c.logprobs) == len(c.token_ids) == 6
+        for token, lp in zip(c.token_ids, c.logprobs):
+            assert token in lp and 2 <= len(lp) <= 3 and all(v <= 0 for v in lp.values())
+
+
+@pytest.mark.parametrize("prompt, match", [("", "prompt"), ([], "prompt"), ([10**7], "token ids"),
+                                           (list(range(3, 300)), "max_model_len")])
+def test_bad_prompts_are_rejected(llm, prompt, match):
+    with pytest.raises(ValueError, match=match):
+        llm.generate([prompt] if prompt != [] else [[]], SamplingParams(max_tokens=4), use_tqdm=False)
+    assert not llm.engine.has_unfinished_requests()
+
+
+def test_prompt_plus_max_tokens_over_context(llm):
+    with pytest.raises(ValueError, match="max_tokens"):
+        llm.generate([list(range(3, 200))], SamplingParams(max_tokens=100), use_tqdm=False)
