@@ -67,7 +67,10 @@ class Sampler:
         """Temperature, top-k, top-p, min-p, then the exponential race. Returns `[N] int64`."""
         logits = logits / meta.temperature.unsqueeze(1)
         if not meta.no_top_k_top_p:
-            logits = apply_top_k_top_p(logits, meta.top_k, meta.max_top_k, meta.top_p)
+            if meta.top_p is not None and meta.top_k_all_rows:
+                logits = apply_top_p_within_top_k(logits, meta.top_k, meta.max_top_k, meta.top_p)
+            else:
+                logits = apply_top_k_top_p(logits, meta.top_k, meta.max_top_k, meta.top_p)
         probs = logits.softmax(dim=-1)
         if meta.min_p is not None:
             apply_min_p_(probs, meta.min_p)
@@ -108,6 +111,19 @@ def apply_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor | None, max_top_
     drop[:, -1] = False
     sorted_logits.masked_fill_(drop, float("-inf"))
     return torch.empty_like(logits).scatter_(1, order, sorted_logits)
+
+
+def apply_top_p_within_top_k(logits: torch.Tensor, top_k: torch.Tensor, max_top_k: int,
+                             top_p: torch.Tensor) -> torch.Tensor:
+    """Same result as apply_top_k_top_p when every row has a top_k, without sorting the vocabulary:
+    top-p runs on the `[N, max_top_k]` candidates that torch.topk returns (highest first)."""
+    values, ids = logits.topk(max_top_k, dim=-1)
+    rank = torch.arange(max_top_k, device=logits.device)
+    values.masked_fill_(rank >= top_k.unsqueeze(1), float("-inf"))
+    probs = values.softmax(dim=-1)
+    mass_above = probs.cumsum(dim=-1) - probs                        # mass of the better candidates
+    values.masked_fill_(mass_above >= top_p.unsqueeze(1), float("-inf"))
+    return torch.full_like(logits, float("-inf")).scatter_(1, ids, values)
 
 
 def apply_min_p_(probs: torch.Tensor, min_p: torch.Tensor) -> None:

@@ -28,7 +28,8 @@ class SamplingMetadata:
     temperature `[N] float32`: greedy rows hold 1.0 (they take the argmax and never divide).
     greedy_mask `[N] bool`: None when all rows are greedy or none is.
     top_k `[N] int64` (disabled rows hold vocab_size), top_p `[N] float32`, min_p `[N] float32`:
-        None when no random row uses that filter; `max_top_k`: the largest top_k among rows that use it.
+        None when no random row uses that filter; `max_top_k`: the largest top_k among rows that use it;
+        `top_k_all_rows`: every random row has a top_k (top-p then works on the top-k candidates only).
     presence/frequency/repetition_penalty `[N] float32`: None when `no_penalties`.
     output_token_counts `[N, V] float32`: how often each token was generated so far (rows without
         penalties are zero); prompt_token_mask `[N, V] bool`: tokens in the prompt, only when some row
@@ -48,6 +49,7 @@ class SamplingMetadata:
     greedy_mask: torch.Tensor | None = None
     top_k: torch.Tensor | None = None
     max_top_k: int = 0
+    top_k_all_rows: bool = False
     top_p: torch.Tensor | None = None
     min_p: torch.Tensor | None = None
     no_penalties: bool = True
@@ -106,6 +108,7 @@ class SamplingMetadata:
             enabled = top_k < vocab_size
             if bool(enabled.any()):
                 meta.top_k, meta.max_top_k = dev[:, _TOP_K].long(), int(top_k[enabled].max())
+                meta.top_k_all_rows = bool((enabled | greedy).all())
             if bool((host[:, _TOP_P] < 1).any()):
                 meta.top_p = dev[:, _TOP_P]
             if bool((host[:, _MIN_P] > 0).any()):

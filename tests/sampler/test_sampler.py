@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from engine.request import Request
-from engine.sampler import Sampler
+from engine.sampler import Sampler, apply_top_k_top_p, apply_top_p_within_top_k
 from engine.sampling_metadata import SamplingMetadata
 from engine.sampling_params import SamplingParams
 
@@ -161,3 +161,14 @@ def test_logits_not_modified():
     sample(logits, [make_request(SamplingParams(top_p=0.5, repetition_penalty=1.5, logit_bias={1: 3.0}), 3)
                     for _ in range(3)])
     assert torch.equal(logits, before)
+
+
+def test_top_p_within_top_k_equals_full_sort_path():
+    torch.manual_seed(5)
+    logits = torch.randn(64, 300) * 3
+    top_k = torch.randint(1, 40, (64,))
+    top_p = torch.rand(64) * 0.9 + 0.05
+    full = apply_top_k_top_p(logits, top_k, int(top_k.max()), top_p)
+    fast = apply_top_p_within_top_k(logits, top_k, int(top_k.max()), top_p)
+    assert torch.equal(torch.isinf(full), torch.isinf(fast))
+    assert torch.equal(full[~torch.isinf(full)], logits[~torch.isinf(full)])
