@@ -23,11 +23,11 @@ DECODE_CONFIGS = {
 
 @triton.jit
 def _decode_kernel(q_ptr, cache_ptr, out_ptr, part_out_ptr, part_lse_ptr,
-                   query_start_ptr, seq_lens_ptr, table_ptr, scale_log2,
+                   query_start_ptr, seq_lens_ptr, table_ptr, scale_log2, num_splits,
                    stride_qt, stride_qh, stride_ot, stride_oh,
                    stride_pr, stride_ph, stride_ps, stride_lr, stride_lh,
                    value_offset, stride_cblock, stride_ctok, stride_chead, stride_table,
-                   NUM_SPLITS: tl.constexpr, GROUP: tl.constexpr, BLOCK_H: tl.constexpr,
+                   DIRECT: tl.constexpr, GROUP: tl.constexpr, BLOCK_H: tl.constexpr,
                    HEAD_SIZE: tl.constexpr, HEAD_PAD: tl.constexpr, BLOCK_SIZE: tl.constexpr,
                    BLOCK_N: tl.constexpr, DOT_F32: tl.constexpr, PRECISION: tl.constexpr):
     """Program (request, kv_head, split): the GROUP query heads of kv_head over one context chunk."""
@@ -36,7 +36,7 @@ def _decode_kernel(q_ptr, cache_ptr, out_ptr, part_out_ptr, part_lse_ptr,
     split = tl.program_id(2)
     seq_len = tl.load(seq_lens_ptr + req)
     num_tiles = tl.cdiv(seq_len, BLOCK_N)
-    tiles_per_split = tl.cdiv(num_tiles, NUM_SPLITS)
+    tiles_per_split = tl.cdiv(num_tiles, num_splits)
     tile_begin = split * tiles_per_split
     tile_end = tl.minimum(tile_begin + tiles_per_split, num_tiles)
 
@@ -67,7 +67,7 @@ def _decode_kernel(q_ptr, cache_ptr, out_ptr, part_out_ptr, part_lse_ptr,
 
     out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
     mask = row_ok[:, None] & dim_ok[None, :]
-    if NUM_SPLITS == 1:
+    if DIRECT:  # one split: the final output
         tl.store(out_ptr + q_row * stride_ot + head[:, None] * stride_oh + dims[None, :],
                  out.to(out_ptr.dtype.element_ty), mask=mask)
     else:
@@ -127,12 +127,12 @@ def decode_attention(query: torch.Tensor, kv_cache: torch.Tensor, output: torch.
                part_lse.stride(0), part_lse.stride(1))
     _decode_kernel[(num_reqs, num_kv_heads, num_splits)](
         query, kv_cache, output, part_out, part_lse, query_start_loc, seq_lens, block_table,
-        scale * math.log2(math.e),
+        scale * math.log2(math.e), num_splits,
         query.stride(0), query.stride(1), output.stride(0), output.stride(1),
         *strides,
         kv_cache.stride(0), kv_cache.stride(1), kv_cache.stride(2), kv_cache.stride(3),
         block_table.stride(0),
-        NUM_SPLITS=num_splits, GROUP=group, BLOCK_H=max(16, triton.next_power_of_2(group)),
+        DIRECT=num_splits == 1, GROUP=group, BLOCK_H=max(16, triton.next_power_of_2(group)),
         BLOCK_SIZE=block_size, DOT_F32=query.device.type == "cpu",
         PRECISION="ieee" if query.dtype == torch.float32 else "tf32", **common, **cfg)
     if num_splits > 1:

@@ -7,14 +7,14 @@ import triton.language as tl
 
 
 @triton.jit
-def _store_kv_kernel(key_ptr, value_ptr, cache_ptr, slot_ptr,
+def _store_kv_kernel(key_ptr, value_ptr, cache_ptr, slot_ptr, stride_slot,
                      stride_kt, stride_kh, stride_vt, stride_vh,
                      value_offset, stride_cslot, stride_ch,
                      NUM_KV_HEADS: tl.constexpr, HEAD_SIZE: tl.constexpr,
                      HEADS_PAD: tl.constexpr, HEAD_PAD: tl.constexpr):
     """One program per token: copies its [Hkv, D] key and value rows to cache slot `slot`."""
     token = tl.program_id(0).to(tl.int64)
-    slot = tl.load(slot_ptr + token).to(tl.int64)
+    slot = tl.load(slot_ptr + token * stride_slot).to(tl.int64)
     if slot < 0:
         return
     heads = tl.arange(0, HEADS_PAD)[:, None]
@@ -45,7 +45,7 @@ def store_kv(key: torch.Tensor, value: torch.Tensor, kv_cache: torch.Tensor,
     if kv_cache.stride(1) != block_size * stride_cslot or kv_cache.stride(4) != 1:
         raise ValueError("kv_cache must be contiguous within its K and V halves")
     _store_kv_kernel[(num_tokens,)](
-        key, value, kv_cache, slot_mapping,
+        key, value, kv_cache, slot_mapping, slot_mapping.stride(0),
         key.stride(0), key.stride(1), value.stride(0), value.stride(1),
         kv_cache.stride(0), stride_cslot, kv_cache.stride(3),
         NUM_KV_HEADS=num_kv_heads, HEAD_SIZE=head_size,

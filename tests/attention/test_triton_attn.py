@@ -104,3 +104,16 @@ def test_supported_block_sizes(block_size, ok):
     assert TritonAttnBackend.supports_block_size(block_size) is ok
     reasons = TritonAttnBackend.validate(torch.device("cuda"), torch.bfloat16, 128, block_size)
     assert (not reasons) is ok
+
+
+def test_store_kv_follows_strided_slot_mapping():
+    from attention.backends.torch_ref import store_kv as ref_store_kv
+    from attention.ops.store_kv import store_kv
+    gen = torch.Generator().manual_seed(5)
+    cache = torch.full((2, 4, 16, 2, 64), 7.0)
+    key, value = torch.randn(2, 6, 2, 64, generator=gen)
+    slots = torch.tensor([[3, 0], [-1, 0], [60, 0], [17, 0], [-1, 0], [33, 0]])[:, 0]  # stride 2
+    want = cache.clone()
+    ref_store_kv(key, value, want, slots)
+    store_kv(key.to(DEVICE), value.to(DEVICE), cache := cache.to(DEVICE), slots.to(DEVICE))
+    assert torch.equal(cache.cpu(), want)

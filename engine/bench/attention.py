@@ -1,0 +1,296 @@
+"""Attention backends side by side: paged decode and causal prefill, checked against torch_ref.
+
+`python -m engine.bench attention [--backends triton,flash_attn] [--output results.json]`
+Every backend reads the same logical K/V (scattered into its own block size through a random block
+table); each is compared with torch_ref on those inputs before it is timed and is refused when it
+differs. Decode steps are timed as CUDA-graph replays (how the engine runs them) and eagerly;
+prefill eagerly. Times are medians of triton.testing.do_bench.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+
+from attention.backend import CommonAttentionMetadata
+from attention.backends.torch_ref import TorchRefBackend
+from attention.selector import load_backend, reasons_against
+
+DECODE_CASES = [(1, 1024), (64, 1024), (256, 1024), (256, 4096), (32, 16384), (1, 16384)]
+PREFILL_CASES = [(16, 1024), (4, 4096)]
+TOLERANCE = 2e-2
+DEVICE = "cuda"
+
+
+@dataclass
+class Case:
+    kind: str   # "decode" or "prefill"
+    batch: int
+    seq_len: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind} {self.batch}x{self.seq_len}"
+
+    @property
+    def query_len(self) -> int:
+        return 1 if self.kind == "decode" else self.seq_len
+
+
+@dataclass
+class Inputs:
+    common: CommonAttentionMetadata
+    query: torch.Tensor
+    key: torch.Tensor
+    value: torch.Tensor
+    kv_cache: torch.Tensor
+
+
+def logical_kv(case: Case, shape: dict, gen: torch.Generator) -> torch.Tensor:
+    """[2, batch, seq_len, Hkv, D]: every token's K and V, shared by all backends."""
+    return torch.randn(2, case.batch, case.seq_len, shape["num_kv_heads"], shape["head_size"],
+                       generator=gen, device=DEVICE, dtype=shape["dtype"])
+
+
+def paged_inputs(case: Case, kv: torch.Tensor, block_size: int, shape: dict, gen: torch.Generator) -> Inputs:
+    """Scatter `kv` into a cache of `block_size` through a random block table; the query tokens'
+    own K/V are also passed as key/value (the step stores them again, to the same slots)."""
+    batch, seq_len, q_len = case.batch, case.seq_len, case.query_len
+    query = torch.randn(batch * q_len, shape["num_heads"], shape["head_size"], generator=gen, device=DEVICE,
+                        dtype=kv.dtype)
+    blocks_per_req = -(-seq_len // block_size)
+    num_blocks = batch * blocks_per_req
+    table = torch.randperm(num_blocks, generator=gen, device=DEVICE).view(batch, blocks_per_req).int()
+    cache = torch.empty(2, num_blocks, block_size, *kv.shape[3:], dtype=kv.dtype, device=DEVICE)
+    pos = torch.arange(seq_len, device=DEVICE)
+    slots = table[:, pos // block_size].long() * block_size + pos % block_size      # [batch, seq_len]
+    cache.view(2, num_blocks * block_size, *kv.shape[3:])[:, slots.flatten()] = kv.flatten(1, 2)
+    qsl = torch.arange(batch + 1, dtype=torch.int32) * q_len
+    seq_lens = torch.full((batch,), seq_len, dtype=torch.int32)
+    common = CommonAttentionMetadata(
+        num_reqs=batch, num_tokens=batch * q_len, query_start_loc=qsl.to(DEVICE), query_start_loc_cpu=qsl,
+        seq_lens=seq_lens.to(DEVICE), seq_lens_cpu=seq_lens, max_query_len=q_len, max_seq_len=seq_len,
+        block_table=table, slot_mapping=slots[:, seq_len - q_len:].flatten().contiguous(), block_size=block_size)
+    new_kv = kv[:, :, seq_len - q_len:].flatten(1, 2)
+    return Inputs(common, query, new_kv[0], new_kv[1], cache)
+
+
+class Runner:
+    """One backend's builder, metadata and impl for one set of inputs; `step()` runs forward."""
+
+    def __init__(self, backend, inputs: Inputs, shape: dict, capture: bool = False) -> None:
+        common = inputs.common
+        builder = backend.get_builder_cls()(shape["num_heads"], shape["num_kv_heads"], shape["head_size"],
+                                            common.block_size, common.num_reqs, common.max_seq_len,
+                                            torch.device(DEVICE))
+        self.metadata = builder.build_for_capture(common) if capture else builder.build(common)
+        self.impl = backend.get_impl_cls()(shape["num_heads"], shape["head_size"],
+                                           1.0 / math.sqrt(shape["head_size"]), shape["num_kv_heads"])
+        self.inputs = inputs
+        self.output = torch.empty_like(inputs.query)
+
+    def step(self) -> None:
+        i = self.inputs
+        self.impl.forward(i.query, i.key, i.value, i.kv_cache, self.metadata, self.output)
+
+
+def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    out, ref = out.float(), ref.float()
+    return float((out - ref).norm() / ref.norm()) if torch.isfinite(out).all() else float("inf")
+
+
+def time_runner(runner: Runner, graph: bool) -> float:
+    """Median microseconds of one step (a CUDA-graph replay when `graph`)."""
+    import triton.testing
+    runner.step()
+    fn = runner.step
+    if graph:
+        cuda_graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(cuda_graph):
+            runner.step()
+        fn = cuda_graph.replay
+    return triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median") * 1e3
+
+
+def measure(backend, case: Case, inputs: Inputs, shape: dict, ref: torch.Tensor, eager: bool = True) -> dict:
+    """Check `backend` against the reference, then time it; a wrong backend gets no time."""
+    runner = Runner(backend, inputs, shape)
+    runner.step()
+    err = relative_error(runner.output, ref)
+    row = dict(case=case.name, backend=backend.name, block_size=inputs.common.block_size, rel_err=err)
+    if err > TOLERANCE:
+        return row | dict(error=f"refused: relative error {err:.2e} > {TOLERANCE}")
+    if eager or case.kind == "prefill":
+        row["time_us_eager"] = time_runner(runner, graph=False)
+        row["time_us"] = row["time_us_eager"]
+    if case.kind == "decode":
+        row["time_us"] = time_runner(Runner(backend, inputs, shape, capture=True), graph=True)
+        kv_bytes = 2 * case.batch * case.seq_len * shape["num_kv_heads"] * shape["head_size"] * 2
+        row["tb_per_s"] = kv_bytes / row["time_us"] / 1e6
+    else:
+        flops = 4 * case.batch * case.seq_len ** 2 * shape["num_heads"] * shape["head_size"] / 2
+        row["tflop_per_s"] = flops / row["time_us"] / 1e6
+    return row
+
+
+def reference(case: Case, kv: torch.Tensor, shape: dict, gen: torch.Generator) -> torch.Tensor:
+    """torch_ref's output on the case (its query is drawn from `gen` seeded with 1)."""
+    gen.manual_seed(1)
+    runner = Runner(TorchRefBackend, paged_inputs(case, kv, 256, shape, gen), shape)
+    runner.step()
+    return runner.output
+
+
+def run_case(case: Case, backends: list, block_sizes: dict, shape: dict) -> list[dict]:
+    gen = torch.Generator(device=DEVICE).manual_seed(0)
+    kv = logical_kv(case, shape, gen)
+    ref = reference(case, kv, shape, gen)
+    rows = []
+    for backend in backends:
+        gen.manual_seed(1)  # the same query as the reference; the block table is drawn after it
+        inputs = paged_inputs(case, kv, block_sizes[backend.name], shape, gen)
+        rows.append(measure(backend, case, inputs, shape, ref))
+        del inputs
+        torch.cuda.empty_cache()
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    lines = ["| case | backend | block | time (us) | eager (us) | rate | vs flash_attn | rel err |",
+             "|---|---|---|---|---|---|---|---|"]
+    flash = {r["case"]: r["time_us"] for r in rows if r["backend"] == "flash_attn" and "time_us" in r}
+    for r in rows:
+        if "time_us" not in r:
+            lines.append(f"| {r['case']} | {r['backend']} | {r['block_size']} | {r['error']} | | | | |")
+            continue
+        rate = (f"{r['tb_per_s']:.2f} TB/s" if "tb_per_s" in r else f"{r['tflop_per_s']:.0f} TFLOP/s")
+        speed = f"{flash[r['case']] / r['time_us']:.2f}x" if r["case"] in flash else "-"
+        lines.append(f"| {r['case']} | {r['backend']} | {r['block_size']} | {r['time_us']:.1f} | "
+                     f"{r.get('time_us_eager', float('nan')):.1f} | {rate} | {speed} | {r['rel_err']:.1e} |")
+    return "\n".join(lines)
+
+
+def sweep(shape: dict, log_path: str, seconds: float) -> None:
+    """Tuning sweep of the triton backend's tile shapes, split policy and block size. Appends one
+    JSON line per measurement to `log_path`; each decode row is timed as a graph replay."""
+    import itertools
+
+    from attention.backends import triton_attn
+    from attention.ops import decode_attention, prefill_attention
+    backend = load_backend("triton")
+    log = open(log_path, "a")
+    rows: list[dict] = []
+
+    def run(case, inputs, ref, tag):
+        try:
+            row = measure(backend, case, inputs, shape, ref, eager=False) | tag
+        except Exception as e:  # a config that does not compile (e.g. too much shared memory)
+            row = dict(case=case.name, error=repr(e)[:200]) | tag
+        log.write(json.dumps(row) + "\n")
+        log.flush()
+        rows.append(row)
+        return row
+
+    def prepared(case, block_size):
+        gen = torch.Generator(device=DEVICE).manual_seed(0)
+        kv = logical_kv(case, shape, gen)
+        ref = reference(case, kv, shape, gen)
+        gen.manual_seed(1)
+        return paged_inputs(case, kv, block_size, shape, gen), ref
+
+    decode_default = dict(decode_attention.DECODE_CONFIGS["cuda"])
+    prefill_default = dict(prefill_attention.PREFILL_CONFIGS["cuda"])
+    deadline = time.monotonic() + seconds
+    for b, n in ((256, 1024), (1, 16384), (32, 16384)):
+        case = Case("decode", b, n)
+        inputs, ref = prepared(case, 16)
+        for block_n, warps, stages in itertools.product((32, 64, 128), (4, 8), (2, 3, 4)):
+            if time.monotonic() < deadline:
+                decode_attention.DECODE_CONFIGS["cuda"] = dict(BLOCK_N=block_n, num_warps=warps, num_stages=stages)
+                run(case, inputs, ref, dict(sweep="decode_config", config=decode_attention.DECODE_CONFIGS["cuda"]))
+        decode_attention.DECODE_CONFIGS["cuda"] = decode_default
+        del inputs, ref
+    for b, n in PREFILL_CASES:
+        case = Case("prefill", b, n)
+        inputs, ref = prepared(case, 16)
+        for bm, bn, warps, stages in itertools.product((64, 128), (32, 64, 128), (4, 8), (2, 3, 4)):
+            if time.monotonic() < deadline:
+                prefill_attention.PREFILL_CONFIGS["cuda"] = dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=warps,
+                                                                 num_stages=stages)
+                run(case, inputs, ref, dict(sweep="prefill_config", config=prefill_attention.PREFILL_CONFIGS["cuda"]))
+        prefill_attention.PREFILL_CONFIGS["cuda"] = prefill_default
+        del inputs, ref
+    for b, n in ((1, 1024), (1, 16384), (32, 16384), (64, 1024)):
+        case = Case("decode", b, n)
+        inputs, ref = prepared(case, 16)
+        for waves, min_len in itertools.product((1, 2, 4, 8), (64, 128, 256, 512, 1024)):
+            if time.monotonic() < deadline:
+                triton_attn.SPLIT_POLICY.update(waves=waves, min_split_len=min_len)
+                run(case, inputs, ref, dict(sweep="split", waves=waves, min_split_len=min_len))
+        triton_attn.SPLIT_POLICY.update(waves=2, min_split_len=256)
+        del inputs, ref
+    for case in (Case("decode", 256, 1024), Case("decode", 1, 16384), Case("prefill", 16, 1024)):
+        for block_size in (16, 32, 64, 128, 256):
+            if time.monotonic() < deadline:
+                inputs, ref = prepared(case, block_size)
+                run(case, inputs, ref, dict(sweep="block_size"))
+                del inputs, ref
+    best: dict = {}
+    for row in rows:
+        key = (row["sweep"], row["case"])
+        if "time_us" in row and (key not in best or row["time_us"] < best[key]["time_us"]):
+            best[key] = row
+    for row in best.values():
+        print(json.dumps({k: v for k, v in row.items() if k not in ("rel_err", "time_us_eager")}))
+
+def add_args(parser) -> None:
+    parser.add_argument("--backends", default="triton,flash_attn",
+                        help="comma-separated; unavailable ones are skipped with their reasons")
+    parser.add_argument("--block-size", type=int, default=None, help="triton's block size (default: its own)")
+    parser.add_argument("--num-heads", type=int, default=32)
+    parser.add_argument("--num-kv-heads", type=int, default=8)
+    parser.add_argument("--head-size", type=int, default=128)
+    parser.add_argument("--cases", default="all", help="'all', 'decode', 'prefill', or names like decode:1x16384")
+    parser.add_argument("--output", default=None, help="write the rows as JSON here")
+    parser.add_argument("--sweep", default=None, metavar="LOG",
+                        help="instead: tune the triton kernels, one JSON line per measurement into LOG")
+    parser.add_argument("--sweep-seconds", type=float, default=300, help="stop starting sweep runs after this")
+
+
+def select_cases(spec: str) -> list[Case]:
+    cases = [Case("decode", b, s) for b, s in DECODE_CASES] + [Case("prefill", b, s) for b, s in PREFILL_CASES]
+    if spec == "all":
+        return cases
+    wanted = spec.split(",")
+    return [c for c in cases if c.kind in wanted or f"{c.kind}:{c.batch}x{c.seq_len}" in wanted]
+
+
+def main(args) -> None:
+    if not torch.cuda.is_available():
+        raise SystemExit("the attention benchmark needs a CUDA GPU")
+    shape = dict(num_heads=args.num_heads, num_kv_heads=args.num_kv_heads, head_size=args.head_size,
+                 dtype=torch.bfloat16)
+    if args.sweep:
+        return sweep(shape, args.sweep, args.sweep_seconds)
+    backends, block_sizes = [], {}
+    for name in args.backends.split(","):
+        block_size = args.block_size if name == "triton" else None
+        reasons = reasons_against(name, torch.device("cuda"), shape["dtype"], shape["head_size"], block_size)
+        if reasons:
+            print(f"skipping {name}: {'; '.join(reasons)}")
+            continue
+        backend = load_backend(name)
+        backends.append(backend)
+        block_sizes[name] = block_size or backend.default_block_size
+    rows = []
+    for case in select_cases(args.cases):
+        rows += run_case(case, backends, block_sizes, shape)
+        print(format_table(rows[-len(backends):]).splitlines()[-len(backends):], flush=True)
+    print(f"\n{torch.cuda.get_device_name()}, {shape}\n" + format_table(rows))
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump(dict(device=torch.cuda.get_device_name(), shape={k: str(v) for k, v in shape.items()},
+                           rows=rows), f, indent=1)
