@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.layers.tp import copy_into, get_tp_rank, get_tp_size
+from models.layers.tp import attach_weight_loader, copy_into, get_tp_rank, get_tp_size
 
 
 class VocabParallelEmbedding(nn.Module):
@@ -24,7 +24,7 @@ class VocabParallelEmbedding(nn.Module):
         self.vocab_start = get_tp_rank() * self.rows_per_rank
         self.vocab_end = min(self.vocab_start + self.rows_per_rank, num_embeddings)
         self.weight = nn.Parameter(torch.empty(self.rows_per_rank, embedding_dim), requires_grad=False)
-        self.weight.weight_loader = self.weight_loader
+        attach_weight_loader(self.weight, self)
 
     def weight_loader(self, param: nn.Parameter, loaded_weight: torch.Tensor, shard_id=None) -> None:
         """loaded_weight: the full [num_embeddings, embedding_dim] table; this rank's rows are copied."""

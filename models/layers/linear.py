@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.layers.tp import copy_into, divide, get_tp_rank, get_tp_size, take_shard
+from models.layers.tp import (attach_weight_loader, copy_into, divide, get_tp_rank, get_tp_size,
+                              take_shard)
 
 
 class _LinearBase(nn.Module):
@@ -21,10 +22,10 @@ class _LinearBase(nn.Module):
         self.in_per_rank = in_per_rank
         self.out_per_rank = out_per_rank
         self.weight = nn.Parameter(torch.empty(out_per_rank, in_per_rank), requires_grad=False)
-        self.weight.weight_loader = self.weight_loader
+        attach_weight_loader(self.weight, self)
         if bias:
             self.bias = nn.Parameter(torch.empty(out_per_rank), requires_grad=False)
-            self.bias.weight_loader = self.weight_loader
+            attach_weight_loader(self.bias, self)
         else:
             self.register_parameter("bias", None)
 

@@ -6,6 +6,8 @@ collectives marked in `linear.py` / `embedding.py`), not the model code.
 """
 from __future__ import annotations
 
+import weakref
+
 
 def get_tp_rank() -> int:
     """This process's tensor-parallel rank."""
@@ -39,3 +41,17 @@ def take_shard(loaded, dim: int, index: int, length: int, num_slices: int):
         raise ValueError(f"checkpoint shape {tuple(loaded.shape)} does not match: expected "
                          f"{length * num_slices} along dim {dim}")
     return loaded.narrow(dim, index * length, length)
+
+
+def attach_weight_loader(param, module, method_name: str = "weight_loader") -> None:
+    """Set `param.weight_loader(param, loaded_weight, shard_id=None)` to call `module.<method_name>`.
+
+    Holds the module weakly: a bound method on the parameter would make a module <-> parameter
+    cycle, and a deleted model's GPU memory would wait for the garbage collector.
+    """
+    module_ref = weakref.ref(module)
+
+    def weight_loader(p, loaded_weight, shard_id=None):
+        return getattr(module_ref(), method_name)(p, loaded_weight, shard_id)
+
+    param.weight_loader = weight_loader

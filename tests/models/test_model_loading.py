@@ -1,6 +1,9 @@
 """Loader, registry and presets: errors, dummy weights, published shapes."""
 from __future__ import annotations
 
+import gc
+import weakref
+
 import huggingface_hub.constants
 import pytest
 import torch
@@ -114,3 +117,15 @@ def test_hub_id_offline_gives_clear_error(monkeypatch, tmp_path):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     with pytest.raises(ValueError, match="pass a local folder with config.json, or a preset"):
         resolve_model("someone/not-a-real-model-xyz")
+
+
+def test_deleted_model_is_freed_without_the_garbage_collector():
+    """No module <-> parameter reference cycle: GPU memory comes back as soon as the model goes."""
+    model = build_model(get_preset("tiny-llama"), None, "dummy", torch.float32, torch.device("cpu"))
+    weight = weakref.ref(model.model.layers[0].self_attn.qkv_proj.weight)
+    gc.disable()
+    try:
+        del model
+        assert weight() is None
+    finally:
+        gc.enable()
