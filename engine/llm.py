@@ -48,7 +48,7 @@ class LLM:
         ids = [str(next(self._ids)) for _ in prompts]
         try:
             for request_id, prompt, p in zip(ids, prompts, params):
-                self.engine.add_request(request_id, prompt, p)
+                self.engine.add_request(request_id, prompt, p, stream=False)
         except Exception:
             self.engine.abort_request(ids)
             raise
@@ -57,15 +57,16 @@ class LLM:
     def _run(self, ids: list[str], use_tqdm: bool) -> list[RequestOutput]:
         finished: dict[str, RequestOutput] = {}
         bar = tqdm(total=len(ids), desc="Generating", unit="req", disable=not use_tqdm, dynamic_ncols=True)
-        start, num_out_tokens = time.perf_counter(), 0
+        start, tokens_before = time.perf_counter(), self.engine.num_generation_tokens
         while self.engine.has_unfinished_requests():
             for output in self.engine.step():
-                num_out_tokens += sum(len(c.token_ids_delta) for c in output.outputs)
                 if output.finished:
                     finished[output.request_id] = output
                     bar.update(1)
-            elapsed = time.perf_counter() - start
-            bar.set_postfix_str(f"{num_out_tokens / max(elapsed, 1e-9):.1f} out tok/s", refresh=False)
+            if use_tqdm:
+                num_out_tokens = self.engine.num_generation_tokens - tokens_before
+                elapsed = time.perf_counter() - start
+                bar.set_postfix_str(f"{num_out_tokens / max(elapsed, 1e-9):.1f} out tok/s", refresh=False)
         bar.close()
         return [finished[i] for i in ids]
 

@@ -78,8 +78,11 @@ class LLMEngine:
         return tuple(sorted(ids))
 
     def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams,
-                    arrival_time: float | None = None) -> None:
-        """Queue a prompt (text or token ids); n > 1 fans out into n sequences. Raises ValueError on bad input."""
+                    arrival_time: float | None = None, stream: bool = True) -> None:
+        """Queue a prompt (text or token ids); n > 1 fans out into n sequences. Raises ValueError on bad input.
+
+        stream=False: `step()` returns this request's output only once, when it is finished (no per-step
+        deltas or detokenizing: what the offline API wants)."""
         if request_id in self.outputs.groups:
             raise ValueError(f"request id {request_id!r} is already in use")
         prompt_text, ids = self._tokenize(prompt)
@@ -94,7 +97,8 @@ class LLMEngine:
             if arrival_time is not None:
                 req.arrival_time = arrival_time
             children.append(req)
-        self.outputs.add_group(request_id, prompt_text, ids, children)
+        self.outputs.add_group(request_id, prompt_text, ids, children, stream)
+        self.num_prompt_tokens += len(ids) * params.n
         for req in children:
             self.requests[req.request_id] = req
             self.scheduler.add_request(req)
@@ -146,8 +150,6 @@ class LLMEngine:
             return []
         result = self.runner.execute(out)
         progressed = self.scheduler.update_from_output(out, result.sampled)
-        self.num_prompt_tokens += sum(s.num_new_tokens for s in out.scheduled if s.num_computed_tokens
-                                      < s.request.num_prompt_tokens)
         self.num_generation_tokens += len(progressed)
         logprobs = {id(s.request): lp for s, lp in zip(out.scheduled, result.logprobs) if lp is not None}
         for req in progressed:

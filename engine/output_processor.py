@@ -28,6 +28,7 @@ class _Group:
     request_id: str
     prompt: str | None
     prompt_token_ids: list[int]
+    stream: bool = True             # False: one RequestOutput at the end, no per-step deltas
     sequences: list[_Sequence] = field(default_factory=list)
 
 
@@ -38,8 +39,8 @@ class OutputProcessor:
         self._sequences: dict[str, tuple[_Group, _Sequence]] = {}
 
     def add_group(self, request_id: str, prompt: str | None, prompt_token_ids: list[int],
-                  requests: list[Request]) -> None:
-        group = _Group(request_id, prompt, prompt_token_ids)
+                  requests: list[Request], stream: bool = True) -> None:
+        group = _Group(request_id, prompt, prompt_token_ids, stream)
         for i, req in enumerate(requests):
             sp = req.sampling_params
             detok = IncrementalDetokenizer(self.tokenizer, req.prompt_token_ids, sp.skip_special_tokens)
@@ -59,11 +60,15 @@ class OutputProcessor:
 
     def process_token(self, req: Request, logprobs: dict[int, float] | None, max_model_len: int) -> RequestStatus | None:
         """Take the request's newest token: logprobs, text, stop checks. Returns a finished status or None."""
-        _, seq = self._sequences[req.request_id]
+        group, seq = self._sequences[req.request_id]
         if logprobs is not None:
             req.output_logprobs.append(logprobs)
         token = req.output_token_ids[-1]
         status = _token_stop(req, token, max_model_len)
+        if not group.stream and seq.stops is None:
+            if status is not None:              # nobody reads the text before the end: decode once
+                seq.text = seq.detokenizer.append(req.output_token_ids) + seq.detokenizer.flush()
+            return status
         delta = seq.detokenizer.append([token])
         if status is not None:
             delta += seq.detokenizer.flush()
@@ -81,8 +86,10 @@ class OutputProcessor:
         groups: dict[str, _Group] = {}
         for req in progressed:
             group, _ = self._sequences[req.request_id]
-            groups[group.request_id] = group
-        return [self._output(g) for g in groups.values()]
+            if group.stream or req.is_finished:
+                groups[group.request_id] = group
+        return [self._output(g) for g in groups.values() if g.stream or all(s.request.is_finished
+                                                                             for s in g.sequences)]
 
     def _output(self, group: _Group) -> RequestOutput:
         completions = [self._completion(seq) for seq in group.sequences]
