@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import torch
+import transformers
 
 from attention.backend import CommonAttentionMetadata
 from attention.backends.torch_ref import TorchRefBackend, TorchRefImpl
 from attention.forward_context import set_forward_context
 from attention.layer import bind_attention_layers
+from models.presets import get_preset
 
 BLOCK_SIZE = 4
 
@@ -75,3 +77,13 @@ def hf_logits(hf_model: torch.nn.Module, prompt: list[int]) -> torch.Tensor:
 def max_rel_err(ours: torch.Tensor, ref: torch.Tensor) -> float:
     """max |ours - ref| / max |ref|."""
     return ((ours - ref).abs().max() / ref.abs().max()).item()
+
+
+def make_checkpoint(preset: str, folder, seed: int = 0, **save_kwargs):
+    """Save a randomly initialised transformers model of `preset`'s shape; return it (eval mode)."""
+    config = get_preset(preset)
+    torch.manual_seed(seed)
+    hf_model = getattr(transformers, config.architectures[0])(config).eval()
+    randomize_hf_model(hf_model, seed)
+    hf_model.save_pretrained(folder, safe_serialization=True, **save_kwargs)
+    return hf_model

@@ -5,24 +5,12 @@ import os
 
 import pytest
 import torch
-import transformers
 
 from models.loader import build_model, resolve_model
-from models.presets import get_preset
-from tests.models.helpers import PagedRunner, hf_logits, max_rel_err, randomize_hf_model
+from tests.models.helpers import PagedRunner, hf_logits, make_checkpoint, max_rel_err
 
 TOL = 1e-4
 PRESETS = ["tiny-qwen3", "tiny-llama", "tiny-qwen2"]
-
-
-def make_checkpoint(preset: str, folder, seed: int = 0, **save_kwargs):
-    """Save a randomly initialised transformers model of `preset`'s shape; return it (eval mode)."""
-    config = get_preset(preset)
-    torch.manual_seed(seed)
-    hf_model = getattr(transformers, config.architectures[0])(config).eval()
-    randomize_hf_model(hf_model, seed)
-    hf_model.save_pretrained(folder, safe_serialization=True, **save_kwargs)
-    return hf_model
 
 
 def load_engine_model(folder):

@@ -12,8 +12,7 @@ import transformers
 from models.loader import build_model, resolve_model
 from models.presets import get_preset, preset_names
 from models.registry import get_model_class
-from tests.models.helpers import PagedRunner
-from tests.models.test_model_equivalence import make_checkpoint
+from tests.models.helpers import PagedRunner, make_checkpoint
 
 # Published parameter counts of the real checkpoints.
 PUBLISHED_NUM_PARAMS = {"llama-3.1-8b": 8_030_261_248, "qwen3-8b": 8_190_735_360, "qwen3-0.6b": 596_049_920}
