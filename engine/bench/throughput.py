@@ -17,6 +17,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input-len", type=int, nargs=2, default=[100, 1024], metavar=("MIN", "MAX"))
     parser.add_argument("--output-len", type=int, nargs=2, default=[100, 1024], metavar=("MIN", "MAX"))
     parser.add_argument("--temperature", type=float, default=0.6)
+    parser.add_argument("--profile-steps", type=int, default=0,
+                        help="after the timed run, profile this many decode-heavy steps (CUDA only)")
+    parser.add_argument("--profile-output", default=None, help="file for the profiler's tables")
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -38,5 +41,25 @@ def main(args: argparse.Namespace) -> dict:
               "total_tok_per_s": round((num_in + num_out) / elapsed, 1)}
     print(f"throughput {args.model} [{result['backend']}]: {num_out} output tokens in {elapsed:.2f} s = "
           f"{result['output_tok_per_s']:.0f} output tok/s ({result['total_tok_per_s']:.0f} total tok/s)")
+    if args.profile_steps:
+        result["profile"] = _profile(llm, prompts, params, args)
+        print("profile:", result["profile"])
     report(result, args)
+    return result
+
+
+def _profile(llm, prompts, params, args) -> dict:
+    """Re-run the workload's start, then profile steps once the batch is decoding."""
+    from engine.bench.step_profile import profile_steps
+
+    engine = llm.engine
+    for i, (p, sp) in enumerate(zip(prompts, params)):
+        engine.add_request(f"profile-{i}", p, sp, stream=False)
+    while engine.scheduler.waiting or any(r.num_output_tokens == 0 for r in engine.scheduler.running):
+        engine.step()
+    for _ in range(20):
+        engine.step()
+    result = profile_steps(engine, args.profile_steps, args.profile_output)
+    result["batch_size"] = len(engine.scheduler.running)
+    engine.abort_request([f"profile-{i}" for i in range(len(prompts))])
     return result
