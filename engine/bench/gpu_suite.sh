@@ -13,13 +13,13 @@ for part in $parts; do
       run python -m pytest -q -x tests/engine/test_gpu_engine.py tests/attention tests/sampler/test_sampler_cuda.py \
         2>&1 | tail -15 | tee "$OUT/tests.log" ;;
     small)
-      run python -m engine.bench latency --model preset:qwen3-0.6b --output "$OUT/lat_0.6b.json" 2>&1 | grep -v "^INFO" | tail -3
+      run python -m engine.bench latency --model preset:qwen3-0.6b --output "$OUT/lat_0.6b.json" 2>&1 | tail -8
       run python -m engine.bench throughput --model preset:qwen3-0.6b --output "$OUT/thr_0.6b.json" \
-        --profile-steps 20 --profile-output "$OUT/prof_0.6b.txt" 2>&1 | grep -v "^INFO" | tail -4 ;;
+        --profile-steps 20 --profile-output "$OUT/prof_0.6b.txt" 2>&1 | tail -9 ;;
     big)
-      run python -m engine.bench latency --model preset:qwen3-8b --output "$OUT/lat_8b.json" 2>&1 | grep -v "^INFO" | tail -3
+      run python -m engine.bench latency --model preset:qwen3-8b --output "$OUT/lat_8b.json" 2>&1 | tail -8
       run python -m engine.bench throughput --model preset:qwen3-8b --output "$OUT/thr_8b.json" \
-        --profile-steps 10 --profile-output "$OUT/prof_8b.txt" 2>&1 | grep -v "^INFO" | tail -4 ;;
+        --profile-steps 10 --profile-output "$OUT/prof_8b.txt" 2>&1 | tail -9 ;;
     attention)
       run python -m engine.bench attention --output "$OUT/attention.json" 2>&1 | tail -30 ;;
   esac
