@@ -48,13 +48,14 @@ class Serving:
             raise from_value_error(exc, _SAMPLING_FIELDS) from exc
 
     def check_prompt(self, token_ids: list[int], max_tokens: int | None, param: str = "prompt") -> None:
-        """400 for an empty prompt or one that leaves no room for max_tokens within max_model_len."""
+        """400 for an empty prompt or one that leaves no room for max_tokens (at least 1) within max_model_len."""
         if not token_ids:
             raise APIError(400, f"{param} must not be empty", param)
-        if max_tokens is not None and len(token_ids) + max_tokens > self.max_model_len:
-            raise APIError(400, f"this model's max_model_len is {self.max_model_len} tokens, but the request asks "
-                                f"for {len(token_ids) + max_tokens} ({len(token_ids)} prompt tokens + max_tokens "
-                                f"{max_tokens}); shorten the {param} or lower max_tokens", param)
+        if len(token_ids) + (max_tokens or 1) > self.max_model_len:
+            asked = f"max_tokens {max_tokens}" if max_tokens else "at least 1 generated token"
+            raise APIError(400, f"this model's max_model_len is {self.max_model_len} tokens, but the request needs "
+                                f"{len(token_ids) + (max_tokens or 1)} ({len(token_ids)} prompt tokens + {asked}); "
+                                f"shorten the {param} or lower max_tokens", param)
 
     def default_max_tokens(self, token_ids: list[int]) -> int:
         return max(1, self.max_model_len - len(token_ids))

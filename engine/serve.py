@@ -1,0 +1,86 @@
+"""`python -m engine.serve --model M`: the OpenAI-compatible HTTP server (uvicorn) with vLLM-style flags."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from engine.config import LOAD_FORMATS, EngineConfig
+
+logger = logging.getLogger("engine.serve")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m engine.serve", description=__doc__)
+    p.add_argument("--model", required=True, help="preset:NAME, a local folder or a hub id")
+    p.add_argument("--tokenizer", default=None)
+    p.add_argument("--revision", default=None)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--served-model-name", default=None, help="model name clients send (default: --model)")
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (env ENGINE_API_KEY)")
+    p.add_argument("--max-model-len", type=int, default=None)
+    p.add_argument("--max-num-seqs", type=int, default=256)
+    p.add_argument("--max-num-batched-tokens", type=int, default=None)
+    p.add_argument("--max-queue-len", type=int, default=None, help="waiting requests beyond this get 429")
+    p.add_argument("--attention-backend", default=None)
+    p.add_argument("--enforce-eager", action="store_true", help="never replay CUDA graphs")
+    p.add_argument("--load-format", default="auto", choices=LOAD_FORMATS)
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--block-size", type=int, default=None)
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    p.add_argument("--num-kv-blocks", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--enable-chunked-prefill", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> EngineConfig:
+    """EngineConfig from the parsed flags; raises ValueError naming the bad field."""
+    return EngineConfig(
+        model=args.model, tokenizer=args.tokenizer, revision=args.revision, dtype=args.dtype, device=args.device,
+        block_size=args.block_size, max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens, num_kv_blocks=args.num_kv_blocks,
+        gpu_memory_utilization=args.gpu_memory_utilization, enable_prefix_caching=args.enable_prefix_caching,
+        enable_chunked_prefill=args.enable_chunked_prefill, enforce_eager=args.enforce_eager,
+        attention_backend=args.attention_backend, seed=args.seed, load_format=args.load_format,
+        max_queue_len=args.max_queue_len)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = config_from_args(args)
+    except ValueError as exc:
+        parser.error(str(exc))          # exits with status 2
+    if not 0 < args.port < 65536:
+        parser.error(f"--port must be in [1, 65535], got {args.port}")
+    api_key = args.api_key or os.environ.get("ENGINE_API_KEY") or None
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    import uvicorn
+
+    from engine.async_engine import AsyncEngine
+    from server.app import create_app
+
+    try:
+        async_engine = AsyncEngine(config)
+    except ValueError as exc:           # e.g. a backend that cannot serve this configuration
+        print(f"python -m engine.serve: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    app = create_app(async_engine, args.served_model_name, api_key)
+    logger.info("serving %s as %r on http://%s:%d (API key %s)", config.model,
+                args.served_model_name or config.model, args.host, args.port, "required" if api_key else "off")
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    finally:
+        async_engine.shutdown()
+
+
+if __name__ == "__main__":
+    main()

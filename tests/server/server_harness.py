@@ -1,0 +1,101 @@
+"""Test harness: a tiny Qwen3 checkpoint, the real server (uvicorn in a thread), an offline reference."""
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+
+import torch
+import transformers
+import uvicorn
+
+from engine.async_engine import AsyncEngine
+from engine.config import EngineConfig
+from engine.llm_engine import LLMEngine
+from engine.sampling_params import SamplingParams
+from models import presets
+from models.tokenizer import BYTE_VOCAB_SIZE, byte_tokenizer
+from server.app import create_app
+
+MODEL_NAME = "tiny-qwen3"
+API_KEY = "test-key-123"
+
+
+def write_tiny_qwen3(path, seed: int = 0) -> None:
+    """The tiny-qwen3 preset's shape with a vocabulary of exactly the byte tokenizer's tokens and random
+    weights large enough that greedy choices are clear (the preset's dummy weights give near-flat logits)."""
+    config = presets.tiny_qwen3()
+    config.vocab_size = BYTE_VOCAB_SIZE
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            noise = torch.randn(param.shape, generator=gen)
+            param.copy_(1.0 + 0.1 * noise if "norm" in name else 0.1 * noise)
+    model.save_pretrained(path, safe_serialization=True)
+    byte_tokenizer().save_pretrained(path)
+
+
+def engine_config(model: str, **overrides) -> EngineConfig:
+    kwargs = dict(model=model, device="cpu", dtype="float32", max_model_len=128, num_kv_blocks=128, block_size=16)
+    kwargs.update(overrides)
+    return EngineConfig(**kwargs)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServerThread:
+    """The real app under uvicorn on 127.0.0.1:<free port>, in a background thread."""
+
+    def __init__(self, config: EngineConfig, api_key: str | None = None) -> None:
+        self.async_engine = AsyncEngine(config)
+        app = create_app(self.async_engine, MODEL_NAME, api_key)
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> "ServerThread":
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+        self.async_engine.shutdown()
+
+    def stats(self):
+        """Fresh engine stats, read on the engine loop thread."""
+        return asyncio.run(self.async_engine.get_stats())
+
+    def wait_idle(self, timeout: float = 10.0):
+        """Stats once nothing runs or waits and every block is free again (or the last stats at timeout)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            stats = self.stats()
+            idle = stats.num_running == 0 and stats.num_waiting == 0
+            if (idle and stats.num_free_blocks == stats.num_total_blocks) or time.monotonic() > deadline:
+                return stats
+            time.sleep(0.05)
+
+
+def offline_generate(engine: LLMEngine, prompts: list, params: SamplingParams) -> list[list]:
+    """Per prompt, the final CompletionOutputs of the synchronous engine (reference for the server)."""
+    final = {}
+    for i, prompt in enumerate(prompts):
+        engine.add_request(f"ref-{i}", prompt, params)
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            if out.finished:
+                final[out.request_id] = out.outputs
+    return [final[f"ref-{i}"] for i in range(len(prompts))]
