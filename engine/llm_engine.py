@@ -6,10 +6,12 @@ scheduler appends the tokens, and the output processor applies stop conditions a
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
+from transformers import GenerationConfig
 
 from attention.selector import select_backend
 from engine.config import EngineConfig, ModelConfig
@@ -52,7 +54,7 @@ class LLMEngine:
         self.device = config.torch_device()
         self.dtype = config.torch_dtype(mc.checkpoint_dtype, self.device)
         self.max_model_len = config.max_model_len or mc.max_position_embeddings
-        self.eos_token_ids = self._eos_ids(mc)
+        self.eos_token_ids = self._eos_ids(mc, resolved.path)
         choice = select_backend(self.device, self.dtype, mc.head_size, config.block_size, config.attention_backend)
         logger.info("attention backend: %s, block size %d (%s)", choice.backend.name, choice.block_size, choice.reason)
         self.attention_backend = choice.backend.name
@@ -71,8 +73,12 @@ class LLMEngine:
         self.num_generation_tokens = 0
         torch.manual_seed(config.seed)
 
-    def _eos_ids(self, mc: ModelConfig) -> tuple[int, ...]:
+    def _eos_ids(self, mc: ModelConfig, path: str | None) -> tuple[int, ...]:
+        """EOS ids from config.json, generation_config.json (chat models list several) and the tokenizer."""
         ids = set(mc.eos_token_ids)
+        if path is not None and os.path.exists(os.path.join(path, "generation_config.json")):
+            eos = GenerationConfig.from_pretrained(path).eos_token_id
+            ids.update(eos if isinstance(eos, list) else [] if eos is None else [eos])
         if getattr(self.tokenizer, "eos_token_id", None) is not None:
             ids.add(self.tokenizer.eos_token_id)
         return tuple(sorted(ids))

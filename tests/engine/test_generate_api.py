@@ -105,3 +105,16 @@ def test_bad_prompts_are_rejected(llm, prompt, match):
 def test_prompt_plus_max_tokens_over_context(llm):
     with pytest.raises(ValueError, match="max_tokens"):
         llm.generate([list(range(3, 200))], SamplingParams(max_tokens=100), use_tqdm=False)
+
+
+def test_eos_ids_include_generation_config(tmp_path):
+    import json
+    import shutil
+
+    from tests.engine.checkpoints import write_checkpoint
+    write_checkpoint(tmp_path, "qwen2")
+    with open(tmp_path / "generation_config.json", "w") as f:
+        json.dump({"eos_token_id": [258, 77]}, f)
+    llm = LLM(str(tmp_path), device="cpu", dtype="float32", max_model_len=64)
+    assert {77, 258, 256} <= set(llm.engine.eos_token_ids)
+    shutil.rmtree(tmp_path)
