@@ -13,7 +13,7 @@ from server.errors import APIError, from_validation_errors
 from server.metrics import ServerMetrics
 from server.protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest, DetokenizeResponse,
                              ModelCard, ModelList, TokenizeRequest, TokenizeResponse)
-from server.serving import Serving, until_disconnect
+from server.serving import Serving, api_error, until_disconnect
 from server.serving_chat import chat_prompt_ids, create_chat_completion
 from server.serving_completions import create_completion
 
@@ -53,7 +53,12 @@ def _add_error_handlers(app: FastAPI) -> None:
 
 
 async def _respond(request: Request, work) -> Response:
-    result = await until_disconnect(request, work)
+    try:
+        result = await until_disconnect(request, work)
+    except APIError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - engine errors become their status (429, 503, ...)
+        raise api_error(exc) from exc
     if hasattr(result, "__aiter__"):
         return StreamingResponse(result, media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -1,0 +1,75 @@
+"""`python -m engine.serve`: flags become an EngineConfig; bad flags exit 2; the real process serves."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from engine.serve import build_parser, config_from_args
+from server_harness import free_port
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_flags_map_to_engine_config():
+    args = build_parser().parse_args(["--model", "preset:tiny-qwen3", "--max-model-len", "256", "--max-num-seqs", "4",
+                                      "--block-size", "32", "--num-kv-blocks", "64", "--no-enable-prefix-caching",
+                                      "--enforce-eager", "--dtype", "float32", "--load-format", "dummy",
+                                      "--max-queue-len", "3", "--seed", "5", "--gpu-memory-utilization", "0.5",
+                                      "--attention-backend", "torch_ref"])
+    config = config_from_args(args)
+    assert (config.max_model_len, config.max_num_seqs, config.block_size, config.num_kv_blocks) == (256, 4, 32, 64)
+    assert not config.enable_prefix_caching and config.enforce_eager and config.max_queue_len == 3
+    assert (config.dtype, config.load_format, config.seed, config.attention_backend) == ("float32", "dummy", 5,
+                                                                                          "torch_ref")
+    assert config.gpu_memory_utilization == 0.5
+    defaults = build_parser().parse_args(["--model", "m"])
+    assert (defaults.host, defaults.port, defaults.enable_prefix_caching) == ("127.0.0.1", 8000, True)
+
+
+@pytest.mark.parametrize("flags,field", [(["--max-num-seqs", "0"], "max_num_seqs"), (["--dtype", "fp7"], "dtype"),
+                                         (["--gpu-memory-utilization", "1.5"], "gpu_memory_utilization")])
+def test_invalid_flags_exit_2_naming_the_field(flags, field):
+    proc = subprocess.run([sys.executable, "-m", "engine.serve", "--model", "preset:tiny-qwen3", *flags],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert field in proc.stderr
+
+
+def test_serve_process_answers_with_env_api_key():
+    port = free_port()
+    env = dict(os.environ, ENGINE_API_KEY="cli-secret")
+    cmd = [sys.executable, "-m", "engine.serve", "--model", "preset:tiny-qwen3", "--port", str(port),
+           "--served-model-name", "cli-model", "--max-model-len", "128", "--num-kv-blocks", "32", "--device", "cpu",
+           "--dtype", "float32", "--log-level", "warning"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.stdout.read()
+            try:
+                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "server did not come up"
+            time.sleep(0.2)
+        auth = {"Authorization": "Bearer cli-secret"}
+        assert httpx.get(f"{base}/v1/models").status_code == 401
+        assert httpx.get(f"{base}/v1/models", headers=auth).json()["data"][0]["id"] == "cli-model"
+        resp = httpx.post(f"{base}/v1/completions", headers=auth, timeout=60,
+                          json={"model": "cli-model", "prompt": "hi", "max_tokens": 3, "ignore_eos": True})
+        assert resp.status_code == 200 and resp.json()["usage"]["completion_tokens"] == 3
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
