@@ -61,7 +61,6 @@ class AsyncEngine:
         self._error: BaseException | None = None
         self._stopped = threading.Event()
         self._step_started: float | None = None     # monotonic time of the step in progress
-        self._last_progress = time.monotonic()
         self._stats = engine.get_stats()
         self._ids = itertools.count()
         self._thread = threading.Thread(target=self._run_loop, name="engine-loop", daemon=True)
@@ -187,8 +186,9 @@ class AsyncEngine:
                     self._step_started = time.monotonic()
                     outputs = eng.step()
                     self._step_started = None
-                    self._last_progress = time.monotonic()
                     self._dispatch(outputs)
+                    if not outputs:
+                        time.sleep(0)    # let the event-loop thread take the GIL (a chunk or an empty step)
                 self._stats = eng.get_stats()
         except BaseException as exc:  # noqa: BLE001 - any loop failure must reach every waiting request
             logger.exception("engine loop failed")

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from engine.bench.common import random_prompts
+
 PERCENTILES = (50, 90, 99)
 
 
@@ -36,8 +38,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-prompts", type=int, default=100)
     p.add_argument("--input-len", type=int, nargs=2, default=(128, 512), metavar=("MIN", "MAX"))
     p.add_argument("--output-len", type=int, nargs=2, default=(64, 256), metavar=("MIN", "MAX"))
-    p.add_argument("--token-id-range", type=int, nargs=2, default=(0, 256), metavar=("LOW", "HIGH"),
-                   help="prompt token ids are drawn from [LOW, HIGH)")
+    p.add_argument("--vocab-size", type=int, default=256, help="prompt token ids are drawn from [0, VOCAB_SIZE)")
     p.add_argument("--request-rate", type=float, default=float("inf"), help="Poisson rate in requests/s (inf: all at once)")
     p.add_argument("--max-concurrency", type=int, default=None, help="at most this many requests in flight")
     p.add_argument("--seed", type=int, default=0)
@@ -47,10 +48,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 def make_workload(args) -> list[tuple[list[int], int]]:
     """(prompt token ids, output length) per request, reproducible from args.seed."""
-    rng = random.Random(args.seed)
-    low, high = args.token_id_range
-    return [([rng.randrange(low, high) for _ in range(rng.randint(*args.input_len))], rng.randint(*args.output_len))
-            for _ in range(args.num_prompts)]
+    prompts = random_prompts(args.num_prompts, tuple(args.input_len), args.vocab_size, args.seed)
+    rng = random.Random(args.seed + 1)
+    return [(prompt, rng.randint(*args.output_len)) for prompt in prompts]
 
 
 async def _one_request(client, url: str, model: str, prompt: list[int], output_len: int) -> RequestResult:
