@@ -203,6 +203,7 @@ def sweep(shape: dict, log_path: str, seconds: float) -> None:
 
     decode_default = dict(decode_attention.DECODE_CONFIGS["cuda"])
     prefill_default = dict(prefill_attention.PREFILL_CONFIGS["cuda"])
+    split_default = dict(triton_attn.SPLIT_POLICY)
     deadline = time.monotonic() + seconds
     for b, n in ((256, 1024), (1, 16384), (32, 16384)):
         case = Case("decode", b, n)
@@ -230,7 +231,7 @@ def sweep(shape: dict, log_path: str, seconds: float) -> None:
             if time.monotonic() < deadline:
                 triton_attn.SPLIT_POLICY.update(waves=waves, min_split_len=min_len)
                 run(case, inputs, ref, dict(sweep="split", waves=waves, min_split_len=min_len))
-        triton_attn.SPLIT_POLICY.update(waves=2, min_split_len=256)
+        triton_attn.SPLIT_POLICY.update(split_default)
         del inputs, ref
     for case in (Case("decode", 256, 1024), Case("decode", 1, 16384), Case("prefill", 16, 1024)):
         for block_size in (16, 32, 64, 128, 256):
