@@ -93,6 +93,11 @@ def test_unknown_model_is_404(http):
     assert_error(http.post("/v1/chat/completions", json=chat), 404, "model")
 
 
+def test_unknown_route_and_method_use_the_error_shape(http):
+    assert_error(http.get("/v1/nothing-here"), 404, None)
+    assert_error(http.get("/v1/completions"), 405, None)
+
+
 def test_missing_or_wrong_api_key_is_401(server):
     with httpx.Client(base_url=server.base_url, timeout=30) as anon:
         body = {"model": MODEL_NAME, "prompt": "hi", "max_tokens": 2}
