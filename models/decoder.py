@@ -55,16 +55,10 @@ class DecoderAttention(nn.Module):
         self.attn = Attention(self.num_heads, self.head_size, self.head_size ** -0.5, self.num_kv_heads,
                               layer_idx)
 
-    def _norm_heads(self, norm: RMSNorm, x: torch.Tensor) -> torch.Tensor:
-        num_tokens = x.shape[0]
-        return norm(x.view(num_tokens, -1, self.head_size)).view(num_tokens, -1)
-
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         q, k, v = self.qkv_proj(hidden).split(self.qkv_proj.output_split(), dim=-1)
-        if self.q_norm is not None:
-            q, k = self._norm_heads(self.q_norm, q), self._norm_heads(self.k_norm, k)
-        q, k = self.rotary_emb(positions, q, k)
-        return self.o_proj(self.attn(q, k, v.contiguous()))
+        q, k = self.rotary_emb.norm_and_rotate(positions, q, k, self.q_norm, self.k_norm)
+        return self.o_proj(self.attn(q, k, v))
 
 
 class DecoderMLP(nn.Module):

@@ -1,8 +1,10 @@
-"""RMSNorm with an optional fused residual add."""
+"""RMSNorm with an optional fused residual add (one Triton kernel on CUDA, torch ops elsewhere)."""
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from models.layers.ops import load, use_fused
 
 
 class RMSNorm(nn.Module):
@@ -18,8 +20,17 @@ class RMSNorm(nn.Module):
         """x: [..., hidden_size]; residual: same shape or None.
 
         Without residual returns the normalised x. With it, first x = x + residual; returns
-        (normalised x, x) so the sum becomes the next residual.
+        (normalised x, x) so the sum becomes the next residual. New tensors; the inputs are untouched.
         """
+        if not use_fused(x):
+            return self.forward_native(x, residual)
+        ops = load("rms_norm")
+        if residual is None:
+            return ops.rms_norm(x, self.weight, self.eps)
+        return ops.fused_add_rms_norm(x, residual, self.weight, self.eps)
+
+    def forward_native(self, x: torch.Tensor, residual: torch.Tensor | None = None):
+        """The torch path of `forward` (CPU, and the reference for the Triton kernel)."""
         dtype = x.dtype
         xf = x.float()
         if residual is not None:

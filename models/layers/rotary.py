@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from models.layers.ops import load, use_fused
+
 SUPPORTED_ROPE_TYPES = ("default", "llama3")
 
 
@@ -91,6 +93,31 @@ class RotaryEmbedding(nn.Module):
         """positions: [T] int64 (< max_position); q: [T, H * D]; k: [T, Hkv * D] -> (q, k) rotated."""
         cos, sin = self.cos_sin_cache.index_select(0, positions).unsqueeze(1).chunk(2, dim=-1)
         return self._rotate(q, cos, sin), self._rotate(k, cos, sin)
+
+    def norm_and_rotate(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
+                        q_norm: nn.Module | None = None, k_norm: nn.Module | None = None):
+        """Optional per-head RMSNorm (Qwen3's q_norm / k_norm, both or neither), then rope.
+
+        positions: [T] int64; q: [T, H * D], k: [T, Hkv * D] (views into the qkv output are fine)
+        -> new (q, k), contiguous. One Triton kernel on CUDA; norm modules then `forward` elsewhere.
+        """
+        if (q_norm is None) != (k_norm is None):
+            raise ValueError("q_norm and k_norm must be given together")
+        if use_fused(q):
+            weights = (None, None) if q_norm is None else (q_norm.weight, k_norm.weight)
+            eps = 0.0 if q_norm is None else q_norm.eps
+            if k_norm is not None and k_norm.eps != eps:
+                raise ValueError(f"k_norm.eps must equal q_norm.eps {eps}, got {k_norm.eps}")
+            return load("qk_norm_rope").qk_norm_rope(q, k, positions, self.cos_sin_cache, *weights, eps,
+                                                     self.head_size)
+        if q_norm is not None:
+            q, k = self._norm_heads(q_norm, q), self._norm_heads(k_norm, k)
+        return self.forward(positions, q, k)
+
+    def _norm_heads(self, norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """x: [T, N * head_size] -> norm applied to each head, same shape."""
+        num_tokens = x.shape[0]
+        return norm(x.view(num_tokens, -1, self.head_size)).view(num_tokens, -1)
 
 
 def get_rope(hf_config, head_size: int) -> RotaryEmbedding:

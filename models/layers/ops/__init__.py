@@ -1,0 +1,40 @@
+"""Fused Triton kernels for the decoder's hot path: RMSNorm (+ residual add), q/k norm + rope, SiLU-and-mul.
+
+Each op is one kernel launch with float32 math, safe inside CUDA-graph capture (no host sync, no
+data-dependent Python branching). The layers call them through `use_fused(x)` / `load(name)`:
+
+- kernel modules are imported on first use only, so `import models` does not import triton, and tests
+  can set TRITON_INTERPRET=1 before the kernels are defined;
+- ENGINE_FUSED_OPS=0 (read at import) keeps the plain torch path on CUDA too, for A/B measurements.
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.util
+import os
+from types import ModuleType
+
+import torch
+
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+ENABLED = os.environ.get("ENGINE_FUSED_OPS", "1") != "0"
+KERNEL_MODULES = ("rms_norm", "qk_norm_rope", "silu_and_mul")
+
+
+def use_fused(x: torch.Tensor) -> bool:
+    """True when `x` should go through the Triton kernels (a CUDA tensor, triton present, not disabled)."""
+    return x.is_cuda and HAS_TRITON and ENABLED
+
+
+@functools.cache
+def load(name: str) -> ModuleType:
+    """The kernel module `models.layers.ops.<name>`, imported once (this imports triton)."""
+    if name not in KERNEL_MODULES:
+        raise ValueError(f"kernel module must be one of {KERNEL_MODULES}, got {name!r}")
+    return importlib.import_module(f"models.layers.ops.{name}")
+
+
+def num_warps_for(num_elements: int, elements_per_warp: int = 256, max_warps: int = 8) -> int:
+    """Warps for a program that handles `num_elements` (a power of two): 1 .. max_warps."""
+    return max(1, min(max_warps, num_elements // elements_per_warp))

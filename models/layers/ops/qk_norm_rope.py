@@ -1,0 +1,99 @@
+"""Triton kernel: optional per-head RMSNorm (Qwen3's q_norm / k_norm) then neox rope, for q and k at once."""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _qk_norm_rope_kernel(q_ptr, k_ptr, q_out_ptr, k_out_ptr, positions_ptr, cache_ptr,
+                         q_weight_ptr, k_weight_ptr, stride_qt, stride_kt, stride_cache, eps,
+                         NUM_HEADS: tl.constexpr, HEAD_SIZE: tl.constexpr, ROTARY_DIM: tl.constexpr,
+                         HEAD_PAD: tl.constexpr, HAS_NORM: tl.constexpr):
+    """Program (token, head): heads [0, NUM_HEADS) are q heads, the rest k heads.
+
+    Every output element d of the head reads x[d] and its rope partner x[d +- ROTARY_DIM / 2]
+    (itself past ROTARY_DIM); outputs go to separate tensors, so no element is read after a write.
+    """
+    token = tl.program_id(0).to(tl.int64)
+    head = tl.program_id(1)
+    if head < NUM_HEADS:
+        src = q_ptr + token * stride_qt + head * HEAD_SIZE
+        dst = q_out_ptr + token * (NUM_HEADS * HEAD_SIZE) + head * HEAD_SIZE
+        weight_ptr = q_weight_ptr
+    else:
+        num_kv_heads = tl.num_programs(1) - NUM_HEADS
+        src = k_ptr + token * stride_kt + (head - NUM_HEADS) * HEAD_SIZE
+        dst = k_out_ptr + token * num_kv_heads * HEAD_SIZE + (head - NUM_HEADS) * HEAD_SIZE
+        weight_ptr = k_weight_ptr
+    HALF: tl.constexpr = ROTARY_DIM // 2
+    dims = tl.arange(0, HEAD_PAD)
+    in_head = dims < HEAD_SIZE
+    first_half = dims < HALF
+    rotated = dims < ROTARY_DIM
+    partner = tl.where(first_half, dims + HALF, dims - HALF)
+    partner = tl.where(rotated, partner, dims)
+    x = tl.load(src + dims, mask=in_head, other=0.0).to(tl.float32)
+    x_partner = tl.load(src + partner, mask=in_head, other=0.0).to(tl.float32)
+    if HAS_NORM:
+        # Rounded to the model dtype before rope, as the torch path (norm module, then rope) does.
+        rstd = tl.rsqrt(tl.sum(x * x, axis=0) / HEAD_SIZE + eps)
+        weight = tl.load(weight_ptr + dims, mask=in_head, other=0.0).to(tl.float32)
+        weight_partner = tl.load(weight_ptr + partner, mask=in_head, other=0.0).to(tl.float32)
+        x = (x * rstd * weight).to(q_out_ptr.dtype.element_ty).to(tl.float32)
+        x_partner = (x_partner * rstd * weight_partner).to(q_out_ptr.dtype.element_ty).to(tl.float32)
+    position = tl.load(positions_ptr + token).to(tl.int64)
+    freq = tl.where(first_half, dims, dims - HALF)
+    cos = tl.load(cache_ptr + position * stride_cache + freq, mask=rotated, other=1.0)
+    sin = tl.load(cache_ptr + position * stride_cache + HALF + freq, mask=rotated, other=0.0)
+    # First half: x1 * cos - x2 * sin; second half: x2 * cos + x1 * sin; past ROTARY_DIM: x.
+    out = x * cos + tl.where(first_half, -x_partner, x_partner) * sin
+    tl.store(dst + dims, out.to(q_out_ptr.dtype.element_ty), mask=in_head)
+
+
+def _check(name: str, x: torch.Tensor, head_size: int) -> int:
+    """Number of heads in x [T, N * head_size] (unit last stride)."""
+    if x.dim() != 2 or x.shape[1] % head_size or x.stride(1) != 1:
+        raise ValueError(f"{name} must be [T, num_heads * {head_size}] with a unit last stride, "
+                         f"got shape {tuple(x.shape)} strides {x.stride()}")
+    return x.shape[1] // head_size
+
+
+def qk_norm_rope(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_sin_cache: torch.Tensor,
+                 q_norm_weight: torch.Tensor | None, k_norm_weight: torch.Tensor | None, eps: float,
+                 head_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One launch: (optional) per-head RMSNorm then neox rope on q and k; returns new contiguous tensors.
+
+    q: [T, H * head_size], k: [T, Hkv * head_size], same dtype (bf16/fp16/fp32), row strides free
+    (e.g. views into the fused qkv output). positions: [T] int64, each < cos_sin_cache.shape[0] (not
+    checked: no host sync). cos_sin_cache: [max_position, rotary_dim] float32, cos | sin halves;
+    rope covers the first rotary_dim dims of each head. Norm weights: [head_size], both or neither.
+    Returns (q_out [T, H * head_size], k_out [T, Hkv * head_size]) in q.dtype; the inputs are untouched.
+    """
+    num_heads, num_kv_heads = _check("q", q, head_size), _check("k", k, head_size)
+    rotary_dim = cos_sin_cache.shape[1]
+    if rotary_dim % 2 or not 0 < rotary_dim <= head_size:
+        raise ValueError(f"cos_sin_cache.shape[1] (rotary_dim) must be even and in [2, {head_size}], got {rotary_dim}")
+    if k.dtype != q.dtype:
+        raise ValueError(f"k.dtype must equal q.dtype {q.dtype}, got {k.dtype}")
+    if (q_norm_weight is None) != (k_norm_weight is None):
+        raise ValueError("q_norm_weight and k_norm_weight must be given together")
+    if q_norm_weight is not None and k_norm_weight.dtype != q_norm_weight.dtype:
+        raise ValueError(f"k_norm_weight.dtype must equal q_norm_weight.dtype {q_norm_weight.dtype}")
+    if cos_sin_cache.stride(1) != 1 or cos_sin_cache.dtype != torch.float32:
+        raise ValueError("cos_sin_cache must be float32 with a unit last stride")
+    q_out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    k_out = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+    num_tokens = q.shape[0]
+    if num_tokens == 0:
+        return q_out, k_out
+    has_norm = q_norm_weight is not None
+    head_pad = triton.next_power_of_2(head_size)
+    _qk_norm_rope_kernel[(num_tokens, num_heads + num_kv_heads)](
+        q, k, q_out, k_out, positions, cos_sin_cache,
+        q_norm_weight if has_norm else q, k_norm_weight if has_norm else k,
+        q.stride(0), k.stride(0), cos_sin_cache.stride(0), eps,
+        NUM_HEADS=num_heads, HEAD_SIZE=head_size, ROTARY_DIM=rotary_dim, HEAD_PAD=head_pad,
+        HAS_NORM=has_norm, num_warps=1 if head_pad <= 128 else 2)
+    return q_out, k_out
