@@ -18,8 +18,8 @@ from attention.ops.paged_tiles import load_kv_tile, mma, softmax_step
 # H100, bf16, D=128, 2026-11-25: BLOCK_N=64 with 4 warps is within 1% of the best everywhere but
 # batch 1 x 16k (128 is 3% faster there, 10% slower at 32 x 16k); stages 2-4 differ by < 1%.
 DECODE_CONFIGS = {
-    "cuda": dict(BLOCK_N=64, num_warps=4, num_stages=3),
-    "cpu": dict(BLOCK_N=32, num_warps=4, num_stages=1),
+    "cuda": dict(BLOCK_N=64, num_warps=4, num_stages=3, SCALAR_TABLE=True),
+    "cpu": dict(BLOCK_N=32, num_warps=4, num_stages=1, SCALAR_TABLE=True),
 }
 
 
@@ -31,7 +31,8 @@ def _decode_kernel(q_ptr, cache_ptr, out_ptr, part_out_ptr, part_lse_ptr,
                    value_offset, stride_cblock, stride_ctok, stride_chead, stride_table,
                    DIRECT: tl.constexpr, GROUP: tl.constexpr, BLOCK_H: tl.constexpr,
                    HEAD_SIZE: tl.constexpr, HEAD_PAD: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-                   BLOCK_N: tl.constexpr, DOT_F32: tl.constexpr, PRECISION: tl.constexpr):
+                   BLOCK_N: tl.constexpr, SCALAR_TABLE: tl.constexpr, DOT_F32: tl.constexpr,
+                   PRECISION: tl.constexpr):
     """Program (request, kv_head, split): the GROUP query heads of kv_head over one context chunk."""
     req = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -59,12 +60,12 @@ def _decode_kernel(q_ptr, cache_ptr, out_ptr, part_out_ptr, part_lse_ptr,
     for tile in range(tile_begin, tile_end):
         start = tile * BLOCK_N
         k = load_kv_tile(cache_ptr, table_row, start, seq_len, head_off, stride_cblock, stride_ctok,
-                         HEAD_SIZE, HEAD_PAD, BLOCK_SIZE, BLOCK_N, True, True)
+                         HEAD_SIZE, HEAD_PAD, BLOCK_SIZE, BLOCK_N, True, True, SCALAR_TABLE)
         qk = mma(q, k, DOT_F32, PRECISION) * scale_log2
         k_pos = start + tl.arange(0, BLOCK_N)
         qk = tl.where(k_pos[None, :] < seq_len, qk, float("-inf"))
         v = load_kv_tile(cache_ptr + value_offset, table_row, start, seq_len, head_off, stride_cblock,
-                         stride_ctok, HEAD_SIZE, HEAD_PAD, BLOCK_SIZE, BLOCK_N, False, True)
+                         stride_ctok, HEAD_SIZE, HEAD_PAD, BLOCK_SIZE, BLOCK_N, False, True, SCALAR_TABLE)
         m_i, l_i, acc = softmax_step(qk, v, m_i, l_i, acc, DOT_F32, PRECISION)
 
     out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]

@@ -11,12 +11,13 @@ def load_kv_tile(cache_ptr, table_row_ptr, start, seq_len, kv_head_offset,
                  stride_cblock, stride_ctok,
                  HEAD_SIZE: tl.constexpr, HEAD_PAD: tl.constexpr,
                  BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr,
-                 TRANSPOSED: tl.constexpr, MASKED: tl.constexpr):
+                 TRANSPOSED: tl.constexpr, MASKED: tl.constexpr, SCALAR_TABLE: tl.constexpr):
     """Tokens start..start+BLOCK_N of one KV head: [BLOCK_N, HEAD_PAD], or [HEAD_PAD, BLOCK_N]
-    when TRANSPOSED. Positions >= seq_len (and dims >= HEAD_SIZE) read as 0 when MASKED or padded."""
+    when TRANSPOSED. Positions >= seq_len (and dims >= HEAD_SIZE) read as 0 when MASKED or padded.
+    SCALAR_TABLE reads one block id per tile when the tile fits in a block (else one per token)."""
     offs_n = start + tl.arange(0, BLOCK_N)
     dims = tl.arange(0, HEAD_PAD)
-    if BLOCK_N <= BLOCK_SIZE:
+    if SCALAR_TABLE and BLOCK_N <= BLOCK_SIZE:
         block_id = tl.load(table_row_ptr + start // BLOCK_SIZE).to(tl.int64)
         token_offs = block_id * stride_cblock + (offs_n % BLOCK_SIZE) * stride_ctok
     else:

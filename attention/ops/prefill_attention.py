@@ -15,8 +15,8 @@ from attention.ops.paged_tiles import load_kv_tile, mma, softmax_step
 # H100, bf16, D=128, 2026-11-25: 128/32/8 warps/2 stages beat 128/64/8/3 by 18% at 16x1024 and
 # was within 1.5% of the best (128/128/8/2) at 4x4096; 3+ stages with BLOCK_N=32 were 50% slower.
 PREFILL_CONFIGS = {
-    "cuda": dict(BLOCK_M=128, BLOCK_N=32, num_warps=8, num_stages=2),
-    "cpu": dict(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=1),
+    "cuda": dict(BLOCK_M=128, BLOCK_N=32, num_warps=8, num_stages=2, SCALAR_TABLE=True),
+    "cpu": dict(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=1, SCALAR_TABLE=True),
 }
 
 
@@ -27,7 +27,7 @@ def _prefill_kernel(q_ptr, cache_ptr, out_ptr, query_start_ptr, seq_lens_ptr, ta
                     value_offset, stride_cblock, stride_ctok, stride_chead, stride_table,
                     GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
                     HEAD_SIZE: tl.constexpr, HEAD_PAD: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SCALAR_TABLE: tl.constexpr,
                     DOT_F32: tl.constexpr, PRECISION: tl.constexpr):
     """Program (tile, request, kv_head): BLOCK_M // GROUP_PAD query tokens x the GROUP query heads
     that share kv_head, attending over keys 0..(own position). Heaviest (last) tiles run first."""
@@ -63,20 +63,20 @@ def _prefill_kernel(q_ptr, cache_ptr, out_ptr, query_start_ptr, seq_lens_ptr, ta
 
     for start in range(0, full_end, BLOCK_N):
         k = load_kv_tile(cache_ptr, table_row, start, seq_len, head_off, stride_cblock, stride_ctok,
-                         HEAD_SIZE, HEAD_PAD, BLOCK_SIZE, BLOCK_N, True, False)
+                         HEAD_SIZE, HEAD_PAD, BLOCK_SIZE, BLOCK_N, True, False, SCALAR_TABLE)
         qk = mma(q, k, DOT_F32, PRECISION) * scale_log2
         v = load_kv_tile(cache_ptr + value_offset, table_row, start, seq_len, head_off, stride_cblock,
-                         stride_ctok, HEAD_SIZE, HEAD_PAD, BLOCK_SIZE, BLOCK_N, False, False)
+                         stride_ctok, HEAD_SIZE, HEAD_PAD, BLOCK_SIZE, BLOCK_N, False, False, SCALAR_TABLE)
         m_i, l_i, acc = softmax_step(qk, v, m_i, l_i, acc, DOT_F32, PRECISION)
 
     for start in range(full_end, last_pos, BLOCK_N):
         k = load_kv_tile(cache_ptr, table_row, start, seq_len, head_off, stride_cblock, stride_ctok,
-                         HEAD_SIZE, HEAD_PAD, BLOCK_SIZE, BLOCK_N, True, True)
+                         HEAD_SIZE, HEAD_PAD, BLOCK_SIZE, BLOCK_N, True, True, SCALAR_TABLE)
         qk = mma(q, k, DOT_F32, PRECISION) * scale_log2
         k_pos = start + tl.arange(0, BLOCK_N)
         qk = tl.where(k_pos[None, :] <= q_pos[:, None], qk, float("-inf"))
         v = load_kv_tile(cache_ptr + value_offset, table_row, start, seq_len, head_off, stride_cblock,
-                         stride_ctok, HEAD_SIZE, HEAD_PAD, BLOCK_SIZE, BLOCK_N, False, True)
+                         stride_ctok, HEAD_SIZE, HEAD_PAD, BLOCK_SIZE, BLOCK_N, False, True, SCALAR_TABLE)
         m_i, l_i, acc = softmax_step(qk, v, m_i, l_i, acc, DOT_F32, PRECISION)
 
     l_i = tl.where(l_i == 0.0, 1.0, l_i)

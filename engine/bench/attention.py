@@ -210,7 +210,8 @@ def sweep(shape: dict, log_path: str, seconds: float) -> None:
         inputs, ref = prepared(case, 16)
         for block_n, warps, stages in itertools.product((32, 64, 128), (4, 8), (2, 3, 4)):
             if time.monotonic() < deadline:
-                decode_attention.DECODE_CONFIGS["cuda"] = dict(BLOCK_N=block_n, num_warps=warps, num_stages=stages)
+                decode_attention.DECODE_CONFIGS["cuda"] = dict(decode_default, BLOCK_N=block_n, num_warps=warps,
+                                                                num_stages=stages)
                 run(case, inputs, ref, dict(sweep="decode_config", config=decode_attention.DECODE_CONFIGS["cuda"]))
         decode_attention.DECODE_CONFIGS["cuda"] = decode_default
         del inputs, ref
@@ -219,8 +220,8 @@ def sweep(shape: dict, log_path: str, seconds: float) -> None:
         inputs, ref = prepared(case, 16)
         for bm, bn, warps, stages in itertools.product((64, 128), (32, 64, 128), (4, 8), (2, 3, 4)):
             if time.monotonic() < deadline:
-                prefill_attention.PREFILL_CONFIGS["cuda"] = dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=warps,
-                                                                 num_stages=stages)
+                prefill_attention.PREFILL_CONFIGS["cuda"] = dict(prefill_default, BLOCK_M=bm, BLOCK_N=bn,
+                                                                 num_warps=warps, num_stages=stages)
                 run(case, inputs, ref, dict(sweep="prefill_config", config=prefill_attention.PREFILL_CONFIGS["cuda"]))
         prefill_attention.PREFILL_CONFIGS["cuda"] = prefill_default
         del inputs, ref
