@@ -53,13 +53,15 @@ class CudaGraphRunner:
         """`make_metadata(size)` gives a valid decode-only CommonAttentionMetadata of `size` requests."""
         start = time.perf_counter()
         for size in reversed(self.sizes):            # largest first, so smaller graphs reuse its pool
-            common = make_metadata(size)
+            # The builder copies metadata into its fixed buffers outside the capture: a copy recorded
+            # in the graph would replay the dummy batch's values over each real step's.
+            meta = self.builder.build_for_capture(make_metadata(size))
             for _ in range(2):                        # warm-up outside capture (compiles kernels)
-                self._forward(size, common)
+                self._forward(size, meta)
             torch.cuda.synchronize()
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self.pool):
-                self._forward(size, common)
+                self._forward(size, meta)
             if self.pool is None:
                 self.pool = graph.pool()
             self.graphs[size] = graph
@@ -67,8 +69,7 @@ class CudaGraphRunner:
         logger.info("captured %d CUDA graphs for decode batch sizes %s in %.1f s", len(self.sizes),
                     _describe(self.sizes), time.perf_counter() - start)
 
-    def _forward(self, size: int, common: CommonAttentionMetadata) -> None:
-        meta = self.builder.build_for_capture(common)
+    def _forward(self, size: int, meta) -> None:
         with set_forward_context(meta):
             self.hidden[:size] = self.model(self.input_ids[:size], self.positions[:size])
 

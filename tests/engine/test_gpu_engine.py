@@ -41,10 +41,16 @@ def greedy(llm: LLM, logprobs=None):
     return [o.outputs[0] for o in llm.generate(batch(), params, use_tqdm=False)]
 
 
+def make_llm(path, backend, **kw):
+    """A small engine; KV blocks fixed so several engines fit side by side in one test process."""
+    block_size = 256 if backend in ("flash_attn", "torch_ref") else 16
+    return LLM(path, attention_backend=backend, block_size=block_size, num_kv_blocks=16 * 256 // block_size * 8,
+               **kw)
+
+
 def test_graphs_equal_eager(bf16_checkpoint):
-    eager = greedy(LLM(bf16_checkpoint, attention_backend="triton", enforce_eager=True, max_num_seqs=16,
-                       gpu_memory_utilization=0.3))
-    llm = LLM(bf16_checkpoint, attention_backend="triton", max_num_seqs=16, gpu_memory_utilization=0.3)
+    eager = greedy(make_llm(bf16_checkpoint, "triton", enforce_eager=True, max_num_seqs=16))
+    llm = make_llm(bf16_checkpoint, "triton", max_num_seqs=16)
     assert llm.engine.runner.graphs is not None
     graphs = greedy(llm)
     assert [c.token_ids for c in graphs] == [c.token_ids for c in eager]
@@ -54,9 +60,8 @@ def test_graphs_equal_eager(bf16_checkpoint):
 def test_backend_greedy_matches_torch_ref(bf16_checkpoint, backend):
     if backend == "flash_attn":
         pytest.importorskip("flash_attn")
-    ref = greedy(LLM(bf16_checkpoint, attention_backend="torch_ref", block_size=256, enforce_eager=True,
-                     gpu_memory_utilization=0.3), logprobs=2)
-    got = greedy(LLM(bf16_checkpoint, attention_backend=backend, gpu_memory_utilization=0.3))
+    ref = greedy(make_llm(bf16_checkpoint, "torch_ref", enforce_eager=True), logprobs=2)
+    got = greedy(make_llm(bf16_checkpoint, backend))
     for r, g in zip(ref, got):
         for k, (want, have) in enumerate(zip(r.token_ids, g.token_ids)):
             if want != have:
