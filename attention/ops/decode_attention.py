@@ -17,6 +17,7 @@ from attention.ops.paged_tiles import load_kv_tile, mma, softmax_step
 
 # H100, bf16, D=128, 2026-11-25: BLOCK_N=64 with 4 warps is within 1% of the best everywhere but
 # batch 1 x 16k (128 is 3% faster there, 10% slower at 32 x 16k); stages 2-4 differ by < 1%.
+# SCALAR_TABLE (one block id per tile when BLOCK_N <= block_size) is 1-2% faster at blocks 64, 256.
 DECODE_CONFIGS = {
     "cuda": dict(BLOCK_N=64, num_warps=4, num_stages=3, SCALAR_TABLE=True),
     "cpu": dict(BLOCK_N=32, num_warps=4, num_stages=1, SCALAR_TABLE=True),

@@ -14,8 +14,9 @@ from attention.ops.paged_tiles import load_kv_tile, mma, softmax_step
 # counts query rows, i.e. (tokens x heads of one KV group); BLOCK_N counts keys per step.
 # H100, bf16, D=128, 2026-11-25: 128/32/8 warps/2 stages beat 128/64/8/3 by 18% at 16x1024 and
 # was within 1.5% of the best (128/128/8/2) at 4x4096; 3+ stages with BLOCK_N=32 were 50% slower.
+# SCALAR_TABLE (one block id per tile) made prefill 48% slower at block sizes 64 and 256: off.
 PREFILL_CONFIGS = {
-    "cuda": dict(BLOCK_M=128, BLOCK_N=32, num_warps=8, num_stages=2, SCALAR_TABLE=True),
+    "cuda": dict(BLOCK_M=128, BLOCK_N=32, num_warps=8, num_stages=2, SCALAR_TABLE=False),
     "cpu": dict(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=1, SCALAR_TABLE=True),
 }
 
