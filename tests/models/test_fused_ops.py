@@ -102,10 +102,14 @@ def _qk64(rope, positions, x, weight, eps):
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin, rest], dim=-1).view(num_tokens, -1)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("head_size,rotary_dim,scaled", [(64, 64, False), (128, 128, True), (128, 64, False)])
-@pytest.mark.parametrize("num_tokens", TOKENS)
-@pytest.mark.parametrize("qk_norm", [False, True])
+ROPES = [(64, 64, False), (128, 128, True), (128, 64, False)]  # head_size, rotary_dim, llama3-scaled
+# Every rope x norm x dtype for short batches; the interpreter is slow, so 300 tokens only twice.
+QK_CASES = ([(t, *rope, dtype, qk_norm) for t in TOKENS[:2] for rope in ROPES for dtype in DTYPES
+             for qk_norm in (False, True)]
+            + [(300, *ROPES[1], torch.bfloat16, True), (300, *ROPES[0], torch.float32, False)])
+
+
+@pytest.mark.parametrize("num_tokens,head_size,rotary_dim,scaled,dtype,qk_norm", QK_CASES)
 def test_qk_norm_rope(num_tokens, head_size, rotary_dim, scaled, dtype, qk_norm):
     gen = torch.Generator().manual_seed(num_tokens + head_size)
     num_heads, num_kv_heads, eps = 4, 2, 1e-6

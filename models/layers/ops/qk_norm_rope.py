@@ -5,51 +5,60 @@ import torch
 import triton
 import triton.language as tl
 
+from models.layers.ops import num_warps_for
+
+
+@triton.jit
+def _norm_rope_heads(src, dst, weight_ptr, cos, sin, eps, NUM_HEADS: tl.constexpr, HEADS_PAD: tl.constexpr,
+                     HEAD_SIZE: tl.constexpr, HEAD_PAD: tl.constexpr, HALF: tl.constexpr,
+                     ROTARY_DIM: tl.constexpr, HAS_NORM: tl.constexpr):
+    """One token's [NUM_HEADS, HEAD_SIZE] row at src -> dst; cos, sin: [HEAD_PAD] (1 and 0 past rope).
+
+    Element d reads x[d] and its rope partner x[d +- HALF] (itself past ROTARY_DIM); dst never
+    aliases src, so no element is read after a write.
+    """
+    dims = tl.arange(0, HEAD_PAD)
+    first_half = dims < HALF
+    partner = tl.where(first_half, dims + HALF, dims - HALF)
+    partner = tl.where(dims < ROTARY_DIM, partner, dims)
+    heads = tl.arange(0, HEADS_PAD)[:, None] * HEAD_SIZE
+    mask = (tl.arange(0, HEADS_PAD)[:, None] < NUM_HEADS) & (dims[None, :] < HEAD_SIZE)
+    x = tl.load(src + heads + dims[None, :], mask=mask, other=0.0).to(tl.float32)
+    x_partner = tl.load(src + heads + partner[None, :], mask=mask, other=0.0).to(tl.float32)
+    if HAS_NORM:
+        # Rounded to the model dtype before rope, as the torch path (norm module, then rope) does.
+        rstd = tl.rsqrt(tl.sum(x * x, axis=1) / HEAD_SIZE + eps)[:, None]
+        in_head = dims < HEAD_SIZE
+        weight = tl.load(weight_ptr + dims, mask=in_head, other=0.0).to(tl.float32)[None, :]
+        weight_partner = tl.load(weight_ptr + partner, mask=in_head, other=0.0).to(tl.float32)[None, :]
+        x = (x * rstd * weight).to(dst.dtype.element_ty).to(tl.float32)
+        x_partner = (x_partner * rstd * weight_partner).to(dst.dtype.element_ty).to(tl.float32)
+    # First half: x1 * cos - x2 * sin; second half: x2 * cos + x1 * sin; past ROTARY_DIM: x.
+    signed_partner = tl.where(first_half[None, :], -x_partner, x_partner)
+    out = x * cos[None, :] + signed_partner * sin[None, :]
+    tl.store(dst + heads + dims[None, :], out.to(dst.dtype.element_ty), mask=mask)
+
 
 @triton.jit
 def _qk_norm_rope_kernel(q_ptr, k_ptr, q_out_ptr, k_out_ptr, positions_ptr, cache_ptr,
                          q_weight_ptr, k_weight_ptr, stride_qt, stride_kt, stride_cache, eps,
-                         NUM_HEADS: tl.constexpr, HEAD_SIZE: tl.constexpr, ROTARY_DIM: tl.constexpr,
+                         NUM_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr, HEAD_SIZE: tl.constexpr,
+                         ROTARY_DIM: tl.constexpr, HEADS_PAD: tl.constexpr, KV_HEADS_PAD: tl.constexpr,
                          HEAD_PAD: tl.constexpr, HAS_NORM: tl.constexpr):
-    """Program (token, head): heads [0, NUM_HEADS) are q heads, the rest k heads.
-
-    Every output element d of the head reads x[d] and its rope partner x[d +- ROTARY_DIM / 2]
-    (itself past ROTARY_DIM); outputs go to separate tensors, so no element is read after a write.
-    """
+    """One program per token: all its q heads, then all its k heads, with one cos/sin row."""
     token = tl.program_id(0).to(tl.int64)
-    head = tl.program_id(1)
-    if head < NUM_HEADS:
-        src = q_ptr + token * stride_qt + head * HEAD_SIZE
-        dst = q_out_ptr + token * (NUM_HEADS * HEAD_SIZE) + head * HEAD_SIZE
-        weight_ptr = q_weight_ptr
-    else:
-        num_kv_heads = tl.num_programs(1) - NUM_HEADS
-        src = k_ptr + token * stride_kt + (head - NUM_HEADS) * HEAD_SIZE
-        dst = k_out_ptr + token * num_kv_heads * HEAD_SIZE + (head - NUM_HEADS) * HEAD_SIZE
-        weight_ptr = k_weight_ptr
     HALF: tl.constexpr = ROTARY_DIM // 2
     dims = tl.arange(0, HEAD_PAD)
-    in_head = dims < HEAD_SIZE
-    first_half = dims < HALF
     rotated = dims < ROTARY_DIM
-    partner = tl.where(first_half, dims + HALF, dims - HALF)
-    partner = tl.where(rotated, partner, dims)
-    x = tl.load(src + dims, mask=in_head, other=0.0).to(tl.float32)
-    x_partner = tl.load(src + partner, mask=in_head, other=0.0).to(tl.float32)
-    if HAS_NORM:
-        # Rounded to the model dtype before rope, as the torch path (norm module, then rope) does.
-        rstd = tl.rsqrt(tl.sum(x * x, axis=0) / HEAD_SIZE + eps)
-        weight = tl.load(weight_ptr + dims, mask=in_head, other=0.0).to(tl.float32)
-        weight_partner = tl.load(weight_ptr + partner, mask=in_head, other=0.0).to(tl.float32)
-        x = (x * rstd * weight).to(q_out_ptr.dtype.element_ty).to(tl.float32)
-        x_partner = (x_partner * rstd * weight_partner).to(q_out_ptr.dtype.element_ty).to(tl.float32)
-    position = tl.load(positions_ptr + token).to(tl.int64)
-    freq = tl.where(first_half, dims, dims - HALF)
-    cos = tl.load(cache_ptr + position * stride_cache + freq, mask=rotated, other=1.0)
-    sin = tl.load(cache_ptr + position * stride_cache + HALF + freq, mask=rotated, other=0.0)
-    # First half: x1 * cos - x2 * sin; second half: x2 * cos + x1 * sin; past ROTARY_DIM: x.
-    out = x * cos + tl.where(first_half, -x_partner, x_partner) * sin
-    tl.store(dst + dims, out.to(q_out_ptr.dtype.element_ty), mask=in_head)
+    freq = tl.where(dims < HALF, dims, dims - HALF)
+    cache_row = cache_ptr + tl.load(positions_ptr + token).to(tl.int64) * stride_cache
+    cos = tl.load(cache_row + freq, mask=rotated, other=1.0)
+    sin = tl.load(cache_row + HALF + freq, mask=rotated, other=0.0)
+    _norm_rope_heads(q_ptr + token * stride_qt, q_out_ptr + token * (NUM_HEADS * HEAD_SIZE), q_weight_ptr,
+                     cos, sin, eps, NUM_HEADS, HEADS_PAD, HEAD_SIZE, HEAD_PAD, HALF, ROTARY_DIM, HAS_NORM)
+    _norm_rope_heads(k_ptr + token * stride_kt, k_out_ptr + token * (NUM_KV_HEADS * HEAD_SIZE), k_weight_ptr,
+                     cos, sin, eps, NUM_KV_HEADS, KV_HEADS_PAD, HEAD_SIZE, HEAD_PAD, HALF, ROTARY_DIM,
+                     HAS_NORM)
 
 
 def _check(name: str, x: torch.Tensor, head_size: int) -> int:
@@ -74,7 +83,8 @@ def qk_norm_rope(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_
     num_heads, num_kv_heads = _check("q", q, head_size), _check("k", k, head_size)
     rotary_dim = cos_sin_cache.shape[1]
     if rotary_dim % 2 or not 0 < rotary_dim <= head_size:
-        raise ValueError(f"cos_sin_cache.shape[1] (rotary_dim) must be even and in [2, {head_size}], got {rotary_dim}")
+        raise ValueError(f"cos_sin_cache.shape[1] (rotary_dim) must be even and in [2, {head_size}], "
+                         f"got {rotary_dim}")
     if k.dtype != q.dtype:
         raise ValueError(f"k.dtype must equal q.dtype {q.dtype}, got {k.dtype}")
     if (q_norm_weight is None) != (k_norm_weight is None):
@@ -89,11 +99,12 @@ def qk_norm_rope(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_
     if num_tokens == 0:
         return q_out, k_out
     has_norm = q_norm_weight is not None
-    head_pad = triton.next_power_of_2(head_size)
-    _qk_norm_rope_kernel[(num_tokens, num_heads + num_kv_heads)](
+    heads_pad, head_pad = triton.next_power_of_2(num_heads), triton.next_power_of_2(head_size)
+    _qk_norm_rope_kernel[(num_tokens,)](
         q, k, q_out, k_out, positions, cos_sin_cache,
         q_norm_weight if has_norm else q, k_norm_weight if has_norm else k,
         q.stride(0), k.stride(0), cos_sin_cache.stride(0), eps,
-        NUM_HEADS=num_heads, HEAD_SIZE=head_size, ROTARY_DIM=rotary_dim, HEAD_PAD=head_pad,
-        HAS_NORM=has_norm, num_warps=1 if head_pad <= 128 else 2)
+        NUM_HEADS=num_heads, NUM_KV_HEADS=num_kv_heads, HEAD_SIZE=head_size, ROTARY_DIM=rotary_dim,
+        HEADS_PAD=heads_pad, KV_HEADS_PAD=triton.next_power_of_2(num_kv_heads), HEAD_PAD=head_pad,
+        HAS_NORM=has_norm, num_warps=num_warps_for(heads_pad * head_pad))
     return q_out, k_out
