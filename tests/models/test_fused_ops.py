@@ -164,10 +164,12 @@ def test_layers_dispatch_to_the_kernels(monkeypatch):
     """Forcing the fused path through the layer modules gives what their torch paths give."""
     gen = torch.Generator().manual_seed(9)
     rope, head_size = _rope(64, 64, False), 64
-    norm_q, norm_k = RMSNorm(head_size).to(DEVICE), RMSNorm(head_size).to(DEVICE)
-    final = RMSNorm(96).to(DEVICE)
-    x, residual = _randn(3, 96, dtype=torch.float32, gen=gen), _randn(3, 96, dtype=torch.float32, gen=gen)
-    q, k = _randn(3, 2 * head_size, dtype=torch.float32, gen=gen), _randn(3, head_size, dtype=torch.float32, gen=gen)
+    norm_q, norm_k, final = (RMSNorm(n).to(DEVICE) for n in (head_size, head_size, 96))
+    for module in (norm_q, norm_k, final):
+        with torch.no_grad():
+            module.weight.copy_(_randn(module.hidden_size, dtype=torch.float32, gen=gen))
+    x, residual = (_randn(3, 96, dtype=torch.float32, gen=gen) for _ in range(2))
+    q, k = (_randn(3, n * head_size, dtype=torch.float32, gen=gen) for n in (2, 1))
     positions = torch.tensor([0, 9, 4095], device=DEVICE)
     monkeypatch.setattr(norm, "use_fused", lambda t: False)
     monkeypatch.setattr(activation, "use_fused", lambda t: False)
