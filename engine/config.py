@@ -17,7 +17,8 @@ class EngineConfig:
     """Engine settings, validated at construction. Field names match vLLM's engine args.
 
     dtype "auto" takes the checkpoint's dtype on CUDA (bfloat16 if it says float32) and float32 on
-    the CPU. block_size None takes what the chosen attention backend needs. num_kv_blocks None sizes
+    the CPU. async_scheduling overlaps the host's work for the next step with the GPU's current one.
+    block_size None takes what the chosen attention backend needs. num_kv_blocks None sizes
     the cache from gpu_memory_utilization on CUDA, or from cpu_kv_cache_gib on the CPU.
     """
 
@@ -35,6 +36,7 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     enable_chunked_prefill: bool = True
     enforce_eager: bool = False
+    async_scheduling: bool = True
     attention_backend: str | None = None
     seed: int = 0
     load_format: str = "auto"

@@ -19,6 +19,15 @@ from scheduler.output import SchedulerOutput
 
 
 @dataclass
+class InflightTokens:
+    """The previous step's sampled tokens, still on the device: token_ids [num_sampled] int64 and
+    each sampling request's row in it."""
+
+    token_ids: torch.Tensor
+    rows: dict[str, int]
+
+
+@dataclass
 class StepInputs:
     """input_ids, positions: [T] int64 on the device (T = padded token count); logits_indices:
     [num_sampling] int64 on the device (the last scheduled token of each request that samples);
@@ -69,8 +78,12 @@ class InputPreparer:
             rows[i] = row
         return rows
 
-    def prepare(self, out: SchedulerOutput, num_padded_reqs: int | None = None) -> StepInputs:
-        """Flat inputs for the step. `num_padded_reqs` (decode-only batches) pads to that many requests."""
+    def prepare(self, out: SchedulerOutput, num_padded_reqs: int | None = None,
+                inflight: InflightTokens | None = None) -> StepInputs:
+        """Flat inputs for the step. `num_padded_reqs` (decode-only batches) pads to that many requests;
+        `inflight` holds the previous step's sampled tokens, still on the device, that some requests
+        need as their input now."""
+        self.buffers.flip()
         num_reqs = len(out.scheduled)
         padded_reqs = num_padded_reqs or num_reqs
         rows = self._update_rows(out)
@@ -83,7 +96,7 @@ class InputPreparer:
         req_of_token = np.repeat(np.arange(num_reqs), query_lens)
         positions = np.arange(num_tokens) - cu[req_of_token] + computed[req_of_token]
         seq_lens = computed + query_lens
-        self._fill_tokens(out, cu, positions, rows, req_of_token, num_tokens, padded_tokens)
+        pending = self._fill_tokens(out, cu, positions, rows, req_of_token, num_tokens, padded_tokens, inflight)
         h = self.buffers.host
         h["query_start_loc"][:padded_reqs + 1] = cu
         h["seq_lens"][:num_reqs] = seq_lens
@@ -104,21 +117,35 @@ class InputPreparer:
             max_query_len=int(query_lens.max()), max_seq_len=max_seq_len,
             block_table=b.upload("block_table", padded_reqs * num_cols).view(padded_reqs, num_cols),
             slot_mapping=b.upload("slot_mapping", padded_tokens), block_size=self.block_size)
-        return StepInputs(input_ids=b.upload("input_ids", padded_tokens), positions=b.upload("positions", padded_tokens),
+        input_ids = b.upload("input_ids", padded_tokens)
+        if pending:
+            h["inflight_dst"][:len(pending)], h["inflight_src"][:len(pending)] = zip(*pending)
+            src = b.upload("inflight_src", len(pending))
+            input_ids[b.upload("inflight_dst", len(pending))] = inflight.token_ids[src]
+        return StepInputs(input_ids=input_ids, positions=b.upload("positions", padded_tokens),
                           attn=attn, logits_indices=b.upload("logits_indices", len(sampling_rows)),
                           sampling_rows=sampling_rows)
 
-    def _fill_tokens(self, out, cu, positions, rows, req_of_token, num_tokens: int, padded_tokens: int) -> None:
+    def _fill_tokens(self, out, cu, positions, rows, req_of_token, num_tokens: int, padded_tokens: int,
+                     inflight: InflightTokens | None) -> list[tuple[int, int]]:
+        """Write input ids, positions and slots; returns (token index, row in inflight.token_ids) for
+        inputs whose token the previous step is still sampling."""
         h = self.buffers.host
         ids = h["input_ids"]
+        pending = []
         for i, s in enumerate(out.scheduled):
             c, n = s.num_computed_tokens, s.num_new_tokens
-            if n == 1:
-                ids[cu[i]] = s.request.all_token_ids[c]
+            known = s.request.all_token_ids
+            if c + n > len(known):                   # a decode whose input token is still on the device
+                pending.append((int(cu[i]), inflight.rows[s.request.request_id]))
+                ids[cu[i]] = 0
+            elif n == 1:
+                ids[cu[i]] = known[c]
             else:
-                ids[cu[i]:cu[i + 1]] = s.request.all_token_ids[c:c + n]
+                ids[cu[i]:cu[i + 1]] = known[c:c + n]
         ids[num_tokens:padded_tokens] = 0
         h["positions"][:num_tokens] = positions
         h["positions"][num_tokens:padded_tokens] = 0
         h["slot_mapping"][:num_tokens] = self.block_table.slot_mapping(rows[req_of_token], positions)
         h["slot_mapping"][num_tokens:padded_tokens] = PAD_SLOT_ID
+        return pending

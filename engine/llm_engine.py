@@ -18,6 +18,7 @@ from engine.config import EngineConfig, ModelConfig
 from engine.model_runner import ModelRunner
 from engine.output_processor import OutputProcessor
 from engine.outputs import RequestOutput
+from engine.pending_step import PendingStep
 from engine.request import Request, RequestStatus
 from engine.sampling_params import SamplingParams
 from kv_cache.block_manager import BlockManager
@@ -71,6 +72,7 @@ class LLMEngine:
         self.requests: dict[str, Request] = {}
         self.num_prompt_tokens = 0
         self.num_generation_tokens = 0
+        self._pending: PendingStep | None = None
         torch.manual_seed(config.seed)
 
     def _eos_ids(self, mc: ModelConfig, path: str | None) -> tuple[int, ...]:
@@ -148,16 +150,44 @@ class LLMEngine:
                 self.scheduler.finish_request(req, RequestStatus.FINISHED_ABORTED)
 
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.has_unfinished()
+        return self.scheduler.has_unfinished() or self._pending is not None
 
     def step(self) -> list[RequestOutput]:
+        """Schedule and launch a step; then finish the previous one (overlapped) or this one (sync).
+
+        With async scheduling the host schedules and prepares step k+1 while the GPU still runs step k;
+        a request's token from step k is fed to step k+1 straight from the device. Requests whose
+        sampling needs their full output history (penalties) make the engine wait first.
+        """
+        outputs: list[RequestOutput] = []
+        if self._pending is not None and not self._can_overlap():
+            outputs += self._finish(self._pending)
+            self._pending = None
         out = self.scheduler.schedule()
-        if out.is_empty:
-            return []
-        result = self.runner.execute(out)
-        progressed = self.scheduler.update_from_output(out, result.sampled)
+        launched = None
+        if not out.is_empty:
+            launched = self.runner.launch(out)
+            for sched in out.scheduled:
+                if sched.samples:
+                    sched.request.num_inflight += 1
+        if self._pending is not None:
+            outputs += self._finish(self._pending)
+        self._pending = launched
+        if launched is not None and not self.config.async_scheduling:
+            outputs += self._finish(launched)
+            self._pending = None
+        return outputs
+
+    def _can_overlap(self) -> bool:
+        return self.config.async_scheduling and not any(
+            r.sampling_params.uses_output_history for r in self.scheduler.running)
+
+    def _finish(self, pending: PendingStep) -> list[RequestOutput]:
+        """Take a launched step's tokens: append, check stops, detokenize, build outputs."""
+        result = pending.result()
+        progressed = self.scheduler.update_from_output(pending.out, result.sampled)
         self.num_generation_tokens += len(progressed)
-        logprobs = {id(s.request): lp for s, lp in zip(out.scheduled, result.logprobs) if lp is not None}
+        logprobs = {id(s.request): lp for s, lp in zip(pending.out.scheduled, result.logprobs) if lp is not None}
         for req in progressed:
             status = self.outputs.process_token(req, logprobs.get(id(req)), self.max_model_len)
             if status is not None:

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
-
 import torch
 
 from attention.backend import PAD_SLOT_ID, CommonAttentionMetadata, CudaGraphSupport
@@ -14,21 +12,14 @@ from attention.selector import BackendChoice
 from engine import kv_sizing
 from engine.config import EngineConfig, ModelConfig
 from engine.cuda_graph import CudaGraphRunner, capture_sizes, padded_size
-from engine.input_prep import InputPreparer, StepInputs
+from engine.input_prep import InflightTokens, InputPreparer, StepInputs
+from engine.pending_step import PendingStep
 from engine.sampler import Sampler
 from engine.sampling_metadata import SamplingMetadata
 from models.loader import build_model
 from scheduler.output import SchedulerOutput
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class RunnerOutput:
-    """Per scheduled request: the sampled token (None while mid-prompt) and its logprobs if asked."""
-
-    sampled: list[int | None]
-    logprobs: list[dict[int, float] | None]
 
 
 class ModelRunner:
@@ -50,6 +41,7 @@ class ModelRunner:
                                                       config.max_num_seqs, max_model_len, device)
         self.inputs = InputPreparer(config.max_num_seqs, max_model_len, max_num_batched_tokens, self.block_size, device)
         self.sampler = Sampler()
+        self.inflight: InflightTokens | None = None     # the last launched step's sampled tokens
         self.graphs = self._capture_graphs() if self._use_graphs() else None
 
     def _use_graphs(self) -> bool:
@@ -131,39 +123,29 @@ class ModelRunner:
         del scratch, hidden
 
     @torch.inference_mode()
-    def execute(self, out: SchedulerOutput) -> RunnerOutput:
+    def launch(self, out: SchedulerOutput) -> PendingStep:
+        """Prepare, run and sample one step without waiting for the GPU."""
         self.inputs.release(out.finished_request_ids + out.preempted_request_ids)
         hidden, step = self._forward(out)
-        sampled: list[int | None] = [None] * len(out.scheduled)
-        logprobs: list[dict[int, float] | None] = [None] * len(out.scheduled)
-        if not step.sampling_rows:
-            return RunnerOutput(sampled, logprobs)
-        logits = self.model.compute_logits(hidden[step.logits_indices])
         requests = [out.scheduled[i].request for i in step.sampling_rows]
+        if not step.sampling_rows:
+            self.inflight = None
+            return PendingStep(out, [], [], None, None, None)
+        logits = self.model.compute_logits(hidden[step.logits_indices])
         meta = SamplingMetadata.from_requests(requests, logits.shape[-1], self.device)
         result = self.sampler(logits, meta)
-        tokens = result.sampled_token_ids.tolist()
-        lp = self._logprobs_to_host(result)
-        for k, i in enumerate(step.sampling_rows):
-            sampled[i] = tokens[k]
-            if lp is not None and requests[k].sampling_params.logprobs is not None:
-                logprobs[i] = dict(lp[k][: requests[k].sampling_params.logprobs + 1])
-        return RunnerOutput(sampled, logprobs)
+        self.inflight = InflightTokens(result.sampled_token_ids,
+                                       {r.request_id: k for k, r in enumerate(requests)})
+        return PendingStep(out, step.sampling_rows, requests, result.sampled_token_ids,
+                           result.logprob_token_ids, result.logprobs)
 
     def _forward(self, out: SchedulerOutput) -> tuple[torch.Tensor, StepInputs]:
         """Run the model: a captured graph for decode batches that fit one, eagerly otherwise."""
         num_reqs = len(out.scheduled)
         decode_only = all(s.num_new_tokens == 1 for s in out.scheduled)
         if self.graphs is not None and self.graphs.can_run(num_reqs, 1 if decode_only else 2):
-            step = self.inputs.prepare(out, padded_size(self.graphs.sizes, num_reqs))
+            step = self.inputs.prepare(out, padded_size(self.graphs.sizes, num_reqs), self.inflight)
             return self.graphs.run(step.input_ids, step.positions, step.attn), step
-        step = self.inputs.prepare(out)
+        step = self.inputs.prepare(out, inflight=self.inflight)
         with set_forward_context(self.builder.build(step.attn)):
             return self.model(step.input_ids, step.positions), step
-
-    @staticmethod
-    def _logprobs_to_host(result) -> list[list[tuple[int, float]]] | None:
-        ids = getattr(result, "logprob_token_ids", None)
-        if ids is None:
-            return None
-        return [list(zip(i, v)) for i, v in zip(ids.tolist(), result.logprobs.tolist())]

@@ -38,6 +38,7 @@ class Request:
     output_token_ids: list[int] = field(default_factory=list)
     output_logprobs: list[dict[int, float]] = field(default_factory=list)
     num_computed_tokens: int = 0
+    num_inflight: int = 0               # sampled on the device, not yet appended (overlapped steps)
     num_cached_tokens: int = 0          # prompt tokens served from the prefix cache at first admission
     num_preemptions: int = 0
     status: RequestStatus = RequestStatus.WAITING
@@ -56,6 +57,17 @@ class Request:
         return len(self.all_token_ids)
 
     @property
+    def num_tokens_with_inflight(self) -> int:
+        """Known tokens plus those still being sampled: what the scheduler plans with."""
+        return len(self.all_token_ids) + self.num_inflight
+
+    @property
+    def will_finish_by_length(self) -> bool:
+        """True when the tokens in flight already reach max_tokens: nothing more to schedule."""
+        mt = self.sampling_params.max_tokens
+        return self.num_inflight > 0 and mt is not None and self.num_output_tokens + self.num_inflight >= mt
+
+    @property
     def num_output_tokens(self) -> int:
         return len(self.output_token_ids)
 
@@ -66,6 +78,7 @@ class Request:
         return None if mt is None else self.num_prompt_tokens + mt
 
     def append_output_token(self, token_id: int) -> None:
+        self.num_inflight = max(0, self.num_inflight - 1)
         self.output_token_ids.append(token_id)
         self.all_token_ids.append(token_id)
 

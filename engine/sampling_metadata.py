@@ -164,7 +164,7 @@ def _add_rare_features(meta: SamplingMetadata, requests: list[Request], special:
         r = requests[i]
         sp = r.sampling_params
         if sp.seed is not None and not greedy_list[i]:
-            meta.seeds.append((i, sp.seed, r.num_output_tokens))
+            meta.seeds.append((i, sp.seed, r.num_output_tokens + r.num_inflight))
         if sp.logprobs is not None:
             max_lp = sp.logprobs if max_lp is None else max(max_lp, sp.logprobs)
         for tok, val in (sp.logit_bias or {}).items():
@@ -172,7 +172,7 @@ def _add_rare_features(meta: SamplingMetadata, requests: list[Request], special:
             if not 0 <= tok < meta.vocab_size:
                 raise ValueError(f"logit_bias token ids must be in [0, {meta.vocab_size}), got {tok}")
             bias_rows.append(i), bias_ids.append(tok), bias_vals.append(float(val))
-        if r.num_output_tokens < sp.min_tokens:
+        if r.num_output_tokens + r.num_inflight < sp.min_tokens:
             banned = set(sp.stop_token_ids or ()) | (set() if sp.ignore_eos else set(r.eos_token_ids))
             banned = sorted(t for t in banned if 0 <= t < meta.vocab_size)
             min_rows.extend([i] * len(banned)), min_ids.extend(banned)

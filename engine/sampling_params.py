@@ -56,6 +56,11 @@ class SamplingParams:
             check(all(isinstance(s, str) and s for s in self.stop), "stop", self.stop, "must be non-empty strings")
 
     @property
+    def uses_output_history(self) -> bool:
+        """Penalties read every token generated so far, so they cannot run a step ahead."""
+        return self.presence_penalty != 0 or self.frequency_penalty != 0 or self.repetition_penalty != 1
+
+    @property
     def greedy(self) -> bool:
         return self.temperature == 0
 

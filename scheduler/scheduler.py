@@ -76,7 +76,10 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             request = self.running[i]
-            num_new = min(request.num_tokens - request.num_computed_tokens, budget)
+            if request.will_finish_by_length or request.num_tokens_with_inflight >= self.config.max_model_len:
+                i += 1                                   # its token in flight ends it: nothing to run
+                continue
+            num_new = min(request.num_tokens_with_inflight - request.num_computed_tokens, budget)
             while not self.block_manager.allocate_slots(request, num_new):
                 victim = self.running[-1]
                 self._preempt(victim)
@@ -95,7 +98,7 @@ class Scheduler:
         while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
             request = self.waiting[0]
             blocks, num_cached = self.block_manager.get_computed_blocks(request)
-            num_new = request.num_tokens - num_cached
+            num_new = request.num_tokens_with_inflight - num_cached
             if num_new > budget and not self.config.enable_chunked_prefill:
                 break
             num_new = min(num_new, budget)
@@ -111,10 +114,14 @@ class Scheduler:
             budget -= num_new
 
     def _scheduled(self, request: Request, num_new: int, is_new: bool) -> ScheduledRequest:
-        return ScheduledRequest(request=request, num_new_tokens=num_new,
-                                num_computed_tokens=request.num_computed_tokens,
-                                block_ids=self.block_manager.get_block_ids(request.request_id), is_new=is_new,
-                                samples=request.num_computed_tokens + num_new == request.num_tokens)
+        """Record the request's share of the step and advance its num_computed_tokens (the step will
+        compute them; a later step may be scheduled before this one's tokens come back)."""
+        sched = ScheduledRequest(request=request, num_new_tokens=num_new,
+                                 num_computed_tokens=request.num_computed_tokens,
+                                 block_ids=self.block_manager.get_block_ids(request.request_id), is_new=is_new,
+                                 samples=request.num_computed_tokens + num_new == request.num_tokens_with_inflight)
+        request.num_computed_tokens += num_new
+        return sched
 
     def _preempt(self, request: Request) -> None:
         self.running.remove(request)
@@ -126,16 +133,14 @@ class Scheduler:
         self.waiting.appendleft(request)
 
     def update_from_output(self, out: SchedulerOutput, sampled: list[int | None]) -> list[Request]:
-        """Advance each scheduled request; append its sampled token (None: still mid-prompt).
-
-        Returns the requests that got a new token this step (stop checks are the engine's).
-        """
+        """Append each scheduled request's sampled token (None: still mid-prompt). Tokens of requests
+        finished meanwhile are dropped; a request preempted meanwhile keeps its token (it is recomputed
+        with the rest). Returns the requests that got a new token (stop checks are the engine's)."""
         progressed = []
         for sched, token in zip(out.scheduled, sampled):
             request = sched.request
-            if request.is_finished or request.status is RequestStatus.PREEMPTED:
+            if request.is_finished:
                 continue
-            request.num_computed_tokens = sched.seq_len
             if token is not None:
                 request.append_output_token(token)
                 progressed.append(request)
