@@ -22,6 +22,7 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--block-size", type=int, default=None)
     parser.add_argument("--enforce-eager", action="store_true")
     parser.add_argument("--no-prefix-caching", action="store_true")
+    parser.add_argument("--no-async-scheduling", action="store_true", help="do not overlap host and GPU work")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default=None, help="write the result as JSON to this file")
 
@@ -31,7 +32,8 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
                 max_num_seqs=args.max_num_seqs, max_model_len=args.max_model_len,
                 max_num_batched_tokens=args.max_num_batched_tokens,
                 gpu_memory_utilization=args.gpu_memory_utilization, block_size=args.block_size,
-                enforce_eager=args.enforce_eager, enable_prefix_caching=not args.no_prefix_caching, seed=args.seed)
+                enforce_eager=args.enforce_eager, enable_prefix_caching=not args.no_prefix_caching, seed=args.seed,
+                async_scheduling=not args.no_async_scheduling)
 
 
 def random_prompts(num: int, len_range: tuple[int, int], vocab_size: int, seed: int) -> list[list[int]]:
