@@ -11,6 +11,7 @@ nvidia-smi --query-gpu=name,memory.used,memory.total,clocks.sm --format=csv | te
 run() {  # run NAME CMD...: full log to $OUT/NAME.log, its tail here
   local name=$1; shift
   echo "+ $*"; "$@" > "$OUT/$name.log" 2>&1; echo "exit $?"; grep -v "^\s*frame #" "$OUT/$name.log" | tail -12
+  rm -f "$OUT/$name.log"   # at most 8 files come back: the printed tail is the record
 }
 for part in $parts; do
   case $part in
@@ -28,6 +29,11 @@ for part in $parts; do
     ablation)   # what the fused kernels and the overlap each buy, on Qwen3-0.6B
       ENGINE_FUSED_OPS=0 run lat_0.6b_unfused python -m engine.bench latency --model preset:qwen3-0.6b
       run thr_0.6b_sync python -m engine.bench throughput --model preset:qwen3-0.6b --no-async-scheduling ;;
+    latprof)    # batch-1 decode step, kernel by kernel, for both GPU backends
+      for b in flash_attn triton; do
+        run lat_0.6b_$b python -m engine.bench latency --model preset:qwen3-0.6b --attention-backend $b \
+          --profile-steps 20 --profile-output "$OUT/latprof_$b.txt"
+      done ;;
     attention)
       run attention python -m engine.bench attention --output "$OUT/attention.json" ;;
   esac

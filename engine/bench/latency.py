@@ -17,6 +17,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input-len", type=int, default=128)
     parser.add_argument("--output-len", type=int, default=512)
     parser.add_argument("--iters", type=int, default=3)
+    parser.add_argument("--profile-steps", type=int, default=0, help="then profile this many decode steps (CUDA)")
+    parser.add_argument("--profile-output", default=None, help="file for the profiler's tables")
 
 
 def _one_run(engine, prompt, params) -> tuple[float, float]:
@@ -52,5 +54,13 @@ def main(args: argparse.Namespace) -> dict:
               "total_s": round(total, 3)}
     print(f"latency {args.model} [{result['backend']}]: {result['ms_per_token']:.3f} ms/token "
           f"(decode {result['decode_ms_per_token']:.3f} ms/token, {total:.2f} s for {args.output_len} tokens)")
+    if args.profile_steps:
+        from engine.bench.step_profile import profile_steps
+        llm.engine.add_request("profile", prompt, params)
+        for _ in range(8):
+            llm.engine.step()
+        result["profile"] = profile_steps(llm.engine, args.profile_steps, args.profile_output)
+        llm.engine.abort_request(["profile"])
+        print("profile:", result["profile"])
     report(result, args)
     return result

@@ -49,8 +49,9 @@ def make_llm(path, backend, **kw):
 
 
 def test_graphs_equal_eager(bf16_checkpoint):
-    eager = greedy(make_llm(bf16_checkpoint, "triton", enforce_eager=True, max_num_seqs=16))
-    llm = make_llm(bf16_checkpoint, "triton", max_num_seqs=16)
+    # float32 (triton serves it): bf16 logits of a random model tie exactly too often to compare
+    eager = greedy(make_llm(bf16_checkpoint, "triton", enforce_eager=True, max_num_seqs=16, dtype="float32"))
+    llm = make_llm(bf16_checkpoint, "triton", max_num_seqs=16, dtype="float32")
     assert llm.engine.runner.graphs is not None
     graphs = greedy(llm)
     assert [c.token_ids for c in graphs] == [c.token_ids for c in eager]
