@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU checks and benchmarks behind docs/benchmarks.md, in one device call:
-#   source .gpu/env.sh; bash engine/bench/gpu_suite.sh [tests] [small] [big] [ablation] [attention]
+#   source .gpu/env.sh; bash engine/bench/gpu_suite.sh [tests] [small] [big] [ablation] [latprof] [serve] [attention]
 # Full logs and JSON go to $OUT (or ./gpu_out); the tail of each is printed. Each part runs on its own
 # so one failure does not hide the rest.
 set -u
@@ -34,6 +34,13 @@ for part in $parts; do
         run lat_0.6b_$b python -m engine.bench latency --model preset:qwen3-0.6b --attention-backend $b \
           --profile-steps 20 --profile-output "$OUT/latprof_$b.txt"
       done ;;
+    serve)      # the OpenAI server under the serve benchmark at concurrency 64
+      python -m engine.serve --model preset:qwen3-0.6b --port 8123 > "$OUT/server.log" 2>&1 &
+      server=$!
+      for _ in $(seq 120); do curl -sf http://127.0.0.1:8123/health > /dev/null && break; sleep 1; done
+      run serve_0.6b python -m engine.bench serve --base-url http://127.0.0.1:8123 --max-concurrency 64 \
+        --num-prompts 256 --output "$OUT/serve_0.6b.json"
+      kill $server; wait $server 2> /dev/null; tail -5 "$OUT/server.log"; rm -f "$OUT/server.log" ;;
     attention)
       run attention python -m engine.bench attention --output "$OUT/attention.json" ;;
   esac
