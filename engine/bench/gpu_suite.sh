@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU checks and benchmarks behind docs/benchmarks.md, in one device call:
-#   source .gpu/env.sh; bash engine/bench/gpu_suite.sh [tests] [small] [big] [ablation] [latprof] [serve] [attention]
+#   source .gpu/env.sh; bash engine/bench/gpu_suite.sh [tests] [small] [big] [triton] [ablation] [latprof] [serve] [attention]
 # Full logs and JSON go to $OUT (or ./gpu_out); the tail of each is printed. Each part runs on its own
 # so one failure does not hide the rest.
 set -u
@@ -26,6 +26,11 @@ for part in $parts; do
       run lat_8b python -m engine.bench latency --model preset:qwen3-8b --output "$OUT/lat_8b.json"
       run thr_8b python -m engine.bench throughput --model preset:qwen3-8b --output "$OUT/thr_8b.json" \
         --profile-steps 10 --profile-output "$OUT/prof_8b.txt" ;;
+    triton)     # the same benchmarks on our Triton attention kernels
+      for m in qwen3-0.6b qwen3-8b; do
+        run lat_${m}_triton python -m engine.bench latency --model preset:$m --attention-backend triton
+        run thr_${m}_triton python -m engine.bench throughput --model preset:$m --attention-backend triton
+      done ;;
     ablation)   # what the fused kernels and the overlap each buy, on Qwen3-0.6B
       ENGINE_FUSED_OPS=0 run lat_0.6b_unfused python -m engine.bench latency --model preset:qwen3-0.6b
       run thr_0.6b_sync python -m engine.bench throughput --model preset:qwen3-0.6b --no-async-scheduling ;;
