@@ -5,10 +5,20 @@ temperature. Greedy rows take the argmax. Random rows: divide by temperature, to
 the exponential race: argmax(probs / E) with E ~ Exponential(1) i.i.d. per token, which draws a token with
 probability proportional to probs. Rows with a seed draw E from their own generator, reseeded every step
 from (seed, step), so their tokens do not depend on the rest of the batch or on preemption.
+
+On CUDA (with triton) random rows instead go through one Triton kernel (engine/sampling_kernel.py): the
+Gumbel race argmax(logits / T + G) over the filtered logits, with min-p and greedy rows folded in, noise
+from in-kernel Philox keyed per row: seed_for_step(seed, step) for seeded rows, a fresh draw from the
+default torch generator (on the device) for the others. ENGINE_SAMPLING_KERNEL=0 keeps the torch path.
 """
 from __future__ import annotations
 
+import functools
+import importlib
+import importlib.util
+import os
 from dataclasses import dataclass
+from types import ModuleType
 
 import torch
 
@@ -16,6 +26,8 @@ from engine.penalties import apply_logit_processors
 from engine.sampling_metadata import SamplingMetadata
 
 _MASK64 = (1 << 64) - 1
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+KERNEL_ENABLED = os.environ.get("ENGINE_SAMPLING_KERNEL", "1") != "0"
 
 
 @dataclass
@@ -39,10 +51,21 @@ def seed_for_step(seed: int, step: int) -> int:
 
 
 class Sampler:
-    """Stateless except for one reusable torch.Generator per device for seeded rows."""
+    """Stateless except for one reusable torch.Generator per device for seeded rows.
 
-    def __init__(self) -> None:
+    use_kernel: True = random rows always go through the Triton kernel (tests run it on CPU under
+    TRITON_INTERPRET=1), False = always torch, None = the kernel on CUDA when triton is installed and
+    ENGINE_SAMPLING_KERNEL is not "0".
+    """
+
+    def __init__(self, use_kernel: bool | None = None) -> None:
         self._generators: dict[torch.device, torch.Generator] = {}
+        self.use_kernel = use_kernel
+
+    def _kernel_for(self, logits: torch.Tensor) -> bool:
+        if self.use_kernel is not None:
+            return self.use_kernel
+        return logits.is_cuda and HAS_TRITON and KERNEL_ENABLED
 
     def __call__(self, logits: torch.Tensor, meta: SamplingMetadata) -> SamplerOutput:
         """logits `[N, V] float32` (not modified) -> SamplerOutput."""
@@ -54,6 +77,8 @@ class Sampler:
             logprobs = torch.log_softmax(logits, dim=-1, dtype=torch.float32)
         if meta.all_greedy:
             sampled = logits.argmax(dim=-1)
+        elif self._kernel_for(logits):
+            sampled = self._sample_kernel(logits, meta)          # greedy rows included
         else:
             sampled = self._sample_random(logits, meta)
             if meta.greedy_mask is not None:
@@ -83,11 +108,45 @@ class Sampler:
         noise.clamp_min_(torch.finfo(noise.dtype).tiny)
         return probs.div_(noise).argmax(dim=-1)
 
+    def _sample_kernel(self, logits: torch.Tensor, meta: SamplingMetadata) -> torch.Tensor:
+        """Top-k / top-p in torch when used, then one Gumbel-race kernel (min-p, temperature and greedy
+        rows inside). Returns `[N] int64`."""
+        temperature = meta.temperature
+        if not meta.no_top_k_top_p:
+            logits = logits / temperature.unsqueeze(1)
+            temperature = None
+            if meta.top_p is not None and meta.top_k_all_rows:
+                logits = apply_top_p_within_top_k(logits, meta.top_k, meta.max_top_k, meta.top_p)
+            else:
+                logits = apply_top_k_top_p(logits, meta.top_k, meta.max_top_k, meta.top_p)
+        return _kernel().gumbel_sample(logits, row_keys(meta, logits.device), temperature, meta.min_p,
+                                       meta.greedy_mask)
+
     def _generator(self, device: torch.device) -> torch.Generator:
         gen = self._generators.get(device)
         if gen is None:
             gen = self._generators[device] = torch.Generator(device=device)
         return gen
+
+
+def row_keys(meta: SamplingMetadata, device: torch.device) -> torch.Tensor:
+    """Philox keys `[N] int64` for the kernel: seed_for_step(seed, step) on seeded rows, a fresh 62-bit
+    draw from the default torch generator (made on the device, no host sync) on the others."""
+    keys = torch.randint(1 << 62, (meta.num_reqs,), dtype=torch.int64, device=device)
+    if meta.seeds:
+        host = torch.tensor([[row for row, _, _ in meta.seeds],
+                             [seed_for_step(seed, step) for _, seed, step in meta.seeds]], dtype=torch.int64)
+        if keys.is_cuda:
+            host = host.pin_memory()
+        host = host.to(device, non_blocking=True)
+        keys.index_copy_(0, host[0], host[1])
+    return keys
+
+
+@functools.cache
+def _kernel() -> ModuleType:
+    """engine.sampling_kernel, imported on first use (this imports triton)."""
+    return importlib.import_module("engine.sampling_kernel")
 
 
 def apply_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor | None, max_top_k: int,

@@ -1,0 +1,120 @@
+"""Triton kernels: one-pass random sampling by the Gumbel race (imported lazily: this imports triton).
+
+A row's token is argmax over v of logits[v] / T + G[v], G[v] = -log(-log(U[v])), which draws v with
+probability softmax(logits / T)[v]. U[v] comes from Philox keyed by the row's 64-bit key and counted by
+the column v, so a token depends only on (key, logits row), never on the batch or on the chunking.
+Each row is split over programs of `chunk_size` columns that write a (best score, column) partial;
+a second tiny kernel picks each row's winner. Ties go to the lowest column everywhere.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+TILE = 1024                  # columns per loop iteration of a program
+MAX_CHUNK = 8192             # columns per program on large batches
+MIN_PROGRAMS = 1024          # smaller chunks until the grid has about this many programs
+_NUM_WARPS = 4
+
+
+@triton.jit
+def _race_chunks(logits_ptr, stride_row, keys_ptr, temp_ptr, row_max_ptr, min_p_ptr, greedy_ptr,
+                 part_val_ptr, part_idx_ptr, vocab_size, num_chunks,
+                 CHUNK: tl.constexpr, TILE: tl.constexpr, HAS_TEMP: tl.constexpr, HAS_MIN_P: tl.constexpr,
+                 HAS_GREEDY: tl.constexpr):
+    """Program (row, chunk): best score and its column over columns [chunk * CHUNK, +CHUNK)."""
+    row = tl.program_id(0)
+    chunk = tl.program_id(1)
+    key = tl.load(keys_ptr + row)
+    inv_temp = 1.0
+    if HAS_TEMP:
+        inv_temp = 1.0 / tl.load(temp_ptr + row)
+    noise_on = 1.0
+    if HAS_GREEDY:
+        greedy = tl.load(greedy_ptr + row) != 0
+        noise_on = tl.where(greedy, 0.0, 1.0)
+        inv_temp = tl.where(greedy, 1.0, inv_temp)
+    if HAS_MIN_P:
+        row_max = tl.load(row_max_ptr + row) * inv_temp
+        log_min_p = tl.log(tl.load(min_p_ptr + row))
+    row_ptr = logits_ptr + row.to(tl.int64) * stride_row
+    best_val = tl.full((TILE,), float("-inf"), tl.float32)
+    best_idx = tl.zeros((TILE,), tl.int32)
+    for start in range(chunk * CHUNK, chunk * CHUNK + CHUNK, TILE):
+        cols = start + tl.arange(0, TILE)
+        x = tl.load(row_ptr + cols, mask=cols < vocab_size, other=float("-inf")).to(tl.float32)
+        if HAS_TEMP:
+            x = x * inv_temp
+        if HAS_MIN_P:
+            # probs < min_p * max(probs)  <=>  x - max(x) < log(min_p)
+            x = tl.where(x - row_max < log_min_p, float("-inf"), x)
+        # 23 random bits -> U in [2^-24, 1 - 2^-24]: never 0 or 1, so the Gumbel noise is always finite
+        # and a row with one finite logit always picks it.
+        bits = (tl.randint(key, cols) >> 9).to(tl.int32)
+        u = (bits.to(tl.float32) + 0.5) * (1.0 / 8388608.0)
+        score = x + noise_on * -tl.log(-tl.log(u))
+        better = score > best_val                          # strict: an earlier column keeps a tie
+        best_val = tl.where(better, score, best_val)
+        best_idx = tl.where(better, cols, best_idx)
+    top = tl.max(best_val, axis=0)
+    top_idx = tl.min(tl.where(best_val == top, best_idx, 2147483647), axis=0)
+    tl.store(part_val_ptr + row * num_chunks + chunk, top)
+    tl.store(part_idx_ptr + row * num_chunks + chunk, top_idx)
+
+
+@triton.jit
+def _pick_rows(part_val_ptr, part_idx_ptr, out_ptr, num_chunks, CHUNKS_PAD: tl.constexpr):
+    """Program row: the column of the row's best partial (the first chunk on ties) -> out[row] int64."""
+    row = tl.program_id(0)
+    chunks = tl.arange(0, CHUNKS_PAD)
+    vals = tl.load(part_val_ptr + row * num_chunks + chunks, mask=chunks < num_chunks, other=float("-inf"))
+    best = tl.argmax(vals, axis=0, tie_break_left=True)
+    tl.store(out_ptr + row, tl.load(part_idx_ptr + row * num_chunks + best).to(tl.int64))
+
+
+def chunk_size_for(num_rows: int, vocab_size: int) -> int:
+    """Columns per program: MAX_CHUNK, halved (down to TILE) while the grid is under MIN_PROGRAMS."""
+    chunk = min(MAX_CHUNK, max(TILE, triton.next_power_of_2(vocab_size)))
+    while chunk > TILE and num_rows * triton.cdiv(vocab_size, chunk) < MIN_PROGRAMS:
+        chunk //= 2
+    return chunk
+
+
+def gumbel_sample(logits: torch.Tensor, keys: torch.Tensor, temperature: torch.Tensor | None = None,
+                  min_p: torch.Tensor | None = None, greedy: torch.Tensor | None = None,
+                  chunk_size: int | None = None) -> torch.Tensor:
+    """One token per row, drawn from softmax(logits / temperature) restricted by min_p.
+
+    logits `[N, V]` float32/bfloat16/float16, last dim contiguous (-inf = masked token);
+    keys `[N] int64`: the row's Philox key; temperature `[N] float32` > 0 (None: logits already scaled);
+    min_p `[N] float32` in [0, 1] (None: off): drop tokens whose prob < min_p * the row's top prob;
+    greedy `[N] bool` (None: none): those rows take the exact argmax of the logits (temperature ignored);
+    chunk_size: columns per program, a multiple of TILE (None: chunk_size_for). Returns `[N] int64`.
+    No host sync; safe to call on a side stream or under CUDA-graph capture.
+    """
+    num_rows, vocab_size = logits.shape
+    if logits.stride(1) != 1:
+        logits = logits.contiguous()
+    chunk = chunk_size or chunk_size_for(num_rows, vocab_size)
+    if chunk % TILE:
+        raise ValueError(f"chunk_size must be a positive multiple of {TILE}, got {chunk}")
+    num_chunks = triton.cdiv(vocab_size, chunk)
+    dev = logits.device
+    part_val = torch.empty(num_rows, num_chunks, dtype=torch.float32, device=dev)
+    part_idx = torch.empty(num_rows, num_chunks, dtype=torch.int32, device=dev)
+    row_max = logits.amax(dim=-1).float() if min_p is not None else None
+    dummy = keys
+    _race_chunks[(num_rows, num_chunks)](
+        logits, logits.stride(0), keys, _or(temperature, dummy), _or(row_max, dummy), _or(min_p, dummy),
+        _or(greedy, dummy), part_val, part_idx, vocab_size, num_chunks,
+        CHUNK=chunk, TILE=TILE, HAS_TEMP=temperature is not None, HAS_MIN_P=min_p is not None,
+        HAS_GREEDY=greedy is not None, num_warps=_NUM_WARPS)
+    out = torch.empty(num_rows, dtype=torch.int64, device=dev)
+    _pick_rows[(num_rows,)](part_val, part_idx, out, num_chunks,
+                            CHUNKS_PAD=triton.next_power_of_2(num_chunks), num_warps=1)
+    return out
+
+
+def _or(tensor: torch.Tensor | None, dummy: torch.Tensor) -> torch.Tensor:
+    return dummy if tensor is None else tensor
