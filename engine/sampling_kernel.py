@@ -19,8 +19,8 @@ _NUM_WARPS = 4
 
 
 @triton.jit
-def _race_chunks(logits_ptr, stride_row, keys_ptr, temp_ptr, row_max_ptr, min_p_ptr, greedy_ptr,
-                 part_val_ptr, part_idx_ptr, vocab_size, num_chunks,
+def _race_chunks(logits_ptr, stride_row, keys_ptr, temp_ptr, temp_stride, row_max_ptr, min_p_ptr, min_p_stride,
+                 greedy_ptr, part_val_ptr, part_idx_ptr, vocab_size, num_chunks,
                  CHUNK: tl.constexpr, TILE: tl.constexpr, HAS_TEMP: tl.constexpr, HAS_MIN_P: tl.constexpr,
                  HAS_GREEDY: tl.constexpr):
     """Program (row, chunk): best score and its column over columns [chunk * CHUNK, +CHUNK)."""
@@ -29,7 +29,7 @@ def _race_chunks(logits_ptr, stride_row, keys_ptr, temp_ptr, row_max_ptr, min_p_
     key = tl.load(keys_ptr + row)
     inv_temp = 1.0
     if HAS_TEMP:
-        inv_temp = 1.0 / tl.load(temp_ptr + row)
+        inv_temp = 1.0 / tl.load(temp_ptr + row * temp_stride)
     noise_on = 1.0
     if HAS_GREEDY:
         greedy = tl.load(greedy_ptr + row) != 0
@@ -37,7 +37,9 @@ def _race_chunks(logits_ptr, stride_row, keys_ptr, temp_ptr, row_max_ptr, min_p_
         inv_temp = tl.where(greedy, 1.0, inv_temp)
     if HAS_MIN_P:
         row_max = tl.load(row_max_ptr + row) * inv_temp
-        log_min_p = tl.log(tl.load(min_p_ptr + row))
+        min_p = tl.load(min_p_ptr + row * min_p_stride)
+        # -inf (keep everything) for rows without min-p, without evaluating log(0)
+        log_min_p = tl.where(min_p > 0, tl.log(tl.maximum(min_p, 1.1754944e-38)), float("-inf"))
     row_ptr = logits_ptr + row.to(tl.int64) * stride_row
     best_val = tl.full((TILE,), float("-inf"), tl.float32)
     best_idx = tl.zeros((TILE,), tl.int32)
@@ -87,8 +89,8 @@ def gumbel_sample(logits: torch.Tensor, keys: torch.Tensor, temperature: torch.T
     """One token per row, drawn from softmax(logits / temperature) restricted by min_p.
 
     logits `[N, V]` float32/bfloat16/float16, last dim contiguous (-inf = masked token);
-    keys `[N] int64`: the row's Philox key; temperature `[N] float32` > 0 (None: logits already scaled);
-    min_p `[N] float32` in [0, 1] (None: off): drop tokens whose prob < min_p * the row's top prob;
+    keys `[N] int64`: the row's Philox key; temperature `[N] float32` > 0 (any stride) (None: logits already scaled);
+    min_p `[N] float32` in [0, 1], any stride (None: off): drop tokens whose prob < min_p * the row's top prob;
     greedy `[N] bool` (None: none): those rows take the exact argmax of the logits (temperature ignored);
     chunk_size: columns per program, a multiple of TILE (None: chunk_size_for). Returns `[N] int64`.
     No host sync; safe to call on a side stream or under CUDA-graph capture.
@@ -104,16 +106,22 @@ def gumbel_sample(logits: torch.Tensor, keys: torch.Tensor, temperature: torch.T
     part_val = torch.empty(num_rows, num_chunks, dtype=torch.float32, device=dev)
     part_idx = torch.empty(num_rows, num_chunks, dtype=torch.int32, device=dev)
     row_max = logits.amax(dim=-1).float() if min_p is not None else None
+    keys = keys.contiguous()
+    greedy = None if greedy is None else greedy.contiguous()
     dummy = keys
     _race_chunks[(num_rows, num_chunks)](
-        logits, logits.stride(0), keys, _or(temperature, dummy), _or(row_max, dummy), _or(min_p, dummy),
-        _or(greedy, dummy), part_val, part_idx, vocab_size, num_chunks,
+        logits, logits.stride(0), keys, _or(temperature, dummy), _stride(temperature), _or(row_max, dummy),
+        _or(min_p, dummy), _stride(min_p), _or(greedy, dummy), part_val, part_idx, vocab_size, num_chunks,
         CHUNK=chunk, TILE=TILE, HAS_TEMP=temperature is not None, HAS_MIN_P=min_p is not None,
         HAS_GREEDY=greedy is not None, num_warps=_NUM_WARPS)
     out = torch.empty(num_rows, dtype=torch.int64, device=dev)
     _pick_rows[(num_rows,)](part_val, part_idx, out, num_chunks,
                             CHUNKS_PAD=triton.next_power_of_2(num_chunks), num_warps=1)
     return out
+
+
+def _stride(vector: torch.Tensor | None) -> int:
+    return 0 if vector is None else vector.stride(0)
 
 
 def _or(tensor: torch.Tensor | None, dummy: torch.Tensor) -> torch.Tensor:
