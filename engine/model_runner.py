@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-import time
+
 import torch
 
 from attention.backend import PAD_SLOT_ID, CommonAttentionMetadata, CudaGraphSupport
@@ -33,12 +33,12 @@ class ModelRunner:
         self.max_model_len = max_model_len
         self.max_num_batched_tokens = max_num_batched_tokens
         self.model = build_model(hf_config, model_path, load_format, dtype, device)
-        self.num_blocks = self._size_kv_cache()
-        self.kv_caches = self._allocate_kv_cache(self.num_blocks)
-        bind_attention_layers(self.model, self.backend.get_impl_cls(), self.kv_caches)
         mc = model_config
         self.builder = self.backend.get_builder_cls()(mc.num_heads, mc.num_kv_heads, mc.head_size, self.block_size,
                                                       config.max_num_seqs, max_model_len, device)
+        self.num_blocks = self._size_kv_cache()
+        self.kv_caches = self._allocate_kv_cache(self.num_blocks)
+        bind_attention_layers(self.model, self.backend.get_impl_cls(), self.kv_caches)
         self.inputs = InputPreparer(config.max_num_seqs, max_model_len, max_num_batched_tokens, self.block_size, device)
         self.sampler = Sampler()
         self.inflight: InflightTokens | None = None     # the last launched step's sampled tokens
@@ -56,20 +56,23 @@ class ModelRunner:
         sizes = capture_sizes(self.config.max_num_seqs)
         graphs = CudaGraphRunner(self.model, self.builder, sizes, self.model_config.hidden_size, self.dtype,
                                  self.device)
-        graphs.capture(self._dummy_decode_metadata)
+        graphs.capture(lambda num_reqs: self._synthetic_metadata(num_reqs, 1, write=False))
         return graphs
 
-    def _dummy_decode_metadata(self, num_reqs: int) -> CommonAttentionMetadata:
-        """A decode batch of `num_reqs` one-token requests that reads block 0 and writes nothing."""
+    def _synthetic_metadata(self, num_reqs: int, query_len: int, write: bool) -> CommonAttentionMetadata:
+        """`num_reqs` fresh requests of `query_len` tokens each, all in blocks 0, 1, ... (start-up runs
+        only: the profiling forward writes them; graph capture reads block 0 and writes nothing)."""
         dev = self.device
-        qsl = torch.arange(num_reqs + 1, dtype=torch.int32)
-        seq = torch.ones(num_reqs, dtype=torch.int32)
+        qsl = torch.arange(0, num_reqs * query_len + 1, query_len, dtype=torch.int32)
+        seq = torch.full((num_reqs,), query_len, dtype=torch.int32)
+        num_cols = -(-query_len // self.block_size)
+        slots = torch.arange(num_reqs * query_len, dtype=torch.int64, device=dev) % (query_len if write else 1)
         return CommonAttentionMetadata(
-            num_reqs=num_reqs, num_tokens=num_reqs, query_start_loc=qsl.to(dev), query_start_loc_cpu=qsl,
-            seq_lens=seq.to(dev), seq_lens_cpu=seq, max_query_len=1, max_seq_len=1,
-            block_table=torch.zeros(num_reqs, 1, dtype=torch.int32, device=dev),
-            slot_mapping=torch.full((num_reqs,), PAD_SLOT_ID, dtype=torch.int64, device=dev),
-            block_size=self.block_size)
+            num_reqs=num_reqs, num_tokens=num_reqs * query_len, query_start_loc=qsl.to(dev),
+            query_start_loc_cpu=qsl, seq_lens=seq.to(dev), seq_lens_cpu=seq, max_query_len=query_len,
+            max_seq_len=query_len, block_size=self.block_size,
+            block_table=torch.arange(num_cols, dtype=torch.int32, device=dev).expand(num_reqs, num_cols).contiguous(),
+            slot_mapping=slots if write else slots.fill_(PAD_SLOT_ID))
 
     def _allocate_kv_cache(self, num_blocks: int) -> list[torch.Tensor]:
         mc = self.model_config
@@ -105,18 +108,8 @@ class ModelRunner:
         torch.cuda.synchronize(self.device)
         torch.cuda.reset_peak_memory_stats(self.device)
         dev = self.device
-        qsl = torch.tensor([0, num_tokens], dtype=torch.int32)
-        seq = torch.tensor([num_tokens], dtype=torch.int32)
-        attn = CommonAttentionMetadata(
-            num_reqs=1, num_tokens=num_tokens, query_start_loc=qsl.to(dev), query_start_loc_cpu=qsl,
-            seq_lens=seq.to(dev), seq_lens_cpu=seq, max_query_len=num_tokens, max_seq_len=num_tokens,
-            block_table=torch.arange(num_blocks, dtype=torch.int32, device=dev)[None],
-            slot_mapping=torch.arange(num_tokens, dtype=torch.int64, device=dev), block_size=self.block_size)
-        mc = self.model_config
-        builder = self.backend.get_builder_cls()(mc.num_heads, mc.num_kv_heads, mc.head_size, self.block_size,
-                                                 self.config.max_num_seqs, self.max_model_len, dev)
         ids = torch.zeros(num_tokens, dtype=torch.long, device=dev)
-        with set_forward_context(builder.build(attn)):
+        with set_forward_context(self.builder.build(self._synthetic_metadata(1, num_tokens, write=True))):
             hidden = self.model(ids, torch.arange(num_tokens, device=dev) % self.max_model_len)
         self.model.compute_logits(hidden[: min(num_tokens, self.config.max_num_seqs)])
         torch.cuda.synchronize(self.device)

@@ -56,3 +56,19 @@ def test_padded_decode_steps_match_eager(qwen3_checkpoint):
     assert (slots[5:] == PAD_SLOT_ID).all() and (slots[:5] >= 0).all()
     assert c.seq_lens.tolist()[5:] == [0, 0, 0]
     assert c.query_start_loc.tolist() == list(range(9))
+
+
+def test_synthetic_start_up_metadata(qwen3_checkpoint):
+    """The batches the CUDA start-up runs use (profiling forward, graph capture), checked on the CPU."""
+    llm = LLM(qwen3_checkpoint[0], device="cpu", dtype="float32", block_size=16)
+    runner = llm.engine.runner
+    capture = runner._synthetic_metadata(3, 1, write=False)
+    assert capture.query_start_loc.tolist() == [0, 1, 2, 3] and capture.seq_lens.tolist() == [1, 1, 1]
+    assert capture.block_table.tolist() == [[0], [0], [0]]
+    assert (capture.slot_mapping == PAD_SLOT_ID).all() and capture.max_query_len == 1
+    profile = runner._synthetic_metadata(1, 40, write=True)
+    assert profile.query_start_loc.tolist() == [0, 40] and profile.max_seq_len == 40
+    assert profile.block_table.tolist() == [[0, 1, 2]] and profile.slot_mapping.tolist() == list(range(40))
+    with set_forward_context(runner.builder.build(profile)), torch.inference_mode():
+        hidden = runner.model(torch.arange(40) % 200, torch.arange(40))
+    assert hidden.shape == (40, llm.engine.model_config.hidden_size) and torch.isfinite(hidden).all()
