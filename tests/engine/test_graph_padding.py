@@ -1,6 +1,5 @@
 """The CPU side of CUDA graphs: capture sizes, padding a decode batch, and that padded steps give the
 same output as unpadded ones (run eagerly here through a stand-in for the graph runner)."""
-import numpy as np
 import pytest
 import torch
 

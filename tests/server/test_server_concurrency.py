@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import time
 
 import httpx
 import pytest
@@ -21,20 +20,6 @@ def server(tiny_model_path):
     with ServerThread(engine_config(tiny_model_path, num_kv_blocks=512)) as srv:
         yield srv
 
-
-@pytest.fixture
-def slow_steps(server):
-    """Each engine step takes >= 20 ms, so requests stay in flight long enough to be cut off."""
-    engine = server.async_engine.engine
-    fast_step = engine.step
-
-    def slow_step():
-        time.sleep(0.02)
-        return fast_step()
-
-    engine.step = slow_step
-    yield
-    del engine.step
 
 
 async def _stream_text(client: httpx.AsyncClient, prompt: str, max_tokens: int) -> tuple[str, str, dict]:

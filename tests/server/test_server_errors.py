@@ -110,20 +110,6 @@ def test_missing_or_wrong_api_key_is_401(server):
         assert anon.get("/v1/models", headers=AUTH).status_code == 200
 
 
-@pytest.fixture
-def slow_steps(server):
-    """Each engine step takes >= 20 ms, so a 50-token request stays running for a second."""
-    engine = server.async_engine.engine
-    fast_step = engine.step
-
-    def slow_step():
-        time.sleep(0.02)
-        return fast_step()
-
-    engine.step = slow_step
-    yield
-    del engine.step
-
 
 def test_full_queue_is_429(server, http, slow_steps):
     long_body = {"model": MODEL_NAME, "prompt": "running", "max_tokens": 50, "ignore_eos": True, "stream": True}
