@@ -5,6 +5,7 @@ scheduler appends the tokens, and the output processor applies stop conditions a
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Iterable
@@ -69,7 +70,6 @@ class LLMEngine:
         self.scheduler = Scheduler(SchedulerConfig(config.max_num_seqs, budget, self.max_model_len,
                                                    config.enable_chunked_prefill), self.block_manager)
         self.outputs = OutputProcessor(self.tokenizer)
-        self.requests: dict[str, Request] = {}
         self.num_prompt_tokens = 0
         self.num_generation_tokens = 0
         self._pending: PendingStep | None = None
@@ -100,7 +100,7 @@ class LLMEngine:
         children = []
         for i in range(params.n):
             child_id = request_id if params.n == 1 else f"{request_id}#{i}"
-            child_params = params if params.seed is None or i == 0 else _with_seed(params, params.seed + i)
+            child_params = params if params.seed is None or i == 0 else dataclasses.replace(params, seed=params.seed + i)
             req = Request(child_id, ids, child_params, self.eos_token_ids)
             if arrival_time is not None:
                 req.arrival_time = arrival_time
@@ -108,7 +108,6 @@ class LLMEngine:
         self.outputs.add_group(request_id, prompt_text, ids, children, stream)
         self.num_prompt_tokens += len(ids) * params.n
         for req in children:
-            self.requests[req.request_id] = req
             self.scheduler.add_request(req)
 
     def _tokenize(self, prompt: str | list[int]) -> tuple[str | None, list[int]]:
@@ -131,7 +130,7 @@ class LLMEngine:
             raise ValueError(f"the prompt has {prompt_len} tokens, which leaves no room to generate within "
                              f"max_model_len={self.max_model_len}; shorten the prompt")
         if params.max_tokens is None:
-            params = _replace(params, max_tokens=room)
+            params = dataclasses.replace(params, max_tokens=room)
         elif params.max_tokens > room:
             raise ValueError(f"prompt ({prompt_len} tokens) + max_tokens ({params.max_tokens}) = "
                              f"{prompt_len + params.max_tokens} exceeds max_model_len={self.max_model_len}; "
@@ -146,7 +145,6 @@ class LLMEngine:
     def abort_request(self, request_ids: Iterable[str]) -> None:
         for request_id in request_ids:
             for req in self.outputs.pop_group(request_id):
-                self.requests.pop(req.request_id, None)
                 self.scheduler.finish_request(req, RequestStatus.FINISHED_ABORTED)
 
     def has_unfinished_requests(self) -> bool:
@@ -195,8 +193,7 @@ class LLMEngine:
         outputs = self.outputs.make_outputs(progressed)
         for output in outputs:
             if output.finished:
-                for req in self.outputs.pop_group(output.request_id):
-                    self.requests.pop(req.request_id, None)
+                self.outputs.pop_group(output.request_id)
         return outputs
 
     def get_stats(self) -> EngineStats:
@@ -208,11 +205,3 @@ class LLMEngine:
             num_prompt_tokens=self.num_prompt_tokens, num_generation_tokens=self.num_generation_tokens,
             num_free_blocks=bm.num_free_blocks, num_total_blocks=bm.num_blocks)
 
-
-def _replace(params: SamplingParams, **changes) -> SamplingParams:
-    import dataclasses
-    return dataclasses.replace(params, **changes)
-
-
-def _with_seed(params: SamplingParams, seed: int) -> SamplingParams:
-    return _replace(params, seed=seed)
