@@ -86,10 +86,9 @@ class OutputProcessor:
         groups: dict[str, _Group] = {}
         for req in progressed:
             group, _ = self._sequences[req.request_id]
-            if group.stream or req.is_finished:
+            if group.stream or all(s.request.is_finished for s in group.sequences):
                 groups[group.request_id] = group
-        return [self._output(g) for g in groups.values() if g.stream or all(s.request.is_finished
-                                                                             for s in g.sequences)]
+        return [self._output(g) for g in groups.values()]
 
     def _output(self, group: _Group) -> RequestOutput:
         completions = [self._completion(seq) for seq in group.sequences]
