@@ -104,7 +104,7 @@ class InputPreparer:
         max_seq_len = int(seq_lens.max())
         num_cols = -(-max_seq_len // self.block_size)
         table = h["block_table"][:padded_reqs * num_cols].reshape(padded_reqs, num_cols)
-        table[:num_reqs] = self.block_table.table[rows, :num_cols]
+        table[:num_reqs] = self.block_table.gather(rows, num_cols)
         table[num_reqs:] = 0
         sampling_rows = [i for i, s in enumerate(out.scheduled) if s.samples]
         h["logits_indices"][:len(sampling_rows)] = cu[1:][sampling_rows] - 1

@@ -66,9 +66,10 @@ class BlockTable:
         self.set_row(dst, self.table[src, :self.num_blocks_per_row[src]])
         self.clear_row(src)
 
-    def gather(self, rows: np.ndarray) -> np.ndarray:
-        """The batch's block table: [len(rows), max_num_blocks_per_req] int32, row i = `table[rows[i]]`."""
-        return self.table[np.asarray(rows, dtype=np.intp)]
+    def gather(self, rows: np.ndarray, num_cols: int | None = None) -> np.ndarray:
+        """The batch's block table: [len(rows), num_cols] int32 (default max_num_blocks_per_req),
+        row i = the first num_cols entries of `table[rows[i]]`."""
+        return self.table[np.asarray(rows, dtype=np.intp), :num_cols]
 
     def slot_mapping(self, rows: np.ndarray, positions: np.ndarray) -> np.ndarray:
         """Cache slot of each token: [T] int64 `table[rows, positions // bs] * bs + positions % bs`.

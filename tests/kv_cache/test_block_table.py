@@ -48,6 +48,8 @@ def test_gather_is_in_batch_order_with_zero_padding():
     for i, row in enumerate(order):
         ids = lists[row]
         assert got[i].tolist() == ids + [0] * (5 - len(ids))
+    narrow = table.gather(np.array(order), num_cols=2)
+    assert narrow.shape == (4, 2) and narrow.tolist() == got[:, :2].tolist()
 
 
 def test_set_shorter_clear_and_move_rows():
