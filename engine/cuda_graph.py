@@ -45,8 +45,9 @@ class CudaGraphRunner:
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.pool = None
 
-    def can_run(self, num_reqs: int, max_query_len: int) -> bool:
-        return max_query_len == 1 and num_reqs <= self.sizes[-1]
+    def can_run(self, num_reqs: int, decode_only: bool) -> bool:
+        """A batch of one-token requests no larger than the largest captured size."""
+        return decode_only and num_reqs <= self.sizes[-1]
 
     @torch.inference_mode()
     def capture(self, make_metadata) -> None:

@@ -21,11 +21,13 @@ def max_useful_blocks(config: EngineConfig, block_size: int, max_model_len: int)
     return config.max_num_seqs * -(-max_model_len // block_size)
 
 
-def num_blocks_cpu(config: EngineConfig, block_bytes: int, block_size: int, max_model_len: int) -> int:
+def num_blocks_cpu(config: EngineConfig, block_bytes: int, block_size: int, max_model_len: int) -> tuple[int, str]:
+    """Returns (blocks, explanation)."""
     if config.num_kv_blocks is not None:
-        return config.num_kv_blocks
+        return config.num_kv_blocks, "num_kv_blocks given"
     by_memory = int(config.cpu_kv_cache_gib * 2**30) // block_bytes
-    return max(1, min(by_memory, max_useful_blocks(config, block_size, max_model_len)))
+    num_blocks = max(1, min(by_memory, max_useful_blocks(config, block_size, max_model_len)))
+    return num_blocks, f"cpu_kv_cache_gib={config.cpu_kv_cache_gib}"
 
 
 def num_blocks_cuda(config: EngineConfig, block_bytes: int, device: torch.device) -> tuple[int, str]:

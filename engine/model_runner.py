@@ -82,9 +82,7 @@ class ModelRunner:
     def _size_kv_cache(self) -> int:
         block_bytes = kv_sizing.bytes_per_block(self.model_config, self.block_size, self.dtype)
         if self.device.type != "cuda":
-            num_blocks = kv_sizing.num_blocks_cpu(self.config, block_bytes, self.block_size, self.max_model_len)
-            why = f"cpu_kv_cache_gib={self.config.cpu_kv_cache_gib}" if self.config.num_kv_blocks is None \
-                else "num_kv_blocks given"
+            num_blocks, why = kv_sizing.num_blocks_cpu(self.config, block_bytes, self.block_size, self.max_model_len)
         else:
             self._profile_run()
             num_blocks, why = kv_sizing.num_blocks_cuda(self.config, block_bytes, self.device)
@@ -136,7 +134,7 @@ class ModelRunner:
         """Run the model: a captured graph for decode batches that fit one, eagerly otherwise."""
         num_reqs = len(out.scheduled)
         decode_only = all(s.num_new_tokens == 1 for s in out.scheduled)
-        if self.graphs is not None and self.graphs.can_run(num_reqs, 1 if decode_only else 2):
+        if self.graphs is not None and self.graphs.can_run(num_reqs, decode_only):
             step = self.inputs.prepare(out, padded_size(self.graphs.sizes, num_reqs), self.inflight)
             return self.graphs.run(step.input_ids, step.positions, step.attn), step
         step = self.inputs.prepare(out, inflight=self.inflight)

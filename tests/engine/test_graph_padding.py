@@ -27,8 +27,8 @@ class EagerGraphs:
     def __init__(self, runner, sizes):
         self.runner, self.sizes, self.seen = runner, sizes, []
 
-    def can_run(self, num_reqs, max_query_len):
-        return max_query_len == 1 and num_reqs <= self.sizes[-1]
+    def can_run(self, num_reqs, decode_only):
+        return decode_only and num_reqs <= self.sizes[-1]
 
     def run(self, input_ids, positions, common):
         self.seen.append(common)
