@@ -12,6 +12,7 @@ MODES = {
     "throughput": "engine.bench.throughput",
     "latency": "engine.bench.latency",
     "serve": "engine.bench.serve",
+    "skinny_gemm": "engine.bench.skinny_gemm",
 }
 
 

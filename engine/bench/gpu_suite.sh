@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU checks and benchmarks behind docs/benchmarks.md, in one device call:
-#   source .gpu/env.sh; bash engine/bench/gpu_suite.sh [tests] [small] [big] [triton] [ablation] [latprof] [serve] [attention]
+#   source .gpu/env.sh; bash engine/bench/gpu_suite.sh [tests] [small] [big] [triton] [ablation] [latprof] [skinny] [serve] [attention]
 # Full logs and JSON go to $OUT (or ./gpu_out); the tail of each is printed. Each part runs on its own
 # so one failure does not hide the rest.
 set -u
@@ -17,15 +17,15 @@ for part in $parts; do
   case $part in
     tests)
       run tests python -m pytest -q tests/engine/test_gpu_engine.py tests/attention tests/sampler \
-        tests/models/test_fused_ops.py ;;
+        tests/models/test_fused_ops.py tests/models/test_skinny_gemm.py ;;
     small)
       run lat_0.6b python -m engine.bench latency --model preset:qwen3-0.6b --output "$OUT/lat_0.6b.json"
       run thr_0.6b python -m engine.bench throughput --model preset:qwen3-0.6b --output "$OUT/thr_0.6b.json" \
-        --profile-steps 20 --profile-output "$OUT/prof_0.6b.txt" ;;
+        --repeat 3 --profile-steps 20 --profile-output "$OUT/prof_0.6b.txt" ;;
     big)
       run lat_8b python -m engine.bench latency --model preset:qwen3-8b --output "$OUT/lat_8b.json"
       run thr_8b python -m engine.bench throughput --model preset:qwen3-8b --output "$OUT/thr_8b.json" \
-        --profile-steps 10 --profile-output "$OUT/prof_8b.txt" ;;
+        --repeat 3 --profile-steps 10 --profile-output "$OUT/prof_8b.txt" ;;
     triton)     # the same benchmarks on our Triton attention kernels
       for m in qwen3-0.6b qwen3-8b; do
         run lat_${m}_triton python -m engine.bench latency --model preset:$m --attention-backend triton
@@ -33,12 +33,16 @@ for part in $parts; do
       done ;;
     ablation)   # what the fused kernels and the overlap each buy, on Qwen3-0.6B
       ENGINE_FUSED_OPS=0 run lat_0.6b_unfused python -m engine.bench latency --model preset:qwen3-0.6b
+      ENGINE_SKINNY_GEMM=0 run lat_0.6b_cublas python -m engine.bench latency --model preset:qwen3-0.6b \
+        --attention-backend triton
       run thr_0.6b_sync python -m engine.bench throughput --model preset:qwen3-0.6b --no-async-scheduling ;;
-    latprof)    # batch-1 decode step, kernel by kernel, for both GPU backends
-      for b in flash_attn triton; do
-        run lat_0.6b_$b python -m engine.bench latency --model preset:qwen3-0.6b --attention-backend $b \
-          --profile-steps 20 --profile-output "$OUT/latprof_$b.txt"
+    latprof)    # batch-1 decode step, kernel by kernel, on the triton backend
+      for m in qwen3-0.6b qwen3-8b; do
+        run latprof_$m python -m engine.bench latency --model preset:$m --attention-backend triton \
+          --profile-steps 20 --profile-output "$OUT/latprof_$m.txt"
       done ;;
+    skinny)     # the Triton skinny GEMM against cuBLAS on the decode projections
+      run skinny python -m engine.bench skinny_gemm --sweep --output "$OUT/skinny.json" ;;
     serve)      # the OpenAI server under the serve benchmark at concurrency 64
       python -m engine.serve --model preset:qwen3-0.6b --port 8123 > "$OUT/server.log" 2>&1 &
       server=$!

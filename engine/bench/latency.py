@@ -55,10 +55,12 @@ def main(args: argparse.Namespace) -> dict:
     print(f"latency {args.model} [{result['backend']}]: {result['ms_per_token']:.3f} ms/token "
           f"(decode {result['decode_ms_per_token']:.3f} ms/token, {total:.2f} s for {args.output_len} tokens)")
     if args.profile_steps:
-        from engine.bench.step_profile import profile_steps
+        from engine.bench.step_profile import profile_steps, wait_per_step
         llm.engine.add_request("profile", prompt, params)
         for _ in range(8):
             llm.engine.step()
+        result["host"] = wait_per_step(llm.engine, 100)
+        print("host:", result["host"])
         result["profile"] = profile_steps(llm.engine, args.profile_steps, args.profile_output)
         llm.engine.abort_request(["profile"])
         print("profile:", result["profile"])

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.layers.activation import silu_and_mul
+from models.layers.ops import load, use_skinny
 from models.layers.tp import (attach_weight_loader, copy_into, divide, get_tp_rank, get_tp_size,
                               take_shard)
 
@@ -33,8 +35,21 @@ class _LinearBase(nn.Module):
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [T, in_per_rank] -> [T, out_per_rank], same dtype."""
-        return F.linear(x, self.weight, self.bias)
+        """x: [T, in_per_rank] -> [T, out_per_rank], same dtype (Triton at small T on CUDA, else cuBLAS)."""
+        if use_skinny(x):
+            return load("skinny_gemm").skinny_gemm(x, self.weight, self._bias())
+        return F.linear(x, self.weight, self._bias())
+
+    def forward_silu_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
+        """gate_up: [T, 2 * in_per_rank] laid out [gate | up] -> self(silu(gate) * up): [T, out_per_rank].
+
+        One kernel where the skinny GEMM applies (the activation is computed as the input is read)."""
+        if use_skinny(gate_up):
+            return load("skinny_gemm").skinny_gemm(gate_up, self.weight, self._bias(), silu_mul=True)
+        return self(silu_and_mul(gate_up))
+
+    def _bias(self) -> torch.Tensor | None:
+        return self.bias
 
 
 class ColumnParallelLinear(_LinearBase):
@@ -122,7 +137,6 @@ class RowParallelLinear(_LinearBase):
         cols = param.shape[1]
         copy_into(param.data, take_shard(loaded_weight, 1, get_tp_rank(), cols, get_tp_size()))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [T, in_per_rank] -> [T, output_size]."""
-        bias = self.bias if get_tp_rank() == 0 else None
-        return F.linear(x, self.weight, bias)
+    def _bias(self) -> torch.Tensor | None:
+        """The bias is added on rank 0 only (the partial outputs are summed across ranks)."""
+        return self.bias if get_tp_rank() == 0 else None

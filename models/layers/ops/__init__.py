@@ -1,11 +1,13 @@
-"""Fused Triton kernels for the decoder's hot path: RMSNorm (+ residual add), q/k norm + rope, SiLU-and-mul.
+"""Fused Triton kernels for the decoder's hot path: RMSNorm (+ residual add), q/k norm + rope, SiLU-and-mul,
+and the projections' GEMM at small batch (skinny_gemm).
 
 Each op is one kernel launch with float32 math, safe inside CUDA-graph capture (no host sync, no
 data-dependent Python branching). The layers call them through `use_fused(x)` / `load(name)`:
 
 - kernel modules are imported on first use only, so `import models` does not import triton, and tests
   can set TRITON_INTERPRET=1 before the kernels are defined;
-- ENGINE_FUSED_OPS=0 (read at import) keeps the plain torch path on CUDA too, for A/B measurements.
+- ENGINE_FUSED_OPS=0 (read at import) keeps the plain torch path on CUDA too, for A/B measurements;
+  ENGINE_SKINNY_GEMM=0 keeps cuBLAS for the projections at every batch size.
 """
 from __future__ import annotations
 
@@ -19,12 +21,19 @@ import torch
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 ENABLED = os.environ.get("ENGINE_FUSED_OPS", "1") != "0"
-KERNEL_MODULES = ("rms_norm", "qk_norm_rope", "silu_and_mul")
+SKINNY_ENABLED = os.environ.get("ENGINE_SKINNY_GEMM", "1") != "0"
+SKINNY_MAX_ROWS = 8     # H100: faster than cuBLAS up to here (engine/bench/skinny_gemm.py)
+KERNEL_MODULES = ("rms_norm", "qk_norm_rope", "silu_and_mul", "skinny_gemm")
 
 
 def use_fused(x: torch.Tensor) -> bool:
     """True when `x` should go through the Triton kernels (a CUDA tensor, triton present, not disabled)."""
     return x.is_cuda and HAS_TRITON and ENABLED
+
+
+def use_skinny(x: torch.Tensor) -> bool:
+    """True when a projection of `x` [M, K] should use the Triton skinny GEMM (CUDA, M small)."""
+    return use_fused(x) and SKINNY_ENABLED and x.shape[0] <= SKINNY_MAX_ROWS
 
 
 @functools.cache

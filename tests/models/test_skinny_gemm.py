@@ -1,0 +1,87 @@
+"""The skinny GEMM (models/layers/ops/skinny_gemm.py) against float64 math, and the linear layers'
+dispatch to it.
+
+Without a GPU the kernel runs in Triton's interpreter on CPU tensors (TRITON_INTERPRET is set before
+the kernel module is first loaded, as in test_fused_ops.py).
+"""
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+from models.layers import linear  # noqa: E402
+from models.layers.ops import load  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _reference(x, weight, bias, silu_mul):
+    """float64 math with the activation rounded to the model dtype, as both engine paths do."""
+    if silu_mul:
+        gate, up = x.double().chunk(2, dim=-1)
+        x = (torch.nn.functional.silu(gate).to(x.dtype).double() * up).to(x.dtype)
+    out = x.double() @ weight.double().T
+    return out + bias.double() if bias is not None else out
+
+
+def _inputs(num_rows, n, k, dtype, silu_mul, with_bias, seed):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(num_rows, k * (2 if silu_mul else 1), generator=gen).to(dtype).to(DEVICE)
+    weight = (torch.randn(n, k, generator=gen) / k ** 0.5).to(dtype).to(DEVICE)
+    bias = torch.randn(n, generator=gen).to(dtype).to(DEVICE) if with_bias else None
+    return x, weight, bias
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("num_rows", [1, 3, 8, 16])
+@pytest.mark.parametrize("n,k", [(64, 256), (40, 48), (300, 96)])
+@pytest.mark.parametrize("silu_mul", [False, True])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_skinny_gemm_matches_float64(num_rows, n, k, dtype, silu_mul, with_bias):
+    x, weight, bias = _inputs(num_rows, n, k, dtype, silu_mul, with_bias, seed=num_rows * n + k)
+    out = load("skinny_gemm").skinny_gemm(x, weight, bias, silu_mul=silu_mul)
+    assert out.shape == (num_rows, n) and out.dtype == dtype
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(out.double(), _reference(x, weight, bias, silu_mul).to(DEVICE), **tol)
+
+
+def test_skinny_gemm_every_tile_shape():
+    """Each BLOCK_N / BLOCK_K the CUDA heuristic can pick, forced here, on a ragged N and K."""
+    skinny = load("skinny_gemm")
+    x, weight, bias = _inputs(5, 150, 520, torch.float32, False, True, seed=7)
+    expected = _reference(x, weight, bias, False).to(DEVICE)
+    for block_n in (16, 32, 64):
+        for block_k in (64, 128, 256):
+            cfg = dict(BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4, num_stages=1)
+            out = skinny.skinny_gemm(x, weight, bias, config=cfg)
+            torch.testing.assert_close(out.double(), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_skinny_gemm_rejects_bad_shapes():
+    skinny = load("skinny_gemm")
+    weight = torch.zeros(8, 32, device=DEVICE)
+    with pytest.raises(ValueError, match="M <= 16"):
+        skinny.skinny_gemm(torch.zeros(17, 32, device=DEVICE), weight)
+    with pytest.raises(ValueError, match="with silu_mul"):
+        skinny.skinny_gemm(torch.zeros(2, 32, device=DEVICE), weight, silu_mul=True)
+
+
+@pytest.mark.parametrize("skinny", [False, True])
+def test_row_parallel_silu_mul_equals_activation_then_linear(monkeypatch, skinny):
+    """forward_silu_mul (one kernel when the skinny path applies) equals silu(gate) * up, then down."""
+    monkeypatch.setattr(linear, "use_skinny", lambda x: skinny)
+    gen = torch.Generator().manual_seed(3)
+    layer = linear.RowParallelLinear(48, 40, bias=True).to(DEVICE)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(40, 48, generator=gen))
+        layer.bias.copy_(torch.randn(40, generator=gen))
+    gate_up = torch.randn(4, 96, generator=gen).to(DEVICE)
+    expected = _reference(gate_up, layer.weight, layer.bias, silu_mul=True)
+    torch.testing.assert_close(layer.forward_silu_mul(gate_up).double(), expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(layer(gate_up[:, :48]).double(), _reference(gate_up[:, :48], layer.weight,
+                                                                             layer.bias, False),
+                               rtol=1e-4, atol=1e-4)
