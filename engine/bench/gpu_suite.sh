@@ -33,16 +33,17 @@ for part in $parts; do
       done ;;
     ablation)   # what the fused kernels and the overlap each buy, on Qwen3-0.6B
       ENGINE_FUSED_OPS=0 run lat_0.6b_unfused python -m engine.bench latency --model preset:qwen3-0.6b
-      ENGINE_SKINNY_GEMM=0 run lat_0.6b_cublas python -m engine.bench latency --model preset:qwen3-0.6b \
-        --attention-backend triton
       run thr_0.6b_sync python -m engine.bench throughput --model preset:qwen3-0.6b --no-async-scheduling ;;
     latprof)    # batch-1 decode step, kernel by kernel, on the triton backend
       for m in qwen3-0.6b qwen3-8b; do
         run latprof_$m python -m engine.bench latency --model preset:$m --attention-backend triton \
           --profile-steps 20 --profile-output "$OUT/latprof_$m.txt"
       done ;;
-    skinny)     # the Triton skinny GEMM against cuBLAS on the decode projections
-      run skinny python -m engine.bench skinny_gemm --sweep --output "$OUT/skinny.json" ;;
+    skinny)     # the Triton skinny GEMM against cuBLAS: the projections alone, then batch-1 latency without it
+      run skinny python -m engine.bench skinny_gemm --sweep --output "$OUT/skinny.json"
+      for m in qwen3-0.6b qwen3-8b; do
+        ENGINE_SKINNY_GEMM=0 run lat_${m}_cublas python -m engine.bench latency --model preset:$m --attention-backend triton
+      done ;;
     serve)      # the OpenAI server under the serve benchmark at concurrency 64
       python -m engine.serve --model preset:qwen3-0.6b --port 8123 > "$OUT/server.log" 2>&1 &
       server=$!
