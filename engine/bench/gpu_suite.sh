@@ -40,7 +40,7 @@ for part in $parts; do
           --profile-steps 20 --profile-output "$OUT/latprof_$m.txt"
       done ;;
     skinny)     # the Triton skinny GEMM against cuBLAS: the projections alone, then batch-1 latency without it
-      run skinny python -m engine.bench skinny_gemm --sweep --output "$OUT/skinny.json"
+      run skinny python -m engine.bench skinny_gemm --output "$OUT/skinny.json"
       for m in qwen3-0.6b qwen3-8b; do
         ENGINE_SKINNY_GEMM=0 run lat_${m}_cublas python -m engine.bench latency --model preset:$m --attention-backend triton
       done ;;

@@ -8,18 +8,13 @@ from torch import nn
 from models.layers.ops import load, use_fused
 
 
-def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
-    """x: [T, 2 * I] laid out [gate | up] -> silu(gate) * up: [T, I], same dtype."""
-    if use_fused(x):
-        return load("silu_and_mul").silu_and_mul(x)
-    return SiluAndMul.forward_native(x)
-
-
 class SiluAndMul(nn.Module):
     """x: [T, 2 * I] laid out [gate | up] -> silu(gate) * up: [T, I], same dtype."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return silu_and_mul(x)
+        if use_fused(x):
+            return load("silu_and_mul").silu_and_mul(x)
+        return self.forward_native(x)
 
     @staticmethod
     def forward_native(x: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.layers.activation import silu_and_mul
 from models.layers.ops import load, use_skinny
 from models.layers.tp import (attach_weight_loader, copy_into, divide, get_tp_rank, get_tp_size,
                               take_shard)
@@ -36,17 +35,9 @@ class _LinearBase(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [T, in_per_rank] -> [T, out_per_rank], same dtype (Triton at small T on CUDA, else cuBLAS)."""
-        if use_skinny(x):
+        if use_skinny(x, self.weight):
             return load("skinny_gemm").skinny_gemm(x, self.weight, self._bias())
         return F.linear(x, self.weight, self._bias())
-
-    def forward_silu_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
-        """gate_up: [T, 2 * in_per_rank] laid out [gate | up] -> self(silu(gate) * up): [T, out_per_rank].
-
-        One kernel where the skinny GEMM applies (the activation is computed as the input is read)."""
-        if use_skinny(gate_up):
-            return load("skinny_gemm").skinny_gemm(gate_up, self.weight, self._bias(), silu_mul=True)
-        return self(silu_and_mul(gate_up))
 
     def _bias(self) -> torch.Tensor | None:
         return self.bias

@@ -1,5 +1,4 @@
-"""The skinny GEMM (models/layers/ops/skinny_gemm.py) against float64 math, and the linear layers'
-dispatch to it.
+"""The skinny GEMM (models/layers/ops/skinny_gemm.py) against float64 math, and the layers' dispatch.
 
 Without a GPU the kernel runs in Triton's interpreter on CPU tensors (TRITON_INTERPRET is set before
 the kernel module is first loaded, as in test_fused_ops.py).
@@ -19,18 +18,14 @@ from models.layers.ops import load  # noqa: E402
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _reference(x, weight, bias, silu_mul):
-    """float64 math with the activation rounded to the model dtype, as both engine paths do."""
-    if silu_mul:
-        gate, up = x.double().chunk(2, dim=-1)
-        x = (torch.nn.functional.silu(gate).to(x.dtype).double() * up).to(x.dtype)
+def _reference(x, weight, bias):
     out = x.double() @ weight.double().T
     return out + bias.double() if bias is not None else out
 
 
-def _inputs(num_rows, n, k, dtype, silu_mul, with_bias, seed):
+def _inputs(num_rows, n, k, dtype, with_bias, seed):
     gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(num_rows, k * (2 if silu_mul else 1), generator=gen).to(dtype).to(DEVICE)
+    x = torch.randn(num_rows, k, generator=gen).to(dtype).to(DEVICE)
     weight = (torch.randn(n, k, generator=gen) / k ** 0.5).to(dtype).to(DEVICE)
     bias = torch.randn(n, generator=gen).to(dtype).to(DEVICE) if with_bias else None
     return x, weight, bias
@@ -39,21 +34,20 @@ def _inputs(num_rows, n, k, dtype, silu_mul, with_bias, seed):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("num_rows", [1, 3, 8, 16])
 @pytest.mark.parametrize("n,k", [(64, 256), (40, 48), (300, 96)])
-@pytest.mark.parametrize("silu_mul", [False, True])
 @pytest.mark.parametrize("with_bias", [False, True])
-def test_skinny_gemm_matches_float64(num_rows, n, k, dtype, silu_mul, with_bias):
-    x, weight, bias = _inputs(num_rows, n, k, dtype, silu_mul, with_bias, seed=num_rows * n + k)
-    out = load("skinny_gemm").skinny_gemm(x, weight, bias, silu_mul=silu_mul)
+def test_skinny_gemm_matches_float64(num_rows, n, k, dtype, with_bias):
+    x, weight, bias = _inputs(num_rows, n, k, dtype, with_bias, seed=num_rows * n + k)
+    out = load("skinny_gemm").skinny_gemm(x, weight, bias)
     assert out.shape == (num_rows, n) and out.dtype == dtype
     tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
-    torch.testing.assert_close(out.double(), _reference(x, weight, bias, silu_mul).to(DEVICE), **tol)
+    torch.testing.assert_close(out.double(), _reference(x, weight, bias).to(DEVICE), **tol)
 
 
 def test_skinny_gemm_every_tile_shape():
     """Each BLOCK_N / BLOCK_K the CUDA heuristic can pick, forced here, on a ragged N and K."""
     skinny = load("skinny_gemm")
-    x, weight, bias = _inputs(5, 150, 520, torch.float32, False, True, seed=7)
-    expected = _reference(x, weight, bias, False).to(DEVICE)
+    x, weight, bias = _inputs(5, 150, 520, torch.float32, True, seed=7)
+    expected = _reference(x, weight, bias).to(DEVICE)
     for block_n in (16, 32, 64):
         for block_k in (64, 128, 256):
             cfg = dict(BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4, num_stages=1)
@@ -66,22 +60,30 @@ def test_skinny_gemm_rejects_bad_shapes():
     weight = torch.zeros(8, 32, device=DEVICE)
     with pytest.raises(ValueError, match="M <= 16"):
         skinny.skinny_gemm(torch.zeros(17, 32, device=DEVICE), weight)
-    with pytest.raises(ValueError, match="with silu_mul"):
-        skinny.skinny_gemm(torch.zeros(2, 32, device=DEVICE), weight, silu_mul=True)
+    with pytest.raises(ValueError, match="got \\(2, 16\\)"):
+        skinny.skinny_gemm(torch.zeros(2, 16, device=DEVICE), weight)
 
 
-@pytest.mark.parametrize("skinny", [False, True])
-def test_row_parallel_silu_mul_equals_activation_then_linear(monkeypatch, skinny):
-    """forward_silu_mul (one kernel when the skinny path applies) equals silu(gate) * up, then down."""
-    monkeypatch.setattr(linear, "use_skinny", lambda x: skinny)
+@pytest.mark.parametrize("layer_kind", ["column", "row", "lm_head"])
+def test_layers_take_the_skinny_path_and_match(monkeypatch, layer_kind):
+    """With the dispatch forced on (as for a big weight at small M on CUDA), the layers' output
+    equals float64 math; forced off, it is F.linear's."""
+    from models.layers import embedding
     gen = torch.Generator().manual_seed(3)
-    layer = linear.RowParallelLinear(48, 40, bias=True).to(DEVICE)
+    if layer_kind == "lm_head":
+        layer, bias = embedding.ParallelLMHead(40, 48), None
+    else:
+        cls = linear.ColumnParallelLinear if layer_kind == "column" else linear.RowParallelLinear
+        layer = cls(48, 40, bias=True)
+    layer = layer.to(DEVICE)
     with torch.no_grad():
         layer.weight.copy_(torch.randn(40, 48, generator=gen))
-        layer.bias.copy_(torch.randn(40, generator=gen))
-    gate_up = torch.randn(4, 96, generator=gen).to(DEVICE)
-    expected = _reference(gate_up, layer.weight, layer.bias, silu_mul=True)
-    torch.testing.assert_close(layer.forward_silu_mul(gate_up).double(), expected, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(layer(gate_up[:, :48]).double(), _reference(gate_up[:, :48], layer.weight,
-                                                                             layer.bias, False),
-                               rtol=1e-4, atol=1e-4)
+        if layer_kind != "lm_head":
+            layer.bias.copy_(torch.randn(40, generator=gen))
+            bias = layer.bias
+    x = torch.randn(3, 48, generator=gen).to(DEVICE)
+    calls = []
+    for module in (linear, embedding):
+        monkeypatch.setattr(module, "use_skinny", lambda x, w: calls.append(w.shape) or True)
+    torch.testing.assert_close(layer(x).double(), _reference(x, layer.weight, bias), rtol=1e-4, atol=1e-4)
+    assert calls == [(40, 48)]

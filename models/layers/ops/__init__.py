@@ -22,7 +22,8 @@ import torch
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 ENABLED = os.environ.get("ENGINE_FUSED_OPS", "1") != "0"
 SKINNY_ENABLED = os.environ.get("ENGINE_SKINNY_GEMM", "1") != "0"
-SKINNY_MAX_ROWS = 8     # H100: faster than cuBLAS up to here (engine/bench/skinny_gemm.py)
+SKINNY_MAX_ROWS = 16                # H100 (engine/bench/skinny_gemm.py): the kernel's lead holds to M = 16
+SKINNY_MIN_WEIGHT_NUMEL = 16 << 20  # and only on weights of 32 MB (bf16) and more
 KERNEL_MODULES = ("rms_norm", "qk_norm_rope", "silu_and_mul", "skinny_gemm")
 
 
@@ -31,9 +32,10 @@ def use_fused(x: torch.Tensor) -> bool:
     return x.is_cuda and HAS_TRITON and ENABLED
 
 
-def use_skinny(x: torch.Tensor) -> bool:
-    """True when a projection of `x` [M, K] should use the Triton skinny GEMM (CUDA, M small)."""
-    return use_fused(x) and SKINNY_ENABLED and x.shape[0] <= SKINNY_MAX_ROWS
+def use_skinny(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """True when x [M, K] @ weight[N, K]^T should use the Triton skinny GEMM (CUDA, M small, big weight)."""
+    return (use_fused(x) and SKINNY_ENABLED and x.shape[0] <= SKINNY_MAX_ROWS
+            and weight.numel() >= SKINNY_MIN_WEIGHT_NUMEL)
 
 
 @functools.cache
