@@ -14,6 +14,7 @@ from engine.config import EngineConfig, ModelConfig
 from engine.cuda_graph import CudaGraphRunner, capture_sizes, padded_size
 from engine.input_prep import InflightTokens, InputPreparer, StepInputs
 from engine.pending_step import PendingStep
+from engine.request import Request
 from engine.sampler import Sampler
 from engine.sampling_metadata import SamplingMetadata
 from models.loader import build_model
@@ -41,6 +42,7 @@ class ModelRunner:
         bind_attention_layers(self.model, self.backend.get_impl_cls(), self.kv_caches)
         self.inputs = InputPreparer(config.max_num_seqs, max_model_len, max_num_batched_tokens, self.block_size, device)
         self.sampler = Sampler()
+        self._last_sampling: tuple[list[Request], SamplingMetadata] | None = None
         self.inflight: InflightTokens | None = None     # the last launched step's sampled tokens
         self.graphs = self._capture_graphs() if self._use_graphs() else None
 
@@ -123,12 +125,23 @@ class ModelRunner:
             self.inflight = None
             return PendingStep(out, [], [], None, None, None)
         logits = self.model.compute_logits(hidden[step.logits_indices])
-        meta = SamplingMetadata.from_requests(requests, logits.shape[-1], self.device)
+        meta = self._sampling_metadata(requests, logits.shape[-1])
         result = self.sampler(logits, meta)
         self.inflight = InflightTokens(result.sampled_token_ids,
                                        {r.request_id: k for k, r in enumerate(requests)})
         return PendingStep(out, step.sampling_rows, requests, result.sampled_token_ids,
                            result.logprob_token_ids, result.logprobs)
+
+    def _sampling_metadata(self, requests: list[Request], vocab_size: int) -> SamplingMetadata:
+        """The step's sampling metadata; the last step's when it samples the same request objects in
+        the same order and its metadata does not depend on the step (decode in steady state)."""
+        last = self._last_sampling
+        if (last is not None and len(last[0]) == len(requests)
+                and all(a is b for a, b in zip(last[0], requests))):
+            return last[1]
+        meta = SamplingMetadata.from_requests(requests, vocab_size, self.device)
+        self._last_sampling = (requests, meta) if meta.reusable else None
+        return meta
 
     def _forward(self, out: SchedulerOutput) -> tuple[torch.Tensor, StepInputs]:
         """Run the model: a captured graph for decode batches that fit one, eagerly otherwise."""

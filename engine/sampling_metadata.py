@@ -39,6 +39,8 @@ class SamplingMetadata:
     max_num_logprobs: largest `logprobs` asked in the batch (None: no row asked).
     seeds: `(row, seed, step)` for each random row with a seed; step = that request's
         num_output_tokens, so the noise depends only on (seed, step), never on the batch.
+    reusable: nothing here depends on the step (no penalties, seeds, min_tokens, logit_bias or
+        logprobs), so the next step may reuse it for the same requests in the same order.
     """
 
     num_reqs: int
@@ -65,6 +67,7 @@ class SamplingMetadata:
     min_tokens_token_ids: torch.Tensor | None = None
     max_num_logprobs: int | None = None
     seeds: list[tuple[int, int, int]] = field(default_factory=list)
+    reusable: bool = False
 
     @property
     def no_top_k_top_p(self) -> bool:
@@ -115,6 +118,7 @@ class SamplingMetadata:
                 meta.min_p = dev[:, _MIN_P]
         _add_penalties(meta, requests, host, dev, device)
         _add_rare_features(meta, requests, host[:, _SPECIAL], greedy, device)
+        meta.reusable = meta.no_penalties and not bool(host[:, _SPECIAL].any())
         return meta
 
 

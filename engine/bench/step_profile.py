@@ -10,6 +10,19 @@ from torch.profiler import ProfilerActivity, profile
 from engine.pending_step import PendingStep
 
 
+def _timed_parts(engine) -> dict:
+    """(owner, attribute) of each host-side part of a step worth timing, by name."""
+    runner = engine.runner
+    parts = {"schedule": (engine.scheduler, "schedule"), "prepare_inputs": (runner.inputs, "prepare"),
+             "compute_logits": (runner.model, "compute_logits"),
+             "sampling_metadata": (runner, "_sampling_metadata"), "sampler": (runner, "sampler"),
+             "update_from_output": (engine.scheduler, "update_from_output"),
+             "process_tokens": (engine.outputs, "process_token"), "make_outputs": (engine.outputs, "make_outputs")}
+    if runner.graphs is not None:
+        parts["graph_run"] = (runner.graphs, "run")
+    return parts
+
+
 def wait_per_step(engine, num_steps: int) -> dict:
     """Run `num_steps` steps; wall ms/step and the ms/step the host blocks on the GPU's results.
 
@@ -26,18 +39,39 @@ def wait_per_step(engine, num_steps: int) -> dict:
             waited += time.perf_counter() - t0
         return original(self)
 
+    spent = dict.fromkeys(_timed_parts(engine), 0.0)
+
+    def timer(name, fn):
+        def timed(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[name] += time.perf_counter() - t0
+        return timed
+
     PendingStep.result = timed_result
+    patched = [(owner, attr, owner.__dict__.get(attr)) for owner, attr in _timed_parts(engine).values()]
+    for name, (owner, attr) in _timed_parts(engine).items():
+        setattr(owner, attr, timer(name, getattr(owner, attr)))
     try:
-        torch.cuda.synchronize()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
         start = time.perf_counter()
         for _ in range(num_steps):
             engine.step()
         wall = time.perf_counter() - start
     finally:
         PendingStep.result = original
+        for owner, attr, own_value in patched:
+            if own_value is None:
+                delattr(owner, attr)       # back to the class's method
+            else:
+                setattr(owner, attr, own_value)
     return {"wall_ms_per_step": round(1000 * wall / num_steps, 3),
             "gpu_wait_ms_per_step": round(1000 * waited / num_steps, 3),
-            "host_ms_per_step": round(1000 * (wall - waited) / num_steps, 3)}
+            "host_ms_per_step": round(1000 * (wall - waited) / num_steps, 3),
+            "host_parts_ms_per_step": {k: round(1000 * v / num_steps, 3) for k, v in spent.items()}}
 
 
 def profile_steps(engine, num_steps: int, path: str | None = None) -> dict:

@@ -30,3 +30,18 @@ def test_throughput_and_latency_run_on_cpu(tmp_path):
     lat = latency.main(_args(latency, ["--model", "preset:tiny-qwen3", "--input-len", "8", "--output-len", "6",
                                        "--iters", "1"]))
     assert lat["ms_per_token"] > 0 and lat["output_len"] == 6
+
+
+def test_wait_per_step_times_host_parts_and_restores_them():
+    from engine import LLM, SamplingParams
+    from engine.bench.step_profile import wait_per_step
+
+    llm = LLM("preset:tiny-qwen3")
+    engine = llm.engine
+    sampler, schedule = engine.runner.sampler, engine.scheduler.schedule
+    engine.add_request("a", [1, 2, 3], SamplingParams(max_tokens=20, ignore_eos=True))
+    result = wait_per_step(engine, 5)
+    parts = result["host_parts_ms_per_step"]
+    assert parts["schedule"] > 0 and parts["sampler"] > 0 and result["wall_ms_per_step"] > 0
+    assert engine.runner.sampler is sampler and engine.scheduler.schedule == schedule
+    assert "schedule" not in vars(engine.scheduler)

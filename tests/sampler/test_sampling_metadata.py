@@ -71,3 +71,21 @@ def test_plain_batch_of_256_builds_fast():
         SamplingMetadata.from_requests(reqs, 32000, CPU)
         times.append(time.perf_counter() - start)
     assert sorted(times)[len(times) // 2] < 2e-3        # ~0.2 ms on a slow CI core; loose for noise
+
+
+def test_runner_reuses_step_independent_metadata():
+    """Same request objects in the same order: the last step's metadata is reused, unless it holds
+    anything that depends on the step (a seed here)."""
+    from types import SimpleNamespace
+
+    from engine.model_runner import ModelRunner
+
+    runner = SimpleNamespace(_last_sampling=None, device=torch.device("cpu"))
+    build = ModelRunner._sampling_metadata.__get__(runner)
+    plain = [make_request(SamplingParams(temperature=0.6)) for _ in range(3)]
+    first = build(plain, 32)
+    assert first.reusable and build(list(plain), 32) is first
+    assert build(plain[:2], 32) is not first and build(plain[::-1], 32) is not first
+    seeded = plain[:2] + [make_request(SamplingParams(temperature=0.6, seed=5))]
+    meta = build(seeded, 32)
+    assert not meta.reusable and build(seeded, 32) is not meta
