@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import torch
 
@@ -45,6 +46,13 @@ class ModelRunner:
         self._last_sampling: tuple[list[Request], SamplingMetadata] | None = None
         self.inflight: InflightTokens | None = None     # the last launched step's sampled tokens
         self.graphs = self._capture_graphs() if self._use_graphs() else None
+        self._warm_up_sampler()
+
+    def _warm_up_sampler(self) -> None:
+        start = time.perf_counter()
+        chunks = self.sampler.warm_up(self.config.max_num_seqs, self.model_config.vocab_size, self.device)
+        if chunks:
+            logger.info("sampling kernel compiled for chunk sizes %s in %.1f s", chunks, time.perf_counter() - start)
 
     def _use_graphs(self) -> bool:
         if self.device.type != "cuda" or self.config.enforce_eager:

@@ -178,3 +178,19 @@ def test_sampler_kernel_path_filters_and_greedy_rows():
 def test_cpu_default_is_torch_path():
     assert not Sampler()._kernel_for(torch.zeros(1, 4))
     assert Sampler(use_kernel=True)._kernel_for(torch.zeros(1, 4))
+
+
+def test_warm_up_compiles_every_chunk_size_batches_use(monkeypatch):
+    """warm_up runs the kernel once for each chunk size of batches 1..max rows (here 1024 and 2048
+    columns for a 3000-token vocabulary and up to 600 rows); without the kernel it does nothing."""
+    from engine import sampling_kernel
+
+    calls = []
+    original = sampling_kernel.gumbel_sample
+    monkeypatch.setattr(sampling_kernel, "gumbel_sample", lambda logits, *a, **k: calls.append(logits.shape)
+                        or original(logits, *a, **k))
+    chunks = Sampler(use_kernel=True).warm_up(600, 3000, DEVICE)
+    expected = sorted({sampling_kernel.chunk_size_for(n, 3000) for n in range(1, 601)})
+    assert chunks == expected == [1024, 2048]
+    assert sorted({shape[0] for shape in calls}) == [1, 512] and len(calls) == 4
+    assert Sampler(use_kernel=False).warm_up(600, 3000, DEVICE) == []
