@@ -29,7 +29,7 @@ for part in $parts; do
     triton)     # the same benchmarks on our Triton attention kernels
       for m in qwen3-0.6b qwen3-8b; do
         run lat_${m}_triton python -m engine.bench latency --model preset:$m --attention-backend triton
-        run thr_${m}_triton python -m engine.bench throughput --model preset:$m --attention-backend triton
+        run thr_${m}_triton python -m engine.bench throughput --model preset:$m --attention-backend triton --repeat 3
       done ;;
     ablation)   # what the fused kernels and the overlap each buy, on Qwen3-0.6B
       ENGINE_FUSED_OPS=0 run lat_0.6b_unfused python -m engine.bench latency --model preset:qwen3-0.6b
