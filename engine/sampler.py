@@ -90,9 +90,9 @@ class Sampler:
 
     def warm_up(self, max_num_rows: int, vocab_size: int, device: torch.device) -> list[int]:
         """Compile the sampling kernel for each chunk size that batches of 1..max_num_rows rows use
-        (plain and with greedy rows mixed in), so no run pays a compile mid-flight: on a fresh machine
-        those compiles took about 1.5 s of the first Qwen3-0.6B throughput run. Returns the chunk
-        sizes (none when the kernel is not used)."""
+        (plain and with greedy rows mixed in), so no request pays a compile mid-flight (on a fresh
+        H100 machine these compiles take about 4 s; later processes load them from Triton's cache).
+        Returns the chunk sizes (none when the kernel is not used)."""
         if not self._kernel_for(torch.empty(0, device=device)):
             return []
         kernel = _kernel()
