@@ -48,22 +48,12 @@ class ModelRunner:
         self.graphs = self._capture_graphs() if self._use_graphs() else None
         self._warm_up_sampling()
 
-    @torch.inference_mode()
     def _warm_up_sampling(self) -> None:
-        """Run the eager LM head at every batch size a decode step can sample (cuBLAS picks its kernel
-        per shape on first use) and compile the sampling kernel for every chunk size, so the first
-        requests do not pay for either mid-run."""
-        if self.device.type != "cuda":
-            return
+        """Compile the sampling kernel for every chunk size at start-up (see Sampler.warm_up)."""
         start = time.perf_counter()
-        hidden = torch.zeros(self.config.max_num_seqs, self.model_config.hidden_size, dtype=self.dtype,
-                             device=self.device)
-        for num_rows in range(1, self.config.max_num_seqs + 1):
-            self.model.compute_logits(hidden[:num_rows])
         chunks = self.sampler.warm_up(self.config.max_num_seqs, self.model_config.vocab_size, self.device)
-        torch.cuda.synchronize(self.device)
-        logger.info("LM head warmed up for 1..%d rows, sampling kernel for chunk sizes %s, in %.1f s",
-                    self.config.max_num_seqs, chunks, time.perf_counter() - start)
+        if chunks:
+            logger.info("sampling kernel compiled for chunk sizes %s in %.1f s", chunks, time.perf_counter() - start)
 
     def _use_graphs(self) -> bool:
         if self.device.type != "cuda" or self.config.enforce_eager:
