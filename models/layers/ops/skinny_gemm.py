@@ -5,10 +5,10 @@ takes BLOCK_N weight rows, walks K in BLOCK_K steps with a software pipeline, an
 tensor cores with the rows of x padded to 16.
 
 H100 (engine/bench/skinny_gemm.py, 2026-11-25, CUDA-graph replays, weights not in L2): on weights of
-32 MB and more it reads 2.3-3.1 TB/s and beats cuBLAS by 2-13% (Qwen3-8B projections, both lm_heads);
-on the 2-12 MB projections of Qwen3-0.6B both take 5.6-7 us, launch and ramp-up bound, and cuBLAS
-is as fast or faster. `models.layers.ops.use_skinny` encodes that. (Fusing SiLU-and-mul into the down projection's
-input was tried and was 3-4x slower: every program recomputes the activation of all of K.)
+32 MB and more it reads 2.3-3.1 TB/s and beats cuBLAS by 2-14% (Qwen3-8B projections, both LM heads);
+on the 4-12 MB projections of Qwen3-0.6B both take 5.6-9 us, launch and ramp-up bound, and cuBLAS is
+up to 15% faster. `models.layers.ops.use_skinny` encodes that. (Fusing SiLU-and-mul into the down
+projection's input was tried and was 3.5-4x slower: every program recomputes the activation of all K.)
 """
 from __future__ import annotations
 
