@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.layers.ops import load, use_skinny
+from models.layers.ops import linear
 from models.layers.tp import attach_weight_loader, copy_into, get_tp_rank, get_tp_size
 
 
@@ -58,9 +58,5 @@ class ParallelLMHead(VocabParallelEmbedding):
         self.weight = embedding.weight
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        if use_skinny(hidden, self.weight):   # decode at small batch: the Triton kernel streams faster
-            logits = load("skinny_gemm").skinny_gemm(hidden, self.weight)
-        else:
-            logits = F.linear(hidden, self.weight)
-        # a gather across ranks goes here with tensor parallelism
+        logits = linear(hidden, self.weight)  # a gather across ranks goes here with tensor parallelism
         return logits[:, : self.num_embeddings].float()

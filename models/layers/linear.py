@@ -1,4 +1,5 @@
-"""Linear layers that shard over tensor-parallel ranks (one rank today: plain `F.linear`).
+"""Linear layers that shard over tensor-parallel ranks (one rank today: `models.layers.ops.linear`, which
+is F.linear, or the Triton skinny GEMM where it wins).
 
 Every parameter carries `weight_loader(param, loaded_weight, shard_id=None)`, which copies the full
 Hugging Face tensor's slice for this rank into the parameter (or into its part of a fused parameter).
@@ -7,10 +8,9 @@ Weights are [out_features, in_features] like `nn.Linear`.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from models.layers.ops import load, use_skinny
+from models.layers.ops import linear
 from models.layers.tp import (attach_weight_loader, copy_into, divide, get_tp_rank, get_tp_size,
                               take_shard)
 
@@ -35,9 +35,7 @@ class _LinearBase(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [T, in_per_rank] -> [T, out_per_rank], same dtype (Triton at small T on CUDA, else cuBLAS)."""
-        if use_skinny(x, self.weight):
-            return load("skinny_gemm").skinny_gemm(x, self.weight, self._bias())
-        return F.linear(x, self.weight, self._bias())
+        return linear(x, self.weight, self._bias())
 
     def _bias(self) -> torch.Tensor | None:
         return self.bias

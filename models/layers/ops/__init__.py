@@ -18,6 +18,7 @@ import os
 from types import ModuleType
 
 import torch
+import torch.nn.functional as F
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 ENABLED = os.environ.get("ENGINE_FUSED_OPS", "1") != "0"
@@ -36,6 +37,13 @@ def use_skinny(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """True when x [M, K] @ weight[N, K]^T should use the Triton skinny GEMM (CUDA, M small, big weight)."""
     return (use_fused(x) and SKINNY_ENABLED and x.shape[0] <= SKINNY_MAX_ROWS
             and weight.numel() >= SKINNY_MIN_WEIGHT_NUMEL)
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear (x [M, K], weight [N, K] -> [M, N]), through the skinny GEMM where `use_skinny` says so."""
+    if use_skinny(x, weight):
+        return load("skinny_gemm").skinny_gemm(x, weight, bias)
+    return F.linear(x, weight, bias)
 
 
 @functools.cache
