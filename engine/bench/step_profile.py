@@ -39,7 +39,8 @@ def wait_per_step(engine, num_steps: int) -> dict:
             waited += time.perf_counter() - t0
         return original(self)
 
-    spent = dict.fromkeys(_timed_parts(engine), 0.0)
+    parts = _timed_parts(engine)
+    spent = dict.fromkeys(parts, 0.0)
 
     def timer(name, fn):
         def timed(*args, **kwargs):
@@ -51,8 +52,8 @@ def wait_per_step(engine, num_steps: int) -> dict:
         return timed
 
     PendingStep.result = timed_result
-    patched = [(owner, attr, owner.__dict__.get(attr)) for owner, attr in _timed_parts(engine).values()]
-    for name, (owner, attr) in _timed_parts(engine).items():
+    patched = [(owner, attr, owner.__dict__.get(attr)) for owner, attr in parts.values()]
+    for name, (owner, attr) in parts.items():
         setattr(owner, attr, timer(name, getattr(owner, attr)))
     try:
         if torch.cuda.is_available():
