@@ -36,9 +36,11 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
                 async_scheduling=not args.no_async_scheduling)
 
 
-def random_prompts(num: int, len_range: tuple[int, int], vocab_size: int, seed: int) -> list[list[int]]:
-    """`num` prompts of random token ids, lengths uniform in len_range (inclusive)."""
-    rng = random.Random(seed)
+def random_prompts(num: int, len_range: tuple[int, int], vocab_size: int,
+                   seed: int | random.Random) -> list[list[int]]:
+    """`num` prompts of random token ids in [0, vocab_size), lengths uniform in len_range (inclusive);
+    each prompt's length is drawn, then its ids. `seed` may be a Random to go on drawing from."""
+    rng = seed if isinstance(seed, random.Random) else random.Random(seed)
     return [[rng.randrange(vocab_size) for _ in range(rng.randint(*len_range))] for _ in range(num)]
 
 

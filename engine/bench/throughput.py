@@ -13,7 +13,7 @@ import argparse
 import random
 import statistics
 
-from engine.bench.common import add_engine_args, engine_kwargs, report, timed
+from engine.bench.common import add_engine_args, engine_kwargs, random_prompts, report, timed
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -66,7 +66,7 @@ def workload(num_prompts: int, input_len: tuple[int, int], output_len: tuple[int
     """(prompts of token ids in [0, max_id], output lengths), both ranges inclusive, drawn in
     nano-vllm's order from one random stream."""
     rng = random.Random(seed)
-    prompts = [[rng.randint(0, max_id) for _ in range(rng.randint(*input_len))] for _ in range(num_prompts)]
+    prompts = random_prompts(num_prompts, input_len, max_id + 1, rng)   # randrange(n) draws as randint(0, n-1)
     return prompts, [rng.randint(*output_len) for _ in range(num_prompts)]
 
 
