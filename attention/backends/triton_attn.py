@@ -34,8 +34,7 @@ class TritonAttnMetadata:
     """What TritonAttnImpl reads each step. Tensors live on the device; ints are host ints.
 
     part_out [num_reqs, H, num_splits, D] float32 and part_lse [num_reqs, H, num_splits] float32
-    are the split-KV workspace (views into one buffer of the builder); split_counts [max_num_seqs *
-    Hkv] int32 are the decode kernel's per-(request, KV head) counters, zero between launches."""
+    are the split-KV workspace (views into one buffer of the builder)."""
 
     num_reqs: int
     num_tokens: int
@@ -49,7 +48,6 @@ class TritonAttnMetadata:
     slot_mapping: torch.Tensor
     part_out: torch.Tensor
     part_lse: torch.Tensor
-    split_counts: torch.Tensor
 
 
 class CaptureBuffers:
@@ -96,7 +94,6 @@ class TritonAttnMetadataBuilder(AttentionMetadataBuilder):
         capacity = max(r * self.num_splits(r, max_model_len) for r in range(1, max_num_seqs + 1))
         self._part_out = torch.empty(capacity * num_heads * head_size, dtype=torch.float32, device=device)
         self._part_lse = torch.empty(capacity * num_heads, dtype=torch.float32, device=device)
-        self._split_counts = torch.zeros(max_num_seqs * num_kv_heads, dtype=torch.int32, device=device)
         self._capture: CaptureBuffers | None = None
 
     def num_splits(self, num_reqs: int, max_seq_len: int) -> int:
@@ -123,7 +120,7 @@ class TritonAttnMetadataBuilder(AttentionMetadataBuilder):
         num_reqs = common.num_reqs
         is_decode = common.max_query_len == 1
         splits = self.num_splits(num_reqs, split_seq_len) if is_decode else 1
-        if num_reqs > self.max_num_seqs or num_reqs * splits * self.num_heads > self._part_lse.numel():
+        if num_reqs * splits * self.num_heads > self._part_lse.numel():
             splits = 1  # more requests than max_num_seqs: no workspace for splitting
         rows = num_reqs * self.num_heads * splits
         part_out = self._part_out[:rows * self.head_size].view(num_reqs, self.num_heads, splits, self.head_size)
@@ -133,7 +130,7 @@ class TritonAttnMetadataBuilder(AttentionMetadataBuilder):
             max_seq_len=common.max_seq_len, is_decode=is_decode, num_splits=splits,
             query_start_loc=common.query_start_loc, seq_lens=common.seq_lens,
             block_table=common.block_table, slot_mapping=common.slot_mapping,
-            part_out=part_out, part_lse=part_lse, split_counts=self._split_counts)
+            part_out=part_out, part_lse=part_lse)
 
 
 class TritonAttnImpl(AttentionImpl):
@@ -143,7 +140,7 @@ class TritonAttnImpl(AttentionImpl):
         if metadata.is_decode:
             decode_attention(query, kv_cache, output, metadata.query_start_loc, metadata.seq_lens,
                              metadata.block_table, self.scale, metadata.num_reqs, metadata.num_splits,
-                             metadata.part_out, metadata.part_lse, metadata.split_counts)
+                             metadata.part_out, metadata.part_lse)
         else:
             prefill_attention(query, kv_cache, output, metadata.query_start_loc, metadata.seq_lens,
                               metadata.block_table, self.scale, metadata.num_reqs, metadata.max_query_len)

@@ -1,10 +1,9 @@
 """Triton kernels: paged decode attention (one query token per request) with split-KV.
 
 Each (request, KV head) is cut into `num_splits` chunks of its context; one program per chunk
-attends with all query heads of the KV group at once (each K/V tile is loaded once per group) and
-writes its partial output and log-sum-exp. The last program of a (request, KV head) to finish (an
-atomic counter tells it) merges the chunks and writes the output, so decode is one launch. With one
-split the program writes the output directly.
+attends with all query heads of the KV group at once (each K/V tile is loaded once per group), and
+a reduction kernel merges the chunks by their log-sum-exp. With one split the first kernel writes
+the output directly.
 """
 from __future__ import annotations
 
@@ -26,7 +25,7 @@ DECODE_CONFIGS = {
 
 
 @triton.jit
-def _decode_kernel(q_ptr, cache_ptr, out_ptr, part_out_ptr, part_lse_ptr, counts_ptr,
+def _decode_kernel(q_ptr, cache_ptr, out_ptr, part_out_ptr, part_lse_ptr,
                    query_start_ptr, seq_lens_ptr, table_ptr, scale_log2, num_splits,
                    stride_qt, stride_qh, stride_ot, stride_oh,
                    stride_pr, stride_ph, stride_ps, stride_lr, stride_lh,
@@ -76,74 +75,73 @@ def _decode_kernel(q_ptr, cache_ptr, out_ptr, part_out_ptr, part_lse_ptr, counts
         tl.store(out_ptr + q_row * stride_ot + head[:, None] * stride_oh + dims[None, :],
                  out.to(out_ptr.dtype.element_ty), mask=mask)
     else:
-        base = req.to(tl.int64) * stride_pr + head * stride_ph
-        tl.store(part_out_ptr + base[:, None] + split * stride_ps + dims[None, :], out, mask=mask)
+        base = req.to(tl.int64) * stride_pr + head * stride_ph + split * stride_ps
+        tl.store(part_out_ptr + base[:, None] + dims[None, :], out, mask=mask)
         lse = tl.where(l_i == 0.0, float("-inf"), m_i + tl.math.log2(tl.where(l_i == 0.0, 1.0, l_i)))
-        lse_base = req.to(tl.int64) * stride_lr + head * stride_lh
-        tl.store(part_lse_ptr + lse_base + split, lse, mask=row_ok)
-        # Every thread's stores happen before the (release) count; the last program acquires them.
-        tl.debug_barrier()
-        counter = counts_ptr + req * tl.num_programs(1) + kv_head
-        if tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu") == num_splits - 1:
-            tl.store(counter, 0)  # ready for the next launch (CUDA-graph replays reuse it)
-            _merge_splits(out_ptr, part_out_ptr + base, part_lse_ptr + lse_base, q_row, head, num_splits,
-                          stride_ot, stride_oh, stride_ps, mask, row_ok, dims, BLOCK_H, HEAD_PAD)
+        lse_offs = req.to(tl.int64) * stride_lr + head * stride_lh + split
+        tl.store(part_lse_ptr + lse_offs, lse, mask=row_ok)
 
 
 @triton.jit
-def _merge_splits(out_ptr, part_ptr, lse_ptr, q_row, head, num_splits, stride_ot, stride_oh, stride_ps,
-                  mask, row_ok, dims, BLOCK_H: tl.constexpr, HEAD_PAD: tl.constexpr):
-    """output = sum_s 2^lse_s * out_s / sum_s 2^lse_s over the splits of the GROUP heads `head`
-    (part_ptr [BLOCK_H] row pointers, lse_ptr likewise); loads bypass L1 (other programs wrote them)."""
-    m = tl.full([BLOCK_H], float("-inf"), tl.float32)
-    total = tl.zeros([BLOCK_H], tl.float32)
-    acc = tl.zeros([BLOCK_H, HEAD_PAD], tl.float32)
-    for s in range(num_splits):
-        lse = tl.load(lse_ptr + s, mask=row_ok, other=float("-inf"), cache_modifier=".cg")
-        part = tl.load(part_ptr[:, None] + s * stride_ps + dims[None, :], mask=mask, other=0.0,
-                       cache_modifier=".cg")
-        m_new = tl.maximum(m, lse)
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.math.exp2(m - m_safe)
-        weight = tl.math.exp2(lse - m_safe)
-        acc = acc * alpha[:, None] + part * weight[:, None]
-        total = total * alpha + weight
-        m = m_new
-    out = acc / tl.where(total == 0.0, 1.0, total)[:, None]
-    tl.store(out_ptr + q_row * stride_ot + head[:, None] * stride_oh + dims[None, :],
-             out.to(out_ptr.dtype.element_ty), mask=mask)
+def _merge_kernel(out_ptr, part_out_ptr, part_lse_ptr, query_start_ptr,
+                  stride_ot, stride_oh, stride_pr, stride_ph, stride_ps, stride_lr, stride_lh,
+                  NUM_SPLITS: tl.constexpr, SPLITS_PAD: tl.constexpr,
+                  HEAD_SIZE: tl.constexpr, HEAD_PAD: tl.constexpr):
+    """Program (request, head): output = sum_s w_s * out_s / sum_s w_s, w_s = 2^(lse_s - max)."""
+    req = tl.program_id(0)
+    head = tl.program_id(1)
+    splits = tl.arange(0, SPLITS_PAD)
+    dims = tl.arange(0, HEAD_PAD)
+    base = req.to(tl.int64) * stride_pr + head * stride_ph + splits * stride_ps
+    lse_offs = req.to(tl.int64) * stride_lr + head * stride_lh + splits
+    lse = tl.load(part_lse_ptr + lse_offs, mask=splits < NUM_SPLITS, other=float("-inf"))
+    lse_max = tl.max(lse, 0)
+    lse_max = tl.where(lse_max == float("-inf"), 0.0, lse_max)
+    weight = tl.math.exp2(lse - lse_max)
+    parts = tl.load(part_out_ptr + base[:, None] + dims[None, :],
+                    mask=(splits[:, None] < NUM_SPLITS) & (dims[None, :] < HEAD_SIZE), other=0.0)
+    total = tl.sum(weight, 0)
+    out = tl.sum(parts * weight[:, None], 0) / tl.where(total == 0.0, 1.0, total)
+    q_row = tl.load(query_start_ptr + req).to(tl.int64)
+    tl.store(out_ptr + q_row * stride_ot + head * stride_oh + dims, out.to(out_ptr.dtype.element_ty),
+             mask=dims < HEAD_SIZE)
 
 
 def decode_attention(query: torch.Tensor, kv_cache: torch.Tensor, output: torch.Tensor,
                      query_start_loc: torch.Tensor, seq_lens: torch.Tensor, block_table: torch.Tensor,
                      scale: float, num_reqs: int, num_splits: int, part_out: torch.Tensor,
-                     part_lse: torch.Tensor, split_counts: torch.Tensor,
-                     config: dict | None = None) -> None:
+                     part_lse: torch.Tensor, config: dict | None = None) -> None:
     """Paged attention of one query token per request; writes output [T, H, D] in place.
 
     query [T, H, D] (request r's token at row query_start_loc[r]); kv_cache
     [2, num_blocks, block_size, Hkv, D]; seq_lens [num_reqs] int32; block_table [num_reqs, *] int32.
     part_out [>= num_reqs, H, >= num_splits, D] float32 and part_lse [same without D] float32 are
-    the split-KV workspace (both contiguous in the last dim); split_counts [>= num_reqs * Hkv] int32
-    must be zero on entry and is zero again on return. All three are unused when num_splits == 1.
+    the split-KV workspace (unused when num_splits == 1; both contiguous in the last dim).
     `num_reqs` and `num_splits` are host ints; nothing here syncs with the device.
     """
     num_heads, head_size = query.shape[1], query.shape[2]
     num_kv_heads, block_size = kv_cache.shape[3], kv_cache.shape[2]
     if num_reqs == 0:
         return
-    if num_splits > 1 and split_counts.numel() < num_reqs * num_kv_heads:
-        raise ValueError(f"split_counts needs >= {num_reqs * num_kv_heads} entries, has {split_counts.numel()}")
     group = num_heads // num_kv_heads
     cfg = dict(config or DECODE_CONFIGS["cpu" if query.device.type == "cpu" else "cuda"])
+    head_pad = max(16, triton.next_power_of_2(head_size))
+    common = dict(HEAD_SIZE=head_size, HEAD_PAD=head_pad)
+    strides = (part_out.stride(0), part_out.stride(1), part_out.stride(2),
+               part_lse.stride(0), part_lse.stride(1))
     _decode_kernel[(num_reqs, num_kv_heads, num_splits)](
-        query, kv_cache, output, part_out, part_lse, split_counts, query_start_loc, seq_lens, block_table,
+        query, kv_cache, output, part_out, part_lse, query_start_loc, seq_lens, block_table,
         scale * math.log2(math.e), num_splits,
         query.stride(0), query.stride(1), output.stride(0), output.stride(1),
-        part_out.stride(0), part_out.stride(1), part_out.stride(2), part_lse.stride(0), part_lse.stride(1),
+        *strides,
         kv_cache.stride(0), kv_cache.stride(1), kv_cache.stride(2), kv_cache.stride(3),
         block_table.stride(0),
         DIRECT=num_splits == 1, GROUP=group, BLOCK_H=max(16, triton.next_power_of_2(group)),
-        HEAD_SIZE=head_size, HEAD_PAD=max(16, triton.next_power_of_2(head_size)),
         BLOCK_SIZE=block_size, DOT_F32=query.device.type == "cpu",
-        PRECISION="ieee" if query.dtype == torch.float32 else "tf32", **cfg)
+        PRECISION="ieee" if query.dtype == torch.float32 else "tf32", **common, **cfg)
+    if num_splits > 1:
+        _merge_kernel[(num_reqs, num_heads)](
+            output, part_out, part_lse, query_start_loc,
+            output.stride(0), output.stride(1), *strides,
+            NUM_SPLITS=num_splits, SPLITS_PAD=triton.next_power_of_2(num_splits), **common,
+            num_warps=4)

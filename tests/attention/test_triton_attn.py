@@ -48,9 +48,7 @@ def test_decode_matches_reference(monkeypatch, group, head_size, block_size, dty
     assert metadata.is_decode
     if DEVICE == "cpu":  # 4 assumed multiprocessors: 3 requests x 2 KV heads < 8 programs
         assert (metadata.num_splits > 1) == (min_split_len == 16)
-    for _ in range(2):  # the second launch reuses the counters the first left at zero
-        assert_matches_reference(TritonAttnBackend, batch, builder=builder)
-        assert not builder._split_counts.any(), "the merging program must reset its split counter"
+    assert_matches_reference(TritonAttnBackend, batch, builder=builder)
 
 
 def test_capture_metadata_is_fixed_and_refilled():
