@@ -122,6 +122,9 @@ class AttentionBackend:
     name: ClassVar[str] = ""
     supported_dtypes: ClassVar[tuple[torch.dtype, ...]] = (torch.float16, torch.bfloat16, torch.float32)
     supported_head_sizes: ClassVar[tuple[int, ...] | None] = None  # None: any
+    # KV-cache dtypes the backend stores and reads besides the model's own dtype (scale 1.0: K/V are
+    # cast when stored and cast back to the query's dtype when loaded). Empty: the model dtype only.
+    supported_kv_cache_dtypes: ClassVar[tuple[torch.dtype, ...]] = ()
     default_block_size: ClassVar[int] = 16
 
     @staticmethod
@@ -143,18 +146,31 @@ class AttentionBackend:
         return block_size > 0
 
     @classmethod
+    def supports_kv_cache_dtype(cls, kv_cache_dtype: torch.dtype | None, dtype: torch.dtype) -> bool:
+        return kv_cache_dtype is None or kv_cache_dtype == dtype or kv_cache_dtype in cls.supported_kv_cache_dtypes
+
+    @classmethod
     def validate(cls, device: torch.device, dtype: torch.dtype, head_size: int,
-                 block_size: int | None) -> list[str]:
+                 block_size: int | None, kv_cache_dtype: torch.dtype | None = None) -> list[str]:
         """Reasons this backend cannot serve the set-up; empty when it can.
 
-        `block_size=None` means the user left it to the backend (its default is used).
+        `block_size=None` means the user left it to the backend (its default is used);
+        `kv_cache_dtype=None` means the KV cache is stored in the model's `dtype`.
         """
         reasons = []
         if dtype not in cls.supported_dtypes:
-            names = ", ".join(str(d).removeprefix("torch.") for d in cls.supported_dtypes)
-            reasons.append(f"dtype {str(dtype).removeprefix('torch.')} is not supported (supported: {names})")
+            names = ", ".join(_name(d) for d in cls.supported_dtypes)
+            reasons.append(f"dtype {_name(dtype)} is not supported (supported: {names})")
+        if not cls.supports_kv_cache_dtype(kv_cache_dtype, dtype):
+            names = ", ".join(["the model dtype"] + [_name(d) for d in cls.supported_kv_cache_dtypes])
+            reasons.append(f"KV cache dtype {_name(kv_cache_dtype)} is not supported (supported: {names})")
         if cls.supported_head_sizes is not None and head_size not in cls.supported_head_sizes:
             reasons.append(f"head size {head_size} is not supported (supported: {list(cls.supported_head_sizes)})")
+        # keep last: subclasses append their block-size rule to reasons[-1]
         if block_size is not None and not cls.supports_block_size(block_size):
             reasons.append(f"block size {block_size} is not supported")
         return reasons
+
+
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")

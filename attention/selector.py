@@ -3,7 +3,9 @@
 Priority per platform: CUDA tries flash_attn, triton, torch_ref; CPU has torch_ref only. The first
 backend whose `validate` returns no reason wins. `attention_backend=` (flag `--attention-backend`) or
 the environment variable `ENGINE_ATTENTION_BACKEND` names one explicitly; an unknown name, or one that
-cannot serve the set-up, is an error listing the reasons and the backends that can.
+cannot serve the set-up, is an error listing the reasons and the backends that can. The KV-cache
+dtype is part of the set-up: flash_attn (FA2) stores only the model dtype, so an fp8 KV cache skips
+it (the reason is logged with the choice).
 """
 from __future__ import annotations
 
@@ -44,34 +46,37 @@ def load_backend(name: str) -> type[AttentionBackend]:
 
 
 def reasons_against(name: str, device: torch.device, dtype: torch.dtype, head_size: int,
-                    block_size: int | None) -> list[str]:
-    """Why backend `name` cannot serve this set-up (empty: it can). Import failures count as reasons."""
+                    block_size: int | None, kv_cache_dtype: torch.dtype | None = None) -> list[str]:
+    """Why backend `name` cannot serve this set-up (empty: it can). Import failures count as reasons.
+    `kv_cache_dtype` None (or equal to `dtype`) means the cache is stored in the model dtype."""
     try:
         backend = load_backend(name)
     except ImportError as e:
         return [f"cannot be imported ({e})"]
     if device.type not in PRIORITY or name not in PRIORITY[device.type]:
         return [f"does not run on {device.type}"]
-    return backend.validate(device, dtype, head_size, block_size)
+    return backend.validate(device, dtype, head_size, block_size, kv_cache_dtype)
 
 
 def select_backend(device: torch.device, dtype: torch.dtype, head_size: int,
-                   block_size: int | None = None, requested: str | None = None) -> BackendChoice:
+                   block_size: int | None = None, requested: str | None = None,
+                   kv_cache_dtype: torch.dtype | None = None) -> BackendChoice:
     """Pick the backend for the run and the block size it will use."""
+    setup = (device, dtype, head_size, block_size, kv_cache_dtype)
     requested = requested or os.environ.get(ENV_VAR) or None
     candidates = PRIORITY.get(device.type, ["torch_ref"])
     if requested is not None:
         if requested not in REGISTRY:
             raise ValueError(f"unknown attention backend {requested!r}; known backends: {', '.join(REGISTRY)}")
-        reasons = reasons_against(requested, device, dtype, head_size, block_size)
+        reasons = reasons_against(requested, *setup)
         if reasons:
-            fit = [n for n in candidates if not reasons_against(n, device, dtype, head_size, block_size)]
+            fit = [n for n in candidates if not reasons_against(n, *setup)]
             raise ValueError(f"attention backend {requested!r} cannot serve this set-up: {'; '.join(reasons)}. "
                              f"Backends that can: {', '.join(fit) or 'none'}")
         return _choice(requested, block_size, "requested explicitly")
     rejected = []
     for name in candidates:
-        reasons = reasons_against(name, device, dtype, head_size, block_size)
+        reasons = reasons_against(name, *setup)
         if not reasons:
             why = "highest priority for " + device.type
             if rejected:

@@ -3,8 +3,10 @@
 Decode-only batches call `flash_attn_with_kvcache` with the block table; other batches call
 `flash_attn_varlen_func` with `block_table=`, which reads cached context and the new tokens (already
 stored through the slot mapping) from the block cache. flash-attn reads paged K/V only in blocks
-whose size is a multiple of 256. CUDA graphs (decode-only) work as for `triton`: the runner calls
-`builder.build_for_capture(common)` before capture and before every replay, outside the capture.
+whose size is a multiple of 256. The KV cache must be in the model's dtype: flash-attn 2 has no fp8
+KV cache (`--kv-cache-dtype fp8` selects triton or torch_ref instead). CUDA graphs (decode-only)
+work as for `triton`: the runner calls `builder.build_for_capture(common)` before capture and before
+every replay, outside the capture.
 """
 from __future__ import annotations
 
@@ -86,6 +88,7 @@ class FlashAttnBackend(AttentionBackend):
     supported_dtypes = (torch.float16, torch.bfloat16)
     supported_head_sizes = (64, 128)  # what the project's flash-attn wheel (sm_90) is built for
     default_block_size = 256
+    supported_kv_cache_dtypes = ()  # flash-attn 2 reads K/V only in the query's dtype (no fp8 KV)
 
     @staticmethod
     def get_impl_cls():
@@ -101,7 +104,7 @@ class FlashAttnBackend(AttentionBackend):
         return block_size > 0 and block_size % 256 == 0
 
     @classmethod
-    def validate(cls, device, dtype, head_size, block_size) -> list[str]:
+    def validate(cls, device, dtype, head_size, block_size, kv_cache_dtype=None) -> list[str]:
         reasons = []
         if importlib.util.find_spec("flash_attn") is None:
             reasons.append("the flash_attn package is not installed (pip install flash-attn)")
@@ -111,7 +114,7 @@ class FlashAttnBackend(AttentionBackend):
             major, minor = torch.cuda.get_device_capability(device)
             if major < 8:
                 reasons.append(f"needs compute capability >= 8.0 (Ampere), the GPU has {major}.{minor}")
-        reasons += super().validate(device, dtype, head_size, block_size)
+        reasons += super().validate(device, dtype, head_size, block_size, kv_cache_dtype)
         if block_size is not None and not cls.supports_block_size(block_size):
             reasons[-1] += " (must be a multiple of 256)"
         return reasons

@@ -1,7 +1,9 @@
 """`torch_ref`: the oracle backend. Gathers each request's blocks, then plain attention.
 
 Runs on CPU and GPU, any dtype, head size and block size; it loops over requests on the host, so it
-is never captured in a CUDA graph. Every other backend is tested against it.
+is never captured in a CUDA graph. Every other backend is tested against it. The KV cache may be
+float8_e4m3fn (`kv_cache_dtype="fp8"`, scale 1.0): K/V are cast when stored (torch's cast rounds to
+nearest; e4m3 holds +-448 at most) and read back into float32 for the math.
 """
 from __future__ import annotations
 
@@ -13,12 +15,12 @@ from attention.backend import AttentionBackend, AttentionImpl, CommonAttentionMe
 def store_kv(key: torch.Tensor, value: torch.Tensor, kv_cache: torch.Tensor,
              slot_mapping: torch.Tensor) -> None:
     """Write key/value [T, Hkv, D] into kv_cache [2, num_blocks, block_size, Hkv, D] at
-    slot_mapping [T] int64; slots < 0 (padding) are skipped."""
+    slot_mapping [T] int64, cast to the cache's dtype; slots < 0 (padding) are skipped."""
     num_kv_heads, head_size = key.shape[1], key.shape[2]
     valid = slot_mapping >= 0
     slots = slot_mapping[valid]
-    kv_cache[0].view(-1, num_kv_heads, head_size)[slots] = key[valid]
-    kv_cache[1].view(-1, num_kv_heads, head_size)[slots] = value[valid]
+    kv_cache[0].view(-1, num_kv_heads, head_size)[slots] = key[valid].to(kv_cache.dtype)
+    kv_cache[1].view(-1, num_kv_heads, head_size)[slots] = value[valid].to(kv_cache.dtype)
 
 
 def gather_kv(kv_cache: torch.Tensor, block_ids: torch.Tensor, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,6 +64,7 @@ class TorchRefImpl(AttentionImpl):
 
 class TorchRefBackend(AttentionBackend):
     name = "torch_ref"
+    supported_kv_cache_dtypes = (torch.float8_e4m3fn,)
 
     @staticmethod
     def get_impl_cls():

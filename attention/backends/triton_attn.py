@@ -152,6 +152,7 @@ class TritonAttnBackend(AttentionBackend):
     supported_head_sizes = None  # any size up to MAX_HEAD_SIZE (padded to a power of two inside)
     default_block_size = 16
     MAX_HEAD_SIZE = 256
+    supported_kv_cache_dtypes = (torch.float8_e4m3fn,)  # stored by store_kv, converted per tile on load
 
     @staticmethod
     def get_impl_cls():
@@ -167,8 +168,8 @@ class TritonAttnBackend(AttentionBackend):
         return 16 <= block_size <= 256 and block_size & (block_size - 1) == 0
 
     @classmethod
-    def validate(cls, device, dtype, head_size, block_size) -> list[str]:
-        reasons = super().validate(device, dtype, head_size, block_size)
+    def validate(cls, device, dtype, head_size, block_size, kv_cache_dtype=None) -> list[str]:
+        reasons = super().validate(device, dtype, head_size, block_size, kv_cache_dtype)
         if block_size is not None and not cls.supports_block_size(block_size):
             reasons[-1] += " (supported: powers of two from 16 to 256)"
         if not 8 <= head_size <= cls.MAX_HEAD_SIZE or head_size % 8:
@@ -178,4 +179,7 @@ class TritonAttnBackend(AttentionBackend):
             major, minor = torch.cuda.get_device_capability(device)
             if dtype == torch.bfloat16 and major < 8:
                 reasons.append(f"bfloat16 needs compute capability >= 8.0, the GPU has {major}.{minor}")
+            if kv_cache_dtype == torch.float8_e4m3fn and (major, minor) < (8, 9):
+                reasons.append(f"an fp8 KV cache needs compute capability >= 8.9 in Triton, the GPU has "
+                               f"{major}.{minor}")
         return reasons

@@ -61,12 +61,13 @@ def _decode_kernel(q_ptr, cache_ptr, out_ptr, part_out_ptr, part_lse_ptr,
     for tile in range(tile_begin, tile_end):
         start = tile * BLOCK_N
         k = load_kv_tile(cache_ptr, table_row, start, seq_len, head_off, stride_cblock, stride_ctok,
-                         HEAD_SIZE, HEAD_PAD, BLOCK_SIZE, BLOCK_N, True, True, SCALAR_TABLE)
+                         HEAD_SIZE, HEAD_PAD, BLOCK_SIZE, BLOCK_N, True, True, SCALAR_TABLE, q.dtype)
         qk = mma(q, k, DOT_F32, PRECISION) * scale_log2
         k_pos = start + tl.arange(0, BLOCK_N)
         qk = tl.where(k_pos[None, :] < seq_len, qk, float("-inf"))
         v = load_kv_tile(cache_ptr + value_offset, table_row, start, seq_len, head_off, stride_cblock,
-                         stride_ctok, HEAD_SIZE, HEAD_PAD, BLOCK_SIZE, BLOCK_N, False, True, SCALAR_TABLE)
+                         stride_ctok, HEAD_SIZE, HEAD_PAD, BLOCK_SIZE, BLOCK_N, False, True, SCALAR_TABLE,
+                         q.dtype)
         m_i, l_i, acc = softmax_step(qk, v, m_i, l_i, acc, DOT_F32, PRECISION)
 
     out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]

@@ -1,5 +1,6 @@
 """Triton helpers shared by the paged attention kernels: gather one tile of K or V through the
-block table, and one online-softmax step."""
+block table (converted to the compute dtype, so an fp8 cache never reaches tl.dot), and one
+online-softmax step."""
 from __future__ import annotations
 
 import triton
@@ -11,10 +12,13 @@ def load_kv_tile(cache_ptr, table_row_ptr, start, seq_len, kv_head_offset,
                  stride_cblock, stride_ctok,
                  HEAD_SIZE: tl.constexpr, HEAD_PAD: tl.constexpr,
                  BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr,
-                 TRANSPOSED: tl.constexpr, MASKED: tl.constexpr, SCALAR_TABLE: tl.constexpr):
+                 TRANSPOSED: tl.constexpr, MASKED: tl.constexpr, SCALAR_TABLE: tl.constexpr,
+                 COMPUTE_DTYPE: tl.constexpr):
     """Tokens start..start+BLOCK_N of one KV head: [BLOCK_N, HEAD_PAD], or [HEAD_PAD, BLOCK_N]
-    when TRANSPOSED. Positions >= seq_len (and dims >= HEAD_SIZE) read as 0 when MASKED or padded.
-    SCALAR_TABLE reads one block id per tile when the tile fits in a block (else one per token)."""
+    when TRANSPOSED, in COMPUTE_DTYPE (the query's dtype: a no-op unless the cache is fp8, whose
+    values, stored with scale 1.0, convert exactly). Positions >= seq_len (and dims >= HEAD_SIZE)
+    read as 0 when MASKED or padded. SCALAR_TABLE reads one block id per tile when the tile fits in
+    a block (else one per token)."""
     offs_n = start + tl.arange(0, BLOCK_N)
     dims = tl.arange(0, HEAD_PAD)
     if SCALAR_TABLE and BLOCK_N <= BLOCK_SIZE:
@@ -35,8 +39,10 @@ def load_kv_tile(cache_ptr, table_row_ptr, start, seq_len, kv_head_offset,
         if MASKED:
             mask = mask & (offs_n[:, None] < seq_len)
     if MASKED or HEAD_PAD != HEAD_SIZE:
-        return tl.load(ptrs, mask=mask, other=0.0)
-    return tl.load(ptrs)
+        tile = tl.load(ptrs, mask=mask, other=0.0)
+    else:
+        tile = tl.load(ptrs)
+    return tile.to(COMPUTE_DTYPE)
 
 
 @triton.jit

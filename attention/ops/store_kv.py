@@ -1,4 +1,10 @@
-"""Triton kernel: write this step's K/V into the block cache through the slot mapping."""
+"""Triton kernel: write this step's K/V into the block cache through the slot mapping.
+
+The cache may have another dtype than K/V: an fp8 (float8_e4m3fn) cache stores them cast with a
+scale of 1.0 (rounded to nearest; on the GPU values beyond e4m3's +-448 saturate to +-448). Triton's
+CPU interpreter rounds float -> fp8 wrongly (triton 3.9: no carry into the exponent, ties away), so
+the fp8 store is tested on CUDA only.
+"""
 from __future__ import annotations
 
 import torch
@@ -12,7 +18,8 @@ def _store_kv_kernel(key_ptr, value_ptr, cache_ptr, slot_ptr, stride_slot,
                      value_offset, stride_cslot, stride_ch,
                      NUM_KV_HEADS: tl.constexpr, HEAD_SIZE: tl.constexpr,
                      HEADS_PAD: tl.constexpr, HEAD_PAD: tl.constexpr):
-    """One program per token: copies its [Hkv, D] key and value rows to cache slot `slot`."""
+    """One program per token: copies its [Hkv, D] key and value rows to cache slot `slot`, cast to
+    the cache's dtype (a no-op when they match)."""
     token = tl.program_id(0).to(tl.int64)
     slot = tl.load(slot_ptr + token * stride_slot).to(tl.int64)
     if slot < 0:
@@ -23,13 +30,14 @@ def _store_kv_kernel(key_ptr, value_ptr, cache_ptr, slot_ptr, stride_slot,
     key = tl.load(key_ptr + token * stride_kt + heads * stride_kh + dims, mask=mask)
     value = tl.load(value_ptr + token * stride_vt + heads * stride_vh + dims, mask=mask)
     dst = cache_ptr + slot * stride_cslot + heads * stride_ch + dims
-    tl.store(dst, key, mask=mask)
-    tl.store(dst + value_offset, value, mask=mask)
+    tl.store(dst, key.to(cache_ptr.dtype.element_ty), mask=mask)
+    tl.store(dst + value_offset, value.to(cache_ptr.dtype.element_ty), mask=mask)
 
 
 def store_kv(key: torch.Tensor, value: torch.Tensor, kv_cache: torch.Tensor,
              slot_mapping: torch.Tensor) -> None:
-    """Write key/value [T, Hkv, D] into kv_cache [2, num_blocks, block_size, Hkv, D].
+    """Write key/value [T, Hkv, D] into kv_cache [2, num_blocks, block_size, Hkv, D] (in the
+    cache's dtype: K/V's own, or float8_e4m3fn with scale 1.0).
 
     slot_mapping [T] int64 holds `block_id * block_size + offset`; slots < 0 (padding) are not
     written. The last dims of key, value and cache must be contiguous; the cache must be contiguous

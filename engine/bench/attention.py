@@ -1,10 +1,11 @@
 """Attention backends side by side: paged decode and causal prefill, checked against torch_ref.
 
-`python -m engine.bench attention [--backends triton,flash_attn] [--output results.json]`
+`python -m engine.bench attention [--backends triton,flash_attn] [--kv-cache-dtype fp8] [--output results.json]`
 Every backend reads the same logical K/V (scattered into its own block size through a random block
 table); each is compared with torch_ref on those inputs before it is timed and is refused when it
 differs. Decode steps are timed as CUDA-graph replays (how the engine runs them) and eagerly;
-prefill eagerly. Times are medians of triton.testing.do_bench.
+prefill eagerly. Times are medians of triton.testing.do_bench. With `--kv-cache-dtype fp8` the caches
+(torch_ref's too) hold the K/V cast to float8_e4m3fn, and backends that cannot read it are skipped.
 """
 from __future__ import annotations
 
@@ -64,10 +65,11 @@ def paged_inputs(case: Case, kv: torch.Tensor, block_size: int, shape: dict, gen
     blocks_per_req = -(-seq_len // block_size)
     num_blocks = batch * blocks_per_req
     table = torch.randperm(num_blocks, generator=gen, device=DEVICE).view(batch, blocks_per_req).int()
-    cache = torch.empty(2, num_blocks, block_size, *kv.shape[3:], dtype=kv.dtype, device=DEVICE)
+    cache_dtype = shape.get("kv_cache_dtype") or kv.dtype
+    cache = torch.empty(2, num_blocks, block_size, *kv.shape[3:], dtype=cache_dtype, device=DEVICE)
     pos = torch.arange(seq_len, device=DEVICE)
     slots = table[:, pos // block_size].long() * block_size + pos % block_size      # [batch, seq_len]
-    cache.view(2, num_blocks * block_size, *kv.shape[3:])[:, slots.flatten()] = kv.flatten(1, 2)
+    cache.view(2, num_blocks * block_size, *kv.shape[3:])[:, slots.flatten()] = kv.flatten(1, 2).to(cache_dtype)
     qsl = torch.arange(batch + 1, dtype=torch.int32) * q_len
     seq_lens = torch.full((batch,), seq_len, dtype=torch.int32)
     common = CommonAttentionMetadata(
@@ -128,7 +130,8 @@ def measure(backend, case: Case, inputs: Inputs, shape: dict, ref: torch.Tensor,
         row["time_us"] = row["time_us_eager"]
     if case.kind == "decode":
         row["time_us"] = time_runner(Runner(backend, inputs, shape, capture=True), graph=True)
-        kv_bytes = 2 * case.batch * case.seq_len * shape["num_kv_heads"] * shape["head_size"] * 2
+        kv_bytes = 2 * case.batch * case.seq_len * shape["num_kv_heads"] * shape["head_size"] * \
+            inputs.kv_cache.element_size()
         row["tb_per_s"] = kv_bytes / row["time_us"] / 1e6
     else:
         flops = 4 * case.batch * case.seq_len ** 2 * shape["num_heads"] * shape["head_size"] / 2
@@ -255,6 +258,8 @@ def add_args(parser) -> None:
     parser.add_argument("--num-heads", type=int, default=32)
     parser.add_argument("--num-kv-heads", type=int, default=8)
     parser.add_argument("--head-size", type=int, default=128)
+    parser.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "fp8", "fp8_e4m3"],
+                        help="fp8 / fp8_e4m3: caches in float8_e4m3fn (scale 1.0); flash_attn is skipped")
     parser.add_argument("--cases", default="all", help="'all', 'decode', 'prefill', or names like decode:1x16384")
     parser.add_argument("--output", default=None, help="write the rows as JSON here")
     parser.add_argument("--sweep", default=None, metavar="LOG",
@@ -273,14 +278,16 @@ def select_cases(spec: str) -> list[Case]:
 def main(args) -> None:
     if not torch.cuda.is_available():
         raise SystemExit("the attention benchmark needs a CUDA GPU")
+    from engine.config import KV_CACHE_DTYPES
     shape = dict(num_heads=args.num_heads, num_kv_heads=args.num_kv_heads, head_size=args.head_size,
-                 dtype=torch.bfloat16)
+                 dtype=torch.bfloat16, kv_cache_dtype=KV_CACHE_DTYPES[args.kv_cache_dtype])
     if args.sweep:
         return sweep(shape, args.sweep, args.sweep_seconds)
     backends, block_sizes = [], {}
     for name in args.backends.split(","):
         block_size = args.block_size if name == "triton" else None
-        reasons = reasons_against(name, torch.device("cuda"), shape["dtype"], shape["head_size"], block_size)
+        reasons = reasons_against(name, torch.device("cuda"), shape["dtype"], shape["head_size"], block_size,
+                                  shape["kv_cache_dtype"])
         if reasons:
             print(f"skipping {name}: {'; '.join(reasons)}")
             continue

@@ -21,13 +21,18 @@ class Batch:
     value: torch.Tensor      # [T, Hkv, D]
     kv_cache: torch.Tensor   # [2, num_blocks, block_size, Hkv, D], context filled, rest POISON
     num_valid_tokens: int
+    exact_cache: torch.Tensor | None = None   # with kv_cache_dtype: the cache before the cast, in `dtype`
 
 
 def make_batch(query_lens: list[int], context_lens: list[int], *, num_heads: int, num_kv_heads: int,
                head_size: int, block_size: int, dtype: torch.dtype, device: str, num_pad_tokens: int = 0,
-               seed: int = 0) -> Batch:
+               seed: int = 0, kv_cache_dtype: torch.dtype | None = None, snap_kv: bool = False) -> Batch:
     """Request r has context_lens[r] cached tokens and query_lens[r] new ones; physical blocks are a
-    random permutation; `num_pad_tokens` padding tokens (slot -1) follow the real ones."""
+    random permutation; `num_pad_tokens` padding tokens (slot -1) follow the real ones.
+
+    kv_cache_dtype (e.g. float8_e4m3fn): the cache is cast to it (the exact one is kept in
+    `exact_cache`); snap_kv also rounds the new key/value onto its grid, so that storing them is
+    exact (Triton's CPU interpreter rounds float -> fp8 wrongly; see attention/ops/store_kv.py)."""
     gen = torch.Generator().manual_seed(seed)
     seq_lens = [c + q for c, q in zip(context_lens, query_lens)]
     blocks_per_req = [-(-s // block_size) for s in seq_lens]
@@ -50,8 +55,11 @@ def make_batch(query_lens: list[int], context_lens: list[int], *, num_heads: int
     num_tokens = num_valid + num_pad_tokens
     qsl = torch.tensor([0] + query_lens, dtype=torch.int32).cumsum(0, dtype=torch.int32)
 
-    def rand(*shape):
-        return torch.randn(*shape, generator=gen).to(dtype).to(device)
+    def rand(*shape, snap=False):
+        values = torch.randn(*shape, generator=gen)
+        if snap:
+            values = values.to(kv_cache_dtype)
+        return values.to(dtype).to(device)
 
     seq_lens_t = torch.tensor(seq_lens, dtype=torch.int32)
     common = CommonAttentionMetadata(
@@ -59,8 +67,11 @@ def make_batch(query_lens: list[int], context_lens: list[int], *, num_heads: int
         seq_lens=seq_lens_t.to(device), seq_lens_cpu=seq_lens_t, max_query_len=max(query_lens),
         max_seq_len=max(seq_lens), block_table=table.to(device), slot_mapping=torch.cat(slots).to(device),
         block_size=block_size)
-    return Batch(common, rand(num_tokens, num_heads, head_size), rand(num_tokens, num_kv_heads, head_size),
-                 rand(num_tokens, num_kv_heads, head_size), cache.to(device), num_valid)
+    query = rand(num_tokens, num_heads, head_size)
+    key, value = (rand(num_tokens, num_kv_heads, head_size, snap=snap_kv) for _ in range(2))
+    if kv_cache_dtype is None:
+        return Batch(common, query, key, value, cache.to(device), num_valid)
+    return Batch(common, query, key, value, cache.to(kv_cache_dtype).to(device), num_valid, cache.to(device))
 
 
 def run_backend(backend: type[AttentionBackend], batch: Batch, *, capture: bool = False,
@@ -91,6 +102,7 @@ def assert_matches_reference(backend: type[AttentionBackend], batch: Batch, **kw
     assert torch.isfinite(got).all(), "output has non-finite values"
     err = ((got - want).norm() / want.norm()).item()
     assert err < TOLERANCE[batch.query.dtype], f"relative error {err:.2e}"
-    assert torch.equal(cache.cpu(), ref_cache.cpu()), "kv cache differs from torch_ref's"
-    untouched = (batch.kv_cache == POISON).all(-1).all(-1).sum() - batch.num_valid_tokens * 2
+    cache, ref_cache = cache.cpu(), ref_cache.cpu()
+    assert cache.dtype == batch.kv_cache.dtype and torch.equal(cache, ref_cache), "kv cache differs from torch_ref's"
+    untouched = (batch.kv_cache.cpu() == POISON).all(-1).all(-1).sum() - batch.num_valid_tokens * 2
     assert (cache == POISON).all(-1).all(-1).sum() == untouched, "a slot outside the slot mapping was written"

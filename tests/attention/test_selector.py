@@ -70,3 +70,55 @@ def test_flash_attn_reasons():
         assert not missing
     except ImportError:
         assert missing
+
+
+FP8 = torch.float8_e4m3fn
+
+
+@pytest.fixture
+def flash_attn_installed(monkeypatch):
+    """Make flash_attn's package check pass (its other rules still apply), so that on a machine
+    without it the fp8 rule is the only thing that can turn it down."""
+    from attention.backends import flash_attn as module
+    real = module.importlib.util.find_spec
+    monkeypatch.setattr(module.importlib.util, "find_spec",
+                        lambda name, *a: object() if name == "flash_attn" else real(name, *a))
+
+
+def test_flash_attn_refuses_fp8_kv_cache():
+    reasons = FlashAttnBackend.validate(CUDA, torch.bfloat16, 128, 256, FP8)
+    assert any("KV cache dtype float8_e4m3fn is not supported (supported: the model dtype)" in r for r in reasons)
+    for same in (None, torch.bfloat16):
+        assert not any("KV cache" in r for r in FlashAttnBackend.validate(CUDA, torch.bfloat16, 128, 256, same))
+    # the block-size rule still names flash-attn's multiple of 256 when both fail
+    assert FlashAttnBackend.validate(CUDA, torch.bfloat16, 128, 16, FP8)[-1].endswith("(must be a multiple of 256)")
+
+
+def test_triton_and_torch_ref_accept_fp8_kv_cache():
+    from attention.backends.torch_ref import TorchRefBackend
+    from attention.backends.triton_attn import TritonAttnBackend
+    if torch.cuda.is_available() and torch.cuda.get_device_capability() < (8, 9):
+        assert any("compute capability >= 8.9" in r for r in TritonAttnBackend.validate(CUDA, torch.bfloat16, 128,
+                                                                                        16, FP8))
+    else:
+        assert TritonAttnBackend.validate(CUDA, torch.bfloat16, 128, 16, FP8) == []
+    assert TorchRefBackend.validate(CPU, torch.float32, 64, 16, FP8) == []
+    assert select_backend(CPU, torch.float32, 64, kv_cache_dtype=FP8).backend.name == "torch_ref"
+
+
+def test_auto_choice_skips_flash_attn_for_fp8_kv_cache(flash_attn_installed):
+    if torch.cuda.is_available() and torch.cuda.get_device_capability() < (8, 0):
+        pytest.skip("flash_attn is turned down on this GPU anyway")
+    assert select_backend(CUDA, torch.bfloat16, 128).backend.name == "flash_attn"   # the control
+    choice = select_backend(CUDA, torch.bfloat16, 128, kv_cache_dtype=FP8)
+    assert choice.backend.name == "triton"
+    assert choice.block_size == 16
+    assert "flash_attn: KV cache dtype float8_e4m3fn is not supported" in choice.reason
+
+
+def test_explicit_flash_attn_with_fp8_names_the_backends_that_can(flash_attn_installed):
+    with pytest.raises(ValueError) as err:
+        select_backend(CUDA, torch.bfloat16, 128, requested="flash_attn", kv_cache_dtype=FP8)
+    message = str(err.value)
+    assert "'flash_attn' cannot serve this set-up: KV cache dtype float8_e4m3fn is not supported" in message
+    assert message.endswith("Backends that can: triton, torch_ref")
