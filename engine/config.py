@@ -10,6 +10,10 @@ from engine.checks import check
 _DTYPES = {"float32": torch.float32, "float": torch.float32, "float16": torch.float16, "half": torch.float16,
            "bfloat16": torch.bfloat16}
 LOAD_FORMATS = ("auto", "safetensors", "dummy")
+# KV-cache dtypes (vLLM's --kv-cache-dtype names): "auto" stores K/V in the model's dtype; "fp8" and
+# "fp8_e4m3" store float8_e4m3fn with a per-tensor scale of 1.0 (what vLLM does when a checkpoint
+# carries no KV scales): a plain cast, so K/V must stay within e4m3's range of +-448.
+KV_CACHE_DTYPES = {"auto": None, "fp8": torch.float8_e4m3fn, "fp8_e4m3": torch.float8_e4m3fn}
 
 
 @dataclass(frozen=True)
@@ -20,6 +24,8 @@ class EngineConfig:
     the CPU. async_scheduling overlaps the host's work for the next step with the GPU's current one.
     block_size None takes what the chosen attention backend needs. num_kv_blocks None sizes
     the cache from gpu_memory_utilization on CUDA, or from cpu_kv_cache_gib on the CPU.
+    kv_cache_dtype "auto" stores K/V in the model's dtype; "fp8" / "fp8_e4m3" in float8_e4m3fn
+    (scale 1.0; half the bytes of bfloat16, so twice the blocks), which not every attention backend reads.
     """
 
     model: str
@@ -42,6 +48,7 @@ class EngineConfig:
     load_format: str = "auto"
     max_queue_len: int | None = None
     revision: str | None = None
+    kv_cache_dtype: str = "auto"
 
     def __post_init__(self) -> None:
         check(bool(self.model), "model", self.model, "must name a preset, a local folder or a hub id")
@@ -61,6 +68,8 @@ class EngineConfig:
                "must be in (0, 1]")
         check(self.cpu_kv_cache_gib > 0, "cpu_kv_cache_gib", self.cpu_kv_cache_gib, "must be positive")
         check(self.load_format in LOAD_FORMATS, "load_format", self.load_format, f"must be one of {LOAD_FORMATS}")
+        check(self.kv_cache_dtype in KV_CACHE_DTYPES, "kv_cache_dtype", self.kv_cache_dtype,
+               f"must be one of {tuple(KV_CACHE_DTYPES)}")
         check(self.max_queue_len is None or self.max_queue_len > 0, "max_queue_len", self.max_queue_len,
                "must be positive")
 
@@ -77,6 +86,10 @@ class EngineConfig:
         if checkpoint_dtype in (torch.float16, torch.bfloat16):
             return checkpoint_dtype
         return torch.bfloat16
+
+    def kv_cache_torch_dtype(self, model_dtype: torch.dtype) -> torch.dtype:
+        """The dtype the KV cache is stored in, given the model's (resolved) dtype."""
+        return KV_CACHE_DTYPES[self.kv_cache_dtype] or model_dtype
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,8 @@ from engine.config import EngineConfig, ModelConfig
 
 
 def bytes_per_block(model_config: ModelConfig, block_size: int, dtype: torch.dtype) -> int:
-    """K and V of `block_size` tokens for every layer."""
+    """K and V of `block_size` tokens for every layer, stored in `dtype` (the KV-cache dtype: 1 byte
+    per element for fp8, so twice the blocks of bfloat16 in the same memory)."""
     elem = torch.empty((), dtype=dtype).element_size()
     return 2 * model_config.num_layers * block_size * model_config.num_kv_heads * model_config.head_size * elem
 

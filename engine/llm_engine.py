@@ -57,8 +57,11 @@ class LLMEngine:
         self.dtype = config.torch_dtype(mc.checkpoint_dtype, self.device)
         self.max_model_len = config.max_model_len or mc.max_position_embeddings
         self.eos_token_ids = self._eos_ids(mc, resolved.path)
-        choice = select_backend(self.device, self.dtype, mc.head_size, config.block_size, config.attention_backend)
-        logger.info("attention backend: %s, block size %d (%s)", choice.backend.name, choice.block_size, choice.reason)
+        self.kv_cache_dtype = config.kv_cache_torch_dtype(self.dtype)
+        choice = select_backend(self.device, self.dtype, mc.head_size, config.block_size, config.attention_backend,
+                                kv_cache_dtype=self.kv_cache_dtype)
+        logger.info("attention backend: %s, block size %d, KV cache %s (%s)", choice.backend.name,
+                    choice.block_size, str(self.kv_cache_dtype).removeprefix("torch."), choice.reason)
         self.attention_backend = choice.backend.name
         budget = config.max_num_batched_tokens or max(8192, config.max_num_seqs)
         if not config.enable_chunked_prefill:

@@ -30,6 +30,7 @@ class ModelRunner:
                  max_num_batched_tokens: int) -> None:
         self.config, self.model_config = config, model_config
         self.device, self.dtype = device, dtype
+        self.kv_cache_dtype = config.kv_cache_torch_dtype(dtype)   # the model dtype, or fp8 (scale 1.0)
         self.block_size = choice.block_size
         self.backend = choice.backend
         self.max_model_len = max_model_len
@@ -88,10 +89,10 @@ class ModelRunner:
     def _allocate_kv_cache(self, num_blocks: int) -> list[torch.Tensor]:
         mc = self.model_config
         shape = self.backend.get_kv_cache_shape(num_blocks, self.block_size, mc.num_kv_heads, mc.head_size)
-        return [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(mc.num_layers)]
+        return [torch.zeros(shape, dtype=self.kv_cache_dtype, device=self.device) for _ in range(mc.num_layers)]
 
     def _size_kv_cache(self) -> int:
-        block_bytes = kv_sizing.bytes_per_block(self.model_config, self.block_size, self.dtype)
+        block_bytes = kv_sizing.bytes_per_block(self.model_config, self.block_size, self.kv_cache_dtype)
         if self.device.type != "cuda":
             num_blocks, why = kv_sizing.num_blocks_cpu(self.config, block_bytes, self.block_size, self.max_model_len)
         else:
@@ -103,8 +104,9 @@ class ModelRunner:
                 f"the KV cache holds {max(num_blocks, 0) * self.block_size} tokens ({max(num_blocks, 0)} blocks of "
                 f"{self.block_size}), fewer than one request of max_model_len={self.max_model_len} needs: lower "
                 "max_model_len, or raise gpu_memory_utilization / num_kv_blocks / cpu_kv_cache_gib")
-        logger.info("KV cache: %d blocks x %d tokens = %d tokens, %.2f GiB (%s)", num_blocks, self.block_size,
-                    num_blocks * self.block_size, num_blocks * block_bytes / 2**30, why)
+        logger.info("KV cache: %d blocks x %d tokens = %d tokens, %s, %.2f GiB (%s)", num_blocks, self.block_size,
+                    num_blocks * self.block_size, str(self.kv_cache_dtype).removeprefix("torch."),
+                    num_blocks * block_bytes / 2**30, why)
         return num_blocks
 
     @torch.inference_mode()

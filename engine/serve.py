@@ -6,7 +6,7 @@ import logging
 import os
 import sys
 
-from engine.config import LOAD_FORMATS, EngineConfig
+from engine.config import KV_CACHE_DTYPES, LOAD_FORMATS, EngineConfig
 
 logger = logging.getLogger("engine.serve")
 
@@ -28,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--enforce-eager", action="store_true", help="never replay CUDA graphs")
     p.add_argument("--load-format", default="auto", choices=LOAD_FORMATS)
     p.add_argument("--dtype", default="auto")
+    p.add_argument("--kv-cache-dtype", default="auto", choices=list(KV_CACHE_DTYPES),
+                   help="auto: the model dtype; fp8 / fp8_e4m3: float8_e4m3fn, scale 1.0 (not flash_attn)")
     p.add_argument("--device", default="auto")
     p.add_argument("--block-size", type=int, default=None)
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
@@ -48,7 +50,7 @@ def config_from_args(args: argparse.Namespace) -> EngineConfig:
         gpu_memory_utilization=args.gpu_memory_utilization, enable_prefix_caching=args.enable_prefix_caching,
         enable_chunked_prefill=args.enable_chunked_prefill, enforce_eager=args.enforce_eager,
         attention_backend=args.attention_backend, seed=args.seed, load_format=args.load_format,
-        max_queue_len=args.max_queue_len)
+        max_queue_len=args.max_queue_len, kv_cache_dtype=args.kv_cache_dtype)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -9,11 +9,15 @@ import time
 
 import torch
 
+from engine.config import KV_CACHE_DTYPES
+
 
 def add_engine_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="preset:qwen3-0.6b", help="preset:NAME, a local folder or a hub id")
     parser.add_argument("--load-format", default="dummy", choices=["auto", "safetensors", "dummy"])
     parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--kv-cache-dtype", default="auto", choices=list(KV_CACHE_DTYPES),
+                        help="auto: the model dtype; fp8 / fp8_e4m3: float8_e4m3fn, scale 1.0 (not flash_attn)")
     parser.add_argument("--attention-backend", default=None)
     parser.add_argument("--max-num-seqs", type=int, default=256)
     parser.add_argument("--max-model-len", type=int, default=4096)
@@ -28,12 +32,18 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
 
 
 def engine_kwargs(args: argparse.Namespace) -> dict:
-    return dict(load_format=args.load_format, dtype=args.dtype, attention_backend=args.attention_backend,
+    return dict(load_format=args.load_format, dtype=args.dtype, kv_cache_dtype=args.kv_cache_dtype,
+                attention_backend=args.attention_backend,
                 max_num_seqs=args.max_num_seqs, max_model_len=args.max_model_len,
                 max_num_batched_tokens=args.max_num_batched_tokens,
                 gpu_memory_utilization=args.gpu_memory_utilization, block_size=args.block_size,
                 enforce_eager=args.enforce_eager, enable_prefix_caching=not args.no_prefix_caching, seed=args.seed,
                 async_scheduling=not args.no_async_scheduling)
+
+
+def kv_cache_dtype_name(llm) -> str:
+    """The KV cache's resolved dtype ("bfloat16", "float8_e4m3fn", ...), for bench output."""
+    return str(llm.engine.kv_cache_dtype).removeprefix("torch.")
 
 
 def random_prompts(num: int, len_range: tuple[int, int], vocab_size: int,

@@ -9,7 +9,7 @@ import argparse
 import statistics
 import time
 
-from engine.bench.common import add_engine_args, engine_kwargs, random_prompts, report, sync
+from engine.bench.common import add_engine_args, engine_kwargs, kv_cache_dtype_name, random_prompts, report, sync
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -48,11 +48,13 @@ def main(args: argparse.Namespace) -> dict:
     total = statistics.median(r[0] for r in runs)
     decode = statistics.median(r[1] for r in runs)
     result = {"bench": "latency", "model": args.model, "backend": llm.engine.attention_backend,
+              "kv_cache_dtype": kv_cache_dtype_name(llm),
               "input_len": args.input_len, "output_len": args.output_len, "iters": args.iters,
               "ms_per_token": round(1000 * total / args.output_len, 3),
               "decode_ms_per_token": round(1000 * decode / (args.output_len - 1), 3),
               "total_s": round(total, 3)}
-    print(f"latency {args.model} [{result['backend']}]: {result['ms_per_token']:.3f} ms/token "
+    print(f"latency {args.model} [{result['backend']}, KV {result['kv_cache_dtype']}]: "
+          f"{result['ms_per_token']:.3f} ms/token "
           f"(decode {result['decode_ms_per_token']:.3f} ms/token, {total:.2f} s for {args.output_len} tokens)")
     if args.profile_steps:
         from engine.bench.step_profile import profile_steps, wait_per_step

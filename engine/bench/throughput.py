@@ -13,7 +13,7 @@ import argparse
 import random
 import statistics
 
-from engine.bench.common import add_engine_args, engine_kwargs, random_prompts, report, timed
+from engine.bench.common import add_engine_args, engine_kwargs, kv_cache_dtype_name, random_prompts, report, timed
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -47,11 +47,13 @@ def main(args: argparse.Namespace) -> dict:
     num_out = sum(len(o.outputs[0].token_ids) for o in outputs)
     num_in = sum(len(p) for p in prompts)
     result = {"bench": "throughput", "model": args.model, "backend": llm.engine.attention_backend,
+              "kv_cache_dtype": kv_cache_dtype_name(llm),
               "num_requests": len(prompts), "prompt_tokens": num_in, "output_tokens": num_out,
               "elapsed_s": round(elapsed, 3), "output_tok_per_s": round(num_out / elapsed, 1),
               "total_tok_per_s": round((num_in + num_out) / elapsed, 1),
               "runs_output_tok_per_s": [round(num_out / t, 1) for t in runs]}
-    print(f"throughput {args.model} [{result['backend']}]: {num_out} output tokens in {elapsed:.2f} s = "
+    print(f"throughput {args.model} [{result['backend']}, KV {result['kv_cache_dtype']}]: "
+          f"{num_out} output tokens in {elapsed:.2f} s = "
           f"{result['output_tok_per_s']:.0f} output tok/s ({result['total_tok_per_s']:.0f} total tok/s)"
           + (f"; median of {len(runs)} runs: {result['runs_output_tok_per_s']}" if len(runs) > 1 else ""))
     if args.profile_steps:

@@ -70,3 +70,24 @@ def test_backend_greedy_matches_torch_ref(bf16_checkpoint, backend):
                 gap = top[0] - top[1]
                 assert gap < NEAR_TIE, f"{backend} diverged at token {k} where torch_ref's top-2 gap is {gap:.3f}"
                 break
+
+
+def test_fp8_kv_cache_skips_flash_attn_and_matches_torch_ref(bf16_checkpoint):
+    """kv_cache_dtype="fp8": the automatic choice is triton (flash-attn 2 has no fp8 KV cache), its
+    caches are fp8, CUDA graphs are used, and its greedy tokens equal torch_ref's on the same fp8
+    cache (or diverge first at a bf16 near-tie of torch_ref's logits)."""
+    llm = LLM(bf16_checkpoint, kv_cache_dtype="fp8", num_kv_blocks=16 * 8, max_num_seqs=16)
+    runner = llm.engine.runner
+    assert llm.engine.attention_backend == "triton"
+    assert all(cache.dtype == torch.float8_e4m3fn for cache in runner.kv_caches)
+    assert runner.graphs is not None
+    ref = greedy(make_llm(bf16_checkpoint, "torch_ref", enforce_eager=True, kv_cache_dtype="fp8"), logprobs=2)
+    got = greedy(llm)
+    for r, g in zip(ref, got):
+        for k, (want, have) in enumerate(zip(r.token_ids, g.token_ids)):
+            if want != have:
+                top = sorted(r.logprobs[k].values(), reverse=True)
+                assert top[0] - top[1] < NEAR_TIE, f"diverged at token {k} where torch_ref's top-2 gap is big"
+                break
+    with pytest.raises(ValueError, match="Backends that can: triton, torch_ref"):
+        make_llm(bf16_checkpoint, "flash_attn", kv_cache_dtype="fp8")
