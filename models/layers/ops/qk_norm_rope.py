@@ -6,6 +6,7 @@ import triton
 import triton.language as tl
 
 from models.layers.ops import num_warps_for
+from models.layers.ops.pdl import pdl_kwargs
 
 
 @triton.jit
@@ -44,8 +45,11 @@ def _qk_norm_rope_kernel(q_ptr, k_ptr, q_out_ptr, k_out_ptr, positions_ptr, cach
                          q_weight_ptr, k_weight_ptr, stride_qt, stride_kt, stride_cache, eps,
                          NUM_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr, HEAD_SIZE: tl.constexpr,
                          ROTARY_DIM: tl.constexpr, HEADS_PAD: tl.constexpr, KV_HEADS_PAD: tl.constexpr,
-                         HEAD_PAD: tl.constexpr, HAS_NORM: tl.constexpr):
+                         HEAD_PAD: tl.constexpr, HAS_NORM: tl.constexpr, USE_PDL: tl.constexpr):
     """One program per token: all its q heads, then all its k heads, with one cos/sin row."""
+    if USE_PDL:  # see models/layers/ops/pdl.py
+        tl.extra.cuda.gdc_launch_dependents()
+        tl.extra.cuda.gdc_wait()
     token = tl.program_id(0).to(tl.int64)
     HALF: tl.constexpr = ROTARY_DIM // 2
     dims = tl.arange(0, HEAD_PAD)
@@ -106,5 +110,5 @@ def qk_norm_rope(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_
         q.stride(0), k.stride(0), cos_sin_cache.stride(0), eps,
         NUM_HEADS=num_heads, NUM_KV_HEADS=num_kv_heads, HEAD_SIZE=head_size, ROTARY_DIM=rotary_dim,
         HEADS_PAD=heads_pad, KV_HEADS_PAD=triton.next_power_of_2(num_kv_heads), HEAD_PAD=head_pad,
-        HAS_NORM=has_norm, num_warps=num_warps_for(heads_pad * head_pad))
+        HAS_NORM=has_norm, num_warps=num_warps_for(heads_pad * head_pad), **pdl_kwargs(q))
     return q_out, k_out

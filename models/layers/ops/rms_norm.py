@@ -6,6 +6,7 @@ import triton
 import triton.language as tl
 
 from models.layers.ops import num_warps_for
+from models.layers.ops.pdl import pdl_kwargs
 
 MAX_HIDDEN_SIZE = 65536  # one row is held in registers
 
@@ -13,8 +14,12 @@ MAX_HIDDEN_SIZE = 65536  # one row is held in registers
 @triton.jit
 def _rms_norm_kernel(x_ptr, residual_ptr, weight_ptr, out_ptr, new_residual_ptr,
                      stride_x, stride_r, stride_o, stride_nr, eps,
-                     HIDDEN_SIZE: tl.constexpr, BLOCK: tl.constexpr, HAS_RESIDUAL: tl.constexpr):
+                     HIDDEN_SIZE: tl.constexpr, BLOCK: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+                     USE_PDL: tl.constexpr):
     """Row `row`: s = x (+ residual); new_residual = s; out = s * rsqrt(mean(s^2) + eps) * weight."""
+    if USE_PDL:  # see models/layers/ops/pdl.py
+        tl.extra.cuda.gdc_launch_dependents()
+        tl.extra.cuda.gdc_wait()
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     mask = cols < HIDDEN_SIZE
@@ -50,7 +55,7 @@ def _launch(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor
             rows, res_rows, weight, out, new_residual,
             rows.stride(0), res_rows.stride(0), out.stride(0), new_residual.stride(0), eps,
             HIDDEN_SIZE=hidden_size, BLOCK=block, HAS_RESIDUAL=residual is not None,
-            num_warps=num_warps_for(block))
+            num_warps=num_warps_for(block), **pdl_kwargs(x))
     return out.view(x.shape), new_residual.view(x.shape)
 
 

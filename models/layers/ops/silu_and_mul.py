@@ -5,13 +5,18 @@ import torch
 import triton
 import triton.language as tl
 
+from models.layers.ops.pdl import pdl_kwargs
+
 MAX_BLOCK = 1024
 
 
 @triton.jit
 def _silu_and_mul_kernel(x_ptr, out_ptr, stride_x, stride_o,
-                         INTERMEDIATE: tl.constexpr, BLOCK: tl.constexpr):
+                         INTERMEDIATE: tl.constexpr, BLOCK: tl.constexpr, USE_PDL: tl.constexpr):
     """Program (token, block): out[c] = silu(gate[c]) * up[c] for BLOCK columns c."""
+    if USE_PDL:  # see models/layers/ops/pdl.py
+        tl.extra.cuda.gdc_launch_dependents()
+        tl.extra.cuda.gdc_wait()
     token = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < INTERMEDIATE
@@ -34,5 +39,5 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     block = min(triton.next_power_of_2(intermediate), MAX_BLOCK)
     _silu_and_mul_kernel[(num_tokens, triton.cdiv(intermediate, block))](
         x, out, x.stride(0), out.stride(0), INTERMEDIATE=intermediate, BLOCK=block,
-        num_warps=4 if block >= 512 else 1)
+        num_warps=4 if block >= 512 else 1, **pdl_kwargs(x))
     return out
