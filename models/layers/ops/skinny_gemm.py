@@ -7,10 +7,14 @@ tensor cores with the rows of x padded to 16.
 H100 (engine/bench/skinny_gemm.py, 2026-11-25, CUDA-graph replays, weights not in L2): on weights of
 32 MB and more it reads 2.3-3.1 TB/s and beats cuBLAS by 2-14% (Qwen3-8B projections, both LM heads);
 on the 4-12 MB projections of Qwen3-0.6B both take 5.6-9 us, launch and ramp-up bound, and cuBLAS is
-up to 15% faster. `models.layers.ops.use_skinny` encodes that. (Fusing SiLU-and-mul into the down
-projection's input was tried and was 3.5-4x slower: every program recomputes the activation of all K.)
+up to 15% faster (that was with 64-row tiles: 16 programs for N = 1024; `config_for` now gives
+small weights smaller tiles, not measured yet). `models.layers.ops.use_skinny` encodes that. (Fusing
+SiLU-and-mul into the down projection's input was tried and was 3.5-4x slower: every program
+recomputes the activation of all K.) skinny_norm_gemm.py adds an RMSNorm prologue to this kernel.
 """
 from __future__ import annotations
+
+import functools
 
 import torch
 import triton
@@ -50,15 +54,42 @@ def _skinny_gemm_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, M, N, K, stride_xm, str
     tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
 
 
-def config_for(n: int, k: int, device: torch.device, element_size: int = 2) -> dict:
-    """Tile sizes for an [N, K] weight of `element_size`-byte elements. H100 sweep at M = 1 (bf16, all
-    Qwen3-8B projections and both lm_heads): 64 x 256 tiles, 4 warps, 4 stages is the best config or
-    within 1.5% of it; float32 halves BLOCK_K to stay within shared memory. The CPU config only keeps
-    the interpreter quick."""
+MIN_PROGRAMS_PER_SM = 2       # small weights: shrink BLOCK_N until there are this many programs per SM
+BIG_WEIGHT_BYTES = 32 << 20   # from here on (the Qwen3-8B projections, the LM heads) 64-row tiles were best
+
+
+def num_sms_of(device: torch.device) -> int:
+    """The CUDA device's SM count; 132 (an H100's) when no GPU can be asked (the CPU tests)."""
+    if not torch.cuda.is_available():
+        return 132
+    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.cache
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def config_for(n: int, k: int, device: torch.device, element_size: int = 2, num_sms: int | None = None,
+               tiles_per_program: int = 1) -> dict:
+    """Tile sizes for an [N, K] weight of `element_size`-byte elements read by programs that each take
+    `tiles_per_program` tiles of BLOCK_N rows (2: the gate and up tiles of skinny_norm_gemm's SiLU).
+
+    H100 sweep at M = 1 (bf16, all Qwen3-8B projections and both lm_heads): 64 weight rows x 256
+    columns per program, 4 warps, 4 stages is the best config or within 1.5% of it; float32 halves
+    BLOCK_K to stay within shared memory. Below BIG_WEIGHT_BYTES the rows per program halve (down to 16
+    rows per tile) until there are MIN_PROGRAMS_PER_SM programs per SM (`num_sms`: default
+    `num_sms_of(device)`): 64-row tiles give a 1024-row weight only 16 programs.
+    The CPU config only keeps the interpreter quick."""
     block_k = min(512 // element_size, max(16, triton.next_power_of_2(k)))
     if device.type != "cuda":
         return dict(BLOCK_N=16, BLOCK_K=min(block_k, 64), num_warps=4, num_stages=1)
-    return dict(BLOCK_N=64, BLOCK_K=block_k, num_warps=4, num_stages=4)
+    rows = 64  # weight rows per program, all tiles together
+    if n * k * element_size < BIG_WEIGHT_BYTES:
+        num_sms = num_sms or num_sms_of(device)
+        while rows > 16 * tiles_per_program and triton.cdiv(n, rows) < MIN_PROGRAMS_PER_SM * num_sms:
+            rows //= 2
+    return dict(BLOCK_N=rows // tiles_per_program, BLOCK_K=block_k, num_warps=4, num_stages=4)
 
 
 def skinny_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
