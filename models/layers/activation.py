@@ -2,22 +2,18 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from models.layers.ops import load, use_fused
+from models.layers.ops import apply_silu_and_mul, silu_and_mul_native
 
 
 class SiluAndMul(nn.Module):
     """x: [T, 2 * I] laid out [gate | up] -> silu(gate) * up: [T, I], same dtype."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if use_fused(x):
-            return load("silu_and_mul").silu_and_mul(x)
-        return self.forward_native(x)
+        return apply_silu_and_mul(x)
 
     @staticmethod
     def forward_native(x: torch.Tensor) -> torch.Tensor:
         """The torch path of `forward` (CPU, and the reference for the Triton kernel)."""
-        gate, up = x.chunk(2, dim=-1)
-        return F.silu(gate) * up
+        return silu_and_mul_native(x)

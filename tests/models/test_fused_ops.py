@@ -14,7 +14,7 @@ if not torch.cuda.is_available():
 import pytest  # noqa: E402
 
 from models.layers import RMSNorm, SiluAndMul  # noqa: E402
-from models.layers import activation, norm, rotary  # noqa: E402
+from models.layers import ops, rotary  # noqa: E402
 from models.layers.ops import load  # noqa: E402
 from models.layers.rotary import RotaryEmbedding  # noqa: E402
 from models.presets import _LLAMA31_ROPE  # noqa: E402
@@ -171,12 +171,11 @@ def test_layers_dispatch_to_the_kernels(monkeypatch):
     x, residual = (_randn(3, 96, dtype=torch.float32, gen=gen) for _ in range(2))
     q, k = (_randn(3, n * head_size, dtype=torch.float32, gen=gen) for n in (2, 1))
     positions = torch.tensor([0, 9, 4095], device=DEVICE)
-    monkeypatch.setattr(norm, "use_fused", lambda t: False)
-    monkeypatch.setattr(activation, "use_fused", lambda t: False)
+    monkeypatch.setattr(ops, "use_fused", lambda t: False)  # the norm and activation layers dispatch in ops
     monkeypatch.setattr(rotary, "use_fused", lambda t: False)
     expected = (final(x), final(x, residual), SiluAndMul()(x), rope.norm_and_rotate(positions, q, k),
                 rope.norm_and_rotate(positions, q, k, norm_q, norm_k))
-    for module in (norm, activation, rotary):
+    for module in (ops, rotary):
         monkeypatch.setattr(module, "use_fused", lambda t: True)
     actual = (final(x), final(x, residual), SiluAndMul()(x), rope.norm_and_rotate(positions, q, k),
               rope.norm_and_rotate(positions, q, k, norm_q, norm_k))

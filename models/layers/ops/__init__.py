@@ -1,13 +1,20 @@
 """Fused Triton kernels for the decoder's hot path: RMSNorm (+ residual add), q/k norm + rope, SiLU-and-mul,
-and the projections' GEMM at small batch (skinny_gemm).
+the projections' GEMM at small batch (skinny_gemm), and that GEMM with the RMSNorm before it and the
+SiLU-and-mul after it folded in (skinny_norm_gemm).
 
 Each op is one kernel launch with float32 math, safe inside CUDA-graph capture (no host sync, no
-data-dependent Python branching). The layers call them through `use_fused(x)` / `load(name)`:
+data-dependent Python branching). The dispatch functions here (`apply_rms_norm`, `apply_silu_and_mul`,
+`linear`, `norm_linear`, `norm_linear_silu`) pick a kernel or the torch path; the rest use
+`use_fused(x)` / `load(name)`. (No function here may share a kernel module's name: importing
+`models.layers.ops.rms_norm` sets this package's attribute `rms_norm` to the module.)
 
 - kernel modules are imported on first use only, so `import models` does not import triton, and tests
   can set TRITON_INTERPRET=1 before the kernels are defined;
 - ENGINE_FUSED_OPS=0 (read at import) keeps the plain torch path on CUDA too, for A/B measurements;
-  ENGINE_SKINNY_GEMM=0 keeps cuBLAS for the projections at every batch size.
+  ENGINE_SKINNY_GEMM=0 keeps cuBLAS for the projections at every batch size;
+- ENGINE_SKINNY_MIN_NUMEL (weight elements, default 16M) is the smallest weight the plain skinny GEMM
+  takes; ENGINE_SKINNY_FUSED_MIN_NUMEL (default 16M) the smallest the norm-fused one takes (it saves
+  one or two launches, so it may pay on smaller weights than the plain one).
 """
 from __future__ import annotations
 
@@ -24,8 +31,10 @@ HAS_TRITON = importlib.util.find_spec("triton") is not None
 ENABLED = os.environ.get("ENGINE_FUSED_OPS", "1") != "0"
 SKINNY_ENABLED = os.environ.get("ENGINE_SKINNY_GEMM", "1") != "0"
 SKINNY_MAX_ROWS = 16                # H100 (engine/bench/skinny_gemm.py): the kernel's lead holds to M = 16
-SKINNY_MIN_WEIGHT_NUMEL = 16 << 20  # and only on weights of 32 MB (bf16) and more
-KERNEL_MODULES = ("rms_norm", "qk_norm_rope", "silu_and_mul", "skinny_gemm")
+# and only on weights of 32 MB (bf16) and more
+SKINNY_MIN_WEIGHT_NUMEL = int(os.environ.get("ENGINE_SKINNY_MIN_NUMEL", 16 << 20))
+FUSED_MIN_WEIGHT_NUMEL = int(os.environ.get("ENGINE_SKINNY_FUSED_MIN_NUMEL", 16 << 20))  # not measured yet
+KERNEL_MODULES = ("rms_norm", "qk_norm_rope", "silu_and_mul", "skinny_gemm", "skinny_norm_gemm")
 
 
 def use_fused(x: torch.Tensor) -> bool:
@@ -33,10 +42,21 @@ def use_fused(x: torch.Tensor) -> bool:
     return x.is_cuda and HAS_TRITON and ENABLED
 
 
+def _skinny_fits(x: torch.Tensor, weight: torch.Tensor, min_numel: int) -> bool:
+    return (use_fused(x) and SKINNY_ENABLED and x.dim() == 2 and x.shape[0] <= SKINNY_MAX_ROWS
+            and weight.numel() >= min_numel)
+
+
 def use_skinny(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """True when x [M, K] @ weight[N, K]^T should use the Triton skinny GEMM (CUDA, M small, big weight)."""
-    return (use_fused(x) and SKINNY_ENABLED and x.shape[0] <= SKINNY_MAX_ROWS
-            and weight.numel() >= SKINNY_MIN_WEIGHT_NUMEL)
+    return _skinny_fits(x, weight, SKINNY_MIN_WEIGHT_NUMEL)
+
+
+def use_skinny_norm(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """True when RMSNorm(x) @ weight^T should be one skinny_norm_gemm launch: as `use_skinny` with
+    FUSED_MIN_WEIGHT_NUMEL, and not float16 (the kernel's dot operand is x * norm_weight before the
+    1 / rms scale: it could overflow float16, not bfloat16)."""
+    return x.dtype != torch.float16 and _skinny_fits(x, weight, FUSED_MIN_WEIGHT_NUMEL)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -44,6 +64,76 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     if use_skinny(x, weight):
         return load("skinny_gemm").skinny_gemm(x, weight, bias)
     return F.linear(x, weight, bias)
+
+
+def apply_rms_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float):
+    """x [..., H], residual like x or None, weight [H] -> x * rsqrt(mean(x^2) + eps) * weight; with a
+    residual, x + residual is normalised instead and (normalised, x + residual) returned. New tensors
+    in x's dtype, float32 math; the Triton kernel where `use_fused(x)`, else `rms_norm_native`."""
+    if not use_fused(x):
+        return rms_norm_native(x, residual, weight, eps)
+    kernels = load("rms_norm")
+    if residual is None:
+        return kernels.rms_norm(x, weight, eps)
+    return kernels.fused_add_rms_norm(x, residual, weight, eps)
+
+
+def rms_norm_native(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float):
+    """The torch path of `apply_rms_norm` (the CPU's, and the reference for the kernels). The norm uses the
+    float32 sum x + residual; the returned residual is that sum rounded to x's dtype."""
+    dtype = x.dtype
+    xf = x.float()
+    if residual is not None:
+        xf = xf + residual.float()
+        residual = xf.to(dtype)
+    variance = xf.pow(2).mean(dim=-1, keepdim=True)
+    out = (xf * torch.rsqrt(variance + eps) * weight.float()).to(dtype)
+    return out if residual is None else (out, residual)
+
+
+def apply_silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+    """x [T, 2 * I] laid out [gate | up] -> silu(gate) * up [T, I], x's dtype (Triton where `use_fused`)."""
+    if use_fused(x):
+        return load("silu_and_mul").silu_and_mul(x)
+    return silu_and_mul_native(x)
+
+
+def silu_and_mul_native(x: torch.Tensor) -> torch.Tensor:
+    """The torch path of `apply_silu_and_mul` (the CPU's, and the reference for the kernels)."""
+    gate, up = x.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+def _norm_with_residual(x, residual, norm_weight, eps):
+    """(rms_norm(x (+ residual)), the new residual: x + residual, or x itself without one)."""
+    if residual is None:
+        return apply_rms_norm(x, None, norm_weight, eps), x
+    return apply_rms_norm(x, residual, norm_weight, eps)
+
+
+def norm_linear(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor, eps: float,
+                weight: torch.Tensor, bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """RMSNorm (with the residual add) then the projection: x [T, K], residual [T, K] or None,
+    norm_weight [K], weight [N, K], bias [N] or None -> (linear(rms_norm(x + residual)) [T, N],
+    new residual [T, K]: x + residual in x's dtype, or x itself without a residual).
+
+    One skinny_norm_gemm launch where `use_skinny_norm` says so, else `apply_rms_norm` then `linear`."""
+    if use_skinny_norm(x, weight):
+        return load("skinny_norm_gemm").norm_gemm(x, residual, norm_weight, eps, weight, bias)
+    normed, residual = _norm_with_residual(x, residual, norm_weight, eps)
+    return linear(normed, weight, bias), residual
+
+
+def norm_linear_silu(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor, eps: float,
+                     weight: torch.Tensor,
+                     bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """As `norm_linear` for a merged gate_up weight [2I, K] (bias [2I]), then SiLU-and-mul:
+    -> (silu(gate) * up [T, I], new residual [T, K]). One skinny_norm_gemm launch where
+    `use_skinny_norm` says so, else `apply_rms_norm`, `linear` and `apply_silu_and_mul`."""
+    if use_skinny_norm(x, weight):
+        return load("skinny_norm_gemm").norm_gemm_silu(x, residual, norm_weight, eps, weight, bias)
+    normed, residual = _norm_with_residual(x, residual, norm_weight, eps)
+    return apply_silu_and_mul(linear(normed, weight, bias)), residual
 
 
 @functools.cache
