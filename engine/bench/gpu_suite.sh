@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU checks and benchmarks behind docs/benchmarks.md, in one device call:
-#   source .gpu/env.sh; bash engine/bench/gpu_suite.sh [tests] [small] [big] [triton] [ablation] [latprof] [skinny] [serve] [attention]
+#   source .gpu/env.sh; bash engine/bench/gpu_suite.sh [tests] [small] [big] [triton] [ablation] [latprof] [skinny] [serve] [attention] [fp8]
 # Full logs and JSON go to $OUT (or ./gpu_out); the tail of each is printed. Each part runs on its own
 # so one failure does not hide the rest.
 set -u
@@ -53,5 +53,13 @@ for part in $parts; do
       kill $server; wait $server 2> /dev/null; tail -5 "$OUT/server.log"; rm -f "$OUT/server.log" ;;
     attention)
       run attention python -m engine.bench attention --output "$OUT/attention.json" ;;
+    fp8)        # the fp8 KV cache (triton; flash_attn has none) against the bf16 one, Qwen3-0.6B, and the decode kernel
+      for kv in auto fp8; do
+        run thr_0.6b_triton_kv_$kv python -m engine.bench throughput --model preset:qwen3-0.6b --attention-backend triton \
+          --kv-cache-dtype $kv --repeat 3
+        run lat_0.6b_triton_kv_$kv python -m engine.bench latency --model preset:qwen3-0.6b --attention-backend triton \
+          --kv-cache-dtype $kv
+        run attention_decode_kv_$kv python -m engine.bench attention --cases decode --backends triton --kv-cache-dtype $kv
+      done ;;
   esac
 done
