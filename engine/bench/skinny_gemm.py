@@ -1,7 +1,7 @@
 """The decode projections at small batch: the Triton skinny GEMM against cuBLAS (F.linear), and the
 norm-fused skinny GEMM against the unfused kernel sequence it replaces.
 
-`python -m engine.bench skinny_gemm [--sweep] [--output results.json]`
+`python -m engine.bench skinny_gemm [--sweep] [--cases TEXT] [--output results.json]`
 Shapes are the projections of Qwen3-0.6B and Qwen3-8B (qkv, o, gate_up, down, lm_head), plus two fused
 cases per model: "norm+qkv" (input RMSNorm with the residual add, then qkv) and "norm+gate_up+silu"
 (post-attention RMSNorm with the residual add, gate_up, SiLU-and-mul). Each call is timed as a
@@ -55,6 +55,8 @@ COLUMNS = (("case", 24), ("M", 3), ("cublas_us", 10), ("skinny_us", 10), ("fused
 
 def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sweep", action="store_true", help="also time every tile config at M = 1")
+    parser.add_argument("--cases", default=None,
+                        help="only the cases whose name contains this text (e.g. '0.6b', 'norm+')")
     parser.add_argument("--output", default=None)
 
 
@@ -166,7 +168,7 @@ def main(args: argparse.Namespace) -> dict:
     skinny = load("skinny_gemm")
     print(_line([name for name, _ in COLUMNS]), flush=True)
     rows = []
-    for name in list(SHAPES) + list(FUSED):
+    for name in [name for name in list(SHAPES) + list(FUSED) if args.cases is None or args.cases in name]:
         for num_rows in ROWS:
             row = (_fused_row(name, num_rows, args.sweep) if name in FUSED
                    else _plain_row(skinny, name, num_rows, args.sweep))
