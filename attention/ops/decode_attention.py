@@ -13,6 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
+from models.layers.ops.pdl import pdl_kwargs
 from attention.ops.paged_tiles import load_kv_tile, mma, softmax_step
 
 # H100, bf16, D=128, 2026-11-25: BLOCK_N=64 with 4 warps is within 1% of the best everywhere but
@@ -33,8 +34,11 @@ def _decode_kernel(q_ptr, cache_ptr, out_ptr, part_out_ptr, part_lse_ptr,
                    DIRECT: tl.constexpr, GROUP: tl.constexpr, BLOCK_H: tl.constexpr,
                    HEAD_SIZE: tl.constexpr, HEAD_PAD: tl.constexpr, BLOCK_SIZE: tl.constexpr,
                    BLOCK_N: tl.constexpr, SCALAR_TABLE: tl.constexpr, DOT_F32: tl.constexpr,
-                   PRECISION: tl.constexpr):
+                   PRECISION: tl.constexpr, USE_PDL: tl.constexpr):
     """Program (request, kv_head, split): the GROUP query heads of kv_head over one context chunk."""
+    if USE_PDL:  # see models/layers/ops/pdl.py
+        tl.extra.cuda.gdc_launch_dependents()
+        tl.extra.cuda.gdc_wait()
     req = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -87,8 +91,11 @@ def _decode_kernel(q_ptr, cache_ptr, out_ptr, part_out_ptr, part_lse_ptr,
 def _merge_kernel(out_ptr, part_out_ptr, part_lse_ptr, query_start_ptr,
                   stride_ot, stride_oh, stride_pr, stride_ph, stride_ps, stride_lr, stride_lh,
                   NUM_SPLITS: tl.constexpr, SPLITS_PAD: tl.constexpr,
-                  HEAD_SIZE: tl.constexpr, HEAD_PAD: tl.constexpr):
+                  HEAD_SIZE: tl.constexpr, HEAD_PAD: tl.constexpr, USE_PDL: tl.constexpr):
     """Program (request, head): output = sum_s w_s * out_s / sum_s w_s, w_s = 2^(lse_s - max)."""
+    if USE_PDL:
+        tl.extra.cuda.gdc_launch_dependents()
+        tl.extra.cuda.gdc_wait()
     req = tl.program_id(0)
     head = tl.program_id(1)
     splits = tl.arange(0, SPLITS_PAD)
@@ -139,10 +146,10 @@ def decode_attention(query: torch.Tensor, kv_cache: torch.Tensor, output: torch.
         block_table.stride(0),
         DIRECT=num_splits == 1, GROUP=group, BLOCK_H=max(16, triton.next_power_of_2(group)),
         BLOCK_SIZE=block_size, DOT_F32=query.device.type == "cpu",
-        PRECISION="ieee" if query.dtype == torch.float32 else "tf32", **common, **cfg)
+        PRECISION="ieee" if query.dtype == torch.float32 else "tf32", **common, **cfg, **pdl_kwargs(query))
     if num_splits > 1:
         _merge_kernel[(num_reqs, num_heads)](
             output, part_out, part_lse, query_start_loc,
             output.stride(0), output.stride(1), *strides,
             NUM_SPLITS=num_splits, SPLITS_PAD=triton.next_power_of_2(num_splits), **common,
-            num_warps=4)
+            num_warps=4, **pdl_kwargs(query))

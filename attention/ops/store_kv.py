@@ -11,15 +11,20 @@ import torch
 import triton
 import triton.language as tl
 
+from models.layers.ops.pdl import pdl_kwargs
+
 
 @triton.jit
 def _store_kv_kernel(key_ptr, value_ptr, cache_ptr, slot_ptr, stride_slot,
                      stride_kt, stride_kh, stride_vt, stride_vh,
                      value_offset, stride_cslot, stride_ch,
                      NUM_KV_HEADS: tl.constexpr, HEAD_SIZE: tl.constexpr,
-                     HEADS_PAD: tl.constexpr, HEAD_PAD: tl.constexpr):
+                     HEADS_PAD: tl.constexpr, HEAD_PAD: tl.constexpr, USE_PDL: tl.constexpr):
     """One program per token: copies its [Hkv, D] key and value rows to cache slot `slot`, cast to
     the cache's dtype (a no-op when they match)."""
+    if USE_PDL:  # see models/layers/ops/pdl.py
+        tl.extra.cuda.gdc_launch_dependents()
+        tl.extra.cuda.gdc_wait()
     token = tl.program_id(0).to(tl.int64)
     slot = tl.load(slot_ptr + token * stride_slot).to(tl.int64)
     if slot < 0:
@@ -58,4 +63,4 @@ def store_kv(key: torch.Tensor, value: torch.Tensor, kv_cache: torch.Tensor,
         kv_cache.stride(0), stride_cslot, kv_cache.stride(3),
         NUM_KV_HEADS=num_kv_heads, HEAD_SIZE=head_size,
         HEADS_PAD=triton.next_power_of_2(num_kv_heads), HEAD_PAD=triton.next_power_of_2(head_size),
-        num_warps=4 if num_kv_heads * head_size >= 1024 else 1)
+        num_warps=4 if num_kv_heads * head_size >= 1024 else 1, **pdl_kwargs(key))
