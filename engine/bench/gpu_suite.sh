@@ -16,8 +16,9 @@ run() {  # run NAME CMD...: full log to $OUT/NAME.log, its tail here
 for part in $parts; do
   case $part in
     tests)
-      run tests python -m pytest -q tests/engine/test_gpu_engine.py tests/attention tests/sampler \
-        tests/models/test_fused_ops.py tests/models/test_skinny_gemm.py ;;
+      run tests python -m pytest -q tests/engine/test_gpu_engine.py tests/engine/test_kv_cache_dtype.py \
+        tests/attention tests/sampler tests/models/test_fused_ops.py tests/models/test_skinny_gemm.py \
+        tests/models/test_skinny_fused.py ;;
     small)
       run lat_0.6b python -m engine.bench latency --model preset:qwen3-0.6b --output "$OUT/lat_0.6b.json"
       run thr_0.6b python -m engine.bench throughput --model preset:qwen3-0.6b --output "$OUT/thr_0.6b.json" \
@@ -51,6 +52,13 @@ for part in $parts; do
       run serve_0.6b python -m engine.bench serve --base-url http://127.0.0.1:8123 --max-concurrency 64 \
         --num-prompts 256 --output "$OUT/serve_0.6b.json"
       kill $server; wait $server 2> /dev/null; tail -5 "$OUT/server.log"; rm -f "$OUT/server.log" ;;
+    pdl)        # batch-1 latency (triton): PDL and the norm-fused skinny GEMMs on and off, both models
+      for m in qwen3-0.6b qwen3-8b; do
+        run lat_${m} python -m engine.bench latency --model preset:$m --attention-backend triton
+        ENGINE_PDL=0 run lat_${m}_nopdl python -m engine.bench latency --model preset:$m --attention-backend triton
+        ENGINE_SKINNY_FUSED_MIN_NUMEL=0 ENGINE_SKINNY_MIN_NUMEL=0 run lat_${m}_allskinny \
+          python -m engine.bench latency --model preset:$m --attention-backend triton
+      done ;;
     attention)
       run attention python -m engine.bench attention --output "$OUT/attention.json" ;;
     fp8)        # the fp8 KV cache (triton; flash_attn has none) against the bf16 one, Qwen3-0.6B, and the decode kernel

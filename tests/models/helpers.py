@@ -34,11 +34,13 @@ class PagedRunner:
         num_blocks = num_reqs * self.blocks_per_req + 3
         gen = torch.Generator().manual_seed(seed)
         perm = torch.randperm(num_blocks, generator=gen)[: num_reqs * self.blocks_per_req]
-        self.block_table = perm.view(num_reqs, self.blocks_per_req).to(torch.int32)
-        dtype = next(model.parameters()).dtype
+        param = next(model.parameters())
+        dtype, self.device = param.dtype, param.device
+        self.block_table_cpu = perm.view(num_reqs, self.blocks_per_req).to(torch.int32)
+        self.block_table = self.block_table_cpu.to(self.device)
         shape = TorchRefBackend.get_kv_cache_shape(num_blocks, BLOCK_SIZE, hf_config.num_key_value_heads,
                                                    head_size)
-        caches = [torch.zeros(shape, dtype=dtype) for _ in range(hf_config.num_hidden_layers)]
+        caches = [torch.zeros(shape, dtype=dtype, device=self.device) for _ in range(hf_config.num_hidden_layers)]
         bind_attention_layers(model, TorchRefImpl, caches)
         self.model = model
         self.num_computed = [0] * num_reqs
@@ -52,19 +54,21 @@ class PagedRunner:
                 pos = start + i
                 ids.append(token)
                 positions.append(pos)
-                slots.append(int(self.block_table[r, pos // BLOCK_SIZE]) * BLOCK_SIZE + pos % BLOCK_SIZE)
+                slots.append(int(self.block_table_cpu[r, pos // BLOCK_SIZE]) * BLOCK_SIZE + pos % BLOCK_SIZE)
             query_lens.append(len(chunk))
             seq_lens.append(start + len(chunk))
             self.num_computed[r] += len(chunk)
         qsl = torch.tensor([0, *torch.tensor(query_lens).cumsum(0).tolist()], dtype=torch.int32)
         seq = torch.tensor(seq_lens, dtype=torch.int32)
+        dev = self.device
         meta = CommonAttentionMetadata(
-            num_reqs=len(chunks), num_tokens=len(ids), query_start_loc=qsl, query_start_loc_cpu=qsl,
-            seq_lens=seq, seq_lens_cpu=seq, max_query_len=max(query_lens), max_seq_len=max(seq_lens),
-            block_table=self.block_table[: len(chunks)], slot_mapping=torch.tensor(slots, dtype=torch.int64),
-            block_size=BLOCK_SIZE)
+            num_reqs=len(chunks), num_tokens=len(ids), query_start_loc=qsl.to(dev), query_start_loc_cpu=qsl,
+            seq_lens=seq.to(dev), seq_lens_cpu=seq, max_query_len=max(query_lens), max_seq_len=max(seq_lens),
+            block_table=self.block_table[: len(chunks)],
+            slot_mapping=torch.tensor(slots, dtype=torch.int64, device=dev), block_size=BLOCK_SIZE)
         with torch.no_grad(), set_forward_context(meta):
-            hidden = self.model(torch.tensor(ids, dtype=torch.int64), torch.tensor(positions, dtype=torch.int64))
+            hidden = self.model(torch.tensor(ids, dtype=torch.int64, device=dev),
+                                torch.tensor(positions, dtype=torch.int64, device=dev))
             return self.model.compute_logits(hidden)
 
 

@@ -138,9 +138,16 @@ def test_empty_batch_launches_nothing():
 
 # ---- config_for: enough programs for small weights, the measured 64 x 256 tiles for big ones ----
 
+@pytest.fixture
+def no_pdl(monkeypatch):
+    """The tile rule without PDL (on a Hopper GPU the tests would otherwise see PDL's rule)."""
+    from models.layers.ops import pdl
+    monkeypatch.setattr(pdl, "ENABLED", False)
+
+
 @pytest.mark.parametrize("name", list(QWEN3_SHAPES))
 @pytest.mark.parametrize("tiles", [1, 2])
-def test_config_programs(name, tiles):
+def test_config_programs(no_pdl, name, tiles):
     n, k = QWEN3_SHAPES[name]
     cfg = load("skinny_gemm").config_for(n, k, torch.device("cuda"), 2, num_sms=132, tiles_per_program=tiles)
     programs = -(-n // (cfg["BLOCK_N"] * tiles))
@@ -151,7 +158,17 @@ def test_config_programs(name, tiles):
         assert programs * tiles == {4096: 256, 1024: 64, 6144: 384}[n]
 
 
-def test_config_programs_follow_the_sm_count():
+def test_config_with_pdl_keeps_64_rows(monkeypatch):
+    """With PDL every weight gets 64-row tiles (measured best there, small weights included)."""
+    from models.layers.ops import pdl
+    monkeypatch.setattr(pdl, "pdl_enabled", lambda device: device.type == "cuda")
+    skinny = load("skinny_gemm")
+    monkeypatch.setattr(skinny, "pdl_enabled", pdl.pdl_enabled)
+    for n, k in QWEN3_SHAPES.values():
+        assert skinny.config_for(n, k, torch.device("cuda"), 2, num_sms=132)["BLOCK_N"] == 64
+
+
+def test_config_programs_follow_the_sm_count(no_pdl):
     config_for = load("skinny_gemm").config_for
     cuda = torch.device("cuda")
     assert config_for(4096, 1024, cuda, num_sms=32)["BLOCK_N"] == 64   # 64 programs >= 2 x 32
@@ -196,7 +213,7 @@ def test_thresholds_come_from_the_environment():
     assert out.stdout.split() == ["123", "456"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("ENGINE_SKINNY")}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.split() == [str(16 << 20)] * 2
+    assert out.stdout.split() == [str(16 << 20), str(1 << 62)]  # the fused path is off by default
 
 
 @pytest.mark.parametrize("silu", [False, True])

@@ -13,8 +13,8 @@ data-dependent Python branching). The dispatch functions here (`apply_rms_norm`,
 - ENGINE_FUSED_OPS=0 (read at import) keeps the plain torch path on CUDA too, for A/B measurements;
   ENGINE_SKINNY_GEMM=0 keeps cuBLAS for the projections at every batch size;
 - ENGINE_SKINNY_MIN_NUMEL (weight elements, default 16M) is the smallest weight the plain skinny GEMM
-  takes; ENGINE_SKINNY_FUSED_MIN_NUMEL (default 16M) the smallest the norm-fused one takes (it saves
-  one or two launches, so it may pay on smaller weights than the plain one).
+  takes; ENGINE_SKINNY_FUSED_MIN_NUMEL (default: off, measured slower) the smallest the norm-fused one
+  takes.
 """
 from __future__ import annotations
 
@@ -33,7 +33,9 @@ SKINNY_ENABLED = os.environ.get("ENGINE_SKINNY_GEMM", "1") != "0"
 SKINNY_MAX_ROWS = 16                # H100 (engine/bench/skinny_gemm.py): the kernel's lead holds to M = 16
 # and only on weights of 32 MB (bf16) and more
 SKINNY_MIN_WEIGHT_NUMEL = int(os.environ.get("ENGINE_SKINNY_MIN_NUMEL", 16 << 20))
-FUSED_MIN_WEIGHT_NUMEL = int(os.environ.get("ENGINE_SKINNY_FUSED_MIN_NUMEL", 16 << 20))  # not measured yet
+# Off by default: on the H100 the norm-fused kernel made Qwen3-8B batch-1 latency 6.3 -> 10.5 ms/token
+# and Qwen3-0.6B's (with every projection on it) 1.47 -> 1.83 (docs/benchmarks.md). Set it to try.
+FUSED_MIN_WEIGHT_NUMEL = int(os.environ.get("ENGINE_SKINNY_FUSED_MIN_NUMEL", 1 << 62))
 KERNEL_MODULES = ("rms_norm", "qk_norm_rope", "silu_and_mul", "skinny_gemm", "skinny_norm_gemm")
 
 

@@ -26,9 +26,12 @@ def _device_supports(index: int) -> bool:
     return torch.cuda.get_device_capability(index)[0] >= 9
 
 
+def pdl_enabled(device: torch.device) -> bool:
+    """True when kernels on `device` launch with PDL (a Hopper-or-newer GPU, ENGINE_PDL not 0)."""
+    return ENABLED and device.type == "cuda" and torch.cuda.is_available() and _device_supports(
+        device.index if device.index is not None else torch.cuda.current_device())
+
+
 def pdl_kwargs(x: torch.Tensor) -> dict:
     """Launch keyword arguments for a kernel with a `USE_PDL` constexpr, given a tensor on its device."""
-    if ENABLED and x.is_cuda and _device_supports(x.device.index if x.device.index is not None
-                                                  else torch.cuda.current_device()):
-        return {"USE_PDL": True, "launch_pdl": True}
-    return {"USE_PDL": False}
+    return {"USE_PDL": True, "launch_pdl": True} if pdl_enabled(x.device) else {"USE_PDL": False}

@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from models.layers.ops.pdl import pdl_kwargs
-from models.layers.ops.skinny_gemm import MAX_ROWS, config_for
+from models.layers.ops.skinny_gemm import MAX_ROWS, config_for, prefetch_first_tile
 
 
 @triton.jit
@@ -36,9 +36,6 @@ def _norm_gemm_kernel(x_ptr, res_ptr, g_ptr, w_ptr, bias_ptr, out_ptr, new_res_p
                       USE_PDL: tl.constexpr):
     """Program j: out[:, j*BLOCK_N : (j+1)*BLOCK_N] over the whole of K (with SILU: from the gate rows
     there and the up rows UP_OFFSET further)."""
-    if USE_PDL:  # see models/layers/ops/pdl.py; it replaces the norm / SiLU kernels, which use it too
-        tl.extra.cuda.gdc_launch_dependents()
-        tl.extra.cuda.gdc_wait()
     pid = tl.program_id(0)
     cols = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < N_OUT
@@ -47,6 +44,12 @@ def _norm_gemm_kernel(x_ptr, res_ptr, g_ptr, w_ptr, bias_ptr, out_ptr, new_res_p
     write_rows = row_ok & (tl.zeros([BLOCK_M], tl.int32) + pid == 0)  # the new residual: program 0 only
     w_rows = w_ptr + tl.where(col_ok, cols, 0).to(tl.int64)[:, None] * stride_wn
     u_rows = w_ptr + tl.where(col_ok, cols + UP_OFFSET, 0).to(tl.int64)[:, None] * stride_wn
+    if USE_PDL:  # see models/layers/ops/pdl.py; it replaces the norm / SiLU kernels, which use it too
+        tl.extra.cuda.gdc_launch_dependents()
+        prefetch_first_tile(w_rows, K, BLOCK_K)
+        if SILU:
+            prefetch_first_tile(u_rows, K, BLOCK_K)
+        tl.extra.cuda.gdc_wait()
     ks = tl.arange(0, BLOCK_K)
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     acc_up = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
