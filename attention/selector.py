@@ -1,6 +1,8 @@
 """Choosing the attention backend once at start-up.
 
-Priority per platform: CUDA tries flash_attn, triton, torch_ref; CPU has torch_ref only. The first
+Priority per platform: CUDA tries triton, flash_attn, torch_ref (triton first: on the H100 it was
+as fast or faster than flash_attn on every benchmark of docs/benchmarks.md, and its 16-token blocks
+share prefixes more finely); CPU has torch_ref only. The first
 backend whose `validate` returns no reason wins. `attention_backend=` (flag `--attention-backend`) or
 the environment variable `ENGINE_ATTENTION_BACKEND` names one explicitly; an unknown name, or one that
 cannot serve the set-up, is an error listing the reasons and the backends that can. The KV-cache
@@ -28,7 +30,7 @@ REGISTRY: dict[str, str] = {
     "triton": "attention.backends.triton_attn:TritonAttnBackend",
     "torch_ref": "attention.backends.torch_ref:TorchRefBackend",
 }
-PRIORITY = {"cuda": ["flash_attn", "triton", "torch_ref"], "cpu": ["torch_ref"]}
+PRIORITY = {"cuda": ["triton", "flash_attn", "torch_ref"], "cpu": ["torch_ref"]}
 
 
 @dataclass(frozen=True)

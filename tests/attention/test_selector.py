@@ -51,10 +51,14 @@ def test_unfit_backend_gives_reasons_and_alternatives():
         select_backend(CUDA, torch.bfloat16, 128, block_size=16, requested="flash_attn")
 
 
-def test_cuda_falls_back_to_triton_when_flash_attn_cannot_serve():
+def test_cuda_prefers_triton_and_falls_back_to_flash_attn(flash_attn_installed):
     choice = select_backend(CUDA, torch.bfloat16, 128, block_size=16)
-    assert choice.backend.name == "triton"
-    assert "flash_attn" in choice.reason and "block size 16" in choice.reason
+    assert choice.backend.name == "triton" and choice.reason == "highest priority for cuda"
+    if torch.cuda.is_available() and torch.cuda.get_device_capability() < (8, 0):
+        return  # flash_attn is turned down on this GPU anyway
+    choice = select_backend(CUDA, torch.bfloat16, 128, block_size=512)   # beyond triton's 256
+    assert choice.backend.name == "flash_attn"
+    assert "triton" in choice.reason and "block size 512" in choice.reason
 
 
 def test_flash_attn_reasons():
@@ -109,10 +113,10 @@ def test_triton_and_torch_ref_accept_fp8_kv_cache():
 def test_auto_choice_skips_flash_attn_for_fp8_kv_cache(flash_attn_installed):
     if torch.cuda.is_available() and torch.cuda.get_device_capability() < (8, 0):
         pytest.skip("flash_attn is turned down on this GPU anyway")
-    assert select_backend(CUDA, torch.bfloat16, 128).backend.name == "flash_attn"   # the control
-    choice = select_backend(CUDA, torch.bfloat16, 128, kv_cache_dtype=FP8)
-    assert choice.backend.name == "triton"
-    assert choice.block_size == 16
+    control = select_backend(CUDA, torch.bfloat16, 128, block_size=512)   # triton cannot: flash_attn
+    assert control.backend.name == "flash_attn"
+    choice = select_backend(CUDA, torch.bfloat16, 128, block_size=512, kv_cache_dtype=FP8)
+    assert choice.backend.name != "flash_attn"
     assert "flash_attn: KV cache dtype float8_e4m3fn is not supported" in choice.reason
 
 
