@@ -213,7 +213,20 @@ def test_thresholds_come_from_the_environment():
     assert out.stdout.split() == ["123", "456"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("ENGINE_SKINNY")}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.split() == [str(16 << 20), str(1 << 62)]  # the fused path is off by default
+    assert out.stdout.split() == ["None", str(1 << 62)]  # PDL decides the plain one; fused: off
+
+
+def test_default_skinny_threshold_follows_pdl(monkeypatch):
+    """Without an override the skinny GEMM takes every weight where PDL is on, only 32 MB ones otherwise."""
+    monkeypatch.setattr(ops, "SKINNY_MIN_WEIGHT_NUMEL", None)
+    monkeypatch.setattr(ops, "_skinny_fits", lambda x, weight, min_numel: weight.numel() >= min_numel)
+    x = torch.zeros(1, 8)
+    small, big = torch.zeros(4, 8), torch.zeros(ops.SKINNY_MIN_NUMEL_WITHOUT_PDL // 8, 8)
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
+    monkeypatch.setattr(ops, "pdl_enabled", lambda device: True)
+    assert ops.use_skinny(x, small) and ops.use_skinny(x, big)
+    monkeypatch.setattr(ops, "pdl_enabled", lambda device: False)
+    assert not ops.use_skinny(x, small) and ops.use_skinny(x, big)
 
 
 @pytest.mark.parametrize("silu", [False, True])

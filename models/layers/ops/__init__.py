@@ -12,8 +12,8 @@ data-dependent Python branching). The dispatch functions here (`apply_rms_norm`,
   can set TRITON_INTERPRET=1 before the kernels are defined;
 - ENGINE_FUSED_OPS=0 (read at import) keeps the plain torch path on CUDA too, for A/B measurements;
   ENGINE_SKINNY_GEMM=0 keeps cuBLAS for the projections at every batch size;
-- ENGINE_SKINNY_MIN_NUMEL (weight elements, default 16M) is the smallest weight the plain skinny GEMM
-  takes; ENGINE_SKINNY_FUSED_MIN_NUMEL (default: off, measured slower) the smallest the norm-fused one
+- ENGINE_SKINNY_MIN_NUMEL (weight elements; default: every weight with PDL, 16M without) is the
+  smallest weight the plain skinny GEMM takes; ENGINE_SKINNY_FUSED_MIN_NUMEL (default: off, measured slower) the smallest the norm-fused one
   takes.
 """
 from __future__ import annotations
@@ -27,12 +27,17 @@ from types import ModuleType
 import torch
 import torch.nn.functional as F
 
+from models.layers.ops.pdl import pdl_enabled
+
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 ENABLED = os.environ.get("ENGINE_FUSED_OPS", "1") != "0"
 SKINNY_ENABLED = os.environ.get("ENGINE_SKINNY_GEMM", "1") != "0"
 SKINNY_MAX_ROWS = 16                # H100 (engine/bench/skinny_gemm.py): the kernel's lead holds to M = 16
-# and only on weights of 32 MB (bf16) and more
-SKINNY_MIN_WEIGHT_NUMEL = int(os.environ.get("ENGINE_SKINNY_MIN_NUMEL", 16 << 20))
+# Smallest weight (elements) for the skinny GEMM; None: every weight with PDL (H100, Qwen3-0.6B batch-1
+# latency 1.47-1.55 -> 1.29 ms/token), else 16M (32 MB of bf16: below it cuBLAS was as fast without PDL).
+_MIN_NUMEL_ENV = os.environ.get("ENGINE_SKINNY_MIN_NUMEL")
+SKINNY_MIN_WEIGHT_NUMEL = int(_MIN_NUMEL_ENV) if _MIN_NUMEL_ENV is not None else None
+SKINNY_MIN_NUMEL_WITHOUT_PDL = 16 << 20
 # Off by default: on the H100 the norm-fused kernel made Qwen3-8B batch-1 latency 6.3 -> 10.5 ms/token
 # and Qwen3-0.6B's (with every projection on it) 1.47 -> 1.83 (docs/benchmarks.md). Set it to try.
 FUSED_MIN_WEIGHT_NUMEL = int(os.environ.get("ENGINE_SKINNY_FUSED_MIN_NUMEL", 1 << 62))
@@ -50,8 +55,12 @@ def _skinny_fits(x: torch.Tensor, weight: torch.Tensor, min_numel: int) -> bool:
 
 
 def use_skinny(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """True when x [M, K] @ weight[N, K]^T should use the Triton skinny GEMM (CUDA, M small, big weight)."""
-    return _skinny_fits(x, weight, SKINNY_MIN_WEIGHT_NUMEL)
+    """True when x [M, K] @ weight[N, K]^T should use the Triton skinny GEMM (CUDA, M small, and with
+    PDL any weight, without it a big one)."""
+    min_numel = SKINNY_MIN_WEIGHT_NUMEL
+    if min_numel is None:
+        min_numel = 0 if x.is_cuda and pdl_enabled(x.device) else SKINNY_MIN_NUMEL_WITHOUT_PDL
+    return _skinny_fits(x, weight, min_numel)
 
 
 def use_skinny_norm(x: torch.Tensor, weight: torch.Tensor) -> bool:
