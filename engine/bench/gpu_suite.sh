@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU checks and benchmarks behind docs/benchmarks.md, in one device call:
-#   source .gpu/env.sh; bash engine/bench/gpu_suite.sh [tests] [small] [big] [triton] [ablation] [latprof] [skinny] [serve] [attention] [fp8]
+#   source .gpu/env.sh; bash engine/bench/gpu_suite.sh [tests] [small] [big] [flash] [ablation] [latprof] [skinny] [serve] [attention] [fp8]
 # Full logs and JSON go to $OUT (or ./gpu_out); the tail of each is printed. Each part runs on its own
 # so one failure does not hide the rest.
 set -u
@@ -27,10 +27,10 @@ for part in $parts; do
       run lat_8b python -m engine.bench latency --model preset:qwen3-8b --output "$OUT/lat_8b.json"
       run thr_8b python -m engine.bench throughput --model preset:qwen3-8b --output "$OUT/thr_8b.json" \
         --repeat 3 --profile-steps 10 --profile-output "$OUT/prof_8b.txt" ;;
-    triton)     # the same benchmarks on our Triton attention kernels
+    flash)      # the same benchmarks on flash-attn (the default is the triton backend)
       for m in qwen3-0.6b qwen3-8b; do
-        run lat_${m}_triton python -m engine.bench latency --model preset:$m --attention-backend triton
-        run thr_${m}_triton python -m engine.bench throughput --model preset:$m --attention-backend triton --repeat 3
+        run lat_${m}_flash python -m engine.bench latency --model preset:$m --attention-backend flash_attn
+        run thr_${m}_flash python -m engine.bench throughput --model preset:$m --attention-backend flash_attn --repeat 3
       done ;;
     ablation)   # what the fused kernels and the overlap each buy, on Qwen3-0.6B
       ENGINE_FUSED_OPS=0 run lat_0.6b_unfused python -m engine.bench latency --model preset:qwen3-0.6b
@@ -52,12 +52,12 @@ for part in $parts; do
       run serve_0.6b python -m engine.bench serve --base-url http://127.0.0.1:8123 --max-concurrency 64 \
         --num-prompts 256 --output "$OUT/serve_0.6b.json"
       kill $server; wait $server 2> /dev/null; tail -5 "$OUT/server.log"; rm -f "$OUT/server.log" ;;
-    pdl)        # batch-1 latency (triton): PDL and the norm-fused skinny GEMMs on and off, both models
+    pdl)        # batch-1 latency: the default, then without PDL, without the 0.6B skinny GEMMs, with the norm-fused ones
       for m in qwen3-0.6b qwen3-8b; do
-        run lat_${m} python -m engine.bench latency --model preset:$m --attention-backend triton
-        ENGINE_PDL=0 run lat_${m}_nopdl python -m engine.bench latency --model preset:$m --attention-backend triton
-        ENGINE_SKINNY_FUSED_MIN_NUMEL=0 ENGINE_SKINNY_MIN_NUMEL=0 run lat_${m}_allskinny \
-          python -m engine.bench latency --model preset:$m --attention-backend triton
+        run lat_${m} python -m engine.bench latency --model preset:$m
+        ENGINE_PDL=0 run lat_${m}_nopdl python -m engine.bench latency --model preset:$m
+        ENGINE_SKINNY_MIN_NUMEL=16777216 run lat_${m}_cublas_small python -m engine.bench latency --model preset:$m
+        ENGINE_SKINNY_FUSED_MIN_NUMEL=0 run lat_${m}_normfused python -m engine.bench latency --model preset:$m
       done ;;
     attention)
       run attention python -m engine.bench attention --output "$OUT/attention.json" ;;
