@@ -97,6 +97,12 @@ class BlockManager:
         check(num_new_tokens >= 0, "num_new_tokens", num_new_tokens, "must be >= 0")
         rid = request.request_id
         held = self._blocks.get(rid)
+        if held is not None and not computed_blocks:
+            num_total = request.num_computed_tokens + num_new_tokens
+            if num_total <= len(held) * self.block_size:  # most decode steps: the last block has room
+                if self.enable_prefix_caching:
+                    self._cache_full_blocks(request, min(num_total, request.num_tokens))
+                return True
         if computed_blocks:
             self._check_computed(request, held, computed_blocks)
         num_total = request.num_computed_tokens + len(computed_blocks) * self.block_size + num_new_tokens

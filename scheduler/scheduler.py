@@ -73,14 +73,17 @@ class Scheduler:
 
     def _schedule_running(self, out: SchedulerOutput, budget: int) -> tuple[int, bool]:
         preempted = False
+        running, max_model_len = self.running, self.config.max_model_len
+        allocate_slots = self.block_manager.allocate_slots
         i = 0
-        while i < len(self.running) and budget > 0:
-            request = self.running[i]
-            if request.will_finish_by_length or request.num_tokens_with_inflight >= self.config.max_model_len:
+        while i < len(running) and budget > 0:
+            request = running[i]
+            num_planned = request.num_tokens_with_inflight
+            if num_planned >= max_model_len or request.will_finish_by_length:
                 i += 1                                   # its token in flight ends it: nothing to run
                 continue
-            num_new = min(request.num_tokens_with_inflight - request.num_computed_tokens, budget)
-            while not self.block_manager.allocate_slots(request, num_new):
+            num_new = min(num_planned - request.num_computed_tokens, budget)
+            while not allocate_slots(request, num_new):
                 victim = self.running[-1]
                 self._preempt(victim)
                 out.preempted_request_ids.append(victim.request_id)
