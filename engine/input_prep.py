@@ -63,20 +63,22 @@ class InputPreparer:
                 self.free_rows.append(row)
 
     def _update_rows(self, out: SchedulerOutput) -> np.ndarray:
-        rows = np.empty(len(out.scheduled), dtype=np.int64)
-        for i, s in enumerate(out.scheduled):
+        rows = []
+        row_of, num_row_blocks = self.rows, self.num_row_blocks
+        for s in out.scheduled:
             rid = s.request.request_id
-            row = self.rows.get(rid)
+            row = row_of.get(rid)
             if row is None:
-                row = self.rows[rid] = self.free_rows.pop()
-                self.num_row_blocks[rid] = 0
+                row = row_of[rid] = self.free_rows.pop()
+                num_row_blocks[rid] = 0
+            num_blocks = len(s.block_ids)
             if s.is_new:
                 self.block_table.set_row(row, s.block_ids)
-            elif len(s.block_ids) > self.num_row_blocks[rid]:
-                self.block_table.append_to_row(row, s.block_ids[self.num_row_blocks[rid]:])
-            self.num_row_blocks[rid] = len(s.block_ids)
-            rows[i] = row
-        return rows
+            elif num_blocks > num_row_blocks[rid]:
+                self.block_table.append_to_row(row, s.block_ids[num_row_blocks[rid]:])
+            num_row_blocks[rid] = num_blocks
+            rows.append(row)
+        return np.array(rows, dtype=np.int64)
 
     def prepare(self, out: SchedulerOutput, num_padded_reqs: int | None = None,
                 inflight: InflightTokens | None = None) -> StepInputs:
@@ -133,16 +135,17 @@ class InputPreparer:
         h = self.buffers.host
         ids = h["input_ids"]
         pending = []
+        starts = cu.tolist()
         for i, s in enumerate(out.scheduled):
-            c, n = s.num_computed_tokens, s.num_new_tokens
+            c, n, start = s.num_computed_tokens, s.num_new_tokens, starts[i]
             known = s.request.all_token_ids
             if c + n > len(known):                   # a decode whose input token is still on the device
-                pending.append((int(cu[i]), inflight.rows[s.request.request_id]))
-                ids[cu[i]] = 0
+                pending.append((start, inflight.rows[s.request.request_id]))
+                ids[start] = 0
             elif n == 1:
-                ids[cu[i]] = known[c]
+                ids[start] = known[c]
             else:
-                ids[cu[i]:cu[i + 1]] = known[c:c + n]
+                ids[start:start + n] = known[c:c + n]
         ids[num_tokens:padded_tokens] = 0
         h["positions"][:num_tokens] = positions
         h["positions"][num_tokens:padded_tokens] = 0
