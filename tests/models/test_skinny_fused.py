@@ -311,3 +311,4 @@ def test_fused_kernels_replay_in_a_cuda_graph():
     graph.replay()
     for got, want in zip(captured, step()):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
+

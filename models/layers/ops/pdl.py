@@ -14,22 +14,42 @@ H100, batch-1 chain of norm + projection kernels in a CUDA graph (2026-11-25): Q
 from __future__ import annotations
 
 import functools
+import importlib.metadata
 import os
 
 import torch
 
 ENABLED = os.environ.get("ENGINE_PDL", "1") != "0"
-
-
-@functools.cache
-def _device_supports(index: int) -> bool:
-    return torch.cuda.get_device_capability(index)[0] >= 9
+MIN_TRITON = (3, 4)   # launch_pdl and tl.extra.cuda.gdc_wait / gdc_launch_dependents
 
 
 def pdl_enabled(device: torch.device) -> bool:
-    """True when kernels on `device` launch with PDL (a Hopper-or-newer GPU, ENGINE_PDL not 0)."""
-    return ENABLED and device.type == "cuda" and torch.cuda.is_available() and _device_supports(
-        device.index if device.index is not None else torch.cuda.current_device())
+    """True when kernels on `device` launch with PDL (ENGINE_PDL not 0, a Hopper-or-newer GPU, triton
+    >= 3.4)."""
+    if not ENABLED or device.type != "cuda" or not torch.cuda.is_available():
+        return False
+    return _cuda_device_has_pdl(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.cache
+def _cuda_device_has_pdl(index: int) -> bool:
+    return triton_has_pdl(_triton_version()) and torch.cuda.get_device_capability(index)[0] >= 9
+
+
+def _triton_version() -> str | None:
+    """The installed triton's version, read without importing triton (`import models` must not)."""
+    try:
+        return importlib.metadata.version("triton")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def triton_has_pdl(version: str | None) -> bool:
+    """Whether a triton of this version (e.g. "3.6.0", "3.4.0+git1234") has launch_pdl and gdc_*."""
+    if version is None:
+        return False
+    parts = [int(p) for p in version.split("+")[0].split(".")[:2] if p.isdigit()]
+    return len(parts) == 2 and tuple(parts) >= MIN_TRITON
 
 
 def pdl_kwargs(x: torch.Tensor) -> dict:
