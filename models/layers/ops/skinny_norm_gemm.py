@@ -53,7 +53,9 @@ def _norm_gemm_kernel(x_ptr, res_ptr, g_ptr, w_ptr, bias_ptr, out_ptr, new_res_p
     ks = tl.arange(0, BLOCK_K)
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     acc_up = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-    sum_sq = tl.zeros([BLOCK_M], tl.float32)
+    # Squares are summed elementwise in the loop and reduced across K once after it: a reduction
+    # inside the loop synchronizes the warps every step (suspected cause of the H100 slowdown, to measure).
+    squares = tl.zeros([BLOCK_M, BLOCK_K], tl.float32)
     for k0 in range(0, K, BLOCK_K):
         kk = k0 + ks
         k_ok = kk < K
@@ -64,7 +66,7 @@ def _norm_gemm_kernel(x_ptr, res_ptr, g_ptr, w_ptr, bias_ptr, out_ptr, new_res_p
             h += r.to(tl.float32)
             tl.store(new_res_ptr + rows[:, None] * stride_nm + kk[None, :],
                      h.to(new_res_ptr.dtype.element_ty), mask=write_rows[:, None] & k_ok[None, :])
-        sum_sq += tl.sum(h * h, axis=1)
+        squares += h * h
         a = h * tl.load(g_ptr + kk, mask=k_ok, other=0.0).to(tl.float32)[None, :]
         if EVEN_K:
             w = tl.load(w_rows + kk[None, :])
@@ -83,7 +85,7 @@ def _norm_gemm_kernel(x_ptr, res_ptr, g_ptr, w_ptr, bias_ptr, out_ptr, new_res_p
             if DOT_F32:
                 u = u.to(tl.float32)
             acc_up = tl.dot(a, tl.trans(u), acc_up, input_precision=PRECISION)
-    rstd = tl.rsqrt(sum_sq / K + eps)[:, None]
+    rstd = tl.rsqrt(tl.sum(squares, axis=1) / K + eps)[:, None]
     out = acc * rstd
     if HAS_BIAS:
         out += tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
