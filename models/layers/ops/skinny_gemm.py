@@ -6,10 +6,11 @@ tensor cores with the rows of x padded to 16.
 
 H100 (engine/bench/skinny_gemm.py, 2026-11-25, CUDA-graph replays, weights not in L2): on weights of
 32 MB and more it reads 2.3-3.1 TB/s and beats cuBLAS by 2-14% (Qwen3-8B projections, both LM heads);
-on the 4-12 MB projections of Qwen3-0.6B both take 5.6-9 us, launch and ramp-up bound, and cuBLAS is
-up to 15% faster (that was with 64-row tiles: 16 programs for N = 1024; `config_for` now gives
-small weights smaller tiles, not measured yet). `models.layers.ops.use_skinny` encodes that. (Fusing
-SiLU-and-mul into the down projection's input was tried and was 3.5-4x slower: every program
+alone, on the 4-12 MB projections of Qwen3-0.6B, both take 5.6-9 us, launch and ramp-up bound, and
+cuBLAS is up to 15% faster. With PDL (pdl.py: the kernel starts during its predecessor's tail and
+pulls its first weight tile into L2 meanwhile) it wins there too, inside the model: Qwen3-0.6B
+batch-1 latency 1.47-1.55 -> 1.29 ms/token. `models.layers.ops.use_skinny` encodes both cases.
+(Fusing SiLU-and-mul into the down projection's input was tried and was 3.5-4x slower: every program
 recomputes the activation of all K.) skinny_norm_gemm.py adds an RMSNorm prologue to this kernel.
 """
 from __future__ import annotations
