@@ -3,6 +3,7 @@ client-disconnect handling and SSE framing."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable
@@ -163,6 +164,19 @@ async def until_disconnect(request: Request, work: Awaitable) -> object:
 async def _wait_disconnect(request: Request) -> None:
     while (await request.receive())["type"] != "http.disconnect":
         pass
+
+
+async def sse_stream(events: AsyncIterator[str]) -> AsyncIterator[str]:
+    """`events` (SSE strings), then `data: [DONE]`. An error raised mid-stream (the 200 status line is
+    already sent) goes out in-band in the OpenAI error shape before [DONE]; closing this stream
+    (client gone) closes `events` at once."""
+    try:
+        async with contextlib.aclosing(events) as inner:
+            async for event in inner:
+                yield event
+    except Exception as exc:  # noqa: BLE001 - the status line is gone; report in-band
+        yield api_error(exc).sse()
+    yield DONE
 
 
 def sse(payload: BaseModel | dict) -> str:

@@ -9,7 +9,7 @@ from server.errors import APIError
 from server.protocol import (ChatChoice, ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse,
                              ChatLogprobs, ChatMessage, ChatResponseMessage, ChatStreamChoice, DeltaMessage,
                              TokenLogprob, TopLogprob, UsageInfo)
-from server.serving import DONE, Serving, api_error, merge, sse
+from server.serving import Serving, merge, sse, sse_stream
 
 
 def _message_dict(message: ChatMessage) -> dict:
@@ -73,7 +73,8 @@ async def create_chat_completion(serving: Serving, req: ChatCompletionRequest, t
     response_id = f"chatcmpl-{uuid.uuid4().hex}"
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return _stream(serving, req, response_id, streams, len(prompt), num_top, include_usage, timer)
+        return sse_stream(_stream(serving, req, response_id, streams, len(prompt), num_top, include_usage,
+                                  timer))
     return await _collect(serving, req, response_id, streams, len(prompt), num_top, timer)
 
 
@@ -106,25 +107,21 @@ async def _stream(serving, req, response_id, streams, num_prompt_tokens, num_top
 
     latest: dict[int, CompletionOutput] = {}
     sent: dict[int, int] = {}
-    try:
-        for index in range(req.n):
-            yield chunk(index, DeltaMessage(role="assistant", content=""))
-        async for _, out in merge(streams):
-            if any(c.token_ids_delta for c in out.outputs):
-                timer.on_tokens()
-            for comp in out.outputs:
-                latest[comp.index] = comp
-                start = sent.get(comp.index, 0)
-                if comp.text_delta or (req.logprobs and len(comp.token_ids) > start):
-                    sent[comp.index] = len(comp.token_ids)
-                    logprobs = _logprobs(serving, comp, start, num_top) if req.logprobs else None
-                    yield chunk(comp.index, DeltaMessage(content=comp.text_delta), logprobs)
-                if comp.finished:
-                    yield chunk(comp.index, DeltaMessage(), finish_reason=comp.finish_reason)
-        timer.finish()
-        if include_usage:
-            yield sse(ChatCompletionChunk(id=response_id, model=serving.model_name, choices=[],
-                                          usage=_usage(num_prompt_tokens, latest)))
-    except Exception as exc:  # noqa: BLE001 - the status line is gone; report in-band
-        yield api_error(exc).sse()
-    yield DONE
+    for index in range(req.n):
+        yield chunk(index, DeltaMessage(role="assistant", content=""))
+    async for _, out in merge(streams):
+        if any(c.token_ids_delta for c in out.outputs):
+            timer.on_tokens()
+        for comp in out.outputs:
+            latest[comp.index] = comp
+            start = sent.get(comp.index, 0)
+            if comp.text_delta or (req.logprobs and len(comp.token_ids) > start):
+                sent[comp.index] = len(comp.token_ids)
+                logprobs = _logprobs(serving, comp, start, num_top) if req.logprobs else None
+                yield chunk(comp.index, DeltaMessage(content=comp.text_delta), logprobs)
+            if comp.finished:
+                yield chunk(comp.index, DeltaMessage(), finish_reason=comp.finish_reason)
+    timer.finish()
+    if include_usage:
+        yield sse(ChatCompletionChunk(id=response_id, model=serving.model_name, choices=[],
+                                      usage=_usage(num_prompt_tokens, latest)))

@@ -8,7 +8,7 @@ from engine.outputs import CompletionOutput
 from server.errors import APIError
 from server.protocol import (CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse,
                              UsageInfo)
-from server.serving import DONE, Serving, api_error, merge, sse
+from server.serving import Serving, merge, sse, sse_stream
 
 
 def _prompts(serving: Serving, req: CompletionRequest) -> list[list[int]]:
@@ -86,7 +86,7 @@ async def create_completion(serving: Serving, req: CompletionRequest, timer_fact
     response_id = f"cmpl-{uuid.uuid4().hex}"
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return _stream(serving, response_id, streams, choices, prompts, include_usage, timer)
+        return sse_stream(_stream(serving, response_id, streams, choices, prompts, include_usage, timer))
     return await _collect(serving, response_id, streams, choices, prompts, timer)
 
 
@@ -122,26 +122,22 @@ async def _stream(serving, response_id, streams, choices: _Choices, prompts, inc
                                   stop_reason=stop_reason)
         return sse(CompletionResponse(id=response_id, model=serving.model_name, choices=[choice]))
 
-    try:
-        if choices.echo:
-            for index in range(len(prompts) * choices.n):
-                yield chunk(index, choices.prompt_texts[index // choices.n])
-        async for prompt_idx, out in merge(streams):
-            if any(c.token_ids_delta for c in out.outputs):
-                timer.on_tokens()
-            for comp in out.outputs:
-                index = choices.index(prompt_idx, comp)
-                sent = choices.num_logprobs_sent.get(index, 0)
-                choices.latest[index] = comp
-                if not (comp.text_delta or comp.finished or (choices.want_logprobs and len(comp.token_ids) > sent)):
-                    continue
-                choices.num_logprobs_sent[index] = len(comp.token_ids)
-                yield chunk(index, comp.text_delta, choices.logprobs(index, comp, sent), comp.finish_reason,
-                            comp.stop_reason)
-        timer.finish()
-        if include_usage:
-            yield sse(CompletionResponse(id=response_id, model=serving.model_name, choices=[],
-                                         usage=_usage(prompts, choices)))
-    except Exception as exc:  # noqa: BLE001 - the status line is gone; report in-band
-        yield api_error(exc).sse()
-    yield DONE
+    if choices.echo:
+        for index in range(len(prompts) * choices.n):
+            yield chunk(index, choices.prompt_texts[index // choices.n])
+    async for prompt_idx, out in merge(streams):
+        if any(c.token_ids_delta for c in out.outputs):
+            timer.on_tokens()
+        for comp in out.outputs:
+            index = choices.index(prompt_idx, comp)
+            sent = choices.num_logprobs_sent.get(index, 0)
+            choices.latest[index] = comp
+            if not (comp.text_delta or comp.finished or (choices.want_logprobs and len(comp.token_ids) > sent)):
+                continue
+            choices.num_logprobs_sent[index] = len(comp.token_ids)
+            yield chunk(index, comp.text_delta, choices.logprobs(index, comp, sent), comp.finish_reason,
+                        comp.stop_reason)
+    timer.finish()
+    if include_usage:
+        yield sse(CompletionResponse(id=response_id, model=serving.model_name, choices=[],
+                                     usage=_usage(prompts, choices)))
