@@ -14,6 +14,7 @@ import random
 import statistics
 
 from engine.bench.common import add_engine_args, engine_kwargs, kv_cache_dtype_name, random_prompts, report, timed
+from engine.bench.jit_watch import TritonJitWatch
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -38,11 +39,13 @@ def main(args: argparse.Namespace) -> dict:
                                     args.seed)
     params = [SamplingParams(temperature=args.temperature, ignore_eos=True, max_tokens=n) for n in output_lens]
     llm.generate([[1, 2, 3]], SamplingParams(max_tokens=8), use_tqdm=False)        # warm-up
-    runs = []
+    runs, jit = [], []
     for _ in range(args.repeat):
         llm.engine.block_manager.reset_prefix_cache()   # every run prefills its prompts in full
-        outputs, elapsed = timed(lambda: llm.generate(prompts, params, use_tqdm=False))
+        with TritonJitWatch() as watch:                  # kernel variants built inside the timed run
+            outputs, elapsed = timed(lambda: llm.generate(prompts, params, use_tqdm=False))
         runs.append(elapsed)
+        jit.append(watch.summary())
     elapsed = statistics.median(runs)
     num_out = sum(len(o.outputs[0].token_ids) for o in outputs)
     num_in = sum(len(p) for p in prompts)
@@ -51,11 +54,14 @@ def main(args: argparse.Namespace) -> dict:
               "num_requests": len(prompts), "prompt_tokens": num_in, "output_tokens": num_out,
               "elapsed_s": round(elapsed, 3), "output_tok_per_s": round(num_out / elapsed, 1),
               "total_tok_per_s": round((num_in + num_out) / elapsed, 1),
-              "runs_output_tok_per_s": [round(num_out / t, 1) for t in runs]}
+              "runs_output_tok_per_s": [round(num_out / t, 1) for t in runs], "runs_triton_jit": jit}
     print(f"throughput {args.model} [{result['backend']}, KV {result['kv_cache_dtype']}]: "
           f"{num_out} output tokens in {elapsed:.2f} s = "
           f"{result['output_tok_per_s']:.0f} output tok/s ({result['total_tok_per_s']:.0f} total tok/s)"
-          + (f"; median of {len(runs)} runs: {result['runs_output_tok_per_s']}" if len(runs) > 1 else ""))
+          + (f"; median of {len(runs)} runs: {result['runs_output_tok_per_s']}" if len(runs) > 1 else "")
+          + "; Triton kernel variants built per run: "
+          + ", ".join("n/a" if j["num_kernels"] is None else f"{j['num_kernels']} ({j['seconds']:.2f} s)"
+                      for j in jit))
     if args.profile_steps:
         result["profile"] = _profile(llm, prompts, params, args)
         print("profile:", result["profile"])
