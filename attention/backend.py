@@ -142,6 +142,14 @@ class AttentionBackend:
         return (2, num_blocks, block_size, num_kv_heads, head_size)
 
     @classmethod
+    def allocate_kv_cache(cls, num_blocks: int, block_size: int, num_kv_heads: int, head_size: int,
+                          dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """One layer's zeroed cache of `get_kv_cache_shape`. A backend may keep another memory order
+        behind that shape (a strided view); everything outside its kernels indexes by the shape."""
+        return torch.zeros(cls.get_kv_cache_shape(num_blocks, block_size, num_kv_heads, head_size),
+                           dtype=dtype, device=device)
+
+    @classmethod
     def supports_block_size(cls, block_size: int) -> bool:
         return block_size > 0
 

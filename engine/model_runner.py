@@ -88,8 +88,8 @@ class ModelRunner:
 
     def _allocate_kv_cache(self, num_blocks: int) -> list[torch.Tensor]:
         mc = self.model_config
-        shape = self.backend.get_kv_cache_shape(num_blocks, self.block_size, mc.num_kv_heads, mc.head_size)
-        return [torch.zeros(shape, dtype=self.kv_cache_dtype, device=self.device) for _ in range(mc.num_layers)]
+        return [self.backend.allocate_kv_cache(num_blocks, self.block_size, mc.num_kv_heads, mc.head_size,
+                                               self.kv_cache_dtype, self.device) for _ in range(mc.num_layers)]
 
     def _size_kv_cache(self) -> int:
         block_bytes = kv_sizing.bytes_per_block(self.model_config, self.block_size, self.kv_cache_dtype)

@@ -6,13 +6,14 @@ table); each is compared with torch_ref on those inputs before it is timed and i
 differs. Decode steps are timed as CUDA-graph replays (how the engine runs them) and eagerly;
 prefill eagerly. Times are medians of triton.testing.do_bench. With `--kv-cache-dtype fp8` the caches
 (torch_ref's too) hold the K/V cast to float8_e4m3fn, and backends that cannot read it are skipped.
+With ENGINE_TRITON_KV_LAYOUT=HND the triton backend is timed on that memory order of its cache.
 """
 from __future__ import annotations
 
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -147,6 +148,16 @@ def reference(case: Case, kv: torch.Tensor, shape: dict, gen: torch.Generator) -
     return runner.output
 
 
+def in_backend_order(backend, inputs: Inputs) -> Inputs:
+    """The same cache values in the memory order the backend allocates (ENGINE_TRITON_KV_LAYOUT=HND)."""
+    c = inputs.kv_cache
+    cache = backend.allocate_kv_cache(*c.shape[1:], c.dtype, c.device)
+    if cache.stride() == c.stride():
+        return inputs
+    cache.copy_(c)
+    return replace(inputs, kv_cache=cache)
+
+
 def run_case(case: Case, backends: list, block_sizes: dict, shape: dict) -> list[dict]:
     gen = torch.Generator(device=DEVICE).manual_seed(0)
     kv = logical_kv(case, shape, gen)
@@ -154,7 +165,7 @@ def run_case(case: Case, backends: list, block_sizes: dict, shape: dict) -> list
     rows = []
     for backend in backends:
         gen.manual_seed(1)  # the same query as the reference; the block table is drawn after it
-        inputs = paged_inputs(case, kv, block_sizes[backend.name], shape, gen)
+        inputs = in_backend_order(backend, paged_inputs(case, kv, block_sizes[backend.name], shape, gen))
         rows.append(measure(backend, case, inputs, shape, ref))
         del inputs
         torch.cuda.empty_cache()

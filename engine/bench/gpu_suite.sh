@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU checks and benchmarks behind docs/benchmarks.md, in one device call:
-#   source .gpu/env.sh; bash engine/bench/gpu_suite.sh [tests] [small] [big] [flash] [ablation] [latprof] [skinny] [serve] [attention] [fp8]
+#   source .gpu/env.sh; bash engine/bench/gpu_suite.sh [tests] [small] [big] [flash] [ablation] [latprof] [skinny] [serve] [attention] [fp8] [pdl] [layout]
 # Full logs and JSON go to $OUT (or ./gpu_out); the tail of each is printed. Each part runs on its own
 # so one failure does not hide the rest.
 set -u
@@ -59,6 +59,15 @@ for part in $parts; do
         ENGINE_SKINNY_MIN_NUMEL=16777216 run lat_${m}_cublas_small python -m engine.bench latency --model preset:$m
         ENGINE_SKINNY_FUSED_MIN_NUMEL=0 run lat_${m}_normfused python -m engine.bench latency --model preset:$m
       done ;;
+    layout)     # the triton cache's HND memory order (ENGINE_TRITON_KV_LAYOUT) against the default NHD
+      for kv in auto fp8; do
+        for layout in NHD HND; do
+          ENGINE_TRITON_KV_LAYOUT=$layout run attention_${kv}_$layout python -m engine.bench attention --cases decode \
+            --backends triton --num-heads 16 --num-kv-heads 8 --kv-cache-dtype $kv
+        done
+      done
+      ENGINE_TRITON_KV_LAYOUT=HND run thr_0.6b_fp8_hnd python -m engine.bench throughput --model preset:qwen3-0.6b \
+        --kv-cache-dtype fp8 --repeat 3 ;;
     attention)
       run attention python -m engine.bench attention --output "$OUT/attention.json" ;;
     fp8)        # the fp8 KV cache (triton; flash_attn has none) against the bf16 one, Qwen3-0.6B, and the decode kernel

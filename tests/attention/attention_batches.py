@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -92,10 +92,18 @@ def run_backend(backend: type[AttentionBackend], batch: Batch, *, capture: bool 
     return output, cache
 
 
-def assert_matches_reference(backend: type[AttentionBackend], batch: Batch, **kwargs) -> None:
+def hnd_order(kv_cache: torch.Tensor) -> torch.Tensor:
+    """The same [2, num_blocks, block_size, Hkv, D] values, stored [2, num_blocks, Hkv, block_size, D]."""
+    return kv_cache.permute(0, 1, 3, 2, 4).contiguous().permute(0, 1, 3, 2, 4)
+
+
+def assert_matches_reference(backend: type[AttentionBackend], batch: Batch, hnd: bool = False, **kwargs) -> None:
     """Output within TOLERANCE (relative L2) of torch_ref; cache written exactly like torch_ref's,
-    so padding slots and unused slots still hold POISON."""
-    out, cache = run_backend(backend, batch, **kwargs)
+    so padding slots and unused slots still hold POISON. `hnd`: the tested backend gets the cache in
+    the HND memory order (torch_ref keeps NHD)."""
+    tested = replace(batch, kv_cache=hnd_order(batch.kv_cache)) if hnd else batch
+    out, cache = run_backend(backend, tested, **kwargs)
+    assert cache.stride() == tested.kv_cache.stride()
     ref_out, ref_cache = run_backend(TorchRefBackend, batch)
     n = batch.num_valid_tokens
     got, want = out[:n].double().cpu(), ref_out[:n].double().cpu()

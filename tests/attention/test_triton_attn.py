@@ -27,6 +27,32 @@ def test_mixed_batch_matches_reference(group, head_size, block_size, dtype):
     assert_matches_reference(TritonAttnBackend, batch)
 
 
+@pytest.mark.parametrize("block_size,dtype", [(16, torch.float32), (32, torch.bfloat16)])
+def test_hnd_cache_order_matches_reference(block_size, dtype):
+    """ENGINE_TRITON_KV_LAYOUT=HND: the kernels read and write a cache whose memory order is
+    [.., Hkv, block_size, D] behind the usual shape (mixed batch, then a split-KV decode)."""
+    batch = make_batch(*MIXED, num_heads=4, num_kv_heads=2, head_size=64, block_size=block_size, dtype=dtype,
+                       device=DEVICE, num_pad_tokens=2, seed=5)
+    assert_matches_reference(TritonAttnBackend, batch, hnd=True)
+    decode = make_batch([1, 1, 1], [150, 3, 77], num_heads=4, num_kv_heads=2, head_size=64, block_size=block_size,
+                        dtype=dtype, device=DEVICE, num_pad_tokens=2, seed=6)
+    builder = TritonAttnBackend.get_builder_cls()(4, 2, 64, block_size, 8, 4096, DEVICE)
+    assert builder.build(decode.common).num_splits > 1 or DEVICE == "cuda"
+    assert_matches_reference(TritonAttnBackend, decode, hnd=True, builder=builder)
+
+
+def test_allocate_kv_cache_layouts(monkeypatch):
+    shape = (2, 5, 16, 2, 64)
+    nhd = TritonAttnBackend.allocate_kv_cache(5, 16, 2, 64, torch.float16, torch.device("cpu"))
+    assert nhd.shape == shape and nhd.is_contiguous()
+    monkeypatch.setattr(triton_attn, "KV_LAYOUT", "HND")
+    hnd = TritonAttnBackend.allocate_kv_cache(5, 16, 2, 64, torch.float16, torch.device("cpu"))
+    assert hnd.shape == shape and hnd.permute(0, 1, 3, 2, 4).is_contiguous() and not hnd.any()
+    monkeypatch.setattr(triton_attn, "KV_LAYOUT", "hnd")
+    with pytest.raises(ValueError, match="ENGINE_TRITON_KV_LAYOUT must be one of"):
+        TritonAttnBackend.allocate_kv_cache(5, 16, 2, 64, torch.float16, torch.device("cpu"))
+
+
 def test_long_prefill_crosses_many_tiles():
     batch = make_batch([70, 1], [50, 90], num_heads=4, num_kv_heads=1, head_size=64, block_size=16,
                        dtype=torch.float32, device=DEVICE, seed=11)
