@@ -47,15 +47,17 @@ def main(args: argparse.Namespace) -> dict:
     runs = [_one_run(llm.engine, prompt, params) for _ in range(args.iters)]
     total = statistics.median(r[0] for r in runs)
     decode = statistics.median(r[1] for r in runs)
+    first_token = statistics.median(r[0] - r[1] for r in runs)   # prefill, first sample, host set-up
     result = {"bench": "latency", "model": args.model, "backend": llm.engine.attention_backend,
               "kv_cache_dtype": kv_cache_dtype_name(llm),
               "input_len": args.input_len, "output_len": args.output_len, "iters": args.iters,
               "ms_per_token": round(1000 * total / args.output_len, 3),
               "decode_ms_per_token": round(1000 * decode / (args.output_len - 1), 3),
-              "total_s": round(total, 3)}
+              "first_token_ms": round(1000 * first_token, 2), "total_s": round(total, 3)}
     print(f"latency {args.model} [{result['backend']}, KV {result['kv_cache_dtype']}]: "
           f"{result['ms_per_token']:.3f} ms/token "
-          f"(decode {result['decode_ms_per_token']:.3f} ms/token, {total:.2f} s for {args.output_len} tokens)")
+          f"(decode {result['decode_ms_per_token']:.3f} ms/token, first token {result['first_token_ms']:.1f} ms, "
+          f"{total:.2f} s for {args.output_len} tokens)")
     if args.profile_steps:
         from engine.bench.step_profile import profile_steps, wait_per_step
         llm.engine.add_request("profile", prompt, params)
