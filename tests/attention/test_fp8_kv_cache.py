@@ -11,7 +11,6 @@ import math
 import pytest
 import torch
 
-from attention.backends import triton_attn
 from attention.backends.torch_ref import TorchRefBackend, gather_kv
 from attention.backends.triton_attn import TritonAttnBackend
 from attention_batches import assert_matches_reference, make_batch, run_backend
@@ -93,25 +92,6 @@ def test_triton_mixed_batch_fp8_matches_torch_ref(group, head_size, block_size, 
                        dtype=dtype, device=DEVICE, num_pad_tokens=3, seed=group, kv_cache_dtype=FP8,
                        snap_kv=ON_CPU)
     assert_matches_reference(TritonAttnBackend, batch)
-
-
-@pytest.mark.parametrize("group,head_size,block_size,dtype", [
-    (1, 128, 16, torch.float16),
-    (4, 64, 16, torch.float32),
-    (8, 128, 128, torch.bfloat16),
-])
-@pytest.mark.parametrize("min_split_len", [16, 4096])
-def test_triton_decode_fp8_matches_torch_ref(monkeypatch, group, head_size, block_size, dtype, min_split_len):
-    monkeypatch.setitem(triton_attn.SPLIT_POLICY, "min_split_len", min_split_len)
-    batch = make_batch([1, 1, 1], [150, 3, 77], num_heads=2 * group, num_kv_heads=2, head_size=head_size,
-                       block_size=block_size, dtype=dtype, device=DEVICE, num_pad_tokens=2, seed=group,
-                       kv_cache_dtype=FP8, snap_kv=ON_CPU)
-    builder = TritonAttnBackend.get_builder_cls()(2 * group, 2, head_size, block_size, 8, 4096, DEVICE)
-    metadata = builder.build(batch.common)
-    assert metadata.is_decode
-    if ON_CPU:  # 4 assumed multiprocessors: 3 requests x 2 KV heads < 8 programs
-        assert (metadata.num_splits > 1) == (min_split_len == 16)
-    assert_matches_reference(TritonAttnBackend, batch, builder=builder)
 
 
 def test_triton_fp8_output_is_close_to_exact_attention():

@@ -65,10 +65,14 @@ def test_long_prefill_crosses_many_tiles():
     (8, 128, 128, torch.bfloat16),
 ])
 @pytest.mark.parametrize("min_split_len", [16, 4096])
-def test_decode_matches_reference(monkeypatch, group, head_size, block_size, dtype, min_split_len):
+@pytest.mark.parametrize("kv_cache_dtype", [None, torch.float8_e4m3fn])
+def test_decode_matches_reference(monkeypatch, group, head_size, block_size, dtype, min_split_len, kv_cache_dtype):
+    """Split-KV decode; with an fp8 cache too (on the CPU its new K/V are snapped onto the fp8 grid
+    first: see test_fp8_kv_cache.py for why)."""
     monkeypatch.setitem(triton_attn.SPLIT_POLICY, "min_split_len", min_split_len)
     batch = make_batch([1, 1, 1], [150, 3, 77], num_heads=2 * group, num_kv_heads=2, head_size=head_size,
-                       block_size=block_size, dtype=dtype, device=DEVICE, num_pad_tokens=2, seed=group)
+                       block_size=block_size, dtype=dtype, device=DEVICE, num_pad_tokens=2, seed=group,
+                       kv_cache_dtype=kv_cache_dtype, snap_kv=DEVICE == "cpu" and kv_cache_dtype is not None)
     builder = TritonAttnBackend.get_builder_cls()(2 * group, 2, head_size, block_size, 8, 4096, DEVICE)
     metadata = builder.build(batch.common)
     assert metadata.is_decode
