@@ -33,6 +33,9 @@ from attention.ops.store_kv import store_kv
 # H100 sweep (2026-11-25): waves 2 is best at 32 x 16k (waves 4 is 23% slower); min_split_len 64
 # makes batch 1 x 1k 24% faster than 256 and costs nothing at 16k.
 SPLIT_POLICY = dict(waves=2, min_split_len=64, max_splits=64)
+# ENGINE_TRITON_DECODE_STORES_KV=1: decode steps store their K/V inside the decode kernel (one launch
+# less per layer); an unmeasured experiment, off by default.
+DECODE_STORES_KV = os.environ.get("ENGINE_TRITON_DECODE_STORES_KV", "0") == "1"
 KV_LAYOUTS = ("NHD", "HND")
 KV_LAYOUT = os.environ.get("ENGINE_TRITON_KV_LAYOUT", "NHD")
 
@@ -144,11 +147,14 @@ class TritonAttnMetadataBuilder(AttentionMetadataBuilder):
 class TritonAttnImpl(AttentionImpl):
     def forward(self, query, key, value, kv_cache, metadata: TritonAttnMetadata, output) -> None:
         """Store K/V, then attend; see AttentionImpl.forward for shapes. No host sync."""
-        store_kv(key, value, kv_cache, metadata.slot_mapping)
+        fused_store = metadata.is_decode and DECODE_STORES_KV
+        if not fused_store:
+            store_kv(key, value, kv_cache, metadata.slot_mapping)
         if metadata.is_decode:
             decode_attention(query, kv_cache, output, metadata.query_start_loc, metadata.seq_lens,
                              metadata.block_table, self.scale, metadata.num_reqs, metadata.num_splits,
-                             metadata.part_out, metadata.part_lse)
+                             metadata.part_out, metadata.part_lse,
+                             new_kv=(key, value, metadata.slot_mapping) if fused_store else None)
         else:
             prefill_attention(query, kv_cache, output, metadata.query_start_loc, metadata.seq_lens,
                               metadata.block_table, self.scale, metadata.num_reqs, metadata.max_query_len)

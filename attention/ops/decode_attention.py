@@ -26,16 +26,34 @@ DECODE_CONFIGS = {
 
 
 @triton.jit
+def _store_new_kv(key_ptr, value_ptr, slot_ptr, cache_ptr, q_row, kv_head, stride_kt, stride_kh, stride_vt,
+                  stride_vh, value_offset, stride_cblock, stride_ctok, stride_chead, dims, dim_ok,
+                  BLOCK_SIZE: tl.constexpr):
+    """Write this request's new K/V of `kv_head` (token row q_row) to its slot, if it has one."""
+    slot = tl.load(slot_ptr + q_row)
+    if slot >= 0:
+        dst = (cache_ptr + (slot // BLOCK_SIZE) * stride_cblock + (slot % BLOCK_SIZE) * stride_ctok
+               + kv_head * stride_chead + dims)
+        k = tl.load(key_ptr + q_row * stride_kt + kv_head * stride_kh + dims, mask=dim_ok)
+        v = tl.load(value_ptr + q_row * stride_vt + kv_head * stride_vh + dims, mask=dim_ok)
+        tl.store(dst, k.to(cache_ptr.dtype.element_ty), mask=dim_ok)
+        tl.store(dst + value_offset, v.to(cache_ptr.dtype.element_ty), mask=dim_ok)
+
+
+@triton.jit
 def _decode_kernel(q_ptr, cache_ptr, out_ptr, part_out_ptr, part_lse_ptr,
                    query_start_ptr, seq_lens_ptr, table_ptr, scale_log2, num_splits,
                    stride_qt, stride_qh, stride_ot, stride_oh,
                    stride_pr, stride_ph, stride_ps, stride_lr, stride_lh,
                    value_offset, stride_cblock, stride_ctok, stride_chead, stride_table,
+                   key_ptr, value_ptr, slot_ptr, stride_kt, stride_kh, stride_vt, stride_vh,
                    DIRECT: tl.constexpr, GROUP: tl.constexpr, BLOCK_H: tl.constexpr,
                    HEAD_SIZE: tl.constexpr, HEAD_PAD: tl.constexpr, BLOCK_SIZE: tl.constexpr,
                    BLOCK_N: tl.constexpr, SCALAR_TABLE: tl.constexpr, DOT_F32: tl.constexpr,
-                   PRECISION: tl.constexpr, USE_PDL: tl.constexpr):
-    """Program (request, kv_head, split): the GROUP query heads of kv_head over one context chunk."""
+                   PRECISION: tl.constexpr, USE_PDL: tl.constexpr, STORE_KV: tl.constexpr):
+    """Program (request, kv_head, split): the GROUP query heads of kv_head over one context chunk.
+    With STORE_KV the program whose chunk holds the request's last token first writes that token's
+    K/V (key/value at slot_mapping) into the cache: the step's K/V store needs no launch of its own."""
     if USE_PDL:  # see models/layers/ops/pdl.py
         tl.extra.cuda.gdc_launch_dependents()
         tl.extra.cuda.gdc_wait()
@@ -56,6 +74,13 @@ def _decode_kernel(q_ptr, cache_ptr, out_ptr, part_out_ptr, part_lse_ptr,
     q_row = tl.load(query_start_ptr + req).to(tl.int64)
     q = tl.load(q_ptr + q_row * stride_qt + head[:, None] * stride_qh + dims[None, :],
                 mask=row_ok[:, None] & dim_ok[None, :], other=0.0)
+    if STORE_KV:
+        last_tile = (seq_len - 1) // BLOCK_N
+        if (seq_len > 0) & (tile_begin <= last_tile) & (last_tile < tile_end):
+            _store_new_kv(key_ptr, value_ptr, slot_ptr, cache_ptr, q_row, kv_head.to(tl.int64), stride_kt,
+                          stride_kh, stride_vt, stride_vh, value_offset, stride_cblock, stride_ctok,
+                          stride_chead, dims, dim_ok, BLOCK_SIZE)
+        tl.debug_barrier()  # the CTA's loads below see the stored token
 
     m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_H], tl.float32)
@@ -118,8 +143,12 @@ def _merge_kernel(out_ptr, part_out_ptr, part_lse_ptr, query_start_ptr,
 def decode_attention(query: torch.Tensor, kv_cache: torch.Tensor, output: torch.Tensor,
                      query_start_loc: torch.Tensor, seq_lens: torch.Tensor, block_table: torch.Tensor,
                      scale: float, num_reqs: int, num_splits: int, part_out: torch.Tensor,
-                     part_lse: torch.Tensor, config: dict | None = None) -> None:
+                     part_lse: torch.Tensor, config: dict | None = None,
+                     new_kv: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> None:
     """Paged attention of one query token per request; writes output [T, H, D] in place.
+
+    new_kv (key [T, Hkv, D], value [T, Hkv, D], slot_mapping [T] int64): store this step's K/V in
+    the same launch (as store_kv would; slots < 0 are skipped). None: the cache already holds them.
 
     query [T, H, D] (request r's token at row query_start_loc[r]); kv_cache
     [2, num_blocks, block_size, Hkv, D]; seq_lens [num_reqs] int32; block_table [num_reqs, *] int32.
@@ -144,12 +173,25 @@ def decode_attention(query: torch.Tensor, kv_cache: torch.Tensor, output: torch.
         *strides,
         kv_cache.stride(0), kv_cache.stride(1), kv_cache.stride(2), kv_cache.stride(3),
         block_table.stride(0),
+        *_new_kv_args(new_kv, query),
         DIRECT=num_splits == 1, GROUP=group, BLOCK_H=max(16, triton.next_power_of_2(group)),
         BLOCK_SIZE=block_size, DOT_F32=query.device.type == "cpu",
-        PRECISION="ieee" if query.dtype == torch.float32 else "tf32", **common, **cfg, **pdl_kwargs(query))
+        PRECISION="ieee" if query.dtype == torch.float32 else "tf32", STORE_KV=new_kv is not None, **common,
+        **cfg, **pdl_kwargs(query))
     if num_splits > 1:
         _merge_kernel[(num_reqs, num_heads)](
             output, part_out, part_lse, query_start_loc,
             output.stride(0), output.stride(1), *strides,
             NUM_SPLITS=num_splits, SPLITS_PAD=triton.next_power_of_2(num_splits), **common,
             num_warps=4, **pdl_kwargs(query))
+
+
+def _new_kv_args(new_kv, query: torch.Tensor) -> tuple:
+    """The kernel's key, value, slot_mapping pointers and key/value strides (unused placeholders
+    when there is nothing to store)."""
+    if new_kv is None:
+        return query, query, query, 0, 0, 0, 0
+    key, value, slot_mapping = new_kv
+    if key.stride(2) != 1 or value.stride(2) != 1 or slot_mapping.stride(0) != 1:
+        raise ValueError("key and value must be contiguous in head_size, slot_mapping contiguous")
+    return key, value, slot_mapping, key.stride(0), key.stride(1), value.stride(0), value.stride(1)

@@ -52,12 +52,15 @@ for part in $parts; do
       run serve_0.6b python -m engine.bench serve --base-url http://127.0.0.1:8123 --max-concurrency 64 \
         --num-prompts 256 --output "$OUT/serve_0.6b.json"
       kill $server; wait $server 2> /dev/null; tail -5 "$OUT/server.log"; rm -f "$OUT/server.log" ;;
-    pdl)        # batch-1 latency: the default, then without PDL, without the 0.6B skinny GEMMs, with the norm-fused ones
+    pdl)        # batch-1 latency: the default, then without PDL, without the 0.6B skinny GEMMs, with the fusions on trial
       for m in qwen3-0.6b qwen3-8b; do
         run lat_${m} python -m engine.bench latency --model preset:$m
         ENGINE_PDL=0 run lat_${m}_nopdl python -m engine.bench latency --model preset:$m
         ENGINE_SKINNY_MIN_NUMEL=16777216 run lat_${m}_cublas_small python -m engine.bench latency --model preset:$m
         ENGINE_SKINNY_FUSED_MIN_NUMEL=0 run lat_${m}_normfused python -m engine.bench latency --model preset:$m
+        ENGINE_TRITON_DECODE_STORES_KV=1 run lat_${m}_decodestore python -m engine.bench latency --model preset:$m
+        ENGINE_SKINNY_FUSED_MIN_NUMEL=0 ENGINE_TRITON_DECODE_STORES_KV=1 run lat_${m}_bothfused \
+          python -m engine.bench latency --model preset:$m
       done ;;
     layout)     # the triton cache's HND memory order (ENGINE_TRITON_KV_LAYOUT) against the default NHD
       for kv in auto fp8; do
