@@ -40,6 +40,19 @@ def prefetch_first_tile(w_rows, K, BLOCK_K: tl.constexpr):
 
 
 @triton.jit
+def load_weight_tile(w_rows, kk, k_ok, EVEN_K: tl.constexpr, DOT_F32: tl.constexpr):
+    """Columns kk of the weight rows `w_rows` ([BLOCK_N, 1] row pointers): [BLOCK_N, BLOCK_K], 0 past K
+    unless EVEN_K; float32 with DOT_F32 (the CPU interpreter's bf16 dot is wrong)."""
+    if EVEN_K:
+        w = tl.load(w_rows + kk[None, :])
+    else:
+        w = tl.load(w_rows + kk[None, :], mask=k_ok[None, :], other=0.0)
+    if DOT_F32:
+        w = w.to(tl.float32)
+    return w
+
+
+@triton.jit
 def _skinny_gemm_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, M, N, K, stride_xm, stride_wn, stride_om,
                         HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -61,12 +74,9 @@ def _skinny_gemm_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, M, N, K, stride_xm, str
         k_ok = kk < K
         x = tl.load(x_ptr + rows[:, None] * stride_xm + kk[None, :], mask=row_ok[:, None] & k_ok[None, :],
                     other=0.0)
-        if EVEN_K:
-            w = tl.load(w_rows + kk[None, :])
-        else:
-            w = tl.load(w_rows + kk[None, :], mask=k_ok[None, :], other=0.0)
+        w = load_weight_tile(w_rows, kk, k_ok, EVEN_K, DOT_F32)
         if DOT_F32:
-            x, w = x.to(tl.float32), w.to(tl.float32)
+            x = x.to(tl.float32)
         acc = tl.dot(x, tl.trans(w), acc, input_precision=PRECISION)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]

@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from models.layers.ops.pdl import pdl_kwargs
-from models.layers.ops.skinny_gemm import MAX_ROWS, config_for, prefetch_first_tile
+from models.layers.ops.skinny_gemm import MAX_ROWS, config_for, load_weight_tile, prefetch_first_tile
 
 
 @triton.jit
@@ -68,22 +68,12 @@ def _norm_gemm_kernel(x_ptr, res_ptr, g_ptr, w_ptr, bias_ptr, out_ptr, new_res_p
                      h.to(new_res_ptr.dtype.element_ty), mask=write_rows[:, None] & k_ok[None, :])
         squares += h * h
         a = h * tl.load(g_ptr + kk, mask=k_ok, other=0.0).to(tl.float32)[None, :]
-        if EVEN_K:
-            w = tl.load(w_rows + kk[None, :])
-        else:
-            w = tl.load(w_rows + kk[None, :], mask=k_ok[None, :], other=0.0)
-        if DOT_F32:
-            w = w.to(tl.float32)
-        else:
+        w = load_weight_tile(w_rows, kk, k_ok, EVEN_K, DOT_F32)
+        if not DOT_F32:
             a = a.to(w.dtype)
         acc = tl.dot(a, tl.trans(w), acc, input_precision=PRECISION)
         if SILU:
-            if EVEN_K:
-                u = tl.load(u_rows + kk[None, :])
-            else:
-                u = tl.load(u_rows + kk[None, :], mask=k_ok[None, :], other=0.0)
-            if DOT_F32:
-                u = u.to(tl.float32)
+            u = load_weight_tile(u_rows, kk, k_ok, EVEN_K, DOT_F32)
             acc_up = tl.dot(a, tl.trans(u), acc_up, input_precision=PRECISION)
     rstd = tl.rsqrt(tl.sum(squares, axis=1) / K + eps)[:, None]
     out = acc * rstd
