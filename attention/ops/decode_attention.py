@@ -13,8 +13,9 @@ import torch
 import triton
 import triton.language as tl
 
-from models.layers.ops.pdl import pdl_kwargs
 from attention.ops.paged_tiles import load_kv_tile, mma, softmax_step
+from attention.ops.store_kv import slot_offset
+from models.layers.ops.pdl import pdl_kwargs
 
 # H100, bf16, D=128, 2026-11-25: BLOCK_N=64 with 4 warps is within 1% of the best everywhere but
 # batch 1 x 16k (128 is 3% faster there, 10% slower at 32 x 16k); stages 2-4 differ by < 1%.
@@ -32,8 +33,7 @@ def _store_new_kv(key_ptr, value_ptr, slot_ptr, cache_ptr, q_row, kv_head, strid
     """Write this request's new K/V of `kv_head` (token row q_row) to its slot, if it has one."""
     slot = tl.load(slot_ptr + q_row)
     if slot >= 0:
-        dst = (cache_ptr + (slot // BLOCK_SIZE) * stride_cblock + (slot % BLOCK_SIZE) * stride_ctok
-               + kv_head * stride_chead + dims)
+        dst = cache_ptr + slot_offset(slot, BLOCK_SIZE, stride_cblock, stride_ctok) + kv_head * stride_chead + dims
         k = tl.load(key_ptr + q_row * stride_kt + kv_head * stride_kh + dims, mask=dim_ok)
         v = tl.load(value_ptr + q_row * stride_vt + kv_head * stride_vh + dims, mask=dim_ok)
         tl.store(dst, k.to(cache_ptr.dtype.element_ty), mask=dim_ok)

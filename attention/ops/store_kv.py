@@ -15,6 +15,13 @@ from models.layers.ops.pdl import pdl_kwargs
 
 
 @triton.jit
+def slot_offset(slot, block_size, stride_cblock, stride_ctok):
+    """Element offset of cache slot `slot` (block_id * block_size + offset in the block) for any
+    cache strides (NHD or HND memory order behind [.., num_blocks, block_size, Hkv, D])."""
+    return (slot // block_size) * stride_cblock + (slot % block_size) * stride_ctok
+
+
+@triton.jit
 def _store_kv_kernel(key_ptr, value_ptr, cache_ptr, slot_ptr, stride_slot,
                      stride_kt, stride_kh, stride_vt, stride_vh,
                      value_offset, block_size, stride_cblock, stride_ctok, stride_ch,
@@ -34,8 +41,7 @@ def _store_kv_kernel(key_ptr, value_ptr, cache_ptr, slot_ptr, stride_slot,
     mask = (heads < NUM_KV_HEADS) & (dims < HEAD_SIZE)
     key = tl.load(key_ptr + token * stride_kt + heads * stride_kh + dims, mask=mask)
     value = tl.load(value_ptr + token * stride_vt + heads * stride_vh + dims, mask=mask)
-    token_off = (slot // block_size) * stride_cblock + (slot % block_size) * stride_ctok
-    dst = cache_ptr + token_off + heads * stride_ch + dims
+    dst = cache_ptr + slot_offset(slot, block_size, stride_cblock, stride_ctok) + heads * stride_ch + dims
     tl.store(dst, key.to(cache_ptr.dtype.element_ty), mask=mask)
     tl.store(dst + value_offset, value.to(cache_ptr.dtype.element_ty), mask=mask)
 
