@@ -26,14 +26,16 @@ MIN_TRITON = (3, 4)   # launch_pdl and tl.extra.cuda.gdc_wait / gdc_launch_depen
 def pdl_enabled(device: torch.device) -> bool:
     """True when kernels on `device` launch with PDL (ENGINE_PDL not 0, a Hopper-or-newer GPU, triton
     >= 3.4)."""
-    if not ENABLED or device.type != "cuda" or not torch.cuda.is_available():
+    if not ENABLED or device.type != "cuda":
         return False
-    return _cuda_device_has_pdl(device.index if device.index is not None else torch.cuda.current_device())
+    return _cuda_device_has_pdl(device.index)
 
 
 @functools.cache
-def _cuda_device_has_pdl(index: int) -> bool:
-    return triton_has_pdl(_triton_version()) and torch.cuda.get_device_capability(index)[0] >= 9
+def _cuda_device_has_pdl(index: int | None) -> bool:
+    """Asked once per device (index None: the current one); every kernel launch goes through here."""
+    return (torch.cuda.is_available() and triton_has_pdl(_triton_version())
+            and torch.cuda.get_device_capability(index)[0] >= 9)
 
 
 def _triton_version() -> str | None:
