@@ -167,11 +167,11 @@ class AttentionBackend:
         """
         reasons = []
         if dtype not in cls.supported_dtypes:
-            names = ", ".join(_name(d) for d in cls.supported_dtypes)
-            reasons.append(f"dtype {_name(dtype)} is not supported (supported: {names})")
+            names = ", ".join(dtype_name(d) for d in cls.supported_dtypes)
+            reasons.append(f"dtype {dtype_name(dtype)} is not supported (supported: {names})")
         if not cls.supports_kv_cache_dtype(kv_cache_dtype, dtype):
-            names = ", ".join(["the model dtype"] + [_name(d) for d in cls.supported_kv_cache_dtypes])
-            reasons.append(f"KV cache dtype {_name(kv_cache_dtype)} is not supported (supported: {names})")
+            names = ", ".join(["the model dtype"] + [dtype_name(d) for d in cls.supported_kv_cache_dtypes])
+            reasons.append(f"KV cache dtype {dtype_name(kv_cache_dtype)} is not supported (supported: {names})")
         if cls.supported_head_sizes is not None and head_size not in cls.supported_head_sizes:
             reasons.append(f"head size {head_size} is not supported (supported: {list(cls.supported_head_sizes)})")
         # keep last: subclasses append their block-size rule to reasons[-1]
@@ -180,5 +180,6 @@ class AttentionBackend:
         return reasons
 
 
-def _name(dtype: torch.dtype) -> str:
+def dtype_name(dtype: torch.dtype) -> str:
+    """"bfloat16", "float8_e4m3fn", ... (torch's name without "torch.")."""
     return str(dtype).removeprefix("torch.")

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from transformers import GenerationConfig
 
+from attention.backend import dtype_name
 from attention.selector import select_backend
 from engine.config import EngineConfig, ModelConfig
 from engine.model_runner import ModelRunner
@@ -61,7 +62,7 @@ class LLMEngine:
         choice = select_backend(self.device, self.dtype, mc.head_size, config.block_size, config.attention_backend,
                                 kv_cache_dtype=self.kv_cache_dtype)
         logger.info("attention backend: %s, block size %d, KV cache %s (%s)", choice.backend.name,
-                    choice.block_size, str(self.kv_cache_dtype).removeprefix("torch."), choice.reason)
+                    choice.block_size, dtype_name(self.kv_cache_dtype), choice.reason)
         self.attention_backend = choice.backend.name
         budget = config.max_num_batched_tokens or max(8192, config.max_num_seqs)
         if not config.enable_chunked_prefill:

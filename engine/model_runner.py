@@ -6,7 +6,7 @@ import time
 
 import torch
 
-from attention.backend import PAD_SLOT_ID, CommonAttentionMetadata, CudaGraphSupport
+from attention.backend import PAD_SLOT_ID, CommonAttentionMetadata, CudaGraphSupport, dtype_name
 from attention.forward_context import set_forward_context
 from attention.layer import bind_attention_layers
 from attention.selector import BackendChoice
@@ -105,7 +105,7 @@ class ModelRunner:
                 f"{self.block_size}), fewer than one request of max_model_len={self.max_model_len} needs: lower "
                 "max_model_len, or raise gpu_memory_utilization / num_kv_blocks / cpu_kv_cache_gib")
         logger.info("KV cache: %d blocks x %d tokens = %d tokens, %s, %.2f GiB (%s)", num_blocks, self.block_size,
-                    num_blocks * self.block_size, str(self.kv_cache_dtype).removeprefix("torch."),
+                    num_blocks * self.block_size, dtype_name(self.kv_cache_dtype),
                     num_blocks * block_bytes / 2**30, why)
         return num_blocks
 

@@ -9,6 +9,7 @@ import time
 
 import torch
 
+from attention.backend import dtype_name
 from engine.config import KV_CACHE_DTYPES
 
 
@@ -43,7 +44,7 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
 
 def kv_cache_dtype_name(llm) -> str:
     """The KV cache's resolved dtype ("bfloat16", "float8_e4m3fn", ...), for bench output."""
-    return str(llm.engine.kv_cache_dtype).removeprefix("torch.")
+    return dtype_name(llm.engine.kv_cache_dtype)
 
 
 def random_prompts(num: int, len_range: tuple[int, int], vocab_size: int,
