@@ -22,11 +22,11 @@ for part in $parts; do
     small)
       run lat_0.6b python -m engine.bench latency --model preset:qwen3-0.6b --output "$OUT/lat_0.6b.json"
       run thr_0.6b python -m engine.bench throughput --model preset:qwen3-0.6b --output "$OUT/thr_0.6b.json" \
-        --repeat 3 --profile-steps 20 --profile-output "$OUT/prof_0.6b.txt" ;;
+        --repeat 3 --timeline --profile-steps 20 --profile-output "$OUT/prof_0.6b.txt" ;;
     big)
       run lat_8b python -m engine.bench latency --model preset:qwen3-8b --output "$OUT/lat_8b.json"
       run thr_8b python -m engine.bench throughput --model preset:qwen3-8b --output "$OUT/thr_8b.json" \
-        --repeat 3 --profile-steps 10 --profile-output "$OUT/prof_8b.txt" ;;
+        --repeat 3 --timeline --profile-steps 10 --profile-output "$OUT/prof_8b.txt" ;;
     flash)      # the same benchmarks on flash-attn (the default is the triton backend)
       for m in qwen3-0.6b qwen3-8b; do
         run lat_${m}_flash python -m engine.bench latency --model preset:$m --attention-backend flash_attn
@@ -52,11 +52,11 @@ for part in $parts; do
       run serve_0.6b python -m engine.bench serve --base-url http://127.0.0.1:8123 --max-concurrency 64 \
         --num-prompts 256 --output "$OUT/serve_0.6b.json"
       kill $server; wait $server 2> /dev/null; tail -5 "$OUT/server.log"; rm -f "$OUT/server.log" ;;
-    pdl)        # batch-1 latency: the default, then without PDL, without the 0.6B skinny GEMMs, with the fusions on trial
+    pdl)        # batch-1 latency: 0.6B without PDL and without its skinny GEMMs; both models default and with the fusions on trial
+      ENGINE_PDL=0 run lat_0.6b_nopdl python -m engine.bench latency --model preset:qwen3-0.6b
+      ENGINE_SKINNY_MIN_NUMEL=16777216 run lat_0.6b_cublas_small python -m engine.bench latency --model preset:qwen3-0.6b
       for m in qwen3-0.6b qwen3-8b; do
         run lat_${m} python -m engine.bench latency --model preset:$m
-        ENGINE_PDL=0 run lat_${m}_nopdl python -m engine.bench latency --model preset:$m
-        ENGINE_SKINNY_MIN_NUMEL=16777216 run lat_${m}_cublas_small python -m engine.bench latency --model preset:$m
         ENGINE_SKINNY_FUSED_MIN_NUMEL=0 run lat_${m}_normfused python -m engine.bench latency --model preset:$m
         ENGINE_TRITON_DECODE_STORES_KV=1 run lat_${m}_decodestore python -m engine.bench latency --model preset:$m
         ENGINE_SKINNY_FUSED_MIN_NUMEL=0 ENGINE_TRITON_DECODE_STORES_KV=1 run lat_${m}_bothfused \

@@ -10,11 +10,13 @@ output tokens.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import random
 import statistics
 
 from engine.bench.common import add_engine_args, engine_kwargs, kv_cache_dtype_name, random_prompts, report, timed
 from engine.bench.jit_watch import TritonJitWatch
+from engine.bench.timeline import StepTimeline, format_summary
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -28,6 +30,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile-steps", type=int, default=0,
                         help="after the timed run, profile this many decode-heavy steps (CUDA only)")
     parser.add_argument("--profile-output", default=None, help="file for the profiler's tables")
+    parser.add_argument("--timeline", action="store_true",
+                        help="group the last run's steps (prefill, decode by batch size): wall time against KV and weight floors")
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -40,9 +44,10 @@ def main(args: argparse.Namespace) -> dict:
     params = [SamplingParams(temperature=args.temperature, ignore_eos=True, max_tokens=n) for n in output_lens]
     llm.generate([[1, 2, 3]], SamplingParams(max_tokens=8), use_tqdm=False)        # warm-up
     runs, jit = [], []
-    for _ in range(args.repeat):
+    for i in range(args.repeat):
         llm.engine.block_manager.reset_prefix_cache()   # every run prefills its prompts in full
-        with TritonJitWatch() as watch:                  # kernel variants built inside the timed run
+        timeline = StepTimeline(llm.engine) if args.timeline and i == args.repeat - 1 else None
+        with TritonJitWatch() as watch, timeline or contextlib.nullcontext():   # watch: variants built in the run
             outputs, elapsed = timed(lambda: llm.generate(prompts, params, use_tqdm=False))
         runs.append(elapsed)
         jit.append(watch.summary())
@@ -62,6 +67,9 @@ def main(args: argparse.Namespace) -> dict:
           + "; Triton kernel variants built per run: "
           + ", ".join("n/a" if j["num_kernels"] is None else f"{j['num_kernels']} ({j['seconds']:.2f} s)"
                       for j in jit))
+    if timeline is not None:
+        result["timeline"] = timeline.summary()
+        print("timeline of the last run:\n" + format_summary(result["timeline"]))
     if args.profile_steps:
         result["profile"] = _profile(llm, prompts, params, args)
         print("profile:", result["profile"])

@@ -2,6 +2,8 @@
 import argparse
 import json
 
+import pytest
+
 from engine.bench import latency, throughput
 
 
@@ -22,9 +24,18 @@ def test_throughput_and_latency_run_on_cpu(tmp_path):
     out = tmp_path / "thr.json"
     result = throughput.main(_args(throughput, ["--model", "preset:tiny-qwen3", "--num-prompts", "6",
                                                 "--input-len", "4", "12", "--output-len", "2", "9", "--repeat", "2",
-                                                "--output", str(out)]))
-    expected = sum(throughput.workload(6, (4, 12), (2, 9), 511, seed=0)[1])   # tiny vocab: 512 ids
-    assert result["output_tokens"] == expected and result["output_tok_per_s"] > 0
+                                                "--output", str(out), "--timeline"]))
+    prompts, output_lens = throughput.workload(6, (4, 12), (2, 9), 511, seed=0)   # tiny vocab: 512 ids
+    expected = sum(output_lens)
+    assert result["output_tok_per_s"] > 0 and result["output_tokens"] == expected
+    timeline = result["timeline"]   # every step of the last run is in one group; decode steps sample one token each
+    assert timeline["prefill"]["steps"] >= 1
+    num_decode = sum(g["steps"] * g["mean_decode_batch"] for name, g in timeline.items() if name != "prefill")
+    assert round(num_decode) + timeline["prefill"]["mean_decode_batch"] * timeline["prefill"]["steps"] \
+        == pytest.approx(expected - len(prompts), abs=0.5)
+    last_run_s = expected / result["runs_output_tok_per_s"][-1]
+    assert sum(g["wall_s"] for g in timeline.values()) <= last_run_s * 1.01 + 1e-3 and all(
+        g["kv_floor_s"] > 0 and g["weight_floor_s"] > 0 for g in timeline.values())
     assert len(result["runs_output_tok_per_s"]) == 2
     assert json.loads(out.read_text())["output_tokens"] == expected
     lat = latency.main(_args(latency, ["--model", "preset:tiny-qwen3", "--input-len", "8", "--output-len", "6",
