@@ -57,10 +57,7 @@ for part in $parts; do
       ENGINE_SKINNY_MIN_NUMEL=16777216 run lat_0.6b_cublas_small python -m engine.bench latency --model preset:qwen3-0.6b
       for m in qwen3-0.6b qwen3-8b; do
         run lat_${m} python -m engine.bench latency --model preset:$m
-        ENGINE_SKINNY_FUSED_MIN_NUMEL=0 run lat_${m}_normfused python -m engine.bench latency --model preset:$m
-        ENGINE_TRITON_DECODE_STORES_KV=1 run lat_${m}_decodestore python -m engine.bench latency --model preset:$m
-        ENGINE_SKINNY_FUSED_MIN_NUMEL=0 ENGINE_TRITON_DECODE_STORES_KV=1 run lat_${m}_bothfused \
-          python -m engine.bench latency --model preset:$m
+        ENGINE_TRITON_DECODE_STORES_KV=0 run lat_${m}_separatestore python -m engine.bench latency --model preset:$m
       done ;;
     layout)     # the triton cache's HND memory order (ENGINE_TRITON_KV_LAYOUT) against the default NHD
       for kv in auto fp8; do

@@ -83,18 +83,21 @@ def test_decode_matches_reference(monkeypatch, group, head_size, block_size, dty
 
 @pytest.mark.parametrize("block_size,min_split_len", [(16, 16), (16, 4096), (64, 16)])
 @pytest.mark.parametrize("hnd", [False, True])
-def test_decode_kernel_stores_kv(monkeypatch, block_size, min_split_len, hnd):
-    """ENGINE_TRITON_DECODE_STORES_KV: the decode kernel writes the step's K/V itself (split or not,
-    padded requests skipped): same output and the very same cache as torch_ref."""
-    monkeypatch.setattr(triton_attn, "DECODE_STORES_KV", True)
+@pytest.mark.parametrize("fused", [True, False])
+def test_decode_kernel_stores_kv(monkeypatch, block_size, min_split_len, hnd, fused):
+    """DECODE_STORES_KV (the default): the decode kernel writes the step's K/V itself (split or not,
+    padded requests skipped); off (ENGINE_TRITON_DECODE_STORES_KV=0): store_kv runs first. Either
+    way the same output and the very same cache as torch_ref."""
+    monkeypatch.setattr(triton_attn, "DECODE_STORES_KV", fused)
     monkeypatch.setitem(triton_attn.SPLIT_POLICY, "min_split_len", min_split_len)
     batch = make_batch([1, 1, 1], [150, 3, 77], num_heads=4, num_kv_heads=2, head_size=64,
                        block_size=block_size, dtype=torch.float32, device=DEVICE, num_pad_tokens=2, seed=9)
     stored = []
-    monkeypatch.setattr(triton_attn, "store_kv", lambda *a: stored.append(a))
+    store_kv = triton_attn.store_kv
+    monkeypatch.setattr(triton_attn, "store_kv", lambda *a: stored.append(a) or store_kv(*a))
     builder = TritonAttnBackend.get_builder_cls()(4, 2, 64, block_size, 8, 4096, DEVICE)
     assert_matches_reference(TritonAttnBackend, batch, hnd=hnd, builder=builder)
-    assert not stored, "the separate store kernel ran"
+    assert bool(stored) != fused, "the separate store kernel ran" if fused else "store_kv did not run"
 
 
 def test_capture_metadata_is_fixed_and_refilled():
