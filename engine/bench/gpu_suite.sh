@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU checks and benchmarks behind docs/benchmarks.md, in one device call:
-#   source .gpu/env.sh; bash engine/bench/gpu_suite.sh [tests] [small] [big] [flash] [ablation] [latprof] [skinny] [serve] [attention] [fp8] [pdl] [layout]
+#   source .gpu/env.sh; bash engine/bench/gpu_suite.sh [tests] [small] [big] [flash] [ablation] [latprof] [skinny] [serve] [attention] [ragged] [fp8] [pdl] [layout]
 # Full logs and JSON go to $OUT (or ./gpu_out); the tail of each is printed. Each part runs on its own
 # so one failure does not hide the rest.
 set -u
@@ -70,6 +70,12 @@ for part in $parts; do
         --kv-cache-dtype fp8 --repeat 3 ;;
     attention)
       run attention python -m engine.bench attention --output "$OUT/attention.json" ;;
+    ragged)     # triton decode on ragged batches (contexts uniform in [n/8, n]) per split count and order; 0.6B, 8B heads
+      for heads in 16 32; do
+        run ragged_h$heads python -m engine.bench attention --cases decode --decode-cases 256x2048,128x2048,64x2048 \
+          --backends triton --num-heads $heads --num-kv-heads 8 --ragged --orders drawn longest-first \
+          --splits 1 2 3 4 6 8 --output "$OUT/ragged_h$heads.json"
+      done ;;
     fp8)        # the fp8 KV cache (triton; flash_attn has none) against the bf16 one, Qwen3-0.6B, and the decode kernel
       for kv in auto fp8; do
         run thr_0.6b_triton_kv_$kv python -m engine.bench throughput --model preset:qwen3-0.6b --attention-backend triton \
