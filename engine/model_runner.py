@@ -52,7 +52,8 @@ class ModelRunner:
     def _warm_up_sampling(self) -> None:
         """Compile the sampling kernel for every chunk size at start-up (see Sampler.warm_up)."""
         start = time.perf_counter()
-        chunks = self.sampler.warm_up(self.config.max_num_seqs, self.model_config.vocab_size, self.device)
+        chunks = self.sampler.warm_up(self.config.max_num_seqs, self.model_config.vocab_size, self.device,
+                                      dtypes=(self.dtype, torch.float32))
         if chunks:
             logger.info("sampling kernel compiled for chunk sizes %s in %.1f s", chunks, time.perf_counter() - start)
 

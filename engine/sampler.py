@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import itertools
 import importlib.util
 import os
 from dataclasses import dataclass
@@ -68,9 +69,14 @@ class Sampler:
         return logits.is_cuda and HAS_TRITON and KERNEL_ENABLED
 
     def __call__(self, logits: torch.Tensor, meta: SamplingMetadata) -> SamplerOutput:
-        """logits `[N, V] float32` (not modified) -> SamplerOutput."""
+        """logits `[N, V]` float32 or the model's 16-bit dtype (not modified) -> SamplerOutput.
+
+        16-bit logits go as they are to the argmax of all-greedy batches and to the Triton kernel
+        (which upcasts as it loads); every other path works on a float32 copy."""
         if logits.dim() != 2 or logits.shape[0] != meta.num_reqs:
             raise ValueError(f"logits must be [num_reqs={meta.num_reqs}, V], got {tuple(logits.shape)}")
+        if logits.dtype != torch.float32 and not self._reads_16bit(logits, meta):
+            logits = logits.float()
         logits = apply_logit_processors(logits, meta)
         logprobs = None
         if meta.max_num_logprobs is not None:
@@ -88,19 +94,28 @@ class Sampler:
             out.logprob_token_ids, out.logprobs = gather_logprobs(logprobs, sampled, meta.max_num_logprobs)
         return out
 
-    def warm_up(self, max_num_rows: int, vocab_size: int, device: torch.device) -> list[int]:
-        """Compile the sampling kernel for each chunk size that batches of 1..max_num_rows rows use
-        (plain and with greedy rows mixed in), so no request pays a compile mid-flight (on a fresh
-        H100 machine these compiles take about 4 s; later processes load them from Triton's cache).
-        Returns the chunk sizes (none when the kernel is not used)."""
+    def _reads_16bit(self, logits: torch.Tensor, meta: SamplingMetadata) -> bool:
+        """Whether this batch needs no float32 copy of the logits: nothing but an argmax or the kernel
+        reads them (bias, min_tokens, penalties, logprobs, top-k/top-p and the torch race all do)."""
+        if not (meta.no_logit_bias and meta.no_min_tokens and meta.no_penalties) or meta.max_num_logprobs is not None:
+            return False
+        return meta.all_greedy or (meta.no_top_k_top_p and self._kernel_for(logits))
+
+    def warm_up(self, max_num_rows: int, vocab_size: int, device: torch.device,
+                dtypes: tuple[torch.dtype, ...] = (torch.float32,)) -> list[int]:
+        """Compile the sampling kernel for each chunk size that batches of 1..max_num_rows rows use,
+        plain and with greedy rows mixed in, for logits of each of `dtypes` (the model dtype, and
+        float32 after penalties or top-k/top-p), so no request pays a compile mid-flight (on a fresh
+        H100 machine these compiles take a few seconds; later processes load them from Triton's
+        cache). Returns the chunk sizes (none when the kernel is not used)."""
         if not self._kernel_for(torch.empty(0, device=device)):
             return []
         kernel = _kernel()
         rows_of_chunk: dict[int, int] = {}
         for num_rows in range(1, max_num_rows + 1):
             rows_of_chunk.setdefault(kernel.chunk_size_for(num_rows, vocab_size), num_rows)
-        for num_rows in rows_of_chunk.values():
-            logits = torch.zeros(num_rows, vocab_size, device=device)
+        for num_rows, dtype in itertools.product(rows_of_chunk.values(), dict.fromkeys(dtypes)):
+            logits = torch.zeros(num_rows, vocab_size, device=device, dtype=dtype)
             keys = torch.zeros(num_rows, dtype=torch.int64, device=device)
             temperature = torch.ones(num_rows, device=device)
             kernel.gumbel_sample(logits, keys, temperature)

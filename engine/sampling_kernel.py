@@ -1,8 +1,9 @@
 """Triton kernels: one-pass random sampling by the Gumbel race (imported lazily: this imports triton).
 
 A row's token is argmax over v of logits[v] / T + G[v], G[v] = -log(-log(U[v])), which draws v with
-probability softmax(logits / T)[v]. U[v] comes from Philox keyed by the row's 64-bit key and counted by
-the column v, so a token depends only on (key, logits row), never on the batch or on the chunking.
+probability softmax(logits / T)[v]. U[v] comes from Philox keyed by the row's 64-bit key: one call
+(counter c) gives the 4 words of columns v = (c // Q) * TILE + j * Q + c % Q, j = 0..3, Q = TILE / 4,
+so a token depends only on (key, logits row), never on the batch or on the chunking.
 Each row is split over programs of `chunk_size` columns that write a (best score, column) partial;
 a second tiny kernel picks each row's winner. Ties go to the lowest column everywhere.
 """
@@ -19,6 +20,29 @@ _NUM_WARPS = 4
 
 
 @triton.jit
+def _race_quarter(row_ptr, start, random_bits, best_val, best_idx, vocab_size, inv_temp, noise_on, row_max,
+                  log_min_p, QUARTER: tl.constexpr, HAS_TEMP: tl.constexpr, HAS_MIN_P: tl.constexpr):
+    """Columns start..start+QUARTER against the running best (score, column) per lane; random_bits
+    [QUARTER] uint32 are those columns' Philox words."""
+    cols = start + tl.arange(0, QUARTER)
+    x = tl.load(row_ptr + cols, mask=cols < vocab_size, other=float("-inf")).to(tl.float32)
+    if HAS_TEMP:
+        x = x * inv_temp
+    if HAS_MIN_P:
+        # probs < min_p * max(probs)  <=>  x - max(x) < log(min_p)
+        x = tl.where(x - row_max < log_min_p, float("-inf"), x)
+    # 23 random bits -> U in [2^-24, 1 - 2^-24]: never 0 or 1, so the Gumbel noise is always finite
+    # and a row with one finite logit always picks it.
+    u = ((random_bits >> 9).to(tl.int32).to(tl.float32) + 0.5) * (1.0 / 8388608.0)
+    score = x + noise_on * -tl.log(-tl.log(u))
+    better = score > best_val                          # strict: an earlier column keeps a tie
+    return tl.where(better, score, best_val), tl.where(better, cols, best_idx)
+
+
+# Per-row scalars and sizes are not specialized (alignment, == 1, divisible by 16): one variant per
+# (dtype, CHUNK, flags) that Sampler.warm_up builds, instead of new ones mid-run.
+@triton.jit(do_not_specialize=["temp_stride", "min_p_stride", "vocab_size", "num_chunks"],
+            do_not_specialize_on_alignment=["keys_ptr", "temp_ptr", "row_max_ptr", "min_p_ptr", "greedy_ptr"])
 def _race_chunks(logits_ptr, stride_row, keys_ptr, temp_ptr, temp_stride, row_max_ptr, min_p_ptr, min_p_stride,
                  greedy_ptr, part_val_ptr, part_idx_ptr, vocab_size, num_chunks,
                  CHUNK: tl.constexpr, TILE: tl.constexpr, HAS_TEMP: tl.constexpr, HAS_MIN_P: tl.constexpr,
@@ -35,37 +59,36 @@ def _race_chunks(logits_ptr, stride_row, keys_ptr, temp_ptr, temp_stride, row_ma
         greedy = tl.load(greedy_ptr + row) != 0
         noise_on = tl.where(greedy, 0.0, 1.0)
         inv_temp = tl.where(greedy, 1.0, inv_temp)
+    row_max = 0.0
+    log_min_p = float("-inf")
     if HAS_MIN_P:
         row_max = tl.load(row_max_ptr + row) * inv_temp
         min_p = tl.load(min_p_ptr + row * min_p_stride)
         # -inf (keep everything) for rows without min-p, without evaluating log(0)
         log_min_p = tl.where(min_p > 0, tl.log(tl.maximum(min_p, 1.1754944e-38)), float("-inf"))
     row_ptr = logits_ptr + row.to(tl.int64) * stride_row
-    best_val = tl.full((TILE,), float("-inf"), tl.float32)
-    best_idx = tl.zeros((TILE,), tl.int32)
+    QUARTER: tl.constexpr = TILE // 4
+    best_val = tl.full((QUARTER,), float("-inf"), tl.float32)
+    best_idx = tl.zeros((QUARTER,), tl.int32)
     for start in range(chunk * CHUNK, chunk * CHUNK + CHUNK, TILE):
-        cols = start + tl.arange(0, TILE)
-        x = tl.load(row_ptr + cols, mask=cols < vocab_size, other=float("-inf")).to(tl.float32)
-        if HAS_TEMP:
-            x = x * inv_temp
-        if HAS_MIN_P:
-            # probs < min_p * max(probs)  <=>  x - max(x) < log(min_p)
-            x = tl.where(x - row_max < log_min_p, float("-inf"), x)
-        # 23 random bits -> U in [2^-24, 1 - 2^-24]: never 0 or 1, so the Gumbel noise is always finite
-        # and a row with one finite logit always picks it.
-        bits = (tl.randint(key, cols) >> 9).to(tl.int32)
-        u = (bits.to(tl.float32) + 0.5) * (1.0 / 8388608.0)
-        score = x + noise_on * -tl.log(-tl.log(u))
-        better = score > best_val                          # strict: an earlier column keeps a tie
-        best_val = tl.where(better, score, best_val)
-        best_idx = tl.where(better, cols, best_idx)
+        # One Philox call gives 4 words: word j is for column start + j * QUARTER + lane (counter
+        # start / 4 + lane), so the noise of a column depends on the column alone.
+        r0, r1, r2, r3 = tl.randint4x(key, start // 4 + tl.arange(0, QUARTER))
+        best_val, best_idx = _race_quarter(row_ptr, start, r0, best_val, best_idx, vocab_size, inv_temp,
+                                           noise_on, row_max, log_min_p, QUARTER, HAS_TEMP, HAS_MIN_P)
+        best_val, best_idx = _race_quarter(row_ptr, start + QUARTER, r1, best_val, best_idx, vocab_size,
+                                           inv_temp, noise_on, row_max, log_min_p, QUARTER, HAS_TEMP, HAS_MIN_P)
+        best_val, best_idx = _race_quarter(row_ptr, start + 2 * QUARTER, r2, best_val, best_idx, vocab_size,
+                                           inv_temp, noise_on, row_max, log_min_p, QUARTER, HAS_TEMP, HAS_MIN_P)
+        best_val, best_idx = _race_quarter(row_ptr, start + 3 * QUARTER, r3, best_val, best_idx, vocab_size,
+                                           inv_temp, noise_on, row_max, log_min_p, QUARTER, HAS_TEMP, HAS_MIN_P)
     top = tl.max(best_val, axis=0)
     top_idx = tl.min(tl.where(best_val == top, best_idx, 2147483647), axis=0)
     tl.store(part_val_ptr + row * num_chunks + chunk, top)
     tl.store(part_idx_ptr + row * num_chunks + chunk, top_idx)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_chunks"])
 def _pick_rows(part_val_ptr, part_idx_ptr, out_ptr, num_chunks, CHUNKS_PAD: tl.constexpr):
     """Program row: the column of the row's best partial (the first chunk on ties) -> out[row] int64."""
     row = tl.program_id(0)

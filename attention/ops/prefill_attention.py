@@ -21,7 +21,7 @@ PREFILL_CONFIGS = {
 }
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_tiles"])   # one variant for any batch (else 3 appear mid-run)
 def _prefill_kernel(q_ptr, cache_ptr, out_ptr, query_start_ptr, seq_lens_ptr, table_ptr,
                     scale_log2, num_tiles,
                     stride_qt, stride_qh, stride_ot, stride_oh,

@@ -194,3 +194,22 @@ def test_warm_up_compiles_every_chunk_size_batches_use(monkeypatch):
     assert chunks == expected == [1024, 2048]
     assert sorted({shape[0] for shape in calls}) == [1, 512] and len(calls) == 4
     assert Sampler(use_kernel=False).warm_up(600, 3000, DEVICE) == []
+
+
+def test_sampler_reads_bfloat16_logits_as_their_float32_values(monkeypatch):
+    """The LM head hands over bfloat16 logits: seeded random rows (kernel) and all-greedy batches read
+    them without a float32 copy, penalized rows take one; tokens equal those of the float32 values."""
+    gen = torch.Generator().manual_seed(11)
+    logits = (torch.randn(4, 1000, generator=gen) * 2).to(torch.bfloat16).to(DEVICE)
+    upcasts = []
+    original = torch.Tensor.float
+    monkeypatch.setattr(torch.Tensor, "float", lambda t: upcasts.append(t.dtype) or original(t))
+    cases = [[SamplingParams(temperature=0.8, seed=s) for s in range(4)],
+             [SamplingParams(temperature=0)] * 4,
+             [SamplingParams(temperature=0.8, seed=s, repetition_penalty=1.3) for s in range(4)]]
+    for params, upcast in zip(cases, (False, False, True)):
+        reqs = [make_request(p, num_output_tokens=2) for p in params]
+        upcasts.clear()
+        got = sample(logits, reqs)
+        assert (torch.bfloat16 in upcasts) == upcast
+        assert torch.equal(got, sample(logits.float(), reqs))
