@@ -12,7 +12,7 @@ from torch import nn
 
 from attention import Attention
 from models.layers import (MergedColumnParallelLinear, QKVParallelLinear, RMSNorm, RotaryEmbedding,
-                           RowParallelLinear, VocabParallelEmbedding, get_rope)
+                           RowParallelLinear, SiluAndMul, VocabParallelEmbedding, get_rope)
 from models.layers.tp import divide, get_tp_size
 
 
@@ -35,7 +35,7 @@ def head_size_of(hf_config) -> int:
 
 
 class DecoderAttention(nn.Module):
-    """The layer's input norm (with the residual add), fused qkv, optional q/k norm, rope, attention, o_proj.
+    """hidden [T, hidden_size] -> [T, hidden_size]: fused qkv, optional q/k norm, rope, attention, o_proj.
 
     `rotary_emb` is shared by all layers (one cos/sin cache per model).
     """
@@ -55,36 +55,28 @@ class DecoderAttention(nn.Module):
         self.attn = Attention(self.num_heads, self.head_size, self.head_size ** -0.5, self.num_kv_heads,
                               layer_idx)
 
-    def forward(self, positions: torch.Tensor, hidden: torch.Tensor, residual: torch.Tensor | None,
-                norm: RMSNorm) -> tuple[torch.Tensor, torch.Tensor]:
-        """hidden, residual [T, hidden_size] (residual None in the first layer), `norm` the layer's input
-        norm -> (out [T, hidden_size], new residual). The norm runs inside the qkv GEMM at small T."""
-        qkv, residual = self.qkv_proj.forward_after_norm(norm, hidden, residual)
-        q, k, v = qkv.split(self.qkv_proj.output_split(), dim=-1)
+    def forward(self, positions: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv_proj(hidden).split(self.qkv_proj.output_split(), dim=-1)
         q, k = self.rotary_emb.norm_and_rotate(positions, q, k, self.q_norm, self.k_norm)
-        return self.o_proj(self.attn(q, k, v)), residual
+        return self.o_proj(self.attn(q, k, v))
 
 
 class DecoderMLP(nn.Module):
-    """The post-attention norm (with the residual add), then down(silu(gate(x)) * up(x)), gate/up fused."""
+    """hidden [T, hidden_size] -> [T, hidden_size]: down(silu(gate(x)) * up(x)), gate/up fused."""
 
     def __init__(self, hidden_size: int, intermediate_size: int, bias: bool) -> None:
         super().__init__()
         divide(intermediate_size, get_tp_size(), "intermediate_size")
         self.gate_up_proj = MergedColumnParallelLinear(hidden_size, [intermediate_size] * 2, bias=bias)
+        self.act_fn = SiluAndMul()
         self.down_proj = RowParallelLinear(intermediate_size, hidden_size, bias=bias)
 
-    def forward(self, hidden: torch.Tensor, residual: torch.Tensor,
-                norm: RMSNorm) -> tuple[torch.Tensor, torch.Tensor]:
-        """hidden, residual [T, hidden_size] -> (out [T, hidden_size], new residual). The norm and
-        SiLU-and-mul run inside the gate_up GEMM at small T."""
-        act, residual = self.gate_up_proj.forward_after_norm_silu(norm, hidden, residual)
-        return self.down_proj(act), residual
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.gate_up_proj(hidden)))
 
 
 class DecoderLayer(nn.Module):
-    """Pre-norm block; the residual stream is carried separately so the norms fuse the add, and each
-    norm is handed to the projection after it (one launch for norm + GEMM at small batch on CUDA)."""
+    """Pre-norm block; the residual stream is carried separately so the norms fuse the add."""
 
     def __init__(self, hf_config, spec: DecoderSpec, layer_idx: int, rotary_emb: RotaryEmbedding) -> None:
         super().__init__()
@@ -96,8 +88,14 @@ class DecoderLayer(nn.Module):
 
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor, residual: torch.Tensor | None):
         """hidden, residual: [T, hidden_size] (residual None in the first layer) -> (hidden, residual)."""
-        hidden, residual = self.self_attn(positions, hidden, residual, self.input_layernorm)
-        return self.mlp(hidden, residual, self.post_attention_layernorm)
+        if residual is None:
+            residual = hidden
+            hidden = self.input_layernorm(hidden)
+        else:
+            hidden, residual = self.input_layernorm(hidden, residual)
+        hidden = self.self_attn(positions, hidden)
+        hidden, residual = self.post_attention_layernorm(hidden, residual)
+        return self.mlp(hidden), residual
 
 
 class DecoderModel(nn.Module):

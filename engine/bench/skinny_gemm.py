@@ -1,24 +1,18 @@
-"""The decode projections at small batch: the Triton skinny GEMM against cuBLAS (F.linear), and the
-norm-fused skinny GEMM against the unfused kernel sequence it replaces.
+"""The decode projections at small batch: the Triton skinny GEMM against cuBLAS (F.linear).
 
 `python -m engine.bench skinny_gemm [--sweep] [--cases TEXT] [--output results.json]`
-Shapes are the projections of Qwen3-0.6B and Qwen3-8B (qkv, o, gate_up, down, lm_head), plus two fused
-cases per model: "norm+qkv" (input RMSNorm with the residual add, then qkv) and "norm+gate_up+silu"
-(post-attention RMSNorm with the residual add, gate_up, SiLU-and-mul). Each call is timed as a
-CUDA-graph replay (as the engine runs decode) over enough copies of the weight that none stays in L2
+Shapes are the projections of Qwen3-0.6B and Qwen3-8B (qkv, o, gate_up, down, lm_head). Each call is
+timed as a CUDA-graph replay (as the engine runs decode) over enough copies of the weight that none stays in L2
 (as in the model, where every layer reads new weights). Every kernel is checked against the torch
 result before it is timed. One table, one row per (case, M):
 
-- cublas_us: F.linear; for a fused case the unfused sequence with cuBLAS (Triton RMSNorm kernel,
-  F.linear, Triton SiLU-and-mul kernel).
-- skinny_us: the skinny GEMM with its default config; for a fused case the same sequence with it.
-- fused_us: the one norm-fused kernel (skinny_norm_gemm), fused cases only.
-- speedup: cublas_us / the best Triton time; TB/s: the weight read at that time.
-- config: the default config (BLOCK_N x BLOCK_K, warps, stages) of the skinny GEMM, or for a fused
-  case of the fused kernel (for norm+gate_up+silu BLOCK_N counts the rows of one of its gate / up tiles).
-- sweep: with `--sweep`, at M = 1, the best config of that same kernel over SWEEP (BLOCK_N 16 to 128,
-  so the 0.6B shapes' small tiles are covered) or FUSED_SWEEP, and its time in us (the configs that
-  do not compile, e.g. too much shared memory, are listed in the JSON only).
+- cublas_us: F.linear.
+- skinny_us: the skinny GEMM with its default config.
+- speedup: cublas_us / skinny_us; TB/s: the weight read at skinny_us.
+- config: the default config (BLOCK_N x BLOCK_K, warps, stages) of the skinny GEMM.
+- sweep: with `--sweep`, at M = 1, the best config of the skinny GEMM over SWEEP (BLOCK_N 16 to 128,
+  so the 0.6B shapes' small tiles are covered) and its time in us (the configs that do not compile,
+  e.g. too much shared memory, are listed in the JSON only).
 """
 from __future__ import annotations
 
@@ -37,26 +31,19 @@ SHAPES = {  # name: (N, K)
     "0.6b lm_head": (151936, 1024), "8b qkv": (6144, 4096), "8b o": (4096, 4096), "8b gate_up": (24576, 4096),
     "8b down": (4096, 12288), "8b lm_head": (151936, 4096),
 }
-FUSED = {  # name: (the projection in SHAPES, SiLU-and-mul after it)
-    "0.6b norm+qkv": ("0.6b qkv", False), "0.6b norm+gate_up+silu": ("0.6b gate_up", True),
-    "8b norm+qkv": ("8b qkv", False), "8b norm+gate_up+silu": ("8b gate_up", True),
-}
 ROWS = (1, 2, 4, 8, 16)
 SWEEP = [dict(BLOCK_N=bn, BLOCK_K=bk, num_warps=w, num_stages=s)
          for bn, bk, w, s in itertools.product((16, 32, 64, 128), (128, 256), (4, 8), (3, 4))]
-FUSED_SWEEP = [dict(BLOCK_N=bn, BLOCK_K=bk, num_warps=w, num_stages=s)
-               for bn, bk, w, s in itertools.product((16, 32, 64), (128, 256), (4, 8), (3, 4))]
 ROTATE_BYTES = 512 << 20
-EPS = 1e-6
 DEVICE = "cuda"
-COLUMNS = (("case", 24), ("M", 3), ("cublas_us", 10), ("skinny_us", 10), ("fused_us", 9), ("speedup", 8),
-           ("TB/s", 6), ("config", 14), ("sweep", 22))
+COLUMNS = (("case", 14), ("M", 3), ("cublas_us", 10), ("skinny_us", 10), ("speedup", 8), ("TB/s", 6),
+           ("config", 14), ("sweep", 22))
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sweep", action="store_true", help="also time every tile config at M = 1")
     parser.add_argument("--cases", default=None,
-                        help="only the cases whose name contains this text (e.g. '0.6b', 'norm+')")
+                        help="only the cases whose name contains this text (e.g. '0.6b', 'lm_head')")
     parser.add_argument("--output", default=None)
 
 
@@ -114,11 +101,9 @@ def _check(name, num_rows, got, want) -> None:
                              "(relative)")
 
 
-def _row(name, n, k, num_rows, cublas_us, skinny_us, fused_us, config) -> dict:
-    best = min(t for t in (skinny_us, fused_us) if t is not None)
+def _row(name, n, k, num_rows, cublas_us, skinny_us, config) -> dict:
     return dict(shape=name, n=n, k=k, m=num_rows, cublas_us=round(cublas_us, 2), skinny_us=round(skinny_us, 2),
-                fused_us=None if fused_us is None else round(fused_us, 2), speedup=round(cublas_us / best, 3),
-                tb_s=round(n * k * 2 / best / 1e6, 2), config=config)
+                speedup=round(cublas_us / skinny_us, 3), tb_s=round(n * k * 2 / skinny_us / 1e6, 2), config=config)
 
 
 def _plain_row(skinny, name, num_rows, sweep) -> dict:
@@ -127,40 +112,10 @@ def _plain_row(skinny, name, num_rows, sweep) -> dict:
     _check(name, num_rows, skinny.skinny_gemm(x, weights[0]), F.linear(x, weights[0]))
     t_cublas = graph_us([lambda w=w: F.linear(x, w) for w in weights])
     t_skinny = graph_us([lambda w=w: skinny.skinny_gemm(x, w) for w in weights])
-    row = _row(name, n, k, num_rows, t_cublas, t_skinny, None, skinny.config_for(n, k, x.device))
+    row = _row(name, n, k, num_rows, t_cublas, t_skinny, skinny.config_for(n, k, x.device))
     if sweep and num_rows == 1:
         row["sweep_best"] = _sweep(SWEEP, lambda cfg: [lambda w=w: skinny.skinny_gemm(x, w, config=cfg)
                                                        for w in weights])
-    return row
-
-
-def _fused_row(name, num_rows, sweep) -> dict:
-    """One fused case: unfused with cuBLAS, unfused with the skinny GEMM, and the fused kernel."""
-    proj, silu = FUSED[name]
-    n, k = SHAPES[proj]
-    skinny, norm_kernels, fused = load("skinny_gemm"), load("rms_norm"), load("skinny_norm_gemm")
-    silu_kernel = load("silu_and_mul").silu_and_mul if silu else (lambda y: y)
-    fused_fn = fused.norm_gemm_silu if silu else fused.norm_gemm
-    x, weights = _case(n, k, num_rows)
-    residual = torch.randn_like(x)
-    norm_weight = (1 + 0.1 * torch.randn(k, device=DEVICE)).to(torch.bfloat16)
-
-    def unfused(gemm, w):
-        normed, new_residual = norm_kernels.fused_add_rms_norm(x, residual, norm_weight, EPS)
-        return silu_kernel(gemm(normed, w)), new_residual
-
-    want = unfused(F.linear, weights[0])
-    got = fused_fn(x, residual, norm_weight, EPS, weights[0])
-    _check(name, num_rows, got[0], want[0])
-    _check(f"{name} (residual)", num_rows, got[1], want[1])
-    t_cublas = graph_us([lambda w=w: unfused(F.linear, w) for w in weights])
-    t_skinny = graph_us([lambda w=w: unfused(skinny.skinny_gemm, w) for w in weights])
-    t_fused = graph_us([lambda w=w: fused_fn(x, residual, norm_weight, EPS, w) for w in weights])
-    config = skinny.config_for(n, k, x.device, tiles_per_program=2 if silu else 1)
-    row = _row(name, n, k, num_rows, t_cublas, t_skinny, t_fused, config)
-    if sweep and num_rows == 1:
-        row["sweep_best"] = _sweep(FUSED_SWEEP, lambda cfg: [
-            lambda w=w: fused_fn(x, residual, norm_weight, EPS, w, config=cfg) for w in weights])
     return row
 
 
@@ -168,10 +123,9 @@ def main(args: argparse.Namespace) -> dict:
     skinny = load("skinny_gemm")
     print(_line([name for name, _ in COLUMNS]), flush=True)
     rows = []
-    for name in [name for name in list(SHAPES) + list(FUSED) if args.cases is None or args.cases in name]:
+    for name in [name for name in SHAPES if args.cases is None or args.cases in name]:
         for num_rows in ROWS:
-            row = (_fused_row(name, num_rows, args.sweep) if name in FUSED
-                   else _plain_row(skinny, name, num_rows, args.sweep))
+            row = _plain_row(skinny, name, num_rows, args.sweep)
             _print_row(row)
             rows.append(row)
             torch.cuda.empty_cache()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.layers.ops import linear, norm_linear, norm_linear_silu
+from models.layers.ops import linear
 from models.layers.tp import (attach_weight_loader, copy_into, divide, get_tp_rank, get_tp_size,
                               take_shard)
 
@@ -52,12 +52,6 @@ class ColumnParallelLinear(_LinearBase):
         rows = param.shape[0]
         copy_into(param.data, take_shard(loaded_weight, 0, get_tp_rank(), rows, get_tp_size()))
 
-    def forward_after_norm(self, norm: nn.Module, x: torch.Tensor, residual: torch.Tensor | None):
-        """self(norm(x, residual)) with `norm` an RMSNorm over the (whole) input: x, residual [T, in]
-        -> (out [T, out_per_rank], new residual: x + residual, or x without one). One launch at small T
-        on CUDA (`models.layers.ops.norm_linear`)."""
-        return norm_linear(x, residual, norm.weight, norm.eps, self.weight, self.bias)
-
 
 class MergedColumnParallelLinear(ColumnParallelLinear):
     """Several column-parallel outputs fused in one matmul (e.g. gate_proj and up_proj).
@@ -79,14 +73,6 @@ class MergedColumnParallelLinear(ColumnParallelLinear):
         rows = self.output_sizes[shard_id] // tp_size
         source = take_shard(loaded_weight, 0, get_tp_rank(), rows, tp_size)
         copy_into(param.data.narrow(0, offset, rows), source)
-
-    def forward_after_norm_silu(self, norm: nn.Module, x: torch.Tensor, residual: torch.Tensor | None):
-        """For [gate, up] of one size: silu(gate) * up of `forward_after_norm`, -> (act [T, out_per_rank / 2],
-        new residual). One launch at small T on CUDA (`models.layers.ops.norm_linear_silu`)."""
-        if len(self.output_sizes) != 2 or self.output_sizes[0] != self.output_sizes[1]:
-            raise ValueError(f"SiLU-and-mul needs two outputs of one size (gate, up), "
-                             f"got {self.output_sizes}")
-        return norm_linear_silu(x, residual, norm.weight, norm.eps, self.weight, self.bias)
 
 
 class QKVParallelLinear(ColumnParallelLinear):

@@ -8,10 +8,7 @@ from models.layers.ops import apply_rms_norm, rms_norm_native
 
 
 class RMSNorm(nn.Module):
-    """y = x / sqrt(mean(x^2) + eps) * weight, computed in float32, returned in the input dtype.
-
-    Before a projection the decoder passes `weight` and `eps` to `models.layers.ops.norm_linear`
-    instead, which folds the norm into the projection's GEMM at small batch."""
+    """y = x / sqrt(mean(x^2) + eps) * weight, computed in float32, returned in the input dtype."""
 
     def __init__(self, hidden_size: int, eps: float = 1e-6) -> None:
         super().__init__()

@@ -1,9 +1,12 @@
-"""The skinny GEMM (models/layers/ops/skinny_gemm.py) against float64 math, and the layers' dispatch.
+"""The skinny GEMM (models/layers/ops/skinny_gemm.py) against float64 math, its tile-size rule
+(config_for), and the layers' dispatch with its thresholds.
 
 Without a GPU the kernel runs in Triton's interpreter on CPU tensors (TRITON_INTERPRET is set before
 the kernel module is first loaded, as in test_fused_ops.py).
 """
 import os
+import subprocess
+import sys
 
 import torch
 
@@ -17,6 +20,11 @@ from models.layers import ops  # noqa: E402
 from models.layers.ops import load  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+QWEN3_SHAPES = {  # name: (N, K), as in engine/bench/skinny_gemm.py
+    "0.6b qkv": (4096, 1024), "0.6b o": (1024, 2048), "0.6b gate_up": (6144, 1024), "0.6b down": (1024, 3072),
+    "0.6b lm_head": (151936, 1024), "8b qkv": (6144, 4096), "8b o": (4096, 4096), "8b gate_up": (24576, 4096),
+    "8b down": (4096, 12288), "8b lm_head": (151936, 4096),
+}
 
 
 def _reference(x, weight, bias):
@@ -96,3 +104,65 @@ def test_cuda_config_fits_h100_shared_memory(element_size):
     cfg = load("skinny_gemm").config_for(4096, 4096, torch.device("cuda"), element_size)
     tiles = cfg["num_stages"] * (cfg["BLOCK_N"] + 16) * cfg["BLOCK_K"] * element_size
     assert tiles <= 227 * 1024
+
+
+# ---- config_for: enough programs for small weights, the measured 64 x 256 tiles for big ones ----
+
+@pytest.fixture
+def no_pdl(monkeypatch):
+    """The tile rule without PDL (on a Hopper GPU the tests would otherwise see PDL's rule)."""
+    from models.layers.ops import pdl
+    monkeypatch.setattr(pdl, "ENABLED", False)
+
+
+@pytest.mark.parametrize("name", list(QWEN3_SHAPES))
+def test_config_programs(no_pdl, name):
+    n, k = QWEN3_SHAPES[name]
+    cfg = load("skinny_gemm").config_for(n, k, torch.device("cuda"), 2, num_sms=132)
+    if name.startswith("8b") or "lm_head" in name:  # >= 32 MB: what the H100 sweep picked
+        assert cfg == dict(BLOCK_N=64, BLOCK_K=256, num_warps=4, num_stages=4)
+    else:  # the 0.6b projections: 16-row tiles (64 programs for N = 1024 where BLOCK_N = 64 gave 16)
+        assert cfg["BLOCK_N"] == 16 and cfg["BLOCK_K"] == 256
+        assert -(-n // cfg["BLOCK_N"]) == {4096: 256, 1024: 64, 6144: 384}[n]
+
+
+def test_config_with_pdl_keeps_64_rows(monkeypatch):
+    """With PDL every weight gets 64-row tiles (measured best there, small weights included)."""
+    from models.layers.ops import pdl
+    monkeypatch.setattr(pdl, "pdl_enabled", lambda device: device.type == "cuda")
+    skinny = load("skinny_gemm")
+    monkeypatch.setattr(skinny, "pdl_enabled", pdl.pdl_enabled)
+    for n, k in QWEN3_SHAPES.values():
+        assert skinny.config_for(n, k, torch.device("cuda"), 2, num_sms=132)["BLOCK_N"] == 64
+
+
+def test_config_programs_follow_the_sm_count(no_pdl):
+    config_for = load("skinny_gemm").config_for
+    cuda = torch.device("cuda")
+    assert config_for(4096, 1024, cuda, num_sms=32)["BLOCK_N"] == 64   # 64 programs >= 2 x 32
+    assert config_for(4096, 1024, cuda, num_sms=64)["BLOCK_N"] == 32   # 128 programs >= 2 x 64
+
+
+# ---- the dispatch's threshold ----
+
+def test_threshold_comes_from_the_environment():
+    code = "import models.layers.ops as o; print(o.SKINNY_MIN_WEIGHT_NUMEL)"
+    env = dict(os.environ, ENGINE_SKINNY_MIN_NUMEL="123")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["123"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ENGINE_SKINNY")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["None"]  # PDL decides
+
+
+def test_default_skinny_threshold_follows_pdl(monkeypatch):
+    """Without an override the skinny GEMM takes every weight where PDL is on, only 32 MB ones otherwise."""
+    monkeypatch.setattr(ops, "SKINNY_MIN_WEIGHT_NUMEL", None)
+    monkeypatch.setattr(ops, "_skinny_fits", lambda x, weight, min_numel: weight.numel() >= min_numel)
+    x = torch.zeros(1, 8)
+    small, big = torch.zeros(4, 8), torch.zeros(ops.SKINNY_MIN_NUMEL_WITHOUT_PDL // 8, 8)
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
+    monkeypatch.setattr(ops, "pdl_enabled", lambda device: True)
+    assert ops.use_skinny(x, small) and ops.use_skinny(x, big)
+    monkeypatch.setattr(ops, "pdl_enabled", lambda device: False)
+    assert not ops.use_skinny(x, small) and ops.use_skinny(x, big)

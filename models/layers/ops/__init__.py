@@ -1,10 +1,9 @@
 """Fused Triton kernels for the decoder's hot path: RMSNorm (+ residual add), q/k norm + rope, SiLU-and-mul,
-the projections' GEMM at small batch (skinny_gemm), and that GEMM with the RMSNorm before it and the
-SiLU-and-mul after it folded in (skinny_norm_gemm).
+and the projections' GEMM at small batch (skinny_gemm).
 
 Each op is one kernel launch with float32 math, safe inside CUDA-graph capture (no host sync, no
 data-dependent Python branching). The dispatch functions here (`apply_rms_norm`, `apply_silu_and_mul`,
-`linear`, `norm_linear`, `norm_linear_silu`) pick a kernel or the torch path; the rest use
+`linear`) pick a kernel or the torch path; the rest use
 `use_fused(x)` / `load(name)`. (No function here may share a kernel module's name: importing
 `models.layers.ops.rms_norm` sets this package's attribute `rms_norm` to the module.)
 
@@ -13,8 +12,7 @@ data-dependent Python branching). The dispatch functions here (`apply_rms_norm`,
 - ENGINE_FUSED_OPS=0 (read at import) keeps the plain torch path on CUDA too, for A/B measurements;
   ENGINE_SKINNY_GEMM=0 keeps cuBLAS for the projections at every batch size;
 - ENGINE_SKINNY_MIN_NUMEL (weight elements; default: every weight with PDL, 16M without) is the
-  smallest weight the plain skinny GEMM takes; ENGINE_SKINNY_FUSED_MIN_NUMEL (default: off, measured slower) the smallest the norm-fused one
-  takes.
+  smallest weight the skinny GEMM takes.
 """
 from __future__ import annotations
 
@@ -38,10 +36,7 @@ SKINNY_MAX_ROWS = 16                # H100 (engine/bench/skinny_gemm.py): the ke
 _MIN_NUMEL_ENV = os.environ.get("ENGINE_SKINNY_MIN_NUMEL")
 SKINNY_MIN_WEIGHT_NUMEL = int(_MIN_NUMEL_ENV) if _MIN_NUMEL_ENV is not None else None
 SKINNY_MIN_NUMEL_WITHOUT_PDL = 16 << 20
-# Off by default: on the H100 the norm-fused kernel made Qwen3-8B batch-1 latency 6.3 -> 10.5 ms/token
-# and Qwen3-0.6B's (with every projection on it) 1.47 -> 1.83 (docs/benchmarks.md). Set it to try.
-FUSED_MIN_WEIGHT_NUMEL = int(os.environ.get("ENGINE_SKINNY_FUSED_MIN_NUMEL", 1 << 62))
-KERNEL_MODULES = ("rms_norm", "qk_norm_rope", "silu_and_mul", "skinny_gemm", "skinny_norm_gemm")
+KERNEL_MODULES = ("rms_norm", "qk_norm_rope", "silu_and_mul", "skinny_gemm")
 
 
 def use_fused(x: torch.Tensor) -> bool:
@@ -61,13 +56,6 @@ def use_skinny(x: torch.Tensor, weight: torch.Tensor) -> bool:
     if min_numel is None:
         min_numel = 0 if x.is_cuda and pdl_enabled(x.device) else SKINNY_MIN_NUMEL_WITHOUT_PDL
     return _skinny_fits(x, weight, min_numel)
-
-
-def use_skinny_norm(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """True when RMSNorm(x) @ weight^T should be one skinny_norm_gemm launch: as `use_skinny` with
-    FUSED_MIN_WEIGHT_NUMEL, and not float16 (the kernel's dot operand is x * norm_weight before the
-    1 / rms scale: it could overflow float16, not bfloat16)."""
-    return x.dtype != torch.float16 and _skinny_fits(x, weight, FUSED_MIN_WEIGHT_NUMEL)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -113,38 +101,6 @@ def silu_and_mul_native(x: torch.Tensor) -> torch.Tensor:
     """The torch path of `apply_silu_and_mul` (the CPU's, and the reference for the kernels)."""
     gate, up = x.chunk(2, dim=-1)
     return F.silu(gate) * up
-
-
-def _norm_with_residual(x, residual, norm_weight, eps):
-    """(rms_norm(x (+ residual)), the new residual: x + residual, or x itself without one)."""
-    if residual is None:
-        return apply_rms_norm(x, None, norm_weight, eps), x
-    return apply_rms_norm(x, residual, norm_weight, eps)
-
-
-def norm_linear(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor, eps: float,
-                weight: torch.Tensor, bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """RMSNorm (with the residual add) then the projection: x [T, K], residual [T, K] or None,
-    norm_weight [K], weight [N, K], bias [N] or None -> (linear(rms_norm(x + residual)) [T, N],
-    new residual [T, K]: x + residual in x's dtype, or x itself without a residual).
-
-    One skinny_norm_gemm launch where `use_skinny_norm` says so, else `apply_rms_norm` then `linear`."""
-    if use_skinny_norm(x, weight):
-        return load("skinny_norm_gemm").norm_gemm(x, residual, norm_weight, eps, weight, bias)
-    normed, residual = _norm_with_residual(x, residual, norm_weight, eps)
-    return linear(normed, weight, bias), residual
-
-
-def norm_linear_silu(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor, eps: float,
-                     weight: torch.Tensor,
-                     bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """As `norm_linear` for a merged gate_up weight [2I, K] (bias [2I]), then SiLU-and-mul:
-    -> (silu(gate) * up [T, I], new residual [T, K]). One skinny_norm_gemm launch where
-    `use_skinny_norm` says so, else `apply_rms_norm`, `linear` and `apply_silu_and_mul`."""
-    if use_skinny_norm(x, weight):
-        return load("skinny_norm_gemm").norm_gemm_silu(x, residual, norm_weight, eps, weight, bias)
-    normed, residual = _norm_with_residual(x, residual, norm_weight, eps)
-    return apply_silu_and_mul(linear(normed, weight, bias)), residual
 
 
 @functools.cache

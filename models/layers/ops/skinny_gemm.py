@@ -11,7 +11,8 @@ cuBLAS is up to 15% faster. With PDL (pdl.py: the kernel starts during its prede
 pulls its first weight tile into L2 meanwhile) it wins there too, inside the model: Qwen3-0.6B
 batch-1 latency 1.47-1.55 -> 1.29 ms/token. `models.layers.ops.use_skinny` encodes both cases.
 (Fusing SiLU-and-mul into the down projection's input was tried and was 3.5-4x slower: every program
-recomputes the activation of all K.) skinny_norm_gemm.py adds an RMSNorm prologue to this kernel.
+recomputes the activation of all K. Folding the RMSNorm + residual add before qkv and gate_up into this
+kernel was tried too, and removed: Qwen3-8B batch-1 latency 6.05 -> 9.67 ms/token, 0.6B 1.28 -> 1.69.)
 """
 from __future__ import annotations
 
@@ -100,10 +101,9 @@ def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-def config_for(n: int, k: int, device: torch.device, element_size: int = 2, num_sms: int | None = None,
-               tiles_per_program: int = 1) -> dict:
-    """Tile sizes for an [N, K] weight of `element_size`-byte elements read by programs that each take
-    `tiles_per_program` tiles of BLOCK_N rows (2: the gate and up tiles of skinny_norm_gemm's SiLU).
+def config_for(n: int, k: int, device: torch.device, element_size: int = 2,
+               num_sms: int | None = None) -> dict:
+    """Tile sizes for an [N, K] weight of `element_size`-byte elements.
 
     H100 sweep at M = 1 (bf16, all Qwen3-8B projections and both lm_heads): 64 weight rows x 256
     columns per program, 4 warps, 4 stages is the best config or within 1.5% of it; float32 halves
@@ -116,12 +116,12 @@ def config_for(n: int, k: int, device: torch.device, element_size: int = 2, num_
     block_k = min(512 // element_size, max(16, triton.next_power_of_2(k)))
     if device.type != "cuda":
         return dict(BLOCK_N=16, BLOCK_K=min(block_k, 64), num_warps=4, num_stages=1)
-    rows = 64  # weight rows per program, all tiles together
+    rows = 64  # weight rows per program
     if n * k * element_size < BIG_WEIGHT_BYTES and not pdl_enabled(device):
         num_sms = num_sms or num_sms_of(device)
-        while rows > 16 * tiles_per_program and triton.cdiv(n, rows) < MIN_PROGRAMS_PER_SM * num_sms:
+        while rows > 16 and triton.cdiv(n, rows) < MIN_PROGRAMS_PER_SM * num_sms:
             rows //= 2
-    return dict(BLOCK_N=rows // tiles_per_program, BLOCK_K=block_k, num_warps=4, num_stages=4)
+    return dict(BLOCK_N=rows, BLOCK_K=block_k, num_warps=4, num_stages=4)
 
 
 def skinny_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
