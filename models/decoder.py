@@ -12,7 +12,7 @@ from torch import nn
 
 from attention import Attention
 from models.layers import (MergedColumnParallelLinear, QKVParallelLinear, RMSNorm, RotaryEmbedding,
-                           RowParallelLinear, SiluAndMul, VocabParallelEmbedding, get_rope)
+                           RowParallelLinear, VocabParallelEmbedding, get_rope)
 from models.layers.tp import divide, get_tp_size
 
 
@@ -68,11 +68,10 @@ class DecoderMLP(nn.Module):
         super().__init__()
         divide(intermediate_size, get_tp_size(), "intermediate_size")
         self.gate_up_proj = MergedColumnParallelLinear(hidden_size, [intermediate_size] * 2, bias=bias)
-        self.act_fn = SiluAndMul()
         self.down_proj = RowParallelLinear(intermediate_size, hidden_size, bias=bias)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act_fn(self.gate_up_proj(hidden)))
+        return self.down_proj(self.gate_up_proj.forward_silu_and_mul(hidden))
 
 
 class DecoderLayer(nn.Module):

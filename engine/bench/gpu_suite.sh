@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU checks and benchmarks behind docs/benchmarks.md, in one device call:
-#   source .gpu/env.sh; bash engine/bench/gpu_suite.sh [tests] [small] [big] [flash] [ablation] [latprof] [skinny] [serve] [attention] [ragged] [fp8] [pdl] [layout]
+#   source .gpu/env.sh; bash engine/bench/gpu_suite.sh [tests] [small] [big] [flash] [ablation] [latprof] [skinny] [serve] [attention] [ragged] [fp8] [pdl] [layout] [silu]
 # Full logs and JSON go to $OUT (or ./gpu_out); the tail of each is printed. Each part runs on its own
 # so one failure does not hide the rest.
 set -u
@@ -58,6 +58,12 @@ for part in $parts; do
         run lat_${m} python -m engine.bench latency --model preset:$m
         ENGINE_TRITON_DECODE_STORES_KV=0 run lat_${m}_separatestore python -m engine.bench latency --model preset:$m
       done ;;
+    silu)       # batch-1 latency: SiLU-and-mul in the skinny gate_up GEMM (default) against its own kernel
+      for m in qwen3-0.6b qwen3-8b; do
+        run lat_${m} python -m engine.bench latency --model preset:$m
+        ENGINE_SKINNY_SILU=0 run lat_${m}_silu_kernel python -m engine.bench latency --model preset:$m
+      done
+      ENGINE_SKINNY_SILU_BLOCK_N=64 run lat_0.6b_silu_tiles64 python -m engine.bench latency --model preset:qwen3-0.6b ;;
     layout)     # the triton cache's HND memory order (ENGINE_TRITON_KV_LAYOUT) against the default NHD
       for kv in auto fp8; do
         for layout in NHD HND; do

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.layers.ops import linear
+from models.layers.ops import linear, linear_silu_and_mul
 from models.layers.tp import (attach_weight_loader, copy_into, divide, get_tp_rank, get_tp_size,
                               take_shard)
 
@@ -73,6 +73,13 @@ class MergedColumnParallelLinear(ColumnParallelLinear):
         rows = self.output_sizes[shard_id] // tp_size
         source = take_shard(loaded_weight, 0, get_tp_rank(), rows, tp_size)
         copy_into(param.data.narrow(0, offset, rows), source)
+
+    def forward_silu_and_mul(self, x: torch.Tensor) -> torch.Tensor:
+        """For a [gate | up] pair: x [T, in] -> silu(gate) * up [T, out_per_rank // 2], same dtype;
+        one launch at small T on CUDA (the skinny GEMM applies SiLU-and-mul to its output)."""
+        if len(self.output_sizes) != 2 or self.output_sizes[0] != self.output_sizes[1]:
+            raise ValueError(f"forward_silu_and_mul needs two equal outputs, got {self.output_sizes}")
+        return linear_silu_and_mul(x, self.weight, self._bias())
 
 
 class QKVParallelLinear(ColumnParallelLinear):

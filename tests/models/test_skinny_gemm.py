@@ -52,6 +52,54 @@ def test_skinny_gemm_matches_float64(num_rows, n, k, dtype, with_bias):
     torch.testing.assert_close(out.double(), _reference(x, weight, bias).to(DEVICE), **tol)
 
 
+def _silu_reference(x, weight, bias, dtype):
+    """silu(gate) * up of the projection, rounded as the unfused kernels round (float64 math)."""
+    gate, up = _reference(x, weight, bias).to(dtype).double().chunk(2, dim=-1)
+    return (gate * torch.sigmoid(gate)).to(dtype).double() * up
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("num_rows,n,k,block_n", [(1, 128, 256, None), (5, 80, 96, None), (16, 300, 48, 16),
+                                                  (3, 150, 520, 64)])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_skinny_gemm_silu_matches_unfused(num_rows, n, k, block_n, dtype, with_bias):
+    """silu=True on a merged [gate | up] weight [2I, K]: silu(gate) * up [M, I] (ragged I, tiles forced)."""
+    x, weight, bias = _inputs(num_rows, 2 * n, k, dtype, with_bias, seed=num_rows + n + k)
+    cfg = None if block_n is None else dict(BLOCK_N=block_n, BLOCK_K=64, num_warps=4, num_stages=1)
+    out = load("skinny_gemm").skinny_gemm(x, weight, bias, config=cfg, silu=True)
+    assert out.shape == (num_rows, n) and out.dtype == dtype
+    unfused = ops.silu_and_mul_native(load("skinny_gemm").skinny_gemm(x, weight, bias, config=cfg))
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(out, unfused, **tol)
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=5e-2, atol=5e-2)  # 2 roundings
+    torch.testing.assert_close(out.double(), _silu_reference(x, weight, bias, dtype).to(DEVICE), **tol)
+    with pytest.raises(ValueError, match="even number of rows"):
+        load("skinny_gemm").skinny_gemm(x, weight[1:], silu=True)
+
+
+@pytest.mark.parametrize("skinny", [True, False])
+def test_merged_linear_silu_and_mul_dispatch(monkeypatch, skinny):
+    """MergedColumnParallelLinear.forward_silu_and_mul: one fused launch where use_skinny says so,
+    else the projection then SiLU-and-mul; both equal the float64 math."""
+    gen = torch.Generator().manual_seed(5)
+    layer = linear.MergedColumnParallelLinear(48, [40, 40], bias=True).to(DEVICE)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(80, 48, generator=gen) / 7)
+        layer.bias.copy_(torch.randn(80, generator=gen))
+    x = torch.randn(3, 48, generator=gen).to(DEVICE)
+    fused = []
+    skinny_gemm = load("skinny_gemm").skinny_gemm
+    monkeypatch.setattr(ops, "use_skinny", lambda x, w: skinny)
+    monkeypatch.setattr(load("skinny_gemm"), "skinny_gemm", lambda *a, **k: fused.append(k.get("silu")) or
+                        skinny_gemm(*a, **k))
+    out = layer.forward_silu_and_mul(x)
+    torch.testing.assert_close(out.double(), _silu_reference(x, layer.weight, layer.bias, torch.float32),
+                               rtol=1e-4, atol=1e-4)
+    assert fused == ([True] if skinny else [])
+    with pytest.raises(ValueError, match="two equal outputs"):
+        linear.MergedColumnParallelLinear(48, [40, 8]).forward_silu_and_mul(x.cpu())
+
+
 def test_skinny_gemm_every_tile_shape():
     """Each BLOCK_N / BLOCK_K the CUDA heuristic can pick, forced here, on a ragged N and K."""
     skinny = load("skinny_gemm")

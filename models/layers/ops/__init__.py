@@ -12,7 +12,9 @@ data-dependent Python branching). The dispatch functions here (`apply_rms_norm`,
 - ENGINE_FUSED_OPS=0 (read at import) keeps the plain torch path on CUDA too, for A/B measurements;
   ENGINE_SKINNY_GEMM=0 keeps cuBLAS for the projections at every batch size;
 - ENGINE_SKINNY_MIN_NUMEL (weight elements; default: every weight with PDL, 16M without) is the
-  smallest weight the skinny GEMM takes.
+  smallest weight the skinny GEMM takes;
+- ENGINE_SKINNY_SILU=0 keeps SiLU-and-mul a kernel of its own after a skinny gate_up projection
+  (by default the skinny GEMM applies it to its output: one launch less per layer).
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ from models.layers.ops.pdl import pdl_enabled
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 ENABLED = os.environ.get("ENGINE_FUSED_OPS", "1") != "0"
 SKINNY_ENABLED = os.environ.get("ENGINE_SKINNY_GEMM", "1") != "0"
+SKINNY_SILU_ENABLED = os.environ.get("ENGINE_SKINNY_SILU", "1") != "0"
 SKINNY_MAX_ROWS = 16                # H100 (engine/bench/skinny_gemm.py): the kernel's lead holds to M = 16
 # Smallest weight (elements) for the skinny GEMM; None: every weight with PDL (H100, Qwen3-0.6B batch-1
 # latency 1.47-1.55 -> 1.29 ms/token), else 16M (32 MB of bf16: below it cuBLAS was as fast without PDL).
@@ -63,6 +66,14 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     if use_skinny(x, weight):
         return load("skinny_gemm").skinny_gemm(x, weight, bias)
     return F.linear(x, weight, bias)
+
+
+def linear_silu_and_mul(x: torch.Tensor, gate_up: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """silu(gate) * up of the merged projection x [M, K] @ gate_up [2I, K]^T (+ bias [2I]) -> [M, I]:
+    one skinny GEMM launch where `use_skinny` says so, else `linear` then `apply_silu_and_mul`."""
+    if SKINNY_SILU_ENABLED and use_skinny(x, gate_up):
+        return load("skinny_gemm").skinny_gemm(x, gate_up, bias, silu=True)
+    return apply_silu_and_mul(linear(x, gate_up, bias))
 
 
 def apply_rms_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float):

@@ -17,6 +17,7 @@ kernel was tried too, and removed: Qwen3-8B batch-1 latency 6.05 -> 9.67 ms/toke
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 import triton
@@ -25,6 +26,8 @@ import triton.language as tl
 from models.layers.ops.pdl import pdl_enabled, pdl_kwargs
 
 MAX_ROWS = 16       # BLOCK_M: x's rows are padded to this for tl.dot
+# ENGINE_SKINNY_SILU_BLOCK_N: rows of each of the gate and up tiles of the SiLU variant (an A/B knob)
+SILU_BLOCK_N = int(os.environ.get("ENGINE_SKINNY_SILU_BLOCK_N", "0")) or None
 
 
 @triton.jit
@@ -55,21 +58,26 @@ def load_weight_tile(w_rows, kk, k_ok, EVEN_K: tl.constexpr, DOT_F32: tl.constex
 
 @triton.jit
 def _skinny_gemm_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, M, N, K, stride_xm, stride_wn, stride_om,
-                        HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr,
+                        HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, SILU: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                         DOT_F32: tl.constexpr, PRECISION: tl.constexpr, USE_PDL: tl.constexpr):
-    """Program n: out[:, n*BLOCK_N : (n+1)*BLOCK_N] over the whole of K."""
+    """Program n: out[:, n*BLOCK_N : (n+1)*BLOCK_N] over the whole of K. With SILU, W is a merged
+    gate_up weight [2N, K]: the program also takes the up rows N further and writes silu(gate) * up."""
     cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < N
     rows = tl.arange(0, BLOCK_M)
     row_ok = rows < M
     w_rows = w_ptr + tl.where(col_ok, cols, 0).to(tl.int64)[:, None] * stride_wn
+    u_rows = w_rows + N * stride_wn
     if USE_PDL:  # see models/layers/ops/pdl.py
         tl.extra.cuda.gdc_launch_dependents()
         prefetch_first_tile(w_rows, K, BLOCK_K)
+        if SILU:
+            prefetch_first_tile(u_rows, K, BLOCK_K)
         tl.extra.cuda.gdc_wait()
     ks = tl.arange(0, BLOCK_K)
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    acc_up = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     for k0 in range(0, K, BLOCK_K):
         kk = k0 + ks
         k_ok = kk < K
@@ -79,10 +87,21 @@ def _skinny_gemm_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, M, N, K, stride_xm, str
         if DOT_F32:
             x = x.to(tl.float32)
         acc = tl.dot(x, tl.trans(w), acc, input_precision=PRECISION)
+        if SILU:
+            u = load_weight_tile(u_rows, kk, k_ok, EVEN_K, DOT_F32)
+            acc_up = tl.dot(x, tl.trans(u), acc_up, input_precision=PRECISION)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    out_ty = out_ptr.dtype.element_ty
+    if SILU:
+        if HAS_BIAS:
+            acc_up += tl.load(bias_ptr + N + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+        # rounded as the unfused path rounds: gate and up to the output dtype, then silu(gate)
+        gate = acc.to(out_ty).to(tl.float32)
+        silu = (gate / (1.0 + tl.exp(-gate))).to(out_ty).to(tl.float32)
+        acc = silu * acc_up.to(out_ty).to(tl.float32)
     out = out_ptr + rows[:, None] * stride_om + cols[None, :]
-    tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
+    tl.store(out, acc.to(out_ty), mask=row_ok[:, None] & col_ok[None, :])
 
 
 MIN_PROGRAMS_PER_SM = 2       # small weights: shrink BLOCK_N until there are this many programs per SM
@@ -125,24 +144,30 @@ def config_for(n: int, k: int, device: torch.device, element_size: int = 2,
 
 
 def skinny_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-                config: dict | None = None) -> torch.Tensor:
+                config: dict | None = None, silu: bool = False) -> torch.Tensor:
     """x [M, K], weight [N, K], bias [N] or None, all one dtype with unit last stride, M <= 16
-    -> out [M, N] in x's dtype (float32 accumulation)."""
+    -> out [M, N] in x's dtype (float32 accumulation). silu=True: weight is a merged gate_up [2I, K]
+    (bias [2I]) and the result is silu(gate) * up [M, I], as silu_and_mul of the plain result; each
+    program then reads BLOCK_N gate rows and the matching up rows (config's BLOCK_N counts one of them)."""
     num_rows, k = x.shape[0], weight.shape[1]
     if x.dim() != 2 or x.shape[1] != k or num_rows > MAX_ROWS:
         raise ValueError(f"x must be [M <= {MAX_ROWS}, {k}] for a weight of shape {tuple(weight.shape)}, "
                          f"got {tuple(x.shape)}")
     if x.stride(1) != 1 or weight.stride(1) != 1:
         raise ValueError("x and weight must have a unit last stride")
-    n = weight.shape[0]
+    if silu and weight.shape[0] % 2:
+        raise ValueError(f"a gate_up weight needs an even number of rows, got {weight.shape[0]}")
+    n = weight.shape[0] // 2 if silu else weight.shape[0]
     out = torch.empty(num_rows, n, dtype=x.dtype, device=x.device)
     if num_rows == 0:
         return out
-    cfg = dict(config or config_for(n, k, x.device, x.element_size()))
+    cfg = dict(config or config_for(weight.shape[0], k, x.device, x.element_size()))
+    if silu and config is None:   # the same weight rows per program, in two tiles (or SILU_BLOCK_N per tile)
+        cfg["BLOCK_N"] = SILU_BLOCK_N or max(16, cfg["BLOCK_N"] // 2)
     cpu = x.device.type == "cpu"
     _skinny_gemm_kernel[(triton.cdiv(n, cfg["BLOCK_N"]),)](
         x, weight, bias if bias is not None else weight, out, num_rows, n, k,
         x.stride(0), weight.stride(0), out.stride(0),
-        HAS_BIAS=bias is not None, EVEN_K=k % cfg["BLOCK_K"] == 0, BLOCK_M=MAX_ROWS,
+        HAS_BIAS=bias is not None, EVEN_K=k % cfg["BLOCK_K"] == 0, SILU=silu, BLOCK_M=MAX_ROWS,
         DOT_F32=cpu, PRECISION="ieee" if cpu or x.dtype == torch.float32 else "tf32", **cfg, **pdl_kwargs(x))
     return out
