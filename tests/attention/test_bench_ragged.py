@@ -11,6 +11,7 @@ from attention.selector import load_backend
 from engine.bench import attention as bench
 from engine.bench import ragged
 
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"   # the triton kernels need CUDA tensors on a GPU
 SHAPE = dict(num_heads=4, num_kv_heads=2, head_size=32, dtype=torch.float32, kv_cache_dtype=None)
 
 
@@ -19,16 +20,16 @@ def dense_attention_f64(query: torch.Tensor, kv: torch.Tensor, lens) -> torch.Te
     group = SHAPE["num_heads"] // SHAPE["num_kv_heads"]
     out = []
     for r, n in enumerate(lens):
-        k, v = (kv[i, r, :n].double().repeat_interleave(group, dim=1).transpose(0, 1) for i in (0, 1))
-        scores = (k @ query[r].double()[:, :, None])[..., 0] / SHAPE["head_size"] ** 0.5   # [H, n]
+        k, v = (kv[i, r, :n].cpu().double().repeat_interleave(group, dim=1).transpose(0, 1) for i in (0, 1))
+        scores = (k @ query[r].cpu().double()[:, :, None])[..., 0] / SHAPE["head_size"] ** 0.5   # [H, n]
         out.append((torch.softmax(scores, -1)[:, None, :] @ v)[:, 0])
     return torch.stack(out)
 
 
 def ragged_inputs(monkeypatch, block_size: int, lens=(37, 5, 64, 16)):
-    monkeypatch.setattr(bench, "DEVICE", "cpu")
+    monkeypatch.setattr(bench, "DEVICE", DEVICE)
     case = bench.Case("decode", len(lens), 64, tuple(lens), "drawn")
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator(device=DEVICE).manual_seed(0)
     kv = bench.logical_kv(case, SHAPE, gen)
     inputs = bench.paged_inputs(case, kv, block_size, SHAPE, gen)
     return case, kv, inputs, dense_attention_f64(inputs.query, kv, lens)
@@ -59,7 +60,7 @@ def test_ragged_paged_inputs_match_dense_attention(monkeypatch, block_size):
     assert int((~flat[0].isnan()).all(-1).all(-1).sum()) == sum(case.lens)
     runner = bench.Runner(TorchRefBackend, inputs, SHAPE)
     runner.step()
-    assert torch.allclose(runner.output.double(), expected, atol=1e-5, rtol=1e-5)
+    assert torch.allclose(runner.output.cpu().double(), expected, atol=1e-5, rtol=1e-5)
     # a backend that reads one token past each request's length is refused (NaN: infinite error)
     past = replace(inputs, common=replace(common, seq_lens_cpu=common.seq_lens_cpu + 1))
     overread = bench.Runner(TorchRefBackend, past, SHAPE)
@@ -77,7 +78,7 @@ def test_triton_decode_at_forced_splits_matches_dense(monkeypatch, splits):
         runner = bench.Runner(backend, inputs, SHAPE)
     assert runner.metadata.num_splits == splits and backend.get_builder_cls().num_splits is policy
     runner.step()
-    assert torch.allclose(runner.output.double(), expected, atol=1e-4, rtol=1e-4)
+    assert torch.allclose(runner.output.cpu().double(), expected, atol=1e-4, rtol=1e-4)
 
 
 def test_case_selection_and_bytes():
