@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU checks and benchmarks behind docs/benchmarks.md, in one device call:
-#   source .gpu/env.sh; bash engine/bench/gpu_suite.sh [tests] [small] [big] [flash] [ablation] [latprof] [skinny] [serve] [attention] [ragged] [fp8] [pdl] [layout] [silu]
+#   source .gpu/env.sh; bash engine/bench/gpu_suite.sh [tests] [small] [big] [flash] [ablation] [latprof] [skinny] [serve] [attention] [ragged] [fp8] [pdl] [layout] [silu] [skinny64]
 # Full logs and JSON go to $OUT (or ./gpu_out); the tail of each is printed. Each part runs on its own
 # so one failure does not hide the rest.
 set -u
@@ -64,6 +64,10 @@ for part in $parts; do
         ENGINE_SKINNY_SILU=0 run lat_${m}_silu_kernel python -m engine.bench latency --model preset:$m
       done
       ENGINE_SKINNY_SILU_BLOCK_N=64 run lat_0.6b_silu_tiles64 python -m engine.bench latency --model preset:qwen3-0.6b ;;
+    skinny64)   # the skinny GEMM at M = 16..64 against cuBLAS, then 0.6B throughput with it up to 64 rows
+      run skinny64 python -m engine.bench skinny_gemm --rows 16 24 32 48 64 --output "$OUT/skinny64.json"
+      ENGINE_SKINNY_MAX_ROWS=64 run thr_0.6b_skinny64 python -m engine.bench throughput --model preset:qwen3-0.6b \
+        --repeat 3 --timeline ;;
     layout)     # the triton cache's HND memory order (ENGINE_TRITON_KV_LAYOUT) against the default NHD
       for kv in auto fp8; do
         for layout in NHD HND; do

@@ -44,6 +44,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sweep", action="store_true", help="also time every tile config at M = 1")
     parser.add_argument("--cases", default=None,
                         help="only the cases whose name contains this text (e.g. '0.6b', 'lm_head')")
+    parser.add_argument("--rows", type=int, nargs="+", default=list(ROWS), help="the M values to time (<= 64)")
     parser.add_argument("--output", default=None)
 
 
@@ -112,7 +113,7 @@ def _plain_row(skinny, name, num_rows, sweep) -> dict:
     _check(name, num_rows, skinny.skinny_gemm(x, weights[0]), F.linear(x, weights[0]))
     t_cublas = graph_us([lambda w=w: F.linear(x, w) for w in weights])
     t_skinny = graph_us([lambda w=w: skinny.skinny_gemm(x, w) for w in weights])
-    row = _row(name, n, k, num_rows, t_cublas, t_skinny, skinny.config_for(n, k, x.device))
+    row = _row(name, n, k, num_rows, t_cublas, t_skinny, skinny.config_for(n, k, x.device, num_rows=num_rows))
     if sweep and num_rows == 1:
         row["sweep_best"] = _sweep(SWEEP, lambda cfg: [lambda w=w: skinny.skinny_gemm(x, w, config=cfg)
                                                        for w in weights])
@@ -124,7 +125,7 @@ def main(args: argparse.Namespace) -> dict:
     print(_line([name for name, _ in COLUMNS]), flush=True)
     rows = []
     for name in [name for name in SHAPES if args.cases is None or args.cases in name]:
-        for num_rows in ROWS:
+        for num_rows in args.rows:
             row = _plain_row(skinny, name, num_rows, args.sweep)
             _print_row(row)
             rows.append(row)

@@ -41,7 +41,7 @@ def _inputs(num_rows, n, k, dtype, with_bias, seed):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("num_rows", [1, 3, 8, 16])
+@pytest.mark.parametrize("num_rows", [1, 3, 8, 16, 17, 64])
 @pytest.mark.parametrize("n,k", [(64, 256), (40, 48), (300, 96)])
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_skinny_gemm_matches_float64(num_rows, n, k, dtype, with_bias):
@@ -60,7 +60,7 @@ def _silu_reference(x, weight, bias, dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("num_rows,n,k,block_n", [(1, 128, 256, None), (5, 80, 96, None), (16, 300, 48, 16),
-                                                  (3, 150, 520, 64)])
+                                                  (3, 150, 520, 64), (40, 80, 96, None)])
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_skinny_gemm_silu_matches_unfused(num_rows, n, k, block_n, dtype, with_bias):
     """silu=True on a merged [gate | up] weight [2I, K]: silu(gate) * up [M, I] (ragged I, tiles forced)."""
@@ -115,8 +115,8 @@ def test_skinny_gemm_every_tile_shape():
 def test_skinny_gemm_rejects_bad_shapes():
     skinny = load("skinny_gemm")
     weight = torch.zeros(8, 32, device=DEVICE)
-    with pytest.raises(ValueError, match="M <= 16"):
-        skinny.skinny_gemm(torch.zeros(17, 32, device=DEVICE), weight)
+    with pytest.raises(ValueError, match="M <= 64"):
+        skinny.skinny_gemm(torch.zeros(65, 32, device=DEVICE), weight)
     with pytest.raises(ValueError, match="got \\(2, 16\\)"):
         skinny.skinny_gemm(torch.zeros(2, 16, device=DEVICE), weight)
 
@@ -146,12 +146,14 @@ def test_layers_take_the_skinny_path_and_match(monkeypatch, layer_kind):
 
 
 @pytest.mark.parametrize("element_size", [2, 4])
-def test_cuda_config_fits_h100_shared_memory(element_size):
+@pytest.mark.parametrize("num_rows", [1, 16, 17, 64])
+def test_cuda_config_fits_h100_shared_memory(element_size, num_rows):
     """The pipelined tiles (weight and padded x, every stage) fit the H100's 227 KiB per block; float32
     once asked for 240 KiB there."""
-    cfg = load("skinny_gemm").config_for(4096, 4096, torch.device("cuda"), element_size)
-    tiles = cfg["num_stages"] * (cfg["BLOCK_N"] + 16) * cfg["BLOCK_K"] * element_size
-    assert tiles <= 227 * 1024
+    skinny = load("skinny_gemm")
+    cfg = skinny.config_for(4096, 4096, torch.device("cuda"), element_size, num_rows=num_rows)
+    tiles = cfg["num_stages"] * (cfg["BLOCK_N"] + skinny.row_block(num_rows)) * cfg["BLOCK_K"] * element_size
+    assert tiles <= 227 * 1024 and cfg["num_stages"] >= 2
 
 
 # ---- config_for: enough programs for small weights, the measured 64 x 256 tiles for big ones ----

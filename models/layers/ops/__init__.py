@@ -33,7 +33,9 @@ HAS_TRITON = importlib.util.find_spec("triton") is not None
 ENABLED = os.environ.get("ENGINE_FUSED_OPS", "1") != "0"
 SKINNY_ENABLED = os.environ.get("ENGINE_SKINNY_GEMM", "1") != "0"
 SKINNY_SILU_ENABLED = os.environ.get("ENGINE_SKINNY_SILU", "1") != "0"
-SKINNY_MAX_ROWS = 16                # H100 (engine/bench/skinny_gemm.py): the kernel's lead holds to M = 16
+# H100 (engine/bench/skinny_gemm.py): the kernel's lead over cuBLAS holds to M = 16;
+# ENGINE_SKINNY_MAX_ROWS (up to the kernel's 64) moves the limit, for A/B measurements.
+SKINNY_MAX_ROWS = int(os.environ.get("ENGINE_SKINNY_MAX_ROWS", "16"))
 # Smallest weight (elements) for the skinny GEMM; None: every weight with PDL (H100, Qwen3-0.6B batch-1
 # latency 1.47-1.55 -> 1.29 ms/token), else 16M (32 MB of bf16: below it cuBLAS was as fast without PDL).
 _MIN_NUMEL_ENV = os.environ.get("ENGINE_SKINNY_MIN_NUMEL")

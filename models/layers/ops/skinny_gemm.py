@@ -25,7 +25,8 @@ import triton.language as tl
 
 from models.layers.ops.pdl import pdl_enabled, pdl_kwargs
 
-MAX_ROWS = 16       # BLOCK_M: x's rows are padded to this for tl.dot
+MAX_ROWS = 64       # x's rows are padded to BLOCK_M = row_block(M) (16, 32 or 64) for tl.dot
+SHARED_MEMORY_BYTES = 220 << 10   # an H100 block may use 227 KiB
 # ENGINE_SKINNY_SILU_BLOCK_N: rows of each of the gate and up tiles of the SiLU variant (an A/B knob)
 SILU_BLOCK_N = int(os.environ.get("ENGINE_SKINNY_SILU_BLOCK_N", "0")) or None
 
@@ -120,13 +121,19 @@ def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
+def row_block(num_rows: int) -> int:
+    """BLOCK_M for M rows of x: the next power of two, at least 16 (tl.dot's smallest)."""
+    return max(16, triton.next_power_of_2(num_rows))
+
+
 def config_for(n: int, k: int, device: torch.device, element_size: int = 2,
-               num_sms: int | None = None) -> dict:
-    """Tile sizes for an [N, K] weight of `element_size`-byte elements.
+               num_sms: int | None = None, num_rows: int = 1) -> dict:
+    """Tile sizes for an [N, K] weight of `element_size`-byte elements, read for `num_rows` rows of x.
 
     H100 sweep at M = 1 (bf16, all Qwen3-8B projections and both lm_heads): 64 weight rows x 256
     columns per program, 4 warps, 4 stages is the best config or within 1.5% of it; float32 halves
-    BLOCK_K to stay within shared memory. Below BIG_WEIGHT_BYTES the rows per program halve (down to 16
+    BLOCK_K to stay within shared memory, and M > 16 takes fewer stages for the same reason. Below
+    BIG_WEIGHT_BYTES the rows per program halve (down to 16
     rows per tile) until there are MIN_PROGRAMS_PER_SM programs per SM (`num_sms`: default
     `num_sms_of(device)`): 64-row tiles give a 1024-row weight only 16 programs. Not with PDL
     (models/layers/ops/pdl.py), where 64 rows won on the small weights too (H100, Qwen3-0.6B
@@ -140,12 +147,13 @@ def config_for(n: int, k: int, device: torch.device, element_size: int = 2,
         num_sms = num_sms or num_sms_of(device)
         while rows > 16 and triton.cdiv(n, rows) < MIN_PROGRAMS_PER_SM * num_sms:
             rows //= 2
-    return dict(BLOCK_N=rows, BLOCK_K=block_k, num_warps=4, num_stages=4)
+    stage_bytes = (rows + row_block(num_rows)) * block_k * element_size   # weight tile + x tile
+    return dict(BLOCK_N=rows, BLOCK_K=block_k, num_warps=4, num_stages=min(4, SHARED_MEMORY_BYTES // stage_bytes))
 
 
 def skinny_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                 config: dict | None = None, silu: bool = False) -> torch.Tensor:
-    """x [M, K], weight [N, K], bias [N] or None, all one dtype with unit last stride, M <= 16
+    """x [M, K], weight [N, K], bias [N] or None, all one dtype with unit last stride, M <= 64
     -> out [M, N] in x's dtype (float32 accumulation). silu=True: weight is a merged gate_up [2I, K]
     (bias [2I]) and the result is silu(gate) * up [M, I], as silu_and_mul of the plain result; each
     program then reads BLOCK_N gate rows and the matching up rows (config's BLOCK_N counts one of them)."""
@@ -161,13 +169,13 @@ def skinny_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     out = torch.empty(num_rows, n, dtype=x.dtype, device=x.device)
     if num_rows == 0:
         return out
-    cfg = dict(config or config_for(weight.shape[0], k, x.device, x.element_size()))
+    cfg = dict(config or config_for(weight.shape[0], k, x.device, x.element_size(), num_rows=num_rows))
     if silu and config is None:   # the same weight rows per program, in two tiles (or SILU_BLOCK_N per tile)
         cfg["BLOCK_N"] = SILU_BLOCK_N or max(16, cfg["BLOCK_N"] // 2)
     cpu = x.device.type == "cpu"
     _skinny_gemm_kernel[(triton.cdiv(n, cfg["BLOCK_N"]),)](
         x, weight, bias if bias is not None else weight, out, num_rows, n, k,
         x.stride(0), weight.stride(0), out.stride(0),
-        HAS_BIAS=bias is not None, EVEN_K=k % cfg["BLOCK_K"] == 0, SILU=silu, BLOCK_M=MAX_ROWS,
+        HAS_BIAS=bias is not None, EVEN_K=k % cfg["BLOCK_K"] == 0, SILU=silu, BLOCK_M=row_block(num_rows),
         DOT_F32=cpu, PRECISION="ieee" if cpu or x.dtype == torch.float32 else "tf32", **cfg, **pdl_kwargs(x))
     return out
