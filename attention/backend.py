@@ -92,8 +92,14 @@ class AttentionImpl:
             kv_cache: the layer's cache, in the backend's layout (`get_kv_cache_shape`).
             metadata: what this backend's builder returned for the step.
             output: [T, num_heads, head_size], written in place (padding rows may hold anything).
+        A backend whose `fuses_qk_rope` says so also takes `qk_rope` (attention/qk_rope.py): query
+        and key then come before their norm and rope, which it applies itself.
         """
         raise NotImplementedError
+
+    def fuses_qk_rope(self, metadata: Any, qk_rope: Any) -> bool:
+        """Whether `forward` applies this step's q/k norm and rope itself (then passed as qk_rope)."""
+        return False
 
 
 class AttentionMetadataBuilder:

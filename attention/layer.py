@@ -6,6 +6,7 @@ from torch import nn
 
 from attention.backend import AttentionImpl
 from attention.forward_context import get_attn_metadata
+from attention.qk_rope import QKRope
 
 
 class Attention(nn.Module):
@@ -28,17 +29,25 @@ class Attention(nn.Module):
         self.impl: AttentionImpl | None = None
         self.kv_cache: torch.Tensor | None = None
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """q: [T, num_heads * head_size]; k, v: [T, num_kv_heads * head_size] -> [T, num_heads * head_size]."""
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                qk_rope: QKRope | None = None) -> torch.Tensor:
+        """q: [T, num_heads * head_size]; k, v: [T, num_kv_heads * head_size] -> [T, num_heads * head_size].
+
+        qk_rope: the q/k norm and rope still to apply (before the K/V store); the backend fuses it
+        into its kernel when it can (`impl.fuses_qk_rope`), else it is applied here first."""
         if self.impl is None or self.kv_cache is None:
             raise RuntimeError("Attention layer has no backend bound: build the model through the model runner")
+        metadata = get_attn_metadata()
+        fused = qk_rope is not None and self.impl.fuses_qk_rope(metadata, qk_rope)
+        if qk_rope is not None and not fused:
+            q, k = qk_rope.apply(q, k)
         num_tokens = q.shape[0]
         output = torch.empty(num_tokens, self.num_heads, self.head_size, dtype=q.dtype, device=q.device)
         self.impl.forward(
             q.view(num_tokens, self.num_heads, self.head_size),
             k.view(num_tokens, self.num_kv_heads, self.head_size),
             v.view(num_tokens, self.num_kv_heads, self.head_size),
-            self.kv_cache, get_attn_metadata(), output)
+            self.kv_cache, metadata, output, **({"qk_rope": qk_rope} if fused else {}))
         return output.view(num_tokens, self.num_heads * self.head_size)
 
 

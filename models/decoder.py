@@ -57,8 +57,8 @@ class DecoderAttention(nn.Module):
 
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         q, k, v = self.qkv_proj(hidden).split(self.qkv_proj.output_split(), dim=-1)
-        q, k = self.rotary_emb.norm_and_rotate(positions, q, k, self.q_norm, self.k_norm)
-        return self.o_proj(self.attn(q, k, v))
+        qk_rope = self.rotary_emb.qk_rope(positions, self.q_norm, self.k_norm)   # applied by the attention layer
+        return self.o_proj(self.attn(q, k, v, qk_rope=qk_rope))
 
 
 class DecoderMLP(nn.Module):

@@ -37,6 +37,9 @@ SPLIT_POLICY = dict(waves=2, min_split_len=64, max_splits=64)
 # latency 2026-11-25: Qwen3-0.6B 1.284 -> 1.261 ms/token, Qwen3-8B 6.052 -> 5.977).
 # ENGINE_TRITON_DECODE_STORES_KV=0 launches store_kv first instead.
 DECODE_STORES_KV = os.environ.get("ENGINE_TRITON_DECODE_STORES_KV", "1") == "1"
+# Decode steps also take the model's q/k norm and rope into the decode kernel (attention/qk_rope.py:
+# one launch less per layer); ENGINE_TRITON_FUSED_QK_ROPE=0 runs the model's own kernel for it.
+FUSED_QK_ROPE = os.environ.get("ENGINE_TRITON_FUSED_QK_ROPE", "1") == "1"
 KV_LAYOUTS = ("NHD", "HND")
 KV_LAYOUT = os.environ.get("ENGINE_TRITON_KV_LAYOUT", "NHD")
 
@@ -146,16 +149,23 @@ class TritonAttnMetadataBuilder(AttentionMetadataBuilder):
 
 
 class TritonAttnImpl(AttentionImpl):
-    def forward(self, query, key, value, kv_cache, metadata: TritonAttnMetadata, output) -> None:
+    def fuses_qk_rope(self, metadata: TritonAttnMetadata, qk_rope) -> bool:
+        """Decode steps whose kernel stores K/V apply the q/k norm and rope in it too."""
+        return FUSED_QK_ROPE and DECODE_STORES_KV and metadata.is_decode
+
+    def forward(self, query, key, value, kv_cache, metadata: TritonAttnMetadata, output, qk_rope=None) -> None:
         """Store K/V, then attend; see AttentionImpl.forward for shapes. No host sync."""
         fused_store = metadata.is_decode and DECODE_STORES_KV
+        if qk_rope is not None and not fused_store:
+            raise ValueError("qk_rope is fused only into decode steps that store K/V in the decode kernel")
         if not fused_store:
             store_kv(key, value, kv_cache, metadata.slot_mapping)
         if metadata.is_decode:
             decode_attention(query, kv_cache, output, metadata.query_start_loc, metadata.seq_lens,
                              metadata.block_table, self.scale, metadata.num_reqs, metadata.num_splits,
                              metadata.part_out, metadata.part_lse,
-                             new_kv=(key, value, metadata.slot_mapping) if fused_store else None)
+                             new_kv=(key, value, metadata.slot_mapping) if fused_store else None,
+                             qk_rope=qk_rope)
         else:
             prefill_attention(query, kv_cache, output, metadata.query_start_loc, metadata.seq_lens,
                               metadata.block_table, self.scale, metadata.num_reqs, metadata.max_query_len)

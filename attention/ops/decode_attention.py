@@ -15,7 +15,9 @@ import triton.language as tl
 
 from attention.ops.paged_tiles import load_kv_tile, mma, softmax_step
 from attention.ops.store_kv import slot_offset
+from attention.qk_rope import QKRope
 from models.layers.ops.pdl import pdl_kwargs
+from models.layers.ops.qk_norm_rope import norm_rope, rope_cos_sin, rope_partner
 
 # H100, bf16, D=128, 2026-11-25: BLOCK_N=64 with 4 warps is within 1% of the best everywhere but
 # batch 1 x 16k (128 is 3% faster there, 10% slower at 32 x 16k); stages 2-4 differ by < 1%.
@@ -29,14 +31,22 @@ DECODE_CONFIGS = {
 @triton.jit
 def _store_new_kv(key_ptr, value_ptr, slot_ptr, cache_ptr, q_row, kv_head, stride_kt, stride_kh, stride_vt,
                   stride_vh, value_offset, stride_cblock, stride_ctok, stride_chead, dims, dim_ok,
-                  BLOCK_SIZE: tl.constexpr):
-    """Write this request's new K/V of `kv_head` (token row q_row) to its slot, if it has one."""
+                  k_norm_ptr, cos, sin, eps, BLOCK_SIZE: tl.constexpr, HEAD_SIZE: tl.constexpr,
+                  ROPE: tl.constexpr, ROTARY_DIM: tl.constexpr, HAS_NORM: tl.constexpr):
+    """Write this request's new K/V of `kv_head` (token row q_row) to its slot, if it has one; with
+    ROPE the key is normalized (k_norm) and rotated first."""
     slot = tl.load(slot_ptr + q_row)
     if slot >= 0:
         dst = cache_ptr + slot_offset(slot, BLOCK_SIZE, stride_cblock, stride_ctok) + kv_head * stride_chead + dims
-        k = tl.load(key_ptr + q_row * stride_kt + kv_head * stride_kh + dims, mask=dim_ok)
+        key_row = key_ptr + q_row * stride_kt + kv_head * stride_kh
+        k = tl.load(key_row + dims[None, :], mask=dim_ok[None, :], other=0.0)   # [1, HEAD_PAD]
+        if ROPE:
+            partner = rope_partner(dims, ROTARY_DIM)
+            k_partner = tl.load(key_row + partner[None, :], mask=dim_ok[None, :], other=0.0)
+            k = norm_rope(k.to(tl.float32), k_partner.to(tl.float32), k_norm_ptr, dims, partner, cos, sin, eps,
+                          HEAD_SIZE, ROTARY_DIM, HAS_NORM, key_ptr.dtype.element_ty)
         v = tl.load(value_ptr + q_row * stride_vt + kv_head * stride_vh + dims, mask=dim_ok)
-        tl.store(dst, k.to(cache_ptr.dtype.element_ty), mask=dim_ok)
+        tl.store(dst[None, :], k.to(cache_ptr.dtype.element_ty), mask=dim_ok[None, :])
         tl.store(dst + value_offset, v.to(cache_ptr.dtype.element_ty), mask=dim_ok)
 
 
@@ -47,13 +57,18 @@ def _decode_kernel(q_ptr, cache_ptr, out_ptr, part_out_ptr, part_lse_ptr,
                    stride_pr, stride_ph, stride_ps, stride_lr, stride_lh,
                    value_offset, stride_cblock, stride_ctok, stride_chead, stride_table,
                    key_ptr, value_ptr, slot_ptr, stride_kt, stride_kh, stride_vt, stride_vh,
+                   positions_ptr, rope_cache_ptr, stride_rope, q_norm_ptr, k_norm_ptr, norm_eps,
+                   ROPE: tl.constexpr, ROTARY_DIM: tl.constexpr, HAS_NORM: tl.constexpr,
                    DIRECT: tl.constexpr, GROUP: tl.constexpr, BLOCK_H: tl.constexpr,
                    HEAD_SIZE: tl.constexpr, HEAD_PAD: tl.constexpr, BLOCK_SIZE: tl.constexpr,
                    BLOCK_N: tl.constexpr, SCALAR_TABLE: tl.constexpr, DOT_F32: tl.constexpr,
                    PRECISION: tl.constexpr, USE_PDL: tl.constexpr, STORE_KV: tl.constexpr):
     """Program (request, kv_head, split): the GROUP query heads of kv_head over one context chunk.
     With STORE_KV the program whose chunk holds the request's last token first writes that token's
-    K/V (key/value at slot_mapping) into the cache: the step's K/V store needs no launch of its own."""
+    K/V (key/value at slot_mapping) into the cache: the step's K/V store needs no launch of its own.
+    With ROPE (needs STORE_KV) q and k arrive before their per-head RMSNorm (HAS_NORM) and neox rope
+    at positions[q_row], which the program applies: every program to its q heads, the storing one
+    to the key it stores."""
     if USE_PDL:  # see models/layers/ops/pdl.py
         tl.extra.cuda.gdc_launch_dependents()
         tl.extra.cuda.gdc_wait()
@@ -72,14 +87,23 @@ def _decode_kernel(q_ptr, cache_ptr, out_ptr, part_out_ptr, part_lse_ptr,
     dims = tl.arange(0, HEAD_PAD)
     dim_ok = dims < HEAD_SIZE
     q_row = tl.load(query_start_ptr + req).to(tl.int64)
-    q = tl.load(q_ptr + q_row * stride_qt + head[:, None] * stride_qh + dims[None, :],
-                mask=row_ok[:, None] & dim_ok[None, :], other=0.0)
+    q_rows = q_ptr + q_row * stride_qt + head[:, None] * stride_qh
+    q = tl.load(q_rows + dims[None, :], mask=row_ok[:, None] & dim_ok[None, :], other=0.0)
+    cos = tl.zeros([HEAD_PAD], tl.float32)   # rope's cos and sin (unused without ROPE)
+    sin = tl.zeros([HEAD_PAD], tl.float32)
+    if ROPE:
+        partner = rope_partner(dims, ROTARY_DIM)
+        cos, sin = rope_cos_sin(rope_cache_ptr, tl.load(positions_ptr + q_row), stride_rope, dims, ROTARY_DIM)
+        q_partner = tl.load(q_rows + partner[None, :], mask=row_ok[:, None] & dim_ok[None, :], other=0.0)
+        q = norm_rope(q.to(tl.float32), q_partner.to(tl.float32), q_norm_ptr, dims, partner, cos, sin, norm_eps,
+                      HEAD_SIZE, ROTARY_DIM, HAS_NORM, q_ptr.dtype.element_ty)
     if STORE_KV:
         last_tile = (seq_len - 1) // BLOCK_N
         if (seq_len > 0) & (tile_begin <= last_tile) & (last_tile < tile_end):
             _store_new_kv(key_ptr, value_ptr, slot_ptr, cache_ptr, q_row, kv_head.to(tl.int64), stride_kt,
                           stride_kh, stride_vt, stride_vh, value_offset, stride_cblock, stride_ctok,
-                          stride_chead, dims, dim_ok, BLOCK_SIZE)
+                          stride_chead, dims, dim_ok, k_norm_ptr, cos, sin, norm_eps, BLOCK_SIZE, HEAD_SIZE,
+                          ROPE, ROTARY_DIM, HAS_NORM)
         tl.debug_barrier()  # the CTA's loads below see the stored token
 
     m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
@@ -144,11 +168,14 @@ def decode_attention(query: torch.Tensor, kv_cache: torch.Tensor, output: torch.
                      query_start_loc: torch.Tensor, seq_lens: torch.Tensor, block_table: torch.Tensor,
                      scale: float, num_reqs: int, num_splits: int, part_out: torch.Tensor,
                      part_lse: torch.Tensor, config: dict | None = None,
-                     new_kv: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> None:
+                     new_kv: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+                     qk_rope: QKRope | None = None) -> None:
     """Paged attention of one query token per request; writes output [T, H, D] in place.
 
     new_kv (key [T, Hkv, D], value [T, Hkv, D], slot_mapping [T] int64): store this step's K/V in
     the same launch (as store_kv would; slots < 0 are skipped). None: the cache already holds them.
+    qk_rope (needs new_kv): query and key are before their norm and rope, applied here as
+    `qk_rope.apply` would (attention/qk_rope.py).
 
     query [T, H, D] (request r's token at row query_start_loc[r]); kv_cache
     [2, num_blocks, block_size, Hkv, D]; seq_lens [num_reqs] int32; block_table [num_reqs, *] int32.
@@ -173,7 +200,7 @@ def decode_attention(query: torch.Tensor, kv_cache: torch.Tensor, output: torch.
         *strides,
         kv_cache.stride(0), kv_cache.stride(1), kv_cache.stride(2), kv_cache.stride(3),
         block_table.stride(0),
-        *_new_kv_args(new_kv, query),
+        *_new_kv_args(new_kv, query), *_rope_args(qk_rope, new_kv, query, head_size),
         DIRECT=num_splits == 1, GROUP=group, BLOCK_H=max(16, triton.next_power_of_2(group)),
         BLOCK_SIZE=block_size, DOT_F32=query.device.type == "cpu",
         PRECISION="ieee" if query.dtype == torch.float32 else "tf32", STORE_KV=new_kv is not None, **common,
@@ -195,3 +222,21 @@ def _new_kv_args(new_kv, query: torch.Tensor) -> tuple:
     if key.stride(2) != 1 or value.stride(2) != 1 or slot_mapping.stride(0) != 1:
         raise ValueError("key and value must be contiguous in head_size, slot_mapping contiguous")
     return key, value, slot_mapping, key.stride(0), key.stride(1), value.stride(0), value.stride(1)
+
+
+def _rope_args(qk_rope: QKRope | None, new_kv, query: torch.Tensor, head_size: int) -> tuple:
+    """positions, cos/sin cache, its row stride, q and k norm weights, eps (placeholders without
+    qk_rope), then the ROPE, ROTARY_DIM and HAS_NORM constexprs."""
+    if qk_rope is None:
+        return query, query, 0, query, query, 0.0, False, 2, False
+    cache = qk_rope.cos_sin_cache
+    if new_kv is None:
+        raise ValueError("qk_rope needs new_kv: the key is rotated where it is stored")
+    if cache.dtype != torch.float32 or cache.stride(1) != 1 or not 0 < qk_rope.rotary_dim <= head_size \
+            or qk_rope.rotary_dim % 2:
+        raise ValueError("cos_sin_cache must be float32 [P, rotary_dim] with a unit last stride, rotary_dim even "
+                         f"and <= head_size {head_size}; got {tuple(cache.shape)}")
+    has_norm = qk_rope.q_norm_weight is not None
+    return (qk_rope.positions, cache, cache.stride(0),
+            qk_rope.q_norm_weight if has_norm else query, qk_rope.k_norm_weight if has_norm else query,
+            qk_rope.eps, True, qk_rope.rotary_dim, has_norm)

@@ -6,12 +6,14 @@ Rope settings are read from a Hugging Face config in either form: transformers >
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
 import torch
 from torch import nn
 
+from attention.qk_rope import QKRope
 from models.layers.ops import load, use_fused
 
 SUPPORTED_ROPE_TYPES = ("default", "llama3")
@@ -113,6 +115,21 @@ class RotaryEmbedding(nn.Module):
         if q_norm is not None:
             q, k = self._norm_heads(q_norm, q), self._norm_heads(k_norm, k)
         return self.forward(positions, q, k)
+
+    def qk_rope(self, positions: torch.Tensor, q_norm: nn.Module | None = None,
+                k_norm: nn.Module | None = None) -> QKRope:
+        """The same transform as `norm_and_rotate(positions, q, k, q_norm, k_norm)`, described for
+        `Attention` (which may fuse it into the attention kernel) instead of applied now."""
+        if (q_norm is None) != (k_norm is None):
+            raise ValueError("q_norm and k_norm must be given together")
+        if k_norm is not None and k_norm.eps != q_norm.eps:
+            raise ValueError(f"k_norm.eps must equal q_norm.eps {q_norm.eps}, got {k_norm.eps}")
+        return QKRope(positions, self.cos_sin_cache, None if q_norm is None else q_norm.weight,
+                      None if k_norm is None else k_norm.weight, 0.0 if q_norm is None else q_norm.eps,
+                      functools.partial(self._apply, positions, q_norm, k_norm))
+
+    def _apply(self, positions, q_norm, k_norm, q, k):
+        return self.norm_and_rotate(positions, q, k, q_norm, k_norm)
 
     def _norm_heads(self, norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """x: [T, N * head_size] -> norm applied to each head, same shape."""

@@ -166,3 +166,41 @@ def test_store_kv_follows_strided_slot_mapping():
     ref_store_kv(key, value, want, slots)
     store_kv(key.to(DEVICE), value.to(DEVICE), cache := cache.to(DEVICE), slots.to(DEVICE))
     assert torch.equal(cache.cpu(), want)
+
+
+@pytest.mark.parametrize("min_split_len,rotary_dim,with_norm,dtype", [
+    (16, 64, True, torch.float32), (4096, 64, False, torch.float32), (16, 32, True, torch.bfloat16)])
+def test_decode_kernel_applies_qk_norm_rope(monkeypatch, min_split_len, rotary_dim, with_norm, dtype):
+    """qk_rope fused into the decode kernel (raw q and k in, as views into one qkv tensor) gives the
+    output and cache of the standalone qk_norm_rope kernel followed by the decode: split or not,
+    partial rotary, with and without Qwen3's norms, padded rows skipped."""
+    from attention.qk_rope import QKRope
+    from models.layers.ops import load
+    monkeypatch.setitem(triton_attn.SPLIT_POLICY, "min_split_len", min_split_len)
+    batch = make_batch([1, 1, 1], [150, 3, 77], num_heads=4, num_kv_heads=2, head_size=64, block_size=16,
+                       dtype=dtype, device=DEVICE, num_pad_tokens=2, seed=12)
+    num_tokens, gen = batch.query.shape[0], torch.Generator().manual_seed(4)
+    qkv = torch.cat([batch.query.flatten(1), batch.key.flatten(1), batch.value.flatten(1)], dim=1)
+    q, k, v = qkv.split([256, 128, 128], dim=1)
+    positions = torch.tensor([150, 3, 77, 0, 0], device=DEVICE)
+    cache = torch.randn(200, rotary_dim, generator=gen).to(DEVICE)
+    weights = [(torch.rand(64, generator=gen) + 0.5).to(dtype).to(DEVICE) for _ in range(2)] if with_norm else [None] * 2
+
+    def apply(q, k):
+        return load("qk_norm_rope").qk_norm_rope(q, k, positions, cache, *weights, 1e-6, 64)
+
+    qk_rope = QKRope(positions, cache, *weights, 1e-6, apply)
+    builder = TritonAttnBackend.get_builder_cls()(4, 2, 64, 16, 8, 4096, DEVICE)
+    metadata = builder.build(batch.common)
+    impl = TritonAttnBackend.get_impl_cls()(4, 64, 0.125, 2)
+    assert impl.fuses_qk_rope(metadata, qk_rope) and (metadata.num_splits > 1) == (min_split_len == 16)
+    results = []
+    for fused in (True, False):
+        kv_cache, out = batch.kv_cache.clone(), torch.full_like(batch.query, float("nan"))
+        qq, kk = (q, k) if fused else apply(q, k)
+        impl.forward(qq.view(num_tokens, 4, 64), kk.view(num_tokens, 2, 64), v.view(num_tokens, 2, 64), kv_cache,
+                     metadata, out, **({"qk_rope": qk_rope} if fused else {}))
+        results.append((out[:batch.num_valid_tokens], kv_cache))
+    (out, kv_cache), (ref_out, ref_cache) = results
+    torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-5)
+    assert torch.equal(kv_cache, ref_cache)

@@ -10,34 +10,60 @@ from models.layers.ops.pdl import pdl_kwargs
 
 
 @triton.jit
+def rope_partner(dims, ROTARY_DIM: tl.constexpr):
+    """The dim whose value rotates with each of `dims` (neox halves); itself past ROTARY_DIM."""
+    HALF: tl.constexpr = ROTARY_DIM // 2
+    partner = tl.where(dims < HALF, dims + HALF, dims - HALF)
+    return tl.where(dims < ROTARY_DIM, partner, dims)
+
+
+@triton.jit
+def rope_cos_sin(cache_ptr, position, stride_cache, dims, ROTARY_DIM: tl.constexpr):
+    """cos, sin of `position` for each of `dims` (float32; 1 and 0 past ROTARY_DIM) from the
+    [max_position, ROTARY_DIM] cos | sin cache."""
+    HALF: tl.constexpr = ROTARY_DIM // 2
+    rotated = dims < ROTARY_DIM
+    freq = tl.where(dims < HALF, dims, dims - HALF)
+    row = cache_ptr + position.to(tl.int64) * stride_cache
+    return tl.load(row + freq, mask=rotated, other=1.0), tl.load(row + HALF + freq, mask=rotated, other=0.0)
+
+
+@triton.jit
+def norm_rope(x, x_partner, weight_ptr, dims, partner, cos, sin, eps, HEAD_SIZE: tl.constexpr,
+              ROTARY_DIM: tl.constexpr, HAS_NORM: tl.constexpr, OUT_DTYPE: tl.constexpr):
+    """Heads x [R, HEAD_PAD] and their rope partners x_partner (x at `partner`), float32, zero past
+    HEAD_SIZE -> optional RMSNorm (weight [HEAD_SIZE]) then neox rope, in OUT_DTYPE. Each step is
+    rounded to OUT_DTYPE as the torch path rounds it (norm module, then rope)."""
+    if HAS_NORM:
+        rstd = tl.rsqrt(tl.sum(x * x, axis=1) / HEAD_SIZE + eps)[:, None]
+        in_head = dims < HEAD_SIZE
+        weight = tl.load(weight_ptr + dims, mask=in_head, other=0.0).to(tl.float32)[None, :]
+        weight_partner = tl.load(weight_ptr + partner, mask=in_head, other=0.0).to(tl.float32)[None, :]
+        x = (x * rstd * weight).to(OUT_DTYPE).to(tl.float32)
+        x_partner = (x_partner * rstd * weight_partner).to(OUT_DTYPE).to(tl.float32)
+    # First half: x1 * cos - x2 * sin; second half: x2 * cos + x1 * sin; past ROTARY_DIM: x.
+    signed_partner = tl.where((dims < ROTARY_DIM // 2)[None, :], -x_partner, x_partner)
+    return (x * cos[None, :] + signed_partner * sin[None, :]).to(OUT_DTYPE)
+
+
+@triton.jit
 def _norm_rope_heads(src, dst, weight_ptr, cos, sin, eps, NUM_HEADS: tl.constexpr, HEADS_PAD: tl.constexpr,
-                     HEAD_SIZE: tl.constexpr, HEAD_PAD: tl.constexpr, HALF: tl.constexpr,
-                     ROTARY_DIM: tl.constexpr, HAS_NORM: tl.constexpr):
+                     HEAD_SIZE: tl.constexpr, HEAD_PAD: tl.constexpr, ROTARY_DIM: tl.constexpr,
+                     HAS_NORM: tl.constexpr):
     """One token's [NUM_HEADS, HEAD_SIZE] row at src -> dst; cos, sin: [HEAD_PAD] (1 and 0 past rope).
 
     Element d reads x[d] and its rope partner x[d +- HALF] (itself past ROTARY_DIM); dst never
     aliases src, so no element is read after a write.
     """
     dims = tl.arange(0, HEAD_PAD)
-    first_half = dims < HALF
-    partner = tl.where(first_half, dims + HALF, dims - HALF)
-    partner = tl.where(dims < ROTARY_DIM, partner, dims)
+    partner = rope_partner(dims, ROTARY_DIM)
     heads = tl.arange(0, HEADS_PAD)[:, None] * HEAD_SIZE
     mask = (tl.arange(0, HEADS_PAD)[:, None] < NUM_HEADS) & (dims[None, :] < HEAD_SIZE)
     x = tl.load(src + heads + dims[None, :], mask=mask, other=0.0).to(tl.float32)
     x_partner = tl.load(src + heads + partner[None, :], mask=mask, other=0.0).to(tl.float32)
-    if HAS_NORM:
-        # Rounded to the model dtype before rope, as the torch path (norm module, then rope) does.
-        rstd = tl.rsqrt(tl.sum(x * x, axis=1) / HEAD_SIZE + eps)[:, None]
-        in_head = dims < HEAD_SIZE
-        weight = tl.load(weight_ptr + dims, mask=in_head, other=0.0).to(tl.float32)[None, :]
-        weight_partner = tl.load(weight_ptr + partner, mask=in_head, other=0.0).to(tl.float32)[None, :]
-        x = (x * rstd * weight).to(dst.dtype.element_ty).to(tl.float32)
-        x_partner = (x_partner * rstd * weight_partner).to(dst.dtype.element_ty).to(tl.float32)
-    # First half: x1 * cos - x2 * sin; second half: x2 * cos + x1 * sin; past ROTARY_DIM: x.
-    signed_partner = tl.where(first_half[None, :], -x_partner, x_partner)
-    out = x * cos[None, :] + signed_partner * sin[None, :]
-    tl.store(dst + heads + dims[None, :], out.to(dst.dtype.element_ty), mask=mask)
+    out = norm_rope(x, x_partner, weight_ptr, dims, partner, cos, sin, eps, HEAD_SIZE, ROTARY_DIM, HAS_NORM,
+                    dst.dtype.element_ty)
+    tl.store(dst + heads + dims[None, :], out, mask=mask)
 
 
 @triton.jit
@@ -51,18 +77,12 @@ def _qk_norm_rope_kernel(q_ptr, k_ptr, q_out_ptr, k_out_ptr, positions_ptr, cach
         tl.extra.cuda.gdc_launch_dependents()
         tl.extra.cuda.gdc_wait()
     token = tl.program_id(0).to(tl.int64)
-    HALF: tl.constexpr = ROTARY_DIM // 2
-    dims = tl.arange(0, HEAD_PAD)
-    rotated = dims < ROTARY_DIM
-    freq = tl.where(dims < HALF, dims, dims - HALF)
-    cache_row = cache_ptr + tl.load(positions_ptr + token).to(tl.int64) * stride_cache
-    cos = tl.load(cache_row + freq, mask=rotated, other=1.0)
-    sin = tl.load(cache_row + HALF + freq, mask=rotated, other=0.0)
+    cos, sin = rope_cos_sin(cache_ptr, tl.load(positions_ptr + token), stride_cache, tl.arange(0, HEAD_PAD),
+                            ROTARY_DIM)
     _norm_rope_heads(q_ptr + token * stride_qt, q_out_ptr + token * (NUM_HEADS * HEAD_SIZE), q_weight_ptr,
-                     cos, sin, eps, NUM_HEADS, HEADS_PAD, HEAD_SIZE, HEAD_PAD, HALF, ROTARY_DIM, HAS_NORM)
+                     cos, sin, eps, NUM_HEADS, HEADS_PAD, HEAD_SIZE, HEAD_PAD, ROTARY_DIM, HAS_NORM)
     _norm_rope_heads(k_ptr + token * stride_kt, k_out_ptr + token * (NUM_KV_HEADS * HEAD_SIZE), k_weight_ptr,
-                     cos, sin, eps, NUM_KV_HEADS, KV_HEADS_PAD, HEAD_SIZE, HEAD_PAD, HALF, ROTARY_DIM,
-                     HAS_NORM)
+                     cos, sin, eps, NUM_KV_HEADS, KV_HEADS_PAD, HEAD_SIZE, HEAD_PAD, ROTARY_DIM, HAS_NORM)
 
 
 def _check(name: str, x: torch.Tensor, head_size: int) -> int:
