@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU checks and benchmarks behind docs/benchmarks.md, in one device call:
-#   source .gpu/env.sh; bash engine/bench/gpu_suite.sh [tests] [small] [big] [flash] [ablation] [latprof] [skinny] [serve] [attention] [ragged] [fp8] [pdl] [layout] [silu] [skinny64]
+#   source .gpu/env.sh; bash engine/bench/gpu_suite.sh [tests] [small] [big] [flash] [ablation] [latprof] [skinny] [serve] [attention] [ragged] [fp8] [pdl] [layout] [silu] [skinny64] [rope]
 # Full logs and JSON go to $OUT (or ./gpu_out); the tail of each is printed. Each part runs on its own
 # so one failure does not hide the rest.
 set -u
@@ -68,6 +68,11 @@ for part in $parts; do
       run skinny64 python -m engine.bench skinny_gemm --rows 16 24 32 48 64 --output "$OUT/skinny64.json"
       ENGINE_SKINNY_MAX_ROWS=64 run thr_0.6b_skinny64 python -m engine.bench throughput --model preset:qwen3-0.6b \
         --repeat 3 --timeline ;;
+    rope)       # batch-1 latency: q/k norm + rope inside the decode kernel (default) against its own kernel
+      for m in qwen3-0.6b qwen3-8b; do
+        run lat_${m} python -m engine.bench latency --model preset:$m
+        ENGINE_TRITON_FUSED_QK_ROPE=0 run lat_${m}_rope_kernel python -m engine.bench latency --model preset:$m
+      done ;;
     layout)     # the triton cache's HND memory order (ENGINE_TRITON_KV_LAYOUT) against the default NHD
       for kv in auto fp8; do
         for layout in NHD HND; do
