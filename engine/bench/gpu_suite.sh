@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU checks and benchmarks behind docs/benchmarks.md, in one device call:
-#   source .gpu/env.sh; bash engine/bench/gpu_suite.sh [tests] [small] [big] [flash] [ablation] [latprof] [skinny] [serve] [attention] [ragged] [fp8] [pdl] [layout] [silu] [skinny64] [rope]
+#   source .gpu/env.sh; bash engine/bench/gpu_suite.sh [tests] [small] [big] [flash] [ablation] [latprof] [skinny] [serve] [attention] [ragged] [fp8] [pdl] [layout] [silu] [skinny64] [rope] [firsttoken]
 # Full logs and JSON go to $OUT (or ./gpu_out); the tail of each is printed. Each part runs on its own
 # so one failure does not hide the rest.
 set -u
@@ -73,6 +73,9 @@ for part in $parts; do
         run lat_${m} python -m engine.bench latency --model preset:$m
         ENGINE_TRITON_FUSED_QK_ROPE=0 run lat_${m}_rope_kernel python -m engine.bench latency --model preset:$m
       done ;;
+    firsttoken) # where the latency request's first token goes (prefill step: host and GPU), 0.6B
+      python -m engine.bench latency --model preset:qwen3-0.6b --profile-first-token --profile-output "$OUT/lat" \
+        2>&1 | grep -v "^INFO" | tail -5 ;;
     layout)     # the triton cache's HND memory order (ENGINE_TRITON_KV_LAYOUT) against the default NHD
       for kv in auto fp8; do
         for layout in NHD HND; do

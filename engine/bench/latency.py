@@ -19,6 +19,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--profile-steps", type=int, default=0, help="then profile this many decode steps (CUDA)")
     parser.add_argument("--profile-output", default=None, help="file for the profiler's tables")
+    parser.add_argument("--profile-first-token", action="store_true",
+                        help="then profile the request's first token (prefill step and the step after it; CUDA)")
 
 
 def _one_run(engine, prompt, params) -> tuple[float, float]:
@@ -68,5 +70,38 @@ def main(args: argparse.Namespace) -> dict:
         result["profile"] = profile_steps(llm.engine, args.profile_steps, args.profile_output)
         llm.engine.abort_request(["profile"])
         print("profile:", result["profile"])
+    if args.profile_first_token:
+        result["first_token_profile"] = _profile_first_token(llm.engine, prompt, args.profile_output)
+        print("first token profile:", result["first_token_profile"])
     report(result, args)
     return result
+
+
+def _profile_first_token(engine, prompt, path: str | None) -> dict:
+    """Host and GPU time of a request's first token (two steps with async scheduling), by op."""
+    from engine import SamplingParams
+    from engine.bench.step_profile import profile_calls
+
+    def first_token():
+        engine.add_request("first-token", prompt, SamplingParams(temperature=0, ignore_eos=True, max_tokens=1))
+        while engine.has_unfinished_requests():
+            engine.step()
+    result = profile_calls(first_token, None if path is None else path + ".first_token")
+    result["python_top_tottime_ms"] = _python_profile(first_token)
+    return result
+
+
+def _python_profile(fn, num_rows: int = 12) -> dict:
+    """fn() under cProfile: the Python functions with the most own time (ms), where host time goes."""
+    import cProfile
+    import pstats
+
+    profiler = cProfile.Profile()
+    sync()
+    profiler.runcall(fn)
+    sync()
+    stats = pstats.Stats(profiler).sort_stats("tottime")
+    rows = [(f"{func[0].rsplit('/', 2)[-1]}:{func[1]} {func[2]}", tottime, ncalls)
+            for func, (_, ncalls, tottime, _, _) in stats.stats.items()]
+    rows.sort(key=lambda r: -r[1])
+    return {f"{name} (x{n})": round(1000 * t, 3) for name, t, n in rows[:num_rows]}

@@ -75,6 +75,36 @@ def wait_per_step(engine, num_steps: int) -> dict:
             "host_parts_ms_per_step": {k: round(1000 * v / num_steps, 3) for k, v in spent.items()}}
 
 
+def profile_calls(fn, path: str | None = None) -> dict:
+    """Run fn() once under the profiler: wall ms, GPU busy ms, kernel launches, the ops with the most
+    host time (self CPU ms) and the top kernels; the tables go to `path` if given."""
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        start = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        wall = time.perf_counter() - start
+    events = prof.key_averages()
+    cuda = torch.autograd.DeviceType.CUDA
+    kernels = [e for e in events if e.device_type == cuda and e.self_device_time_total > 0]
+    host = sorted((e for e in events if e.device_type != cuda), key=lambda e: -e.self_cpu_time_total)[:12]
+    if path:
+        _write_tables(events, path)
+    return {"wall_ms": round(1000 * wall, 3),
+            "gpu_busy_ms": round(sum(e.self_device_time_total for e in kernels) / 1000, 3),
+            "num_kernels": sum(e.count for e in kernels),
+            "top_host_ms": {e.key[:60]: round(e.self_cpu_time_total / 1000, 3) for e in host},
+            "top_kernels_ms": {e.key[:60]: round(e.self_device_time_total / 1000, 3)
+                               for e in sorted(kernels, key=lambda e: -e.self_device_time_total)[:8]}}
+
+
+def _write_tables(events, path: str) -> None:
+    with open(path, "w") as f:
+        f.write(events.table(sort_by="self_cuda_time_total", row_limit=40))
+        f.write("\n\n")
+        f.write(events.table(sort_by="self_cpu_time_total", row_limit=40))
+
+
 def profile_steps(engine, num_steps: int, path: str | None = None) -> dict:
     """Run `num_steps` engine steps under the profiler. Returns wall ms/step, GPU busy ms/step, and
     the top kernels; writes the profiler's table to `path` if given."""
@@ -89,10 +119,7 @@ def profile_steps(engine, num_steps: int, path: str | None = None) -> dict:
     gpu_us = sum(e.self_device_time_total for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
     top = sorted((e for e in events if e.self_device_time_total > 0), key=lambda e: -e.self_device_time_total)[:12]
     if path:
-        with open(path, "w") as f:
-            f.write(events.table(sort_by="self_cuda_time_total", row_limit=40))
-            f.write("\n\n")
-            f.write(events.table(sort_by="self_cpu_time_total", row_limit=40))
+        _write_tables(events, path)
     return {"steps": num_steps, "wall_ms_per_step": round(1000 * wall / num_steps, 3),
             "gpu_busy_ms_per_step": round(gpu_us / 1000 / num_steps, 3),
             "top_kernels_ms_per_step": {e.key[:80]: round(e.self_device_time_total / 1000 / num_steps, 3) for e in top}}
