@@ -75,7 +75,10 @@ for part in $parts; do
       done ;;
     firsttoken) # where the latency request's first token goes (prefill step: host and GPU), 0.6B
       python -m engine.bench latency --model preset:qwen3-0.6b --profile-first-token --profile-output "$OUT/lat" \
-        2>&1 | grep -v "^INFO" | tail -5 ;;
+        2>&1 | grep -v "^INFO" | tail -5
+      for splits in 8 16; do   # fewer split-KV chunks at batch 1 (33 by default with max_model_len 4096)
+        ENGINE_TRITON_MAX_SPLITS=$splits run lat_0.6b_splits$splits python -m engine.bench latency --model preset:qwen3-0.6b
+      done ;;
     layout)     # the triton cache's HND memory order (ENGINE_TRITON_KV_LAYOUT) against the default NHD
       for kv in auto fp8; do
         for layout in NHD HND; do
