@@ -84,6 +84,12 @@ def _decode_kernel(q_ptr, cache_ptr, out_ptr, part_out_ptr, part_lse_ptr,
     rows = tl.arange(0, BLOCK_H)
     head = kv_head * GROUP + rows
     row_ok = rows < GROUP
+    if not DIRECT and tile_begin >= tile_end:
+        # A split past the context (the graph's split count assumes max_model_len): only its
+        # log-sum-exp, -inf, for the merge, which then never reads its partial output.
+        lse_offs = req.to(tl.int64) * stride_lr + head * stride_lh + split
+        tl.store(part_lse_ptr + lse_offs, tl.full([BLOCK_H], float("-inf"), tl.float32), mask=row_ok)
+        return
     dims = tl.arange(0, HEAD_PAD)
     dim_ok = dims < HEAD_SIZE
     q_row = tl.load(query_start_ptr + req).to(tl.int64)
@@ -155,8 +161,9 @@ def _merge_kernel(out_ptr, part_out_ptr, part_lse_ptr, query_start_ptr,
     lse_max = tl.max(lse, 0)
     lse_max = tl.where(lse_max == float("-inf"), 0.0, lse_max)
     weight = tl.math.exp2(lse - lse_max)
+    used = (splits < NUM_SPLITS) & (lse > float("-inf"))     # empty splits wrote no partial output
     parts = tl.load(part_out_ptr + base[:, None] + dims[None, :],
-                    mask=(splits[:, None] < NUM_SPLITS) & (dims[None, :] < HEAD_SIZE), other=0.0)
+                    mask=used[:, None] & (dims[None, :] < HEAD_SIZE), other=0.0)
     total = tl.sum(weight, 0)
     out = tl.sum(parts * weight[:, None], 0) / tl.where(total == 0.0, 1.0, total)
     q_row = tl.load(query_start_ptr + req).to(tl.int64)

@@ -204,3 +204,16 @@ def test_decode_kernel_applies_qk_norm_rope(monkeypatch, min_split_len, rotary_d
     (out, kv_cache), (ref_out, ref_cache) = results
     torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-5)
     assert torch.equal(kv_cache, ref_cache)
+
+
+def test_empty_splits_leave_no_partial_output(monkeypatch):
+    """With more splits than a context has tiles (graphs size them for max_model_len), the empty
+    splits only write lse = -inf and the merge never reads their partial output (NaN here)."""
+    monkeypatch.setitem(triton_attn.SPLIT_POLICY, "waves", 64)
+    monkeypatch.setitem(triton_attn.SPLIT_POLICY, "min_split_len", 16)
+    batch = make_batch([1, 1, 1], [150, 3, 40], num_heads=4, num_kv_heads=2, head_size=64, block_size=16,
+                       dtype=torch.float32, device=DEVICE, num_pad_tokens=2, seed=13)
+    builder = TritonAttnBackend.get_builder_cls()(4, 2, 64, 16, 8, 4096, DEVICE)
+    assert builder.build(batch.common).num_splits >= 8
+    builder._part_out.fill_(float("nan"))
+    assert_matches_reference(TritonAttnBackend, batch, builder=builder)
