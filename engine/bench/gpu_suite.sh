@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU checks and benchmarks behind docs/benchmarks.md, in one device call:
-#   source .gpu/env.sh; bash engine/bench/gpu_suite.sh [tests] [small] [big] [flash] [ablation] [latprof] [skinny] [serve] [attention] [ragged] [fp8] [pdl] [layout] [silu] [skinny64] [rope] [firsttoken]
+#   source .gpu/env.sh; bash engine/bench/gpu_suite.sh [tests] [small] [big] [flash] [ablation] [latprof] [skinny] [serve] [attention] [ragged] [fp8] [pdl] [layout] [silu] [skinny64] [rope] [firsttoken] [splits]
 # Full logs and JSON go to $OUT (or ./gpu_out); the tail of each is printed. Each part runs on its own
 # so one failure does not hide the rest.
 set -u
@@ -79,6 +79,12 @@ for part in $parts; do
       for splits in 8 16; do   # fewer split-KV chunks at batch 1 (33 by default with max_model_len 4096)
         ENGINE_TRITON_MAX_SPLITS=$splits run lat_0.6b_splits$splits python -m engine.bench latency --model preset:qwen3-0.6b
       done ;;
+    splits)     # batch-1 latency against the split-KV cap, and the decode kernel on uniform batches
+      run lat_0.6b python -m engine.bench latency --model preset:qwen3-0.6b
+      for splits in 8 16; do
+        ENGINE_TRITON_MAX_SPLITS=$splits run lat_0.6b_splits$splits python -m engine.bench latency --model preset:qwen3-0.6b
+      done
+      run attention_decode python -m engine.bench attention --cases decode --backends triton --num-heads 16 --num-kv-heads 8 ;;
     layout)     # the triton cache's HND memory order (ENGINE_TRITON_KV_LAYOUT) against the default NHD
       for kv in auto fp8; do
         for layout in NHD HND; do
