@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU checks and benchmarks behind docs/benchmarks.md, in one device call:
-#   source .gpu/env.sh; bash engine/bench/gpu_suite.sh [tests] [small] [big] [flash] [ablation] [latprof] [skinny] [serve] [attention] [ragged] [fp8] [pdl] [layout] [silu] [skinny64] [rope] [firsttoken] [splits]
+#   source .gpu/env.sh; bash engine/bench/gpu_suite.sh [tests] [small] [big] [flash] [ablation] [latprof] [skinny] [serve] [attention] [ragged] [fp8] [pdl] [layout] [silu] [skinny64] [rope] [firsttoken] [splits] [final]
 # Full logs and JSON go to $OUT (or ./gpu_out); the tail of each is printed. Each part runs on its own
 # so one failure does not hide the rest.
 set -u
@@ -85,6 +85,12 @@ for part in $parts; do
         ENGINE_TRITON_MAX_SPLITS=$splits run lat_0.6b_splits$splits python -m engine.bench latency --model preset:qwen3-0.6b
       done
       run attention_decode python -m engine.bench attention --cases decode --backends triton --num-heads 16 --num-kv-heads 8 ;;
+    final)      # throughput variants: a 16k-token step budget (vLLM's offline default), the fp8 KV cache
+      run thr_0.6b_budget16k python -m engine.bench throughput --model preset:qwen3-0.6b --repeat 3 \
+        --max-num-batched-tokens 16384 --timeline
+      for m in qwen3-0.6b qwen3-8b; do
+        run thr_${m}_fp8 python -m engine.bench throughput --model preset:$m --repeat 3 --kv-cache-dtype fp8
+      done ;;
     layout)     # the triton cache's HND memory order (ENGINE_TRITON_KV_LAYOUT) against the default NHD
       for kv in auto fp8; do
         for layout in NHD HND; do
