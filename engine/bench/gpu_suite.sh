@@ -98,7 +98,7 @@ for part in $parts; do
             --backends triton --num-heads 16 --num-kv-heads 8 --kv-cache-dtype $kv
         done
       done
-      ENGINE_TRITON_KV_LAYOUT=HND run thr_0.6b_fp8_hnd python -m engine.bench throughput --model preset:qwen3-0.6b \
+      ENGINE_TRITON_KV_LAYOUT=HND run thr_0.6b_fp8_hnd python -m engine.bench throughput --model preset:qwen3-0.6b --output "$OUT/thr_fp8_hnd.json" \
         --kv-cache-dtype fp8 --repeat 3 ;;
     attention)
       run attention python -m engine.bench attention --output "$OUT/attention.json" ;;
