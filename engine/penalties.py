@@ -12,7 +12,7 @@ from engine.sampling_metadata import SamplingMetadata
 
 def apply_logit_processors(logits: torch.Tensor, meta: SamplingMetadata) -> torch.Tensor:
     """Logit bias, then the min_tokens mask, then penalties; returns `logits` itself when none applies."""
-    if meta.no_logit_bias and meta.no_min_tokens and meta.no_penalties:
+    if meta.no_logit_processors:
         return logits
     logits = logits.clone()
     if not meta.no_logit_bias:

@@ -97,7 +97,7 @@ class Sampler:
     def _reads_16bit(self, logits: torch.Tensor, meta: SamplingMetadata) -> bool:
         """Whether this batch needs no float32 copy of the logits: nothing but an argmax or the kernel
         reads them (bias, min_tokens, penalties, logprobs, top-k/top-p and the torch race all do)."""
-        if not (meta.no_logit_bias and meta.no_min_tokens and meta.no_penalties) or meta.max_num_logprobs is not None:
+        if not meta.no_logit_processors or meta.max_num_logprobs is not None:
             return False
         return meta.all_greedy or (meta.no_top_k_top_p and self._kernel_for(logits))
 

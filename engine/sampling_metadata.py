@@ -81,6 +81,11 @@ class SamplingMetadata:
     def no_min_tokens(self) -> bool:
         return self.min_tokens_rows is None
 
+    @property
+    def no_logit_processors(self) -> bool:
+        """No logit bias, min_tokens mask or penalties: the logits reach sampling as the model gave them."""
+        return self.no_logit_bias and self.no_min_tokens and self.no_penalties
+
     @classmethod
     def from_requests(cls, requests: list[Request], vocab_size: int, device: torch.device) -> SamplingMetadata:
         """Build the metadata for `requests` (row i = requests[i]) with tensors on `device`."""

@@ -17,7 +17,7 @@ from attention.ops.paged_tiles import load_kv_tile, mma, softmax_step
 from attention.ops.store_kv import slot_offset
 from attention.qk_rope import QKRope
 from models.layers.ops.pdl import pdl_kwargs
-from models.layers.ops.qk_norm_rope import norm_rope, rope_cos_sin, rope_partner
+from models.layers.ops.qk_norm_rope import check_cos_sin_cache, norm_rope, rope_cos_sin, rope_partner
 
 # H100, bf16, D=128, 2026-11-25: BLOCK_N=64 with 4 warps is within 1% of the best everywhere but
 # batch 1 x 16k (128 is 3% faster there, 10% slower at 32 x 16k); stages 2-4 differ by < 1%.
@@ -236,14 +236,11 @@ def _rope_args(qk_rope: QKRope | None, new_kv, query: torch.Tensor, head_size: i
     qk_rope), then the ROPE, ROTARY_DIM and HAS_NORM constexprs."""
     if qk_rope is None:
         return query, query, 0, query, query, 0.0, False, 2, False
-    cache = qk_rope.cos_sin_cache
     if new_kv is None:
         raise ValueError("qk_rope needs new_kv: the key is rotated where it is stored")
-    if cache.dtype != torch.float32 or cache.stride(1) != 1 or not 0 < qk_rope.rotary_dim <= head_size \
-            or qk_rope.rotary_dim % 2:
-        raise ValueError("cos_sin_cache must be float32 [P, rotary_dim] with a unit last stride, rotary_dim even "
-                         f"and <= head_size {head_size}; got {tuple(cache.shape)}")
+    cache = qk_rope.cos_sin_cache
+    rotary_dim = check_cos_sin_cache(cache, head_size)
     has_norm = qk_rope.q_norm_weight is not None
     return (qk_rope.positions, cache, cache.stride(0),
             qk_rope.q_norm_weight if has_norm else query, qk_rope.k_norm_weight if has_norm else query,
-            qk_rope.eps, True, qk_rope.rotary_dim, has_norm)
+            qk_rope.eps, True, rotary_dim, has_norm)

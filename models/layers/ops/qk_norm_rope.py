@@ -93,6 +93,18 @@ def _check(name: str, x: torch.Tensor, head_size: int) -> int:
     return x.shape[1] // head_size
 
 
+def check_cos_sin_cache(cos_sin_cache: torch.Tensor, head_size: int) -> int:
+    """The rotary_dim of a [max_position, rotary_dim] cos | sin cache, after checking what the kernels
+    need: float32, unit last stride, rotary_dim even and in [2, head_size]."""
+    rotary_dim = cos_sin_cache.shape[1]
+    if rotary_dim % 2 or not 0 < rotary_dim <= head_size:
+        raise ValueError(f"cos_sin_cache.shape[1] (rotary_dim) must be even and in [2, {head_size}], "
+                         f"got {rotary_dim}")
+    if cos_sin_cache.stride(1) != 1 or cos_sin_cache.dtype != torch.float32:
+        raise ValueError("cos_sin_cache must be float32 with a unit last stride")
+    return rotary_dim
+
+
 def qk_norm_rope(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_sin_cache: torch.Tensor,
                  q_norm_weight: torch.Tensor | None, k_norm_weight: torch.Tensor | None, eps: float,
                  head_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,18 +117,13 @@ def qk_norm_rope(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_
     Returns (q_out [T, H * head_size], k_out [T, Hkv * head_size]) in q.dtype; the inputs are untouched.
     """
     num_heads, num_kv_heads = _check("q", q, head_size), _check("k", k, head_size)
-    rotary_dim = cos_sin_cache.shape[1]
-    if rotary_dim % 2 or not 0 < rotary_dim <= head_size:
-        raise ValueError(f"cos_sin_cache.shape[1] (rotary_dim) must be even and in [2, {head_size}], "
-                         f"got {rotary_dim}")
+    rotary_dim = check_cos_sin_cache(cos_sin_cache, head_size)
     if k.dtype != q.dtype:
         raise ValueError(f"k.dtype must equal q.dtype {q.dtype}, got {k.dtype}")
     if (q_norm_weight is None) != (k_norm_weight is None):
         raise ValueError("q_norm_weight and k_norm_weight must be given together")
     if q_norm_weight is not None and k_norm_weight.dtype != q_norm_weight.dtype:
         raise ValueError(f"k_norm_weight.dtype must equal q_norm_weight.dtype {q_norm_weight.dtype}")
-    if cos_sin_cache.stride(1) != 1 or cos_sin_cache.dtype != torch.float32:
-        raise ValueError("cos_sin_cache must be float32 with a unit last stride")
     q_out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     k_out = torch.empty(k.shape, dtype=k.dtype, device=k.device)
     num_tokens = q.shape[0]
