@@ -13,6 +13,7 @@ MODES = {
     "latency": "engine.bench.latency",
     "serve": "engine.bench.serve",
     "skinny_gemm": "engine.bench.skinny_gemm",
+    "tile_gemm": "engine.bench.tile_gemm",
 }
 
 

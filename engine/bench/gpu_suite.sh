@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU checks and benchmarks behind docs/benchmarks.md, in one device call:
-#   source .gpu/env.sh; bash engine/bench/gpu_suite.sh [tests] [small] [big] [flash] [ablation] [latprof] [skinny] [serve] [attention] [ragged] [fp8] [pdl] [layout] [silu] [skinny64] [rope] [firsttoken] [splits] [final]
+#   source .gpu/env.sh; bash engine/bench/gpu_suite.sh [tests] [small] [big] [flash] [ablation] [latprof] [skinny] [serve] [attention] [ragged] [fp8] [pdl] [layout] [silu] [skinny64] [rope] [firsttoken] [splits] [final] [tile]
 # Full logs and JSON go to $OUT (or ./gpu_out); the tail of each is printed. Each part runs on its own
 # so one failure does not hide the rest.
 set -u
@@ -100,6 +100,10 @@ for part in $parts; do
       done
       ENGINE_TRITON_KV_LAYOUT=HND run thr_0.6b_fp8_hnd python -m engine.bench throughput --model preset:qwen3-0.6b --output "$OUT/thr_fp8_hnd.json" \
         --kv-cache-dtype fp8 --repeat 3 ;;
+    tile)       # the tile GEMM (17-256 rows): its sweep against cuBLAS, then 0.6B throughput with the sweep's table
+      run tile python -m engine.bench tile_gemm --write-configs "$OUT/tile_configs.json" --output "$OUT/tile.json"
+      ENGINE_TILE_GEMM_MAX_ROWS=256 ENGINE_TILE_GEMM_CONFIGS="$OUT/tile_configs.json" run thr_0.6b_tile \
+        python -m engine.bench throughput --model preset:qwen3-0.6b --repeat 3 --timeline ;;
     attention)
       run attention python -m engine.bench attention --output "$OUT/attention.json" ;;
     ragged)     # triton decode on ragged batches (contexts uniform in [n/8, n]) per split count and order; 0.6B, 8B heads

@@ -1,0 +1,131 @@
+"""The decode projections at 17-256 rows: the Triton tile GEMM, swept over its tile configs, against
+cuBLAS (F.linear) and cuBLASLt.
+
+`python -m engine.bench tile_gemm [--rows 32 64 128 192 256] [--cases TEXT] [--write-configs FILE]`
+Shapes are those of engine/bench/skinny_gemm.py, plus "silu" cases: the gate_up projection with
+SiLU-and-mul in the GEMM, against cuBLAS followed by the engine's SiLU-and-mul kernel. Timing as
+there: CUDA-graph replays over copies of the weight that do not stay in L2; each config is checked
+against torch before it is timed. The sweep per (case, M): BLOCK_M x BLOCK_N x BLOCK_K at 4 warps,
+then warps and stages around the best. One line per (case, M):
+
+- cublas_us, cublaslt_us: F.linear with torch's default BLAS library and with cuBLASLt;
+- tile_us and its config; speedup: the better cuBLAS time / tile_us; TB/s: weight read at tile_us.
+
+`--write-configs FILE` writes the winners as the JSON table models/layers/ops/tile_gemm.py reads
+from ENGINE_TILE_GEMM_CONFIGS (null where cuBLAS was faster), for an engine run with this sweep.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+
+import torch
+import torch.nn.functional as F
+
+from engine.bench.skinny_gemm import SHAPES, _case, _check, graph_us
+from models.layers.ops import apply_silu_and_mul, load
+
+ROWS = (32, 64, 128, 192, 256)
+CASES = {**{name: (n, k, False) for name, (n, k) in SHAPES.items()},
+         "0.6b gate_up silu": (3072, 1024, True), "8b gate_up silu": (12288, 4096, True)}
+SHARED_MEMORY_BYTES = 220 << 10
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cases", default=None, help="only the cases whose name contains this text")
+    parser.add_argument("--rows", type=int, nargs="+", default=list(ROWS), help="the M values to time (<= 256)")
+    parser.add_argument("--write-configs", default=None, help="write the winners as a config table (JSON)")
+    parser.add_argument("--output", default=None)
+
+
+def _fits(cfg: dict, silu: bool) -> bool:
+    weight_rows = cfg["BLOCK_N"] * (2 if silu else 1)
+    return (cfg["BLOCK_M"] + weight_rows) * cfg["BLOCK_K"] * 2 * cfg["num_stages"] <= SHARED_MEMORY_BYTES
+
+
+def _first_configs(num_rows: int, silu: bool) -> list[dict]:
+    block_ms = [bm for bm in (16, 32, 64, 128) if bm <= max(16, num_rows) and bm * 8 >= num_rows]
+    configs = [dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=4, num_stages=3)
+               for bm, bn, bk in itertools.product(block_ms, (32, 64, 128, 256), (64, 128))]
+    return [cfg for cfg in configs if _fits(cfg, silu)]
+
+
+def _second_configs(best: dict, silu: bool) -> list[dict]:
+    configs = [dict(best, num_warps=w, num_stages=s) for w, s in itertools.product((4, 8), (2, 3, 4, 5))]
+    return [cfg for cfg in configs if _fits(cfg, silu) and cfg != best]
+
+
+def _time_configs(configs, calls_for, best=None):
+    for cfg in configs:
+        try:
+            t = graph_us(calls_for(cfg))
+        except Exception:  # noqa: BLE001 - a config may not compile (registers, shared memory)
+            continue
+        if best is None or t < best[1]:
+            best = (cfg, t)
+    return best
+
+
+def _cublas_us(x, weights, silu: bool, library: str) -> float:
+    previous = torch.backends.cuda.preferred_blas_library()
+    torch.backends.cuda.preferred_blas_library(library)
+    try:
+        if silu:
+            return graph_us([lambda w=w: apply_silu_and_mul(F.linear(x, w)) for w in weights])
+        return graph_us([lambda w=w: F.linear(x, w) for w in weights])
+    finally:
+        torch.backends.cuda.preferred_blas_library(previous)
+
+
+def _row(tile, name: str, num_rows: int) -> dict:
+    n, k, silu = CASES[name]
+    x, weights = _case(2 * n if silu else n, k, num_rows)
+    want = apply_silu_and_mul(F.linear(x, weights[0])) if silu else F.linear(x, weights[0])
+    cublas = _cublas_us(x, weights, silu, "cublas")
+    cublaslt = _cublas_us(x, weights, silu, "cublaslt")
+
+    def calls_for(cfg):
+        _check(name, num_rows, tile.tile_gemm(x, weights[0], config=cfg, silu=silu), want)
+        return [lambda w=w: tile.tile_gemm(x, w, config=cfg, silu=silu) for w in weights]
+
+    best = _time_configs(_first_configs(num_rows, silu), calls_for)
+    best = _time_configs(_second_configs(best[0], silu), calls_for, best)
+    cfg, tile_us = best
+    return dict(case=name, n=n, k=k, silu=silu, m=num_rows, cublas_us=round(cublas, 2),
+                cublaslt_us=round(cublaslt, 2), tile_us=round(tile_us, 2),
+                speedup=round(min(cublas, cublaslt) / tile_us, 3),
+                tb_s=round(weights[0].numel() * 2 / tile_us / 1e6, 2), config=cfg)
+
+
+def _config_table(rows: list[dict]) -> dict:
+    """{"N,K,silu": [[M, config or None], ...]}: the winner per M bucket, None where cuBLAS (default
+    library, the engine's) was faster."""
+    table: dict[str, list] = {}
+    for row in sorted(rows, key=lambda r: r["m"]):
+        key = f"{row['n']},{row['k']},{int(row['silu'])}"
+        table.setdefault(key, []).append([row["m"], row["config"] if row["tile_us"] < row["cublas_us"] else None])
+    return table
+
+
+def main(args: argparse.Namespace) -> dict:
+    tile = load("tile_gemm")
+    print(f"{'case':<18} {'M':>4} {'cublas_us':>9} {'cublaslt_us':>11} {'tile_us':>8} {'speedup':>7} {'TB/s':>5}  config",
+          flush=True)
+    rows = []
+    for name in [name for name in CASES if args.cases is None or args.cases in name]:
+        for num_rows in args.rows:
+            row = _row(tile, name, num_rows)
+            cfg = row["config"]
+            print(f"{name:<18} {num_rows:>4} {row['cublas_us']:>9} {row['cublaslt_us']:>11} {row['tile_us']:>8} "
+                  f"{row['speedup']:>7} {row['tb_s']:>5}  {cfg['BLOCK_M']}x{cfg['BLOCK_N']}x{cfg['BLOCK_K']} "
+                  f"w{cfg['num_warps']} s{cfg['num_stages']}", flush=True)
+            rows.append(row)
+            torch.cuda.empty_cache()
+    if args.write_configs:
+        with open(args.write_configs, "w") as f:
+            json.dump(_config_table(rows), f, indent=1)
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump(rows, f, indent=1)
+    return {"rows": rows}

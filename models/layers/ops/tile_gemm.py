@@ -1,0 +1,153 @@
+"""Triton GEMM for decode batches past the skinny GEMM's reach (17 to 256 rows):
+out[M, N] = x[M, K] @ W[N, K]^T (+ bias), optionally with SiLU-and-mul applied to a gate_up result.
+
+cuBLAS is built for big matrices; at these M a projection is a few microseconds of weight reads
+(Qwen3-0.6B) or sits between its memory and compute floors (Qwen3-8B), and cuBLAS cannot take part
+in PDL (pdl.py), so every GEMM adds a launch gap next to the Triton kernels around it. Here each
+program computes one BLOCK_M x BLOCK_N tile over the whole of K; the programs that share a weight
+tile are numbered next to each other (M fastest) so the weight is read from memory once and from
+L2 by the rest. With PDL the program pulls its first weight tile into L2 before it waits.
+
+Tile configs come from `engine/bench/tile_gemm.py` (an H100 sweep per projection shape and M);
+CONFIGS holds the winners, and ENGINE_TILE_GEMM_CONFIGS may name a JSON file of the bench's output
+to use instead (for A/B runs of a fresh sweep).
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from models.layers.ops.pdl import pdl_kwargs
+from models.layers.ops.skinny_gemm import load_weight_tile, prefetch_first_tile
+
+MAX_ROWS = 256
+SHARED_MEMORY_BYTES = 220 << 10
+# (N, K, silu) -> [(largest M, config or None), ...] in increasing M, from the H100 sweep; None: cuBLAS
+# was faster there.
+CONFIGS: dict[tuple[int, int, int], list[tuple[int, dict | None]]] = {}
+CPU_CONFIG = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=32, num_warps=4, num_stages=1)
+
+
+@triton.jit(do_not_specialize=["M"])   # one variant for every batch size
+def _tile_gemm_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, M, N, K, stride_xm, stride_wn, stride_om,
+                      HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, SILU: tl.constexpr,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                      DOT_F32: tl.constexpr, PRECISION: tl.constexpr, USE_PDL: tl.constexpr):
+    """Program p: row tile p % cdiv(M, BLOCK_M), column tile p // cdiv(M, BLOCK_M). With SILU, W is a
+    merged gate_up weight [2N, K]: the program also takes the up rows N further and writes
+    silu(gate) * up."""
+    num_m = tl.cdiv(M, BLOCK_M)
+    pid = tl.program_id(0)
+    rows = (pid % num_m) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = (pid // num_m) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < M
+    col_ok = cols < N
+    w_rows = w_ptr + tl.where(col_ok, cols, 0).to(tl.int64)[:, None] * stride_wn
+    u_rows = w_rows + N * stride_wn
+    x_rows = x_ptr + tl.where(row_ok, rows, 0).to(tl.int64)[:, None] * stride_xm
+    if USE_PDL:  # see models/layers/ops/pdl.py
+        tl.extra.cuda.gdc_launch_dependents()
+        prefetch_first_tile(w_rows, K, BLOCK_K)
+        if SILU:
+            prefetch_first_tile(u_rows, K, BLOCK_K)
+        tl.extra.cuda.gdc_wait()
+    ks = tl.arange(0, BLOCK_K)
+    acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    acc_up = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        kk = k0 + ks
+        k_ok = kk < K
+        if EVEN_K:
+            x = tl.load(x_rows + kk[None, :])
+        else:
+            x = tl.load(x_rows + kk[None, :], mask=k_ok[None, :], other=0.0)
+        if DOT_F32:
+            x = x.to(tl.float32)
+        w = load_weight_tile(w_rows, kk, k_ok, EVEN_K, DOT_F32)
+        acc = tl.dot(x, tl.trans(w), acc, input_precision=PRECISION)
+        if SILU:
+            u = load_weight_tile(u_rows, kk, k_ok, EVEN_K, DOT_F32)
+            acc_up = tl.dot(x, tl.trans(u), acc_up, input_precision=PRECISION)
+    out_ty = out_ptr.dtype.element_ty
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    if SILU:
+        if HAS_BIAS:
+            acc_up += tl.load(bias_ptr + N + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+        # rounded as the unfused path rounds: gate and up to the output dtype, then silu(gate)
+        gate = acc.to(out_ty).to(tl.float32)
+        silu = (gate / (1.0 + tl.exp(-gate))).to(out_ty).to(tl.float32)
+        acc = silu * acc_up.to(out_ty).to(tl.float32)
+    out = out_ptr + rows.to(tl.int64)[:, None] * stride_om + cols[None, :]
+    tl.store(out, acc.to(out_ty), mask=row_ok[:, None] & col_ok[None, :])
+
+
+def default_config(num_rows: int, n: int, k: int, silu: bool = False) -> dict:
+    """Tiles for a shape the sweep did not cover: 64 x 64 up to 64 rows, else 128 x 64; BLOCK_K 64;
+    4 stages (3 with SiLU's two weight tiles)."""
+    block_m = 64 if num_rows <= 64 else 128
+    return dict(BLOCK_M=block_m, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=3 if silu else 4)
+
+
+@functools.cache
+def _file_configs(path: str) -> dict:
+    """ENGINE_TILE_GEMM_CONFIGS's table: {"N,K,silu": [[largest M, config], ...]} (the bench's
+    `--write-configs` output)."""
+    with open(path) as f:
+        raw = json.load(f)
+    return {tuple(int(v) for v in key.split(",")): [(int(m), cfg and dict(cfg)) for m, cfg in rows]
+            for key, rows in raw.items()}
+
+
+def config_for(num_rows: int, n: int, k: int, silu: bool, device: torch.device) -> dict | None:
+    """The tile config for x [num_rows, k] @ W[n (x2 with silu), k]^T on `device`: the sweep's entry
+    for the smallest M bucket >= num_rows (None where cuBLAS won), else `default_config`."""
+    if device.type != "cuda":
+        return dict(CPU_CONFIG)
+    path = os.environ.get("ENGINE_TILE_GEMM_CONFIGS")
+    table = _file_configs(path) if path else CONFIGS
+    for max_rows, cfg in table.get((n, k, int(silu)), ()):
+        if num_rows <= max_rows:
+            return cfg and dict(cfg)
+    return default_config(num_rows, n, k, silu)
+
+
+def wins(x: torch.Tensor, weight: torch.Tensor, silu: bool = False) -> bool:
+    """Whether the tile GEMM has a config for x @ weight^T (False where the sweep found cuBLAS faster)."""
+    n = weight.shape[0] // 2 if silu else weight.shape[0]
+    return config_for(x.shape[0], n, weight.shape[1], silu, x.device) is not None
+
+
+def tile_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+              config: dict | None = None, silu: bool = False) -> torch.Tensor:
+    """x [M, K], weight [N, K], bias [N] or None, one dtype with unit last stride, M <= MAX_ROWS
+    -> out [M, N] in x's dtype (float32 accumulation). silu=True: weight is a merged gate_up [2I, K]
+    (bias [2I]) and the result is silu(gate) * up [M, I]; config's BLOCK_N counts one of the two."""
+    num_rows, k = x.shape[0], weight.shape[1]
+    if x.dim() != 2 or x.shape[1] != k or num_rows > MAX_ROWS:
+        raise ValueError(f"x must be [M <= {MAX_ROWS}, {k}] for a weight of shape {tuple(weight.shape)}, "
+                         f"got {tuple(x.shape)}")
+    if x.stride(1) != 1 or weight.stride(1) != 1:
+        raise ValueError("x and weight must have a unit last stride")
+    if silu and weight.shape[0] % 2:
+        raise ValueError(f"a gate_up weight needs an even number of rows, got {weight.shape[0]}")
+    n = weight.shape[0] // 2 if silu else weight.shape[0]
+    out = torch.empty(num_rows, n, dtype=x.dtype, device=x.device)
+    if num_rows == 0:
+        return out
+    cfg = config or config_for(num_rows, n, k, silu, x.device)
+    if cfg is None:
+        raise ValueError(f"no tile config for M={num_rows}, N={n}, K={k} (cuBLAS won there): check `wins` first")
+    grid = (triton.cdiv(num_rows, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"]),)
+    cpu = x.device.type == "cpu"
+    _tile_gemm_kernel[grid](
+        x, weight, bias if bias is not None else weight, out, num_rows, n, k,
+        x.stride(0), weight.stride(0), out.stride(0),
+        HAS_BIAS=bias is not None, EVEN_K=k % cfg["BLOCK_K"] == 0, SILU=silu,
+        DOT_F32=cpu, PRECISION="ieee" if cpu or x.dtype == torch.float32 else "tf32", **cfg, **pdl_kwargs(x))
+    return out
