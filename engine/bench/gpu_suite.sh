@@ -104,6 +104,14 @@ for part in $parts; do
       run tile python -m engine.bench tile_gemm --write-configs "$OUT/tile_configs.json" --output "$OUT/tile.json"
       ENGINE_TILE_GEMM_MAX_ROWS=256 ENGINE_TILE_GEMM_CONFIGS="$OUT/tile_configs.json" run thr_0.6b_tile \
         python -m engine.bench throughput --model preset:qwen3-0.6b --repeat 3 --timeline ;;
+    tileprof)   # one decode step at batch 128 (0.6B and 8B), kernel by kernel: cuBLAS, then (0.6B) the tile GEMM
+      for m in qwen3-0.6b qwen3-8b; do
+        run prof128_$m python -m engine.bench throughput --model preset:$m --num-prompts 128 --input-len 600 600 \
+          --output-len 300 300 --profile-steps 20 --profile-output "$OUT/prof128_$m.txt"
+      done
+      ENGINE_TILE_GEMM_MAX_ROWS=256 ENGINE_TILE_GEMM_CONFIGS=engine/bench/tile_configs_h100.json run prof128_tile \
+        python -m engine.bench throughput --model preset:qwen3-0.6b --num-prompts 128 --input-len 600 600 \
+        --output-len 300 300 --profile-steps 20 --profile-output "$OUT/prof128_tile.txt" ;;
     attention)
       run attention python -m engine.bench attention --output "$OUT/attention.json" ;;
     ragged)     # triton decode on ragged batches (contexts uniform in [n/8, n]) per split count and order; 0.6B, 8B heads
