@@ -23,8 +23,8 @@ from models.layers.ops.qk_norm_rope import check_cos_sin_cache, norm_rope, rope_
 # batch 1 x 16k (128 is 3% faster there, 10% slower at 32 x 16k); stages 2-4 differ by < 1%.
 # SCALAR_TABLE (one block id per tile when BLOCK_N <= block_size) is 1-2% faster at blocks 64, 256.
 DECODE_CONFIGS = {
-    "cuda": dict(BLOCK_N=64, num_warps=4, num_stages=3, SCALAR_TABLE=True),
-    "cpu": dict(BLOCK_N=32, num_warps=4, num_stages=1, SCALAR_TABLE=True),
+    "cuda": dict(BLOCK_N=64, num_warps=4, num_stages=3, SCALAR_TABLE=True, HEADS_FIRST=False),
+    "cpu": dict(BLOCK_N=32, num_warps=4, num_stages=1, SCALAR_TABLE=True, HEADS_FIRST=False),
 }
 
 
@@ -62,18 +62,20 @@ def _decode_kernel(q_ptr, cache_ptr, out_ptr, part_out_ptr, part_lse_ptr,
                    DIRECT: tl.constexpr, GROUP: tl.constexpr, BLOCK_H: tl.constexpr,
                    HEAD_SIZE: tl.constexpr, HEAD_PAD: tl.constexpr, BLOCK_SIZE: tl.constexpr,
                    BLOCK_N: tl.constexpr, SCALAR_TABLE: tl.constexpr, DOT_F32: tl.constexpr,
-                   PRECISION: tl.constexpr, USE_PDL: tl.constexpr, STORE_KV: tl.constexpr):
+                   PRECISION: tl.constexpr, USE_PDL: tl.constexpr, STORE_KV: tl.constexpr,
+                   HEADS_FIRST: tl.constexpr):
     """Program (request, kv_head, split): the GROUP query heads of kv_head over one context chunk.
     With STORE_KV the program whose chunk holds the request's last token first writes that token's
     K/V (key/value at slot_mapping) into the cache: the step's K/V store needs no launch of its own.
     With ROPE (needs STORE_KV) q and k arrive before their per-head RMSNorm (HAS_NORM) and neox rope
     at positions[q_row], which the program applies: every program to its q heads, the storing one
-    to the key it stores."""
+    to the key it stores. HEADS_FIRST: the grid is (kv_head, request, split) instead of (request,
+    kv_head, split), so the programs of one request's KV heads are launched next to each other."""
     if USE_PDL:  # see models/layers/ops/pdl.py
         tl.extra.cuda.gdc_launch_dependents()
         tl.extra.cuda.gdc_wait()
-    req = tl.program_id(0)
-    kv_head = tl.program_id(1)
+    req = tl.program_id(1 if HEADS_FIRST else 0)
+    kv_head = tl.program_id(0 if HEADS_FIRST else 1)
     split = tl.program_id(2)
     seq_len = tl.load(seq_lens_ptr + req)
     num_tiles = tl.cdiv(seq_len, BLOCK_N)
@@ -200,7 +202,8 @@ def decode_attention(query: torch.Tensor, kv_cache: torch.Tensor, output: torch.
     common = dict(HEAD_SIZE=head_size, HEAD_PAD=head_pad)
     strides = (part_out.stride(0), part_out.stride(1), part_out.stride(2),
                part_lse.stride(0), part_lse.stride(1))
-    _decode_kernel[(num_reqs, num_kv_heads, num_splits)](
+    grid = (num_kv_heads, num_reqs, num_splits) if cfg.get("HEADS_FIRST") else (num_reqs, num_kv_heads, num_splits)
+    _decode_kernel[grid](
         query, kv_cache, output, part_out, part_lse, query_start_loc, seq_lens, block_table,
         scale * math.log2(math.e), num_splits,
         query.stride(0), query.stride(1), output.stride(0), output.stride(1),

@@ -14,6 +14,7 @@ MODES = {
     "serve": "engine.bench.serve",
     "skinny_gemm": "engine.bench.skinny_gemm",
     "tile_gemm": "engine.bench.tile_gemm",
+    "decode_cost": "engine.bench.decode_cost",
 }
 
 

@@ -112,6 +112,12 @@ for part in $parts; do
       ENGINE_TILE_GEMM_MAX_ROWS=256 ENGINE_TILE_GEMM_CONFIGS=engine/bench/tile_configs_h100.json run prof128_tile \
         python -m engine.bench throughput --model preset:qwen3-0.6b --num-prompts 128 --input-len 600 600 \
         --output-len 300 300 --profile-steps 20 --profile-output "$OUT/prof128_tile.txt" ;;
+    cost)       # the decode kernel's fixed cost per call (0.6B and 8B heads), then 0.6B throughput: cuBLAS, tile GEMM
+      python -m engine.bench decode_cost --num-heads 16 --output "$OUT/cost_h16.json" 2>&1 | grep -v '^{"case' | tail -14
+      python -m engine.bench decode_cost --num-heads 32 --no-sweep --output "$OUT/cost_h32.json" 2>&1 | tail -3
+      run thr_0.6b python -m engine.bench throughput --model preset:qwen3-0.6b --repeat 3 --timeline
+      ENGINE_TILE_GEMM_MAX_ROWS=256 ENGINE_TILE_GEMM_CONFIGS=engine/bench/tile_configs_h100.json run thr_0.6b_tile \
+        python -m engine.bench throughput --model preset:qwen3-0.6b --repeat 3 --timeline ;;
     attention)
       run attention python -m engine.bench attention --output "$OUT/attention.json" ;;
     ragged)     # triton decode on ragged batches (contexts uniform in [n/8, n]) per split count and order; 0.6B, 8B heads
