@@ -8,6 +8,7 @@ the output directly.
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import triton
@@ -22,8 +23,12 @@ from models.layers.ops.qk_norm_rope import check_cos_sin_cache, norm_rope, rope_
 # H100, bf16, D=128, 2026-11-25: BLOCK_N=64 with 4 warps is within 1% of the best everywhere but
 # batch 1 x 16k (128 is 3% faster there, 10% slower at 32 x 16k); stages 2-4 differ by < 1%.
 # SCALAR_TABLE (one block id per tile when BLOCK_N <= block_size) is 1-2% faster at blocks 64, 256.
+# 2026-11-26 (engine/bench/decode_cost.py): as the engine calls it (storing the step's K/V, q/k norm
+# + rope), 128 x 610 takes 123.8 us with 3 stages and 116.8 with 2 (the plain kernel 114.3);
+# HEADS_FIRST is within 0.5%.
 DECODE_CONFIGS = {
-    "cuda": dict(BLOCK_N=64, num_warps=4, num_stages=3, SCALAR_TABLE=True, HEADS_FIRST=False),
+    "cuda": dict(BLOCK_N=64, num_warps=4, num_stages=int(os.environ.get("ENGINE_TRITON_DECODE_STAGES", "2")),
+                 SCALAR_TABLE=True, HEADS_FIRST=False),
     "cpu": dict(BLOCK_N=32, num_warps=4, num_stages=1, SCALAR_TABLE=True, HEADS_FIRST=False),
 }
 

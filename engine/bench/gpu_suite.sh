@@ -118,6 +118,14 @@ for part in $parts; do
       run thr_0.6b python -m engine.bench throughput --model preset:qwen3-0.6b --repeat 3 --timeline
       ENGINE_TILE_GEMM_MAX_ROWS=256 ENGINE_TILE_GEMM_CONFIGS=engine/bench/tile_configs_h100.json run thr_0.6b_tile \
         python -m engine.bench throughput --model preset:qwen3-0.6b --repeat 3 --timeline ;;
+    stages)     # the decode kernel with 2 pipeline stages (default) against 3: its costs, then both models end to end
+      python -m engine.bench decode_cost --num-heads 16 --no-sweep --output "$OUT/cost2.json" 2>&1 | tail -3
+      ENGINE_TRITON_DECODE_STAGES=3 python -m engine.bench decode_cost --num-heads 16 --no-sweep \
+        --output "$OUT/cost3.json" 2>&1 | tail -3
+      for m in qwen3-0.6b qwen3-8b; do
+        run lat_$m python -m engine.bench latency --model preset:$m --output "$OUT/lat_$m.json"
+        run thr_$m python -m engine.bench throughput --model preset:$m --repeat 3 --timeline --output "$OUT/thr_$m.json"
+      done ;;
     attention)
       run attention python -m engine.bench attention --output "$OUT/attention.json" ;;
     ragged)     # triton decode on ragged batches (contexts uniform in [n/8, n]) per split count and order; 0.6B, 8B heads
