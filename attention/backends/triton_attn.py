@@ -32,8 +32,9 @@ from attention.ops.store_kv import store_kv
 # Split-KV policy: aim for `waves` programs per multiprocessor; no split shorter than min_split_len.
 # H100 sweep (2026-11-25): waves 2 is best at 32 x 16k (waves 4 is 23% slower); min_split_len 64
 # makes batch 1 x 1k 24% faster than 256 and costs nothing at 16k.
-# ENGINE_TRITON_MAX_SPLITS overrides max_splits (an A/B knob).
-SPLIT_POLICY = dict(waves=2, min_split_len=64, max_splits=int(os.environ.get("ENGINE_TRITON_MAX_SPLITS", "64")))
+# ENGINE_TRITON_MAX_SPLITS and ENGINE_TRITON_SPLIT_WAVES override max_splits and waves (A/B knobs).
+SPLIT_POLICY = dict(waves=int(os.environ.get("ENGINE_TRITON_SPLIT_WAVES", "2")), min_split_len=64,
+                    max_splits=int(os.environ.get("ENGINE_TRITON_MAX_SPLITS", "64")))
 # Decode steps store their K/V inside the decode kernel (one launch less per layer; H100 batch-1
 # latency 2026-11-25: Qwen3-0.6B 1.284 -> 1.261 ms/token, Qwen3-8B 6.052 -> 5.977).
 # ENGINE_TRITON_DECODE_STORES_KV=0 launches store_kv first instead.

@@ -126,6 +126,13 @@ for part in $parts; do
         run lat_$m python -m engine.bench latency --model preset:$m --output "$OUT/lat_$m.json"
         run thr_$m python -m engine.bench throughput --model preset:$m --repeat 3 --timeline --output "$OUT/thr_$m.json"
       done ;;
+    knobs)      # 0.6B throughput: default, tile GEMM, split waves 4 and 8, a 16k-token step budget
+      thr="python -m engine.bench throughput --model preset:qwen3-0.6b --repeat 3 --timeline"
+      run thr_0.6b $thr
+      ENGINE_TILE_GEMM_MAX_ROWS=256 ENGINE_TILE_GEMM_CONFIGS=engine/bench/tile_configs_h100.json run thr_0.6b_tile $thr
+      ENGINE_TRITON_SPLIT_WAVES=4 run thr_0.6b_waves4 $thr
+      ENGINE_TRITON_SPLIT_WAVES=8 run thr_0.6b_waves8 $thr
+      run thr_0.6b_budget16k $thr --max-num-batched-tokens 16384 ;;
     attention)
       run attention python -m engine.bench attention --output "$OUT/attention.json" ;;
     ragged)     # triton decode on ragged batches (contexts uniform in [n/8, n]) per split count and order; 0.6B, 8B heads
