@@ -24,11 +24,13 @@ from models.layers.ops.qk_norm_rope import check_cos_sin_cache, norm_rope, rope_
 # batch 1 x 16k (128 is 3% faster there, 10% slower at 32 x 16k); stages 2-4 differ by < 1%.
 # SCALAR_TABLE (one block id per tile when BLOCK_N <= block_size) is 1-2% faster at blocks 64, 256.
 # 2026-11-26 (engine/bench/decode_cost.py): as the engine calls it (storing the step's K/V, q/k norm
-# + rope), 128 x 610 takes 123.8 us with 3 stages and 116.8 with 2 (the plain kernel 114.3);
-# HEADS_FIRST is within 0.5%.
+# + rope: "cuda"), 2 stages beat 3 on every case (128 x 610 124.2 -> 116.6 us, 32 x 4k 246.3 -> 212.2);
+# the plain kernel ("cuda_plain", no K/V to store) keeps 3 (2 are 0-6% slower there). HEADS_FIRST is
+# within 0.5%. ENGINE_TRITON_DECODE_STAGES overrides the engine case's stages (an A/B knob).
 DECODE_CONFIGS = {
     "cuda": dict(BLOCK_N=64, num_warps=4, num_stages=int(os.environ.get("ENGINE_TRITON_DECODE_STAGES", "2")),
                  SCALAR_TABLE=True, HEADS_FIRST=False),
+    "cuda_plain": dict(BLOCK_N=64, num_warps=4, num_stages=3, SCALAR_TABLE=True, HEADS_FIRST=False),
     "cpu": dict(BLOCK_N=32, num_warps=4, num_stages=1, SCALAR_TABLE=True, HEADS_FIRST=False),
 }
 
@@ -202,7 +204,7 @@ def decode_attention(query: torch.Tensor, kv_cache: torch.Tensor, output: torch.
     if num_reqs == 0:
         return
     group = num_heads // num_kv_heads
-    cfg = dict(config or DECODE_CONFIGS["cpu" if query.device.type == "cpu" else "cuda"])
+    cfg = dict(config or DECODE_CONFIGS[_config_key(query, new_kv)])
     head_pad = max(16, triton.next_power_of_2(head_size))
     common = dict(HEAD_SIZE=head_size, HEAD_PAD=head_pad)
     strides = (part_out.stride(0), part_out.stride(1), part_out.stride(2),
@@ -226,6 +228,13 @@ def decode_attention(query: torch.Tensor, kv_cache: torch.Tensor, output: torch.
             output.stride(0), output.stride(1), *strides,
             NUM_SPLITS=num_splits, SPLITS_PAD=triton.next_power_of_2(num_splits), **common,
             num_warps=4, **pdl_kwargs(query))
+
+
+def _config_key(query: torch.Tensor, new_kv) -> str:
+    """DECODE_CONFIGS' key: "cpu", else "cuda" when the kernel stores the step's K/V, else "cuda_plain"."""
+    if query.device.type == "cpu":
+        return "cpu"
+    return "cuda" if new_kv is not None else "cuda_plain"
 
 
 def _new_kv_args(new_kv, query: torch.Tensor) -> tuple:

@@ -243,7 +243,7 @@ def sweep(shape: dict, log_path: str, seconds: float) -> None:
         gen.manual_seed(1)
         return paged_inputs(case, kv, block_size, shape, gen), ref
 
-    decode_default = dict(decode_attention.DECODE_CONFIGS["cuda"])
+    decode_default = dict(decode_attention.DECODE_CONFIGS["cuda_plain"])
     prefill_default = dict(prefill_attention.PREFILL_CONFIGS["cuda"])
     split_default = dict(triton_attn.SPLIT_POLICY)
     deadline = time.monotonic() + seconds
@@ -252,10 +252,10 @@ def sweep(shape: dict, log_path: str, seconds: float) -> None:
         inputs, ref = prepared(case, 16)
         for block_n, warps, stages in itertools.product((32, 64, 128), (4, 8), (2, 3, 4)):
             if time.monotonic() < deadline:
-                decode_attention.DECODE_CONFIGS["cuda"] = dict(decode_default, BLOCK_N=block_n, num_warps=warps,
-                                                                num_stages=stages)
-                run(case, inputs, ref, dict(sweep="decode_config", config=decode_attention.DECODE_CONFIGS["cuda"]))
-        decode_attention.DECODE_CONFIGS["cuda"] = decode_default
+                cfg = dict(decode_default, BLOCK_N=block_n, num_warps=warps, num_stages=stages)
+                decode_attention.DECODE_CONFIGS["cuda_plain"] = cfg   # the bench passes no K/V to store
+                run(case, inputs, ref, dict(sweep="decode_config", config=cfg))
+        decode_attention.DECODE_CONFIGS["cuda_plain"] = decode_default
         del inputs, ref
     for b, n in PREFILL_CASES:
         case = Case("prefill", b, n)
