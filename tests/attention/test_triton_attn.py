@@ -217,3 +217,27 @@ def test_empty_splits_leave_no_partial_output(monkeypatch):
     assert builder.build(batch.common).num_splits >= 8
     builder._part_out.fill_(float("nan"))
     assert_matches_reference(TritonAttnBackend, batch, builder=builder)
+
+
+@pytest.mark.parametrize("num_splits", [1, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_decode_heads_first_grid_matches_default(num_splits, dtype):
+    """HEADS_FIRST (grid (kv_head, request, split)) gives the output and cache of the default grid
+    order (request, kv_head, split), with one split and with several; padded rows are skipped."""
+    from attention.ops.decode_attention import DECODE_CONFIGS, decode_attention
+    batch = make_batch([1, 1, 1], [150, 3, 77], num_heads=4, num_kv_heads=2, head_size=64, block_size=16,
+                       dtype=dtype, device=DEVICE, num_pad_tokens=2, seed=14 + num_splits)
+    common, num_reqs = batch.common, batch.common.num_reqs
+    results = []
+    for config in (None, dict(DECODE_CONFIGS["cpu"], HEADS_FIRST=True)):
+        kv_cache, out = batch.kv_cache.clone(), torch.full_like(batch.query, float("nan"))
+        part_out = torch.full((num_reqs, 4, num_splits, 64), float("nan"), device=DEVICE)
+        part_lse = torch.full((num_reqs, 4, num_splits), float("nan"), device=DEVICE)
+        decode_attention(batch.query, kv_cache, out, common.query_start_loc, common.seq_lens, common.block_table,
+                         0.125, num_reqs, num_splits, part_out, part_lse, config=config,
+                         new_kv=(batch.key, batch.value, common.slot_mapping))
+        results.append((out[:batch.num_valid_tokens], kv_cache))
+    (ref_out, ref_cache), (out, kv_cache) = results
+    assert torch.isfinite(ref_out).all() and torch.isfinite(out).all()
+    torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-5)
+    assert torch.equal(kv_cache, ref_cache)

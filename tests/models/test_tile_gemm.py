@@ -1,0 +1,255 @@
+"""The tile GEMM (models/layers/ops/tile_gemm.py) against float64 math, its config table (config_for,
+wins, ENGINE_TILE_GEMM_CONFIGS) and the dispatch thresholds in models/layers/ops (use_tile, linear,
+linear_silu_and_mul).
+
+Without a GPU the kernel runs in Triton's interpreter on CPU tensors (TRITON_INTERPRET is set before
+the kernel module is first loaded, as in test_skinny_gemm.py), so the shapes stay small.
+"""
+import json
+import os
+from types import SimpleNamespace
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+from models.layers import ops  # noqa: E402
+from models.layers.ops import load  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+CUDA = torch.device("cuda")   # config_for only looks at device.type: no GPU is touched
+SHAPES = [(48, 64), (40, 96), (24, 50)]   # (N, K): ragged N for 16-wide tiles, and a ragged K (50)
+
+
+def _tol(dtype):
+    return dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+
+
+def _reference(x, weight, bias):
+    out = x.double() @ weight.double().T
+    return out + bias.double() if bias is not None else out
+
+
+def _silu_reference(x, weight, bias, dtype):
+    """silu(gate) * up of the projection, rounded as the unfused kernels round (float64 math)."""
+    gate, up = _reference(x, weight, bias).to(dtype).double().chunk(2, dim=-1)
+    return (gate * torch.sigmoid(gate)).to(dtype).double() * up
+
+
+def _inputs(num_rows, n, k, dtype, with_bias, seed):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(num_rows, k, generator=gen).to(dtype).to(DEVICE)
+    weight = (torch.randn(n, k, generator=gen) / k ** 0.5).to(dtype).to(DEVICE)
+    bias = torch.randn(n, generator=gen).to(dtype).to(DEVICE) if with_bias else None
+    return x, weight, bias
+
+
+@pytest.fixture
+def tile():
+    return load("tile_gemm")
+
+
+@pytest.fixture
+def table_file(tmp_path, monkeypatch, tile):
+    """Writes {"N,K,silu": [[largest M, config or None], ...]} to a file that ENGINE_TILE_GEMM_CONFIGS
+    names; _file_configs' cache is cleared around the test."""
+    def write(table):
+        path = tmp_path / "tile_configs.json"
+        path.write_text(json.dumps(table))
+        monkeypatch.setenv("ENGINE_TILE_GEMM_CONFIGS", str(path))
+        tile._file_configs.cache_clear()
+        return path
+
+    tile._file_configs.cache_clear()
+    yield write
+    tile._file_configs.cache_clear()
+
+
+# ---- the kernel against float64 math ----
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("num_rows", [17, 40, 64])
+@pytest.mark.parametrize("n,k", SHAPES)
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_tile_gemm_matches_float64(num_rows, n, k, dtype, with_bias, tile):
+    x, weight, bias = _inputs(num_rows, n, k, dtype, with_bias, seed=num_rows * n + k)
+    out = tile.tile_gemm(x, weight, bias)
+    assert out.shape == (num_rows, n) and out.dtype == dtype
+    torch.testing.assert_close(out.double(), _reference(x, weight, bias).to(DEVICE), **_tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("num_rows,n,k", [(17, 48, 64), (40, 40, 96), (64, 24, 50)])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_tile_gemm_silu_matches_unfused(num_rows, n, k, dtype, with_bias, tile):
+    """silu=True on a merged [gate | up] weight [2N, K]: silu(gate) * up [M, N], rounded like the
+    unfused path (the projection, then SiLU-and-mul)."""
+    x, weight, bias = _inputs(num_rows, 2 * n, k, dtype, with_bias, seed=num_rows + n + k)
+    out = tile.tile_gemm(x, weight, bias, silu=True)
+    assert out.shape == (num_rows, n) and out.dtype == dtype
+    unfused = ops.silu_and_mul_native(tile.tile_gemm(x, weight, bias))
+    torch.testing.assert_close(out, unfused, **_tol(dtype))
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=5e-2, atol=5e-2)  # 2 roundings
+    torch.testing.assert_close(out.double(), _silu_reference(x, weight, bias, dtype).to(DEVICE), **tol)
+
+
+@pytest.mark.parametrize("silu", [False, True])
+def test_tile_gemm_other_tile_shapes(tile, silu):
+    """The CUDA fallback tiles (default_config: 64-row tiles, BLOCK_K 64) and a 32 x 32 x 16 tile,
+    forced, on a ragged M, N and K."""
+    x, weight, bias = _inputs(40, 2 * 24 if silu else 24, 50, torch.float32, True, seed=3)
+    want = _silu_reference(x, weight, bias, torch.float32) if silu else _reference(x, weight, bias)
+    for cfg in (tile.default_config(40, 24, 50, silu),
+                dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=16, num_warps=4, num_stages=1)):
+        out = tile.tile_gemm(x, weight, bias, config=cfg, silu=silu)
+        torch.testing.assert_close(out.double(), want.to(DEVICE), rtol=1e-4, atol=1e-4)
+
+
+def test_tile_gemm_empty_batch(tile):
+    out = tile.tile_gemm(torch.zeros(0, 64, device=DEVICE), torch.zeros(48, 64, device=DEVICE))
+    assert out.shape == (0, 48)
+
+
+def test_tile_gemm_rejects_bad_input(tile):
+    weight = torch.zeros(48, 32, device=DEVICE)
+    with pytest.raises(ValueError, match="M <= 256"):
+        tile.tile_gemm(torch.zeros(tile.MAX_ROWS + 1, 32, device=DEVICE), weight)
+    with pytest.raises(ValueError, match="got \\(20, 16\\)"):
+        tile.tile_gemm(torch.zeros(20, 16, device=DEVICE), weight)
+    with pytest.raises(ValueError, match="even number of rows, got 47"):
+        tile.tile_gemm(torch.zeros(20, 32, device=DEVICE), weight[1:], silu=True)
+    with pytest.raises(ValueError, match="unit last stride"):
+        tile.tile_gemm(torch.zeros(20, 64, device=DEVICE)[:, ::2], weight)
+    with pytest.raises(ValueError, match="unit last stride"):
+        tile.tile_gemm(torch.zeros(20, 32, device=DEVICE), torch.zeros(48, 64, device=DEVICE)[:, ::2])
+
+
+@pytest.mark.parametrize("silu", [False, True])
+def test_tile_gemm_raises_where_the_table_says_cublas(monkeypatch, tile, silu):
+    """A None config (cuBLAS won at that shape) is an error, not a silent fallback; config_for is asked
+    with the output's N (half the gate_up rows with silu)."""
+    asked = []
+    monkeypatch.setattr(tile, "config_for", lambda *a: asked.append(a) or None)
+    x, weight, _ = _inputs(20, 48, 32, torch.float32, False, seed=1)
+    with pytest.raises(ValueError, match="no tile config for M=20"):
+        tile.tile_gemm(x, weight, silu=silu)
+    assert asked == [(20, 24 if silu else 48, 32, silu, x.device)]
+
+
+# ---- config_for and wins ----
+
+def test_config_for_cpu_is_the_cpu_config(tile, table_file):
+    """Off CUDA the table (here: null everywhere) is not read; the config is a copy of CPU_CONFIG."""
+    table_file({"48,64,0": [[256, None]]})
+    cfg = tile.config_for(40, 48, 64, False, torch.device("cpu"))
+    assert cfg == tile.CPU_CONFIG and cfg is not tile.CPU_CONFIG
+    assert tile.config_for(40, 48, 64, False, CUDA) is None   # the same table on CUDA
+    cfg["BLOCK_M"] = 1
+    assert tile.config_for(40, 48, 64, False, torch.device("cpu"))["BLOCK_M"] == tile.CPU_CONFIG["BLOCK_M"]
+
+
+def test_config_for_reads_the_table_file(tile, table_file):
+    small = dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=128, num_warps=4, num_stages=5)
+    big = dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=3)
+    fused = dict(BLOCK_M=32, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=2)
+    table_file({"48,64,0": [[32, small], [64, None], [128, big]], "40,96,1": [[256, fused]]})
+    config_for = tile.config_for
+    for m in (17, 32):
+        assert config_for(m, 48, 64, False, CUDA) == small
+    for m in (33, 64):
+        assert config_for(m, 48, 64, False, CUDA) is None
+    for m in (65, 128):
+        assert config_for(m, 48, 64, False, CUDA) == big
+    # past the last bucket, or a shape (silu included) the table does not hold: the default tiles
+    assert config_for(129, 48, 64, False, CUDA) == tile.default_config(129, 48, 64, False)
+    assert config_for(40, 48, 64, True, CUDA) == tile.default_config(40, 48, 64, True)
+    assert config_for(40, 40, 96, False, CUDA) == tile.default_config(40, 40, 96, False)
+    assert config_for(40, 48, 96, False, CUDA) == tile.default_config(40, 48, 96, False)
+    assert config_for(200, 40, 96, True, CUDA) == fused
+    # a copy each time
+    config_for(17, 48, 64, False, CUDA)["BLOCK_N"] = 1
+    assert config_for(17, 48, 64, False, CUDA) == small
+
+
+def test_config_for_uses_the_builtin_table_without_the_env(monkeypatch, tile):
+    monkeypatch.delenv("ENGINE_TILE_GEMM_CONFIGS", raising=False)
+    cfg = dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=64, num_warps=4, num_stages=4)
+    monkeypatch.setattr(tile, "CONFIGS", {(48, 64, 0): [(16, None), (64, cfg)]})
+    assert tile.config_for(16, 48, 64, False, CUDA) is None
+    assert tile.config_for(17, 48, 64, False, CUDA) == cfg
+    assert tile.config_for(65, 48, 64, False, CUDA) == tile.default_config(65, 48, 64)
+
+
+def test_default_config_by_rows(tile):
+    """64-row tiles up to 64 rows, 128 above; one stage less with SiLU's two weight tiles."""
+    assert [tile.default_config(m, 48, 64)["BLOCK_M"] for m in (17, 64, 65, 256)] == [64, 64, 128, 128]
+    assert tile.default_config(40, 48, 64, True)["num_stages"] == tile.default_config(40, 48, 64)["num_stages"] - 1
+
+
+def test_wins_follows_config_for(tile, table_file):
+    """wins: a config exists for x's rows and the weight's (half with silu) shape."""
+    cfg = dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=64, num_warps=4, num_stages=3)
+    table_file({"48,64,0": [[32, cfg], [64, None]], "24,64,1": [[32, None]]})
+
+    def x(m, device=CUDA):   # wins only reads x.shape and x.device: a stand-in keeps the GPU untouched
+        return SimpleNamespace(shape=(m, 64), device=device)
+
+    weight = torch.zeros(48, 64)
+    assert tile.wins(x(20), weight) and tile.wins(x(65), weight)   # a table entry; past the table
+    assert not tile.wins(x(40), weight)
+    assert not tile.wins(x(20), weight, silu=True)                  # "24,64,1": gate_up of 2 x 24 rows
+    assert tile.wins(x(40), weight, silu=True)
+    assert tile.wins(x(40, torch.device("cpu")), weight)            # the CPU has its one config
+
+
+# ---- the dispatch ----
+
+def test_use_tile_is_off_on_cpu_tensors(monkeypatch):
+    monkeypatch.setattr(ops, "TILE_MAX_ROWS", 256)
+    x, weight = torch.zeros(40, 64), torch.zeros(48, 64)
+    assert not ops.use_fused(x)
+    assert not ops.use_tile(x, weight) and not ops.use_tile(x, torch.zeros(96, 64), silu=True)
+
+
+def test_use_tile_thresholds(monkeypatch, tile):
+    monkeypatch.setattr(ops, "use_fused", lambda x: True)
+    monkeypatch.setattr(ops, "SKINNY_MAX_ROWS", 16)
+    monkeypatch.setattr(ops, "TILE_MAX_ROWS", 256)
+    weight = torch.zeros(48, 8)
+    taken = [m for m in (1, 8, 16, 17, 64, 255, 256, 257, 1024) if ops.use_tile(torch.zeros(m, 8), weight)]
+    assert taken == [17, 64, 255, 256]
+    assert not ops.use_tile(torch.zeros(2, 20, 8), weight)   # not a 2-D x
+    asked = []
+    monkeypatch.setattr(tile, "wins", lambda x, w, silu=False: asked.append((x.shape[0], silu)) or False)
+    assert not ops.use_tile(torch.zeros(40, 8), weight, silu=True)    # the table says cuBLAS
+    assert asked == [(40, True)]
+    monkeypatch.setattr(ops, "TILE_MAX_ROWS", 0)   # the default: off
+    monkeypatch.setattr(tile, "wins", lambda x, w, silu=False: True)
+    assert not any(ops.use_tile(torch.zeros(m, 8), weight) for m in (17, 64, 256))
+
+
+@pytest.mark.parametrize("path", ["skinny", "tile", "torch"])
+def test_linear_dispatch(monkeypatch, tile, path):
+    """ops.linear and ops.linear_silu_and_mul: the skinny GEMM first, then the tile GEMM, else torch;
+    each equals float64 math."""
+    x, weight, bias = _inputs(20, 48, 32, torch.float32, True, seed=11)
+    calls = []
+    tile_gemm = tile.tile_gemm
+    monkeypatch.setattr(ops, "use_skinny", lambda x, w: path == "skinny")
+    monkeypatch.setattr(ops, "use_tile", lambda x, w, silu=False: path == "tile")
+    skinny_gemm = load("skinny_gemm").skinny_gemm
+    monkeypatch.setattr(load("skinny_gemm"), "skinny_gemm", lambda *a, **k: calls.append(("skinny", k)) or
+                        skinny_gemm(*a, **k))
+    monkeypatch.setattr(tile, "tile_gemm", lambda *a, **k: calls.append(("tile", k)) or tile_gemm(*a, **k))
+    out = ops.linear(x, weight, bias)
+    torch.testing.assert_close(out.double(), _reference(x, weight, bias), rtol=1e-4, atol=1e-4)
+    fused = ops.linear_silu_and_mul(x, weight, bias)
+    torch.testing.assert_close(fused.double(), _silu_reference(x, weight, bias, torch.float32),
+                               rtol=1e-4, atol=1e-4)
+    silu_kwargs = {"silu": True} if ops.SKINNY_SILU_ENABLED else {}
+    expected = {"skinny": [("skinny", {}), ("skinny", silu_kwargs)],
+                "tile": [("tile", {}), ("tile", silu_kwargs)], "torch": []}[path]
+    assert calls == expected
