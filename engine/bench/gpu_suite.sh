@@ -17,7 +17,8 @@ for part in $parts; do
   case $part in
     tests)
       run tests python -m pytest -q tests/engine/test_gpu_engine.py tests/engine/test_kv_cache_dtype.py \
-        tests/attention tests/sampler tests/models/test_fused_ops.py tests/models/test_skinny_gemm.py ;;
+        tests/attention tests/sampler tests/models/test_fused_ops.py tests/models/test_skinny_gemm.py \
+        tests/models/test_tile_gemm.py ;;
     small)
       run lat_0.6b python -m engine.bench latency --model preset:qwen3-0.6b --output "$OUT/lat_0.6b.json"
       run thr_0.6b python -m engine.bench throughput --model preset:qwen3-0.6b --output "$OUT/thr_0.6b.json" \
