@@ -229,7 +229,8 @@ def test_decode_heads_first_grid_matches_default(num_splits, dtype):
                        dtype=dtype, device=DEVICE, num_pad_tokens=2, seed=14 + num_splits)
     common, num_reqs = batch.common, batch.common.num_reqs
     results = []
-    for config in (None, dict(DECODE_CONFIGS["cpu"], HEADS_FIRST=True)):
+    base = DECODE_CONFIGS["cuda" if DEVICE == "cuda" else "cpu"]   # this device's tiles, both orders
+    for config in (dict(base, HEADS_FIRST=False), dict(base, HEADS_FIRST=True)):
         kv_cache, out = batch.kv_cache.clone(), torch.full_like(batch.query, float("nan"))
         part_out = torch.full((num_reqs, 4, num_splits, 64), float("nan"), device=DEVICE)
         part_lse = torch.full((num_reqs, 4, num_splits), float("nan"), device=DEVICE)
