@@ -58,6 +58,23 @@ def load_weight_tile(w_rows, kk, k_ok, EVEN_K: tl.constexpr, DOT_F32: tl.constex
 
 
 @triton.jit
+def bias_silu_epilogue(acc, acc_up, bias_ptr, cols, col_ok, N, out_ty: tl.constexpr, HAS_BIAS: tl.constexpr,
+                       SILU: tl.constexpr):
+    """The GEMM result [BLOCK_M, BLOCK_N] float32 from the accumulators of columns `cols`: plus the bias
+    (HAS_BIAS), and with SILU silu(gate) * up, gate = acc, up = acc_up (bias columns N further),
+    rounded as the unfused path rounds: gate and up to out_ty, then silu(gate) to out_ty."""
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    if SILU:
+        if HAS_BIAS:
+            acc_up += tl.load(bias_ptr + N + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+        gate = acc.to(out_ty).to(tl.float32)
+        silu = (gate / (1.0 + tl.exp(-gate))).to(out_ty).to(tl.float32)
+        acc = silu * acc_up.to(out_ty).to(tl.float32)
+    return acc
+
+
+@triton.jit
 def _skinny_gemm_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, M, N, K, stride_xm, stride_wn, stride_om,
                         HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, SILU: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -91,16 +108,8 @@ def _skinny_gemm_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, M, N, K, stride_xm, str
         if SILU:
             u = load_weight_tile(u_rows, kk, k_ok, EVEN_K, DOT_F32)
             acc_up = tl.dot(x, tl.trans(u), acc_up, input_precision=PRECISION)
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
     out_ty = out_ptr.dtype.element_ty
-    if SILU:
-        if HAS_BIAS:
-            acc_up += tl.load(bias_ptr + N + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
-        # rounded as the unfused path rounds: gate and up to the output dtype, then silu(gate)
-        gate = acc.to(out_ty).to(tl.float32)
-        silu = (gate / (1.0 + tl.exp(-gate))).to(out_ty).to(tl.float32)
-        acc = silu * acc_up.to(out_ty).to(tl.float32)
+    acc = bias_silu_epilogue(acc, acc_up, bias_ptr, cols, col_ok, N, out_ty, HAS_BIAS, SILU)
     out = out_ptr + rows[:, None] * stride_om + cols[None, :]
     tl.store(out, acc.to(out_ty), mask=row_ok[:, None] & col_ok[None, :])
 

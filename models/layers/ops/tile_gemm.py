@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from models.layers.ops.pdl import pdl_kwargs
-from models.layers.ops.skinny_gemm import load_weight_tile, prefetch_first_tile
+from models.layers.ops.skinny_gemm import bias_silu_epilogue, load_weight_tile, prefetch_first_tile
 
 MAX_ROWS = 256
 SHARED_MEMORY_BYTES = 220 << 10
@@ -74,15 +74,7 @@ def _tile_gemm_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, M, N, K, stride_xm, strid
             u = load_weight_tile(u_rows, kk, k_ok, EVEN_K, DOT_F32)
             acc_up = tl.dot(x, tl.trans(u), acc_up, input_precision=PRECISION)
     out_ty = out_ptr.dtype.element_ty
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
-    if SILU:
-        if HAS_BIAS:
-            acc_up += tl.load(bias_ptr + N + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
-        # rounded as the unfused path rounds: gate and up to the output dtype, then silu(gate)
-        gate = acc.to(out_ty).to(tl.float32)
-        silu = (gate / (1.0 + tl.exp(-gate))).to(out_ty).to(tl.float32)
-        acc = silu * acc_up.to(out_ty).to(tl.float32)
+    acc = bias_silu_epilogue(acc, acc_up, bias_ptr, cols, col_ok, N, out_ty, HAS_BIAS, SILU)
     out = out_ptr + rows.to(tl.int64)[:, None] * stride_om + cols[None, :]
     tl.store(out, acc.to(out_ty), mask=row_ok[:, None] & col_ok[None, :])
 
