@@ -27,11 +27,11 @@ from models.layers.ops.qk_norm_rope import check_cos_sin_cache, norm_rope, rope_
 # + rope: "cuda"), 2 stages beat 3 on every case (128 x 610 124.2 -> 116.6 us, 32 x 4k 246.3 -> 212.2);
 # the plain kernel ("cuda_plain", no K/V to store) keeps 3 (2 are 0-6% slower there). HEADS_FIRST is
 # within 0.5%. ENGINE_TRITON_DECODE_STAGES overrides the engine case's stages (an A/B knob).
+_CUDA_PLAIN = dict(BLOCK_N=64, num_warps=4, num_stages=3, SCALAR_TABLE=True, HEADS_FIRST=False)
 DECODE_CONFIGS = {
-    "cuda": dict(BLOCK_N=64, num_warps=4, num_stages=int(os.environ.get("ENGINE_TRITON_DECODE_STAGES", "2")),
-                 SCALAR_TABLE=True, HEADS_FIRST=False),
-    "cuda_plain": dict(BLOCK_N=64, num_warps=4, num_stages=3, SCALAR_TABLE=True, HEADS_FIRST=False),
-    "cpu": dict(BLOCK_N=32, num_warps=4, num_stages=1, SCALAR_TABLE=True, HEADS_FIRST=False),
+    "cuda": dict(_CUDA_PLAIN, num_stages=int(os.environ.get("ENGINE_TRITON_DECODE_STAGES", "2"))),
+    "cuda_plain": _CUDA_PLAIN,
+    "cpu": dict(_CUDA_PLAIN, BLOCK_N=32, num_stages=1),
 }
 
 

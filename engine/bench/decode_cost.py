@@ -13,15 +13,16 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import statistics
 
 import torch
 
 from attention.ops import decode_attention as da
 from attention.qk_rope import QKRope
+from engine.bench.skinny_gemm import graph_us
 
 DEVICE = "cuda"
 BLOCK_SIZE = 16
+CALLS = 20   # calls per CUDA graph, back to back
 CASES = [(64, 1024), (128, 256), (128, 610), (128, 1024), (128, 2048), (256, 256), (256, 610), (256, 1024),
          (256, 2048), (32, 4096)]
 RAGGED = [(256, (100, 1100)), (128, (600, 2000)), (64, (600, 2000))]
@@ -71,26 +72,6 @@ def call(inp: dict, engine_like: bool, config: dict | None):
                                        config=config, new_kv=new_kv, qk_rope=inp["rope"] if engine_like else None)
 
 
-def graph_us(fn, calls: int = 20) -> float:
-    """Median microseconds per call of fn, `calls` of them captured back to back in one graph."""
-    fn()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(calls):
-            fn()
-    times = []
-    for _ in range(7):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(3):
-            graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1000 / (3 * calls))
-    return statistics.median(times[2:])
-
-
 def fit(rows: list[dict]) -> tuple[float, float]:
     """Least squares time_us = fixed_us + bytes / (rate TB/s * 1e6): (fixed_us, rate)."""
     xs, ys = [r["bytes"] / 1e6 for r in rows], [r["us"] for r in rows]
@@ -122,7 +103,7 @@ def main(args: argparse.Namespace) -> dict:
     for case in CASES + RAGGED:
         inp = make_inputs(_lens(case), args.num_heads, args.num_kv_heads)
         for engine_like in (False, True):
-            us = graph_us(call(inp, engine_like, None))
+            us = graph_us([call(inp, engine_like, None)] * CALLS)
             rows.append(dict(case=f"{case[0]}x{case[1]}", engine_like=engine_like, bytes=inp["bytes"], us=round(us, 2),
                              tb_s=round(inp["bytes"] / us / 1e6, 3)))
             print(json.dumps(rows[-1]), flush=True)
@@ -138,7 +119,7 @@ def main(args: argparse.Namespace) -> dict:
         cfg = dict(da.DECODE_CONFIGS["cuda"], BLOCK_N=block_n, num_stages=stages, num_warps=warps,
                    HEADS_FIRST=heads_first)
         try:
-            us = graph_us(call(inp, True, cfg))
+            us = graph_us([call(inp, True, cfg)] * CALLS)
         except Exception as exc:  # noqa: BLE001 - a config may not compile
             print(f"{cfg}: {type(exc).__name__}")
             continue

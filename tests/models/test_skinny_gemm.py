@@ -18,6 +18,9 @@ import pytest  # noqa: E402
 from models.layers import linear  # noqa: E402
 from models.layers import ops  # noqa: E402
 from models.layers.ops import load  # noqa: E402
+from tests.models.gemm_reference import gemm_inputs as _inputs  # noqa: E402
+from tests.models.gemm_reference import reference as _reference  # noqa: E402
+from tests.models.gemm_reference import silu_reference as _silu_reference  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 QWEN3_SHAPES = {  # name: (N, K), as in engine/bench/skinny_gemm.py
@@ -25,19 +28,6 @@ QWEN3_SHAPES = {  # name: (N, K), as in engine/bench/skinny_gemm.py
     "0.6b lm_head": (151936, 1024), "8b qkv": (6144, 4096), "8b o": (4096, 4096), "8b gate_up": (24576, 4096),
     "8b down": (4096, 12288), "8b lm_head": (151936, 4096),
 }
-
-
-def _reference(x, weight, bias):
-    out = x.double() @ weight.double().T
-    return out + bias.double() if bias is not None else out
-
-
-def _inputs(num_rows, n, k, dtype, with_bias, seed):
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(num_rows, k, generator=gen).to(dtype).to(DEVICE)
-    weight = (torch.randn(n, k, generator=gen) / k ** 0.5).to(dtype).to(DEVICE)
-    bias = torch.randn(n, generator=gen).to(dtype).to(DEVICE) if with_bias else None
-    return x, weight, bias
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -50,12 +40,6 @@ def test_skinny_gemm_matches_float64(num_rows, n, k, dtype, with_bias):
     assert out.shape == (num_rows, n) and out.dtype == dtype
     tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
     torch.testing.assert_close(out.double(), _reference(x, weight, bias).to(DEVICE), **tol)
-
-
-def _silu_reference(x, weight, bias, dtype):
-    """silu(gate) * up of the projection, rounded as the unfused kernels round (float64 math)."""
-    gate, up = _reference(x, weight, bias).to(dtype).double().chunk(2, dim=-1)
-    return (gate * torch.sigmoid(gate)).to(dtype).double() * up
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

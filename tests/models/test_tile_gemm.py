@@ -18,6 +18,9 @@ import pytest  # noqa: E402
 
 from models.layers import ops  # noqa: E402
 from models.layers.ops import load  # noqa: E402
+from tests.models.gemm_reference import gemm_inputs as _inputs  # noqa: E402
+from tests.models.gemm_reference import reference as _reference  # noqa: E402
+from tests.models.gemm_reference import silu_reference as _silu_reference  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 CUDA = torch.device("cuda")   # config_for only looks at device.type: no GPU is touched
@@ -26,25 +29,6 @@ SHAPES = [(48, 64), (40, 96), (24, 50)]   # (N, K): ragged N for 16-wide tiles, 
 
 def _tol(dtype):
     return dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
-
-
-def _reference(x, weight, bias):
-    out = x.double() @ weight.double().T
-    return out + bias.double() if bias is not None else out
-
-
-def _silu_reference(x, weight, bias, dtype):
-    """silu(gate) * up of the projection, rounded as the unfused kernels round (float64 math)."""
-    gate, up = _reference(x, weight, bias).to(dtype).double().chunk(2, dim=-1)
-    return (gate * torch.sigmoid(gate)).to(dtype).double() * up
-
-
-def _inputs(num_rows, n, k, dtype, with_bias, seed):
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(num_rows, k, generator=gen).to(dtype).to(DEVICE)
-    weight = (torch.randn(n, k, generator=gen) / k ** 0.5).to(dtype).to(DEVICE)
-    bias = torch.randn(n, generator=gen).to(dtype).to(DEVICE) if with_bias else None
-    return x, weight, bias
 
 
 @pytest.fixture

@@ -45,16 +45,16 @@ def prefetch_first_tile(w_rows, K, BLOCK_K: tl.constexpr):
 
 
 @triton.jit
-def load_weight_tile(w_rows, kk, k_ok, EVEN_K: tl.constexpr, DOT_F32: tl.constexpr):
-    """Columns kk of the weight rows `w_rows` ([BLOCK_N, 1] row pointers): [BLOCK_N, BLOCK_K], 0 past K
-    unless EVEN_K; float32 with DOT_F32 (the CPU interpreter's bf16 dot is wrong)."""
+def load_row_tile(rows_ptr, kk, k_ok, EVEN_K: tl.constexpr, DOT_F32: tl.constexpr):
+    """Columns kk of the rows `rows_ptr` ([ROWS, 1] row pointers, of the weight or of x): [ROWS, BLOCK_K],
+    0 past K unless EVEN_K; float32 with DOT_F32 (the CPU interpreter's bf16 dot is wrong)."""
     if EVEN_K:
-        w = tl.load(w_rows + kk[None, :])
+        tile = tl.load(rows_ptr + kk[None, :])
     else:
-        w = tl.load(w_rows + kk[None, :], mask=k_ok[None, :], other=0.0)
+        tile = tl.load(rows_ptr + kk[None, :], mask=k_ok[None, :], other=0.0)
     if DOT_F32:
-        w = w.to(tl.float32)
-    return w
+        tile = tile.to(tl.float32)
+    return tile
 
 
 @triton.jit
@@ -101,12 +101,12 @@ def _skinny_gemm_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, M, N, K, stride_xm, str
         k_ok = kk < K
         x = tl.load(x_ptr + rows[:, None] * stride_xm + kk[None, :], mask=row_ok[:, None] & k_ok[None, :],
                     other=0.0)
-        w = load_weight_tile(w_rows, kk, k_ok, EVEN_K, DOT_F32)
+        w = load_row_tile(w_rows, kk, k_ok, EVEN_K, DOT_F32)
         if DOT_F32:
             x = x.to(tl.float32)
         acc = tl.dot(x, tl.trans(w), acc, input_precision=PRECISION)
         if SILU:
-            u = load_weight_tile(u_rows, kk, k_ok, EVEN_K, DOT_F32)
+            u = load_row_tile(u_rows, kk, k_ok, EVEN_K, DOT_F32)
             acc_up = tl.dot(x, tl.trans(u), acc_up, input_precision=PRECISION)
     out_ty = out_ptr.dtype.element_ty
     acc = bias_silu_epilogue(acc, acc_up, bias_ptr, cols, col_ok, N, out_ty, HAS_BIAS, SILU)
@@ -160,21 +160,27 @@ def config_for(n: int, k: int, device: torch.device, element_size: int = 2,
     return dict(BLOCK_N=rows, BLOCK_K=block_k, num_warps=4, num_stages=min(4, SHARED_MEMORY_BYTES // stage_bytes))
 
 
+def check_gemm_inputs(x: torch.Tensor, weight: torch.Tensor, silu: bool, max_rows: int) -> tuple[int, int, int]:
+    """(M, N, K) of x [M, K] @ weight [N, K]^T for the Triton GEMMs (N: half the weight's rows with a
+    gate_up `silu`); ValueError unless x is 2-D with M <= max_rows and both have a unit last stride."""
+    num_rows, k = x.shape[0], weight.shape[1]
+    if x.dim() != 2 or x.shape[1] != k or num_rows > max_rows:
+        raise ValueError(f"x must be [M <= {max_rows}, {k}] for a weight of shape {tuple(weight.shape)}, "
+                         f"got {tuple(x.shape)}")
+    if x.stride(1) != 1 or weight.stride(1) != 1:
+        raise ValueError("x and weight must have a unit last stride")
+    if silu and weight.shape[0] % 2:
+        raise ValueError(f"a gate_up weight needs an even number of rows, got {weight.shape[0]}")
+    return num_rows, (weight.shape[0] // 2 if silu else weight.shape[0]), k
+
+
 def skinny_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                 config: dict | None = None, silu: bool = False) -> torch.Tensor:
     """x [M, K], weight [N, K], bias [N] or None, all one dtype with unit last stride, M <= 64
     -> out [M, N] in x's dtype (float32 accumulation). silu=True: weight is a merged gate_up [2I, K]
     (bias [2I]) and the result is silu(gate) * up [M, I], as silu_and_mul of the plain result; each
     program then reads BLOCK_N gate rows and the matching up rows (config's BLOCK_N counts one of them)."""
-    num_rows, k = x.shape[0], weight.shape[1]
-    if x.dim() != 2 or x.shape[1] != k or num_rows > MAX_ROWS:
-        raise ValueError(f"x must be [M <= {MAX_ROWS}, {k}] for a weight of shape {tuple(weight.shape)}, "
-                         f"got {tuple(x.shape)}")
-    if x.stride(1) != 1 or weight.stride(1) != 1:
-        raise ValueError("x and weight must have a unit last stride")
-    if silu and weight.shape[0] % 2:
-        raise ValueError(f"a gate_up weight needs an even number of rows, got {weight.shape[0]}")
-    n = weight.shape[0] // 2 if silu else weight.shape[0]
+    num_rows, n, k = check_gemm_inputs(x, weight, silu, MAX_ROWS)
     out = torch.empty(num_rows, n, dtype=x.dtype, device=x.device)
     if num_rows == 0:
         return out

@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from models.layers.ops.pdl import pdl_kwargs
-from models.layers.ops.skinny_gemm import bias_silu_epilogue, load_weight_tile, prefetch_first_tile
+from models.layers.ops.skinny_gemm import bias_silu_epilogue, check_gemm_inputs, load_row_tile, prefetch_first_tile
 
 MAX_ROWS = 256
 SHARED_MEMORY_BYTES = 220 << 10
@@ -62,16 +62,11 @@ def _tile_gemm_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, M, N, K, stride_xm, strid
     for k0 in range(0, K, BLOCK_K):
         kk = k0 + ks
         k_ok = kk < K
-        if EVEN_K:
-            x = tl.load(x_rows + kk[None, :])
-        else:
-            x = tl.load(x_rows + kk[None, :], mask=k_ok[None, :], other=0.0)
-        if DOT_F32:
-            x = x.to(tl.float32)
-        w = load_weight_tile(w_rows, kk, k_ok, EVEN_K, DOT_F32)
+        x = load_row_tile(x_rows, kk, k_ok, EVEN_K, DOT_F32)
+        w = load_row_tile(w_rows, kk, k_ok, EVEN_K, DOT_F32)
         acc = tl.dot(x, tl.trans(w), acc, input_precision=PRECISION)
         if SILU:
-            u = load_weight_tile(u_rows, kk, k_ok, EVEN_K, DOT_F32)
+            u = load_row_tile(u_rows, kk, k_ok, EVEN_K, DOT_F32)
             acc_up = tl.dot(x, tl.trans(u), acc_up, input_precision=PRECISION)
     out_ty = out_ptr.dtype.element_ty
     acc = bias_silu_epilogue(acc, acc_up, bias_ptr, cols, col_ok, N, out_ty, HAS_BIAS, SILU)
@@ -120,15 +115,7 @@ def tile_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None =
     """x [M, K], weight [N, K], bias [N] or None, one dtype with unit last stride, M <= MAX_ROWS
     -> out [M, N] in x's dtype (float32 accumulation). silu=True: weight is a merged gate_up [2I, K]
     (bias [2I]) and the result is silu(gate) * up [M, I]; config's BLOCK_N counts one of the two."""
-    num_rows, k = x.shape[0], weight.shape[1]
-    if x.dim() != 2 or x.shape[1] != k or num_rows > MAX_ROWS:
-        raise ValueError(f"x must be [M <= {MAX_ROWS}, {k}] for a weight of shape {tuple(weight.shape)}, "
-                         f"got {tuple(x.shape)}")
-    if x.stride(1) != 1 or weight.stride(1) != 1:
-        raise ValueError("x and weight must have a unit last stride")
-    if silu and weight.shape[0] % 2:
-        raise ValueError(f"a gate_up weight needs an even number of rows, got {weight.shape[0]}")
-    n = weight.shape[0] // 2 if silu else weight.shape[0]
+    num_rows, n, k = check_gemm_inputs(x, weight, silu, MAX_ROWS)
     out = torch.empty(num_rows, n, dtype=x.dtype, device=x.device)
     if num_rows == 0:
         return out
