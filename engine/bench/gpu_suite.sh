@@ -134,6 +134,18 @@ for part in $parts; do
       ENGINE_TRITON_SPLIT_WAVES=4 run thr_0.6b_waves4 $thr
       ENGINE_TRITON_SPLIT_WAVES=8 run thr_0.6b_waves8 $thr
       run thr_0.6b_budget16k $thr --max-num-batched-tokens 16384 ;;
+    probe)      # the prefill steps kernel by kernel (both models); the tile GEMM's table at every graph size
+                # of 24-256 rows against cuBLAS; one batch-96 long-context decode step, cuBLAS then tile GEMM
+      run tile_table python -m engine.bench tile_gemm --cases 0.6b --rows $(seq 24 8 256) \
+        --table engine/bench/tile_configs_h100.json --output "$OUT/tile_table.json"
+      for m in qwen3-0.6b qwen3-8b; do
+        run prefill_$m python -m engine.bench throughput --model preset:$m --profile-prefill-steps 4 \
+          --profile-output "$OUT/prof_$m"
+      done
+      prof96="python -m engine.bench throughput --model preset:qwen3-0.6b --num-prompts 96 --input-len 1400 1400 --output-len 200 200 --profile-steps 10"
+      run prof96 $prof96 --profile-output "$OUT/prof96"
+      ENGINE_TILE_GEMM_MAX_ROWS=256 ENGINE_TILE_GEMM_CONFIGS=engine/bench/tile_configs_h100.json run prof96_tile \
+        $prof96 --profile-output "$OUT/prof96_tile" ;;
     attention)
       run attention python -m engine.bench attention --output "$OUT/attention.json" ;;
     ragged)     # triton decode on ragged batches (contexts uniform in [n/8, n]) per split count and order; 0.6B, 8B heads

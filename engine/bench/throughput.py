@@ -29,6 +29,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         help="time the workload this many times (prefix cache emptied before each); report the median")
     parser.add_argument("--profile-steps", type=int, default=0,
                         help="after the timed run, profile this many decode-heavy steps (CUDA only)")
+    parser.add_argument("--profile-prefill-steps", type=int, default=0,
+                        help="after the timed run, profile this many of the workload's first steps (prefill; CUDA only)")
     parser.add_argument("--profile-output", default=None, help="file for the profiler's tables")
     parser.add_argument("--timeline", action="store_true",
                         help="group the last run's steps (prefill, decode by batch size): wall time against KV and weight floors")
@@ -70,6 +72,9 @@ def main(args: argparse.Namespace) -> dict:
     if timeline is not None:
         result["timeline"] = timeline.summary()
         print("timeline of the last run:\n" + format_summary(result["timeline"]))
+    if args.profile_prefill_steps:
+        result["prefill_profile"] = _profile_prefill(llm, prompts, params, args)
+        print("prefill profile:", result["prefill_profile"])
     if args.profile_steps:
         result["profile"] = _profile(llm, prompts, params, args)
         print("profile:", result["profile"])
@@ -102,4 +107,18 @@ def _profile(llm, prompts, params, args) -> dict:
     result["host"] = host
     result["batch_size"] = len(engine.scheduler.running)
     engine.abort_request([f"profile-{i}" for i in range(len(prompts))])
+    return result
+
+
+def _profile_prefill(llm, prompts, params, args) -> dict:
+    """Add the workload again and profile its first steps (those that prefill the prompts)."""
+    from engine.bench.step_profile import profile_steps
+
+    engine = llm.engine
+    llm.engine.block_manager.reset_prefix_cache()
+    for i, (p, sp) in enumerate(zip(prompts, params)):
+        engine.add_request(f"prefill-{i}", p, sp, stream=False)
+    path = args.profile_output and args.profile_output + ".prefill"
+    result = profile_steps(engine, args.profile_prefill_steps, path)
+    engine.abort_request([f"prefill-{i}" for i in range(len(prompts))])
     return result

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +37,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cases", default=None, help="only the cases whose name contains this text")
     parser.add_argument("--rows", type=int, nargs="+", default=list(ROWS), help="the M values to time (<= 256)")
     parser.add_argument("--write-configs", default=None, help="write the winners as a config table (JSON)")
+    parser.add_argument("--table", default=None,
+                        help="no sweep: time the config this table (a --write-configs file) picks for each M")
     parser.add_argument("--output", default=None)
 
 
@@ -78,7 +81,8 @@ def _cublas_us(x, weights, silu: bool, library: str) -> float:
         torch.backends.cuda.preferred_blas_library(previous)
 
 
-def _row(tile, name: str, num_rows: int) -> dict:
+def _row(tile, name: str, num_rows: int, table: str | None = None) -> dict:
+    """One (case, M): cuBLAS, cuBLASLt and the tile GEMM's best config (swept, or the table's pick)."""
     n, k, silu = CASES[name]
     x, weights = _case(2 * n if silu else n, k, num_rows)
     want = apply_silu_and_mul(F.linear(x, weights[0])) if silu else F.linear(x, weights[0])
@@ -89,13 +93,19 @@ def _row(tile, name: str, num_rows: int) -> dict:
         _check(name, num_rows, tile.tile_gemm(x, weights[0], config=cfg, silu=silu), want)
         return [lambda w=w: tile.tile_gemm(x, w, config=cfg, silu=silu) for w in weights]
 
-    best = _time_configs(_first_configs(num_rows, silu), calls_for)
-    best = _time_configs(_second_configs(best[0], silu), calls_for, best)
+    picked = None
+    if table is None:
+        best = _time_configs(_first_configs(num_rows, silu), calls_for)
+        best = _time_configs(_second_configs(best[0], silu), calls_for, best)
+    else:   # the table's pick; where it picks cuBLAS, the default config is timed for comparison
+        picked = tile.config_for(num_rows, n, k, silu, x.device)
+        best = _time_configs([picked or tile.default_config(num_rows, n, k, silu)], calls_for)
     cfg, tile_us = best
     return dict(case=name, n=n, k=k, silu=silu, m=num_rows, cublas_us=round(cublas, 2),
                 cublaslt_us=round(cublaslt, 2), tile_us=round(tile_us, 2),
                 speedup=round(min(cublas, cublaslt) / tile_us, 3),
-                tb_s=round(weights[0].numel() * 2 / tile_us / 1e6, 2), config=cfg)
+                tb_s=round(weights[0].numel() * 2 / tile_us / 1e6, 2), config=cfg,
+                engine_uses="tile" if table is None or picked else "cublas")
 
 
 def _config_table(rows: list[dict]) -> dict:
@@ -110,16 +120,18 @@ def _config_table(rows: list[dict]) -> dict:
 
 def main(args: argparse.Namespace) -> dict:
     tile = load("tile_gemm")
+    if args.table:
+        os.environ["ENGINE_TILE_GEMM_CONFIGS"] = args.table
     print(f"{'case':<18} {'M':>4} {'cublas_us':>9} {'cublaslt_us':>11} {'tile_us':>8} {'speedup':>7} {'TB/s':>5}  config",
           flush=True)
     rows = []
     for name in [name for name in CASES if args.cases is None or args.cases in name]:
         for num_rows in args.rows:
-            row = _row(tile, name, num_rows)
+            row = _row(tile, name, num_rows, args.table)
             cfg = row["config"]
             print(f"{name:<18} {num_rows:>4} {row['cublas_us']:>9} {row['cublaslt_us']:>11} {row['tile_us']:>8} "
                   f"{row['speedup']:>7} {row['tb_s']:>5}  {cfg['BLOCK_M']}x{cfg['BLOCK_N']}x{cfg['BLOCK_K']} "
-                  f"w{cfg['num_warps']} s{cfg['num_stages']}", flush=True)
+                  f"w{cfg['num_warps']} s{cfg['num_stages']} (engine: {row['engine_uses']})", flush=True)
             rows.append(row)
             torch.cuda.empty_cache()
     if args.write_configs:
