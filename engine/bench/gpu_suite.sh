@@ -146,6 +146,14 @@ for part in $parts; do
       run prof96 $prof96 --profile-output "$OUT/prof96"
       ENGINE_TILE_GEMM_MAX_ROWS=256 ENGINE_TILE_GEMM_CONFIGS=engine/bench/tile_configs_h100.json run prof96_tile \
         $prof96 --profile-output "$OUT/prof96_tile" ;;
+    tilefix)    # the tile GEMM with padding rows spread (rows % M): the table's configs at every graph size
+                # of 24-256 rows (0.6B), written as a per-size table; 0.6B throughput: cuBLAS, tile (both tables)
+      run tile_fine python -m engine.bench tile_gemm --cases 0.6b --rows $(seq 24 8 256) \
+        --table engine/bench/tile_configs_h100.json --write-configs "$OUT/tile_fine.json" --output "$OUT/tile_table.json"
+      thr="python -m engine.bench throughput --model preset:qwen3-0.6b --repeat 3 --timeline"
+      run thr_0.6b $thr
+      ENGINE_TILE_GEMM_MAX_ROWS=256 ENGINE_TILE_GEMM_CONFIGS="$OUT/tile_fine.json" run thr_0.6b_tile_fine $thr
+      ENGINE_TILE_GEMM_MAX_ROWS=256 ENGINE_TILE_GEMM_CONFIGS=engine/bench/tile_configs_h100.json run thr_0.6b_tile $thr ;;
     attention)
       run attention python -m engine.bench attention --output "$OUT/attention.json" ;;
     ragged)     # triton decode on ragged batches (contexts uniform in [n/8, n]) per split count and order; 0.6B, 8B heads

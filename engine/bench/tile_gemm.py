@@ -11,6 +11,8 @@ then warps and stages around the best. One line per (case, M):
 - cublas_us, cublaslt_us: F.linear with torch's default BLAS library and with cuBLASLt;
 - tile_us and its config; speedup: the better cuBLAS time / tile_us; TB/s: weight read at tile_us.
 
+`--table FILE` skips the sweep: at each M it times the configs FILE holds for the shape (at any M)
+and the default, so a table swept at a few M can be refined to every graph batch size.
 `--write-configs FILE` writes the winners as the JSON table models/layers/ops/tile_gemm.py reads
 from ENGINE_TILE_GEMM_CONFIGS (null where cuBLAS was faster), for an engine run with this sweep.
 """
@@ -38,7 +40,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rows", type=int, nargs="+", default=list(ROWS), help="the M values to time (<= 256)")
     parser.add_argument("--write-configs", default=None, help="write the winners as a config table (JSON)")
     parser.add_argument("--table", default=None,
-                        help="no sweep: time the config this table (a --write-configs file) picks for each M")
+                        help="no sweep: time the configs this table (a --write-configs file) holds for the shape, "
+                             "at each M (engine: what the table picks there)")
     parser.add_argument("--output", default=None)
 
 
@@ -97,15 +100,27 @@ def _row(tile, name: str, num_rows: int, table: str | None = None) -> dict:
     if table is None:
         best = _time_configs(_first_configs(num_rows, silu), calls_for)
         best = _time_configs(_second_configs(best[0], silu), calls_for, best)
-    else:   # the table's pick; where it picks cuBLAS, the default config is timed for comparison
+    else:   # no sweep: the table's pick for this M, its configs for the other M, the default
         picked = tile.config_for(num_rows, n, k, silu, x.device)
-        best = _time_configs([picked or tile.default_config(num_rows, n, k, silu)], calls_for)
+        best = _time_configs(_table_configs(tile, n, k, silu, num_rows, picked), calls_for)
     cfg, tile_us = best
     return dict(case=name, n=n, k=k, silu=silu, m=num_rows, cublas_us=round(cublas, 2),
                 cublaslt_us=round(cublaslt, 2), tile_us=round(tile_us, 2),
                 speedup=round(min(cublas, cublaslt) / tile_us, 3),
                 tb_s=round(weights[0].numel() * 2 / tile_us / 1e6, 2), config=cfg,
-                engine_uses="tile" if table is None or picked else "cublas")
+                engine_uses="tile" if table is None or picked else "cublas", table_pick=picked)
+
+
+def _table_configs(tile, n: int, k: int, silu: bool, num_rows: int, picked: dict | None) -> list[dict]:
+    """The configs a table holds for (n, k, silu) at any M, the pick for this M first (None: cuBLAS),
+    and the default config, without repeats."""
+    configs = [picked] + [cfg for _, cfg in tile._file_configs(os.environ["ENGINE_TILE_GEMM_CONFIGS"])
+                          .get((n, k, int(silu)), ())] + [tile.default_config(num_rows, n, k, silu)]
+    unique = []
+    for cfg in configs:
+        if cfg is not None and cfg not in unique:
+            unique.append(cfg)
+    return unique
 
 
 def _config_table(rows: list[dict]) -> dict:
