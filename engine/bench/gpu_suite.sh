@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU checks and benchmarks behind docs/benchmarks.md, in one device call:
-#   source .gpu/env.sh; bash engine/bench/gpu_suite.sh [tests] [small] [big] [flash] [ablation] [latprof] [skinny] [serve] [attention] [ragged] [fp8] [pdl] [layout] [silu] [skinny64] [rope] [firsttoken] [splits] [final] [tile]
+#   source .gpu/env.sh; bash engine/bench/gpu_suite.sh [tests] [small] [big] [flash] [ablation] [latprof] [skinny] [serve] [attention] [ragged] [fp8] [pdl] [layout] [silu] [skinny64] [rope] [firsttoken] [splits] [final] [tile] ... (see the case list)
 # Full logs and JSON go to $OUT (or ./gpu_out); the tail of each is printed. Each part runs on its own
 # so one failure does not hide the rest.
 set -u
@@ -110,14 +110,14 @@ for part in $parts; do
         run prof128_$m python -m engine.bench throughput --model preset:$m --num-prompts 128 --input-len 600 600 \
           --output-len 300 300 --profile-steps 20 --profile-output "$OUT/prof128_$m.txt"
       done
-      ENGINE_TILE_GEMM_MAX_ROWS=256 ENGINE_TILE_GEMM_CONFIGS=engine/bench/tile_configs_h100.json run prof128_tile \
+      ENGINE_TILE_GEMM_MAX_ROWS=256 ENGINE_TILE_GEMM_CONFIGS=models/layers/ops/tile_configs_h100.json run prof128_tile \
         python -m engine.bench throughput --model preset:qwen3-0.6b --num-prompts 128 --input-len 600 600 \
         --output-len 300 300 --profile-steps 20 --profile-output "$OUT/prof128_tile.txt" ;;
     cost)       # the decode kernel's fixed cost per call (0.6B and 8B heads), then 0.6B throughput: cuBLAS, tile GEMM
       python -m engine.bench decode_cost --num-heads 16 --output "$OUT/cost_h16.json" 2>&1 | grep -v '^{"case' | tail -14
       python -m engine.bench decode_cost --num-heads 32 --no-sweep --output "$OUT/cost_h32.json" 2>&1 | tail -3
       run thr_0.6b python -m engine.bench throughput --model preset:qwen3-0.6b --repeat 3 --timeline
-      ENGINE_TILE_GEMM_MAX_ROWS=256 ENGINE_TILE_GEMM_CONFIGS=engine/bench/tile_configs_h100.json run thr_0.6b_tile \
+      ENGINE_TILE_GEMM_MAX_ROWS=256 ENGINE_TILE_GEMM_CONFIGS=models/layers/ops/tile_configs_h100.json run thr_0.6b_tile \
         python -m engine.bench throughput --model preset:qwen3-0.6b --repeat 3 --timeline ;;
     stages)     # the decode kernel with 2 pipeline stages (default) against 3: its costs, then both models end to end
       python -m engine.bench decode_cost --num-heads 16 --no-sweep --output "$OUT/cost2.json" 2>&1 | tail -3
@@ -130,30 +130,41 @@ for part in $parts; do
     knobs)      # 0.6B throughput: default, tile GEMM, split waves 4 and 8, a 16k-token step budget
       thr="python -m engine.bench throughput --model preset:qwen3-0.6b --repeat 3 --timeline"
       run thr_0.6b $thr
-      ENGINE_TILE_GEMM_MAX_ROWS=256 ENGINE_TILE_GEMM_CONFIGS=engine/bench/tile_configs_h100.json run thr_0.6b_tile $thr
+      ENGINE_TILE_GEMM_MAX_ROWS=256 ENGINE_TILE_GEMM_CONFIGS=models/layers/ops/tile_configs_h100.json run thr_0.6b_tile $thr
       ENGINE_TRITON_SPLIT_WAVES=4 run thr_0.6b_waves4 $thr
       ENGINE_TRITON_SPLIT_WAVES=8 run thr_0.6b_waves8 $thr
       run thr_0.6b_budget16k $thr --max-num-batched-tokens 16384 ;;
     probe)      # the prefill steps kernel by kernel (both models); the tile GEMM's table at every graph size
                 # of 24-256 rows against cuBLAS; one batch-96 long-context decode step, cuBLAS then tile GEMM
       run tile_table python -m engine.bench tile_gemm --cases 0.6b --rows $(seq 24 8 256) \
-        --table engine/bench/tile_configs_h100.json --output "$OUT/tile_table.json"
+        --table models/layers/ops/tile_configs_h100.json --output "$OUT/tile_table.json"
       for m in qwen3-0.6b qwen3-8b; do
         run prefill_$m python -m engine.bench throughput --model preset:$m --profile-prefill-steps 4 \
           --profile-output "$OUT/prof_$m"
       done
       prof96="python -m engine.bench throughput --model preset:qwen3-0.6b --num-prompts 96 --input-len 1400 1400 --output-len 200 200 --profile-steps 10"
       run prof96 $prof96 --profile-output "$OUT/prof96"
-      ENGINE_TILE_GEMM_MAX_ROWS=256 ENGINE_TILE_GEMM_CONFIGS=engine/bench/tile_configs_h100.json run prof96_tile \
+      ENGINE_TILE_GEMM_MAX_ROWS=256 ENGINE_TILE_GEMM_CONFIGS=models/layers/ops/tile_configs_h100.json run prof96_tile \
         $prof96 --profile-output "$OUT/prof96_tile" ;;
     tilefix)    # the tile GEMM with padding rows spread (rows % M): the table's configs at every graph size
                 # of 24-256 rows (0.6B), written as a per-size table; 0.6B throughput: cuBLAS, tile (both tables)
       run tile_fine python -m engine.bench tile_gemm --cases 0.6b --rows $(seq 24 8 256) \
-        --table engine/bench/tile_configs_h100.json --write-configs "$OUT/tile_fine.json" --output "$OUT/tile_table.json"
+        --table models/layers/ops/tile_configs_h100.json --write-configs "$OUT/tile_fine.json" --output "$OUT/tile_table.json"
       thr="python -m engine.bench throughput --model preset:qwen3-0.6b --repeat 3 --timeline"
       run thr_0.6b $thr
       ENGINE_TILE_GEMM_MAX_ROWS=256 ENGINE_TILE_GEMM_CONFIGS="$OUT/tile_fine.json" run thr_0.6b_tile_fine $thr
-      ENGINE_TILE_GEMM_MAX_ROWS=256 ENGINE_TILE_GEMM_CONFIGS=engine/bench/tile_configs_h100.json run thr_0.6b_tile $thr ;;
+      ENGINE_TILE_GEMM_MAX_ROWS=256 ENGINE_TILE_GEMM_CONFIGS=models/layers/ops/tile_configs_h100.json run thr_0.6b_tile $thr ;;
+    tile8b)     # the tile GEMM on Qwen3-8B: the shipped table's configs at every graph size of 24-128 rows,
+                # merged into the shipped table; 8B throughput: cuBLAS, shipped table, merged table
+      run tile_8b python -m engine.bench tile_gemm --cases "8b qkv" "8b o" "8b down" "8b lm_head" "8b gate_up silu" \
+        --rows $(seq 24 8 128) --table models/layers/ops/tile_configs_h100.json --write-configs "$OUT/tile_8b.json" \
+        --output "$OUT/tile_8b_rows.json"
+      python -c "import json, sys; t = json.load(open(sys.argv[1])); t.update(json.load(open(sys.argv[2])));
+json.dump(t, open(sys.argv[3], 'w'), indent=1)" models/layers/ops/tile_configs_h100.json "$OUT/tile_8b.json" "$OUT/tile_merged.json"
+      thr="python -m engine.bench throughput --model preset:qwen3-8b --repeat 3 --timeline"
+      ENGINE_TILE_GEMM_MAX_ROWS=0 run thr_8b_cublas $thr
+      run thr_8b $thr
+      ENGINE_TILE_GEMM_CONFIGS="$OUT/tile_merged.json" run thr_8b_merged $thr ;;
     attention)
       run attention python -m engine.bench attention --output "$OUT/attention.json" ;;
     ragged)     # triton decode on ragged batches (contexts uniform in [n/8, n]) per split count and order; 0.6B, 8B heads

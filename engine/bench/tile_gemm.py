@@ -36,7 +36,7 @@ SHARED_MEMORY_BYTES = 220 << 10
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--cases", default=None, help="only the cases whose name contains this text")
+    parser.add_argument("--cases", nargs="+", default=None, help="only the cases whose name contains one of these texts")
     parser.add_argument("--rows", type=int, nargs="+", default=list(ROWS), help="the M values to time (<= 256)")
     parser.add_argument("--write-configs", default=None, help="write the winners as a config table (JSON)")
     parser.add_argument("--table", default=None,
@@ -125,12 +125,21 @@ def _table_configs(tile, n: int, k: int, silu: bool, num_rows: int, picked: dict
 
 def _config_table(rows: list[dict]) -> dict:
     """{"N,K,silu": [[M, config or None], ...]}: the winner per M bucket, None where cuBLAS (default
-    library, the engine's) was faster."""
+    library, the engine's) was faster; neighbouring buckets with the same winner are merged."""
     table: dict[str, list] = {}
     for row in sorted(rows, key=lambda r: r["m"]):
         key = f"{row['n']},{row['k']},{int(row['silu'])}"
         table.setdefault(key, []).append([row["m"], row["config"] if row["tile_us"] < row["cublas_us"] else None])
-    return table
+    return {key: merge_buckets(buckets) for key, buckets in table.items()}
+
+
+def merge_buckets(buckets: list) -> list:
+    """[[largest M, config], ...] in increasing M with each run of equal configs kept as its last bucket."""
+    merged = []
+    for i, (max_rows, cfg) in enumerate(buckets):
+        if i + 1 == len(buckets) or buckets[i + 1][1] != cfg:
+            merged.append([max_rows, cfg])
+    return merged
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -140,7 +149,7 @@ def main(args: argparse.Namespace) -> dict:
     print(f"{'case':<18} {'M':>4} {'cublas_us':>9} {'cublaslt_us':>11} {'tile_us':>8} {'speedup':>7} {'TB/s':>5}  config",
           flush=True)
     rows = []
-    for name in [name for name in CASES if args.cases is None or args.cases in name]:
+    for name in [name for name in CASES if args.cases is None or any(text in name for text in args.cases)]:
         for num_rows in args.rows:
             row = _row(tile, name, num_rows, args.table)
             cfg = row["config"]

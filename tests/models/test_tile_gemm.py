@@ -147,8 +147,8 @@ def test_config_for_reads_the_table_file(tile, table_file):
         assert config_for(m, 48, 64, False, CUDA) is None
     for m in (65, 128):
         assert config_for(m, 48, 64, False, CUDA) == big
-    # past the last bucket, or a shape (silu included) the table does not hold: the default tiles
-    assert config_for(129, 48, 64, False, CUDA) == tile.default_config(129, 48, 64, False)
+    assert config_for(129, 48, 64, False, CUDA) is None   # past the last bucket: cuBLAS
+    # a shape (silu included) the table does not hold: the default tiles, for direct callers
     assert config_for(40, 48, 64, True, CUDA) == tile.default_config(40, 48, 64, True)
     assert config_for(40, 40, 96, False, CUDA) == tile.default_config(40, 40, 96, False)
     assert config_for(40, 48, 96, False, CUDA) == tile.default_config(40, 48, 96, False)
@@ -158,13 +158,43 @@ def test_config_for_reads_the_table_file(tile, table_file):
     assert config_for(17, 48, 64, False, CUDA) == small
 
 
-def test_config_for_uses_the_builtin_table_without_the_env(monkeypatch, tile):
+QWEN3_0_6B = {"qkv": (4096, 1024, 0), "o": (1024, 2048, 0), "gate_up silu": (3072, 1024, 1),
+             "down": (1024, 3072, 0), "lm_head": (151936, 1024, 0)}
+
+
+def test_builtin_table_by_device_name(monkeypatch, tile):
+    """Without ENGINE_TILE_GEMM_CONFIGS an H100 reads the shipped table; another GPU has none, so
+    `wins` leaves every projection to cuBLAS."""
     monkeypatch.delenv("ENGINE_TILE_GEMM_CONFIGS", raising=False)
-    cfg = dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=64, num_warps=4, num_stages=4)
-    monkeypatch.setattr(tile, "CONFIGS", {(48, 64, 0): [(16, None), (64, cfg)]})
-    assert tile.config_for(16, 48, 64, False, CUDA) is None
-    assert tile.config_for(17, 48, 64, False, CUDA) == cfg
-    assert tile.config_for(65, 48, 64, False, CUDA) == tile.default_config(65, 48, 64)
+    monkeypatch.setattr(tile, "_device_name", lambda index: "NVIDIA H100 80GB HBM3")
+    table = tile.device_table(CUDA)
+    assert set(QWEN3_0_6B.values()) <= set(table)
+    x = SimpleNamespace(shape=(128, 1024), device=CUDA)
+    assert tile.wins(x, torch.zeros(3072 * 2, 1024), silu=True)
+    assert tile.config_for(128, 3072, 1024, True, CUDA) == dict(table[(3072, 1024, 1)][1][1])
+    monkeypatch.setattr(tile, "_device_name", lambda index: "NVIDIA A100-SXM4-80GB")
+    assert tile.device_table(CUDA) == {}
+    assert not tile.wins(x, torch.zeros(3072 * 2, 1024), silu=True)
+
+
+def test_shipped_tables_are_well_formed(tile):
+    """Each shipped table: increasing M buckets ending at MAX_ROWS, configs whose tiles fit in shared
+    memory, and (the H100's) a config somewhere for every Qwen3-0.6B projection."""
+    keys = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages")
+    for file in tile.DEVICE_TABLES.values():
+        table = tile._file_configs(os.path.join(os.path.dirname(tile.__file__), file))
+        for (n, k, silu), buckets in table.items():
+            rows = [m for m, _ in buckets]
+            assert rows == sorted(set(rows)) and rows[-1] == tile.MAX_ROWS, (n, k, silu)
+            for _, cfg in buckets:
+                if cfg is not None:
+                    assert set(cfg) == set(keys)
+                    weight_rows = cfg["BLOCK_N"] * (2 if silu else 1)
+                    smem = (cfg["BLOCK_M"] + weight_rows) * cfg["BLOCK_K"] * 2 * cfg["num_stages"]
+                    assert smem <= tile.SHARED_MEMORY_BYTES, (n, k, silu, cfg)
+    h100 = tile._file_configs(os.path.join(os.path.dirname(tile.__file__), tile.DEVICE_TABLES["H100"]))
+    for name, shape in QWEN3_0_6B.items():
+        assert any(cfg is not None for _, cfg in h100[shape]), name
 
 
 def test_default_config_by_rows(tile):
@@ -182,10 +212,11 @@ def test_wins_follows_config_for(tile, table_file):
         return SimpleNamespace(shape=(m, 64), device=device)
 
     weight = torch.zeros(48, 64)
-    assert tile.wins(x(20), weight) and tile.wins(x(65), weight)   # a table entry; past the table
-    assert not tile.wins(x(40), weight)
+    assert tile.wins(x(20), weight)                                 # a table entry
+    assert not tile.wins(x(40), weight) and not tile.wins(x(65), weight)   # None; past the table
+    assert not tile.wins(x(20), torch.zeros(48, 32))                # a shape the table does not hold
     assert not tile.wins(x(20), weight, silu=True)                  # "24,64,1": gate_up of 2 x 24 rows
-    assert tile.wins(x(40), weight, silu=True)
+    assert not tile.wins(x(40), weight, silu=True)                  # past its last bucket
     assert tile.wins(x(40, torch.device("cpu")), weight)            # the CPU has its one config
 
 
@@ -210,7 +241,7 @@ def test_use_tile_thresholds(monkeypatch, tile):
     monkeypatch.setattr(tile, "wins", lambda x, w, silu=False: asked.append((x.shape[0], silu)) or False)
     assert not ops.use_tile(torch.zeros(40, 8), weight, silu=True)    # the table says cuBLAS
     assert asked == [(40, True)]
-    monkeypatch.setattr(ops, "TILE_MAX_ROWS", 0)   # the default: off
+    monkeypatch.setattr(ops, "TILE_MAX_ROWS", 0)   # ENGINE_TILE_GEMM_MAX_ROWS=0: off
     monkeypatch.setattr(tile, "wins", lambda x, w, silu=False: True)
     assert not any(ops.use_tile(torch.zeros(m, 8), weight) for m in (17, 64, 256))
 

@@ -8,9 +8,11 @@ program computes one BLOCK_M x BLOCK_N tile over the whole of K; the programs th
 tile are numbered next to each other (M fastest) so the weight is read from memory once and from
 L2 by the rest. With PDL the program pulls its first weight tile into L2 before it waits.
 
-Tile configs come from `engine/bench/tile_gemm.py` (an H100 sweep per projection shape and M);
-CONFIGS holds the winners, and ENGINE_TILE_GEMM_CONFIGS may name a JSON file of the bench's output
-to use instead (for A/B runs of a fresh sweep).
+Tile configs come from `engine/bench/tile_gemm.py` (timed per projection shape and M against
+cuBLAS) as a JSON table; DEVICE_TABLES names the table shipped for a GPU (tile_configs_h100.json:
+the Qwen3-0.6B and -8B projections). The engine takes the tile GEMM only where its device's table
+holds a config for the shape and M (`wins`); elsewhere cuBLAS. ENGINE_TILE_GEMM_CONFIGS may name
+another table file (for A/B runs of a fresh sweep).
 """
 from __future__ import annotations
 
@@ -27,9 +29,9 @@ from models.layers.ops.skinny_gemm import bias_silu_epilogue, check_gemm_inputs,
 
 MAX_ROWS = 256
 SHARED_MEMORY_BYTES = 220 << 10
-# (N, K, silu) -> [(largest M, config or None), ...] in increasing M, from the H100 sweep; None: cuBLAS
-# was faster there.
-CONFIGS: dict[tuple[int, int, int], list[tuple[int, dict | None]]] = {}
+# The table shipped per GPU: a device whose name holds the key reads the file (next to this module).
+# A table maps "N,K,silu" to [[largest M, config or null], ...] in increasing M; null: cuBLAS was faster.
+DEVICE_TABLES = {"H100": "tile_configs_h100.json"}
 CPU_CONFIG = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=32, num_warps=4, num_stages=1)
 
 
@@ -86,30 +88,54 @@ def default_config(num_rows: int, n: int, k: int, silu: bool = False) -> dict:
 
 @functools.cache
 def _file_configs(path: str) -> dict:
-    """ENGINE_TILE_GEMM_CONFIGS's table: {"N,K,silu": [[largest M, config], ...]} (the bench's
-    `--write-configs` output)."""
+    """A table file as {(N, K, silu): [(largest M, config or None), ...]}."""
     with open(path) as f:
         raw = json.load(f)
     return {tuple(int(v) for v in key.split(",")): [(int(m), cfg and dict(cfg)) for m, cfg in rows]
             for key, rows in raw.items()}
 
 
+@functools.cache
+def _device_name(index: int | None) -> str:
+    return torch.cuda.get_device_name(index)   # None: the current device
+
+
+def device_table(device: torch.device) -> dict:
+    """The config table for a CUDA device: ENGINE_TILE_GEMM_CONFIGS's file if set, else the one
+    DEVICE_TABLES ships for its name, else {} (no table: cuBLAS everywhere)."""
+    path = os.environ.get("ENGINE_TILE_GEMM_CONFIGS")
+    if not path:
+        name = _device_name(device.index)
+        files = [file for key, file in DEVICE_TABLES.items() if key in name]
+        if not files:
+            return {}
+        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), files[0])
+    return _file_configs(path)
+
+
 def config_for(num_rows: int, n: int, k: int, silu: bool, device: torch.device) -> dict | None:
-    """The tile config for x [num_rows, k] @ W[n (x2 with silu), k]^T on `device`: the sweep's entry
-    for the smallest M bucket >= num_rows (None where cuBLAS won), else `default_config`."""
+    """The tile config for x [num_rows, k] @ W[n (x2 with silu), k]^T on `device`. A shape the
+    device's table holds: the entry of the smallest M bucket >= num_rows, None where cuBLAS won or
+    past the last bucket. A shape it does not hold: `default_config` (for direct callers; the
+    engine's dispatch asks `wins` first). Off CUDA: CPU_CONFIG."""
     if device.type != "cuda":
         return dict(CPU_CONFIG)
-    path = os.environ.get("ENGINE_TILE_GEMM_CONFIGS")
-    table = _file_configs(path) if path else CONFIGS
-    for max_rows, cfg in table.get((n, k, int(silu)), ()):
+    buckets = device_table(device).get((n, k, int(silu)))
+    if buckets is None:
+        return default_config(num_rows, n, k, silu)
+    for max_rows, cfg in buckets:
         if num_rows <= max_rows:
             return cfg and dict(cfg)
-    return default_config(num_rows, n, k, silu)
+    return None
 
 
 def wins(x: torch.Tensor, weight: torch.Tensor, silu: bool = False) -> bool:
-    """Whether the tile GEMM has a config for x @ weight^T (False where the sweep found cuBLAS faster)."""
+    """Whether the engine should take the tile GEMM for x @ weight^T: on CUDA, the device's table
+    holds a config for this shape and x's rows (it was timed faster than cuBLAS there); on the CPU
+    (tests) always."""
     n = weight.shape[0] // 2 if silu else weight.shape[0]
+    if x.device.type == "cuda" and (n, weight.shape[1], int(silu)) not in device_table(x.device):
+        return False
     return config_for(x.shape[0], n, weight.shape[1], silu, x.device) is not None
 
 
