@@ -165,6 +165,12 @@ json.dump(t, open(sys.argv[3], 'w'), indent=1)" models/layers/ops/tile_configs_h
       ENGINE_TILE_GEMM_MAX_ROWS=0 run thr_8b_cublas $thr
       run thr_8b $thr
       ENGINE_TILE_GEMM_CONFIGS="$OUT/tile_merged.json" run thr_8b_merged $thr ;;
+    knobs2)     # 0.6B throughput with the tile GEMM on (default): default, split waves 8, a 16k-token step budget, both
+      thr="python -m engine.bench throughput --model preset:qwen3-0.6b --repeat 3 --timeline"
+      run thr_0.6b $thr --output "$OUT/thr_0.6b.json"
+      ENGINE_TRITON_SPLIT_WAVES=8 run thr_0.6b_waves8 $thr
+      run thr_0.6b_budget16k $thr --max-num-batched-tokens 16384
+      ENGINE_TRITON_SPLIT_WAVES=8 run thr_0.6b_waves8_budget16k $thr --max-num-batched-tokens 16384 ;;
     attention)
       run attention python -m engine.bench attention --output "$OUT/attention.json" ;;
     ragged)     # triton decode on ragged batches (contexts uniform in [n/8, n]) per split count and order; 0.6B, 8B heads
