@@ -171,6 +171,15 @@ json.dump(t, open(sys.argv[3], 'w'), indent=1)" models/layers/ops/tile_configs_h
       ENGINE_TRITON_SPLIT_WAVES=8 run thr_0.6b_waves8 $thr
       run thr_0.6b_budget16k $thr --max-num-batched-tokens 16384
       ENGINE_TRITON_SPLIT_WAVES=8 run thr_0.6b_waves8_budget16k $thr --max-num-batched-tokens 16384 ;;
+    blocks)     # 0.6B with split waves 8: throughput at KV block sizes 16 (default), 64, 128; batch-1 latency
+      thr="python -m engine.bench throughput --model preset:qwen3-0.6b --repeat 3 --timeline"
+      export ENGINE_TRITON_SPLIT_WAVES=8
+      run thr_0.6b_waves8 $thr
+      run thr_0.6b_waves8_block64 $thr --block-size 64
+      run thr_0.6b_waves8_block128 $thr --block-size 128
+      run lat_0.6b_waves8 python -m engine.bench latency --model preset:qwen3-0.6b
+      run lat_0.6b_waves8_block64 python -m engine.bench latency --model preset:qwen3-0.6b --block-size 64
+      unset ENGINE_TRITON_SPLIT_WAVES ;;
     attention)
       run attention python -m engine.bench attention --output "$OUT/attention.json" ;;
     ragged)     # triton decode on ragged batches (contexts uniform in [n/8, n]) per split count and order; 0.6B, 8B heads
