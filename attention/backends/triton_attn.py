@@ -30,10 +30,12 @@ from attention.ops.prefill_attention import prefill_attention
 from attention.ops.store_kv import store_kv
 
 # Split-KV policy: aim for `waves` programs per multiprocessor; no split shorter than min_split_len.
-# H100 sweep (2026-11-25): waves 2 is best at 32 x 16k (waves 4 is 23% slower); min_split_len 64
-# makes batch 1 x 1k 24% faster than 256 and costs nothing at 16k.
+# H100 sweep (2026-11-25): waves 2 was best at 32 x 16k (waves 4 23% slower there); min_split_len 64
+# makes batch 1 x 1k 24% faster than 256 and costs nothing at 16k. 2026-11-26: waves 8 (2-3 splits
+# at 33-131 requests, whose longest contexts otherwise make the tail) gave Qwen3-0.6B throughput
+# 19,616 -> 19,831 tok/s and batch-1 latency 1.161 ms/token (`gpu_suite.sh knobs2`, `blocks`).
 # ENGINE_TRITON_MAX_SPLITS and ENGINE_TRITON_SPLIT_WAVES override max_splits and waves (A/B knobs).
-SPLIT_POLICY = dict(waves=int(os.environ.get("ENGINE_TRITON_SPLIT_WAVES", "2")), min_split_len=64,
+SPLIT_POLICY = dict(waves=int(os.environ.get("ENGINE_TRITON_SPLIT_WAVES", "8")), min_split_len=64,
                     max_splits=int(os.environ.get("ENGINE_TRITON_MAX_SPLITS", "64")))
 # Decode steps store their K/V inside the decode kernel (one launch less per layer; H100 batch-1
 # latency 2026-11-25: Qwen3-0.6B 1.284 -> 1.261 ms/token, Qwen3-8B 6.052 -> 5.977).
@@ -177,7 +179,11 @@ class TritonAttnBackend(AttentionBackend):
     name = "triton"
     supported_dtypes = (torch.float16, torch.bfloat16, torch.float32)
     supported_head_sizes = None  # any size up to MAX_HEAD_SIZE (padded to a power of two inside)
-    default_block_size = 16
+    # 64 tokens: one block id per BLOCK_N = 64 key tile in the decode kernel (SCALAR_TABLE) and a
+    # block table a quarter of block 16's to copy each step. H100, 2026-11-26, Qwen3-0.6B throughput
+    # 20,022 tok/s at block 16, 20,276 at 64, 20,344 at 128 (`gpu_suite.sh blocks`); 64 keeps prefix
+    # caching finer than 128. Any block size works (--block-size).
+    default_block_size = 64
     MAX_HEAD_SIZE = 256
     supported_kv_cache_dtypes = (torch.float8_e4m3fn,)  # stored by store_kv, converted per tile on load
 

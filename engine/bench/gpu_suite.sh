@@ -180,6 +180,11 @@ json.dump(t, open(sys.argv[3], 'w'), indent=1)" models/layers/ops/tile_configs_h
       run lat_0.6b_waves8 python -m engine.bench latency --model preset:qwen3-0.6b
       run lat_0.6b_waves8_block64 python -m engine.bench latency --model preset:qwen3-0.6b --block-size 64
       unset ENGINE_TRITON_SPLIT_WAVES ;;
+    final2)     # the table of docs/benchmarks.md: both models, latency and throughput, defaults
+      for m in qwen3-0.6b qwen3-8b; do
+        run lat_$m python -m engine.bench latency --model preset:$m --output "$OUT/lat_$m.json"
+        run thr_$m python -m engine.bench throughput --model preset:$m --repeat 3 --timeline --output "$OUT/thr_$m.json"
+      done ;;
     attention)
       run attention python -m engine.bench attention --output "$OUT/attention.json" ;;
     ragged)     # triton decode on ragged batches (contexts uniform in [n/8, n]) per split count and order; 0.6B, 8B heads

@@ -54,6 +54,7 @@ def test_unfit_backend_gives_reasons_and_alternatives():
 def test_cuda_prefers_triton_and_falls_back_to_flash_attn(flash_attn_installed):
     choice = select_backend(CUDA, torch.bfloat16, 128, block_size=16)
     assert choice.backend.name == "triton" and choice.reason == "highest priority for cuda"
+    assert select_backend(CUDA, torch.bfloat16, 128).block_size == 64   # triton's own default
     if torch.cuda.is_available() and torch.cuda.get_device_capability() < (8, 0):
         return  # flash_attn is turned down on this GPU anyway
     choice = select_backend(CUDA, torch.bfloat16, 128, block_size=512)   # beyond triton's 256
