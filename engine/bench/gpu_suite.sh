@@ -185,6 +185,13 @@ json.dump(t, open(sys.argv[3], 'w'), indent=1)" models/layers/ops/tile_configs_h
         run lat_$m python -m engine.bench latency --model preset:$m --output "$OUT/lat_$m.json"
         run thr_$m python -m engine.bench throughput --model preset:$m --repeat 3 --timeline --output "$OUT/thr_$m.json"
       done ;;
+    extra)      # throughput with the fp8 KV cache (both models), and Qwen3-8B at KV block 128 / a 16k-token step budget
+      for m in qwen3-0.6b qwen3-8b; do
+        run thr_${m}_fp8 python -m engine.bench throughput --model preset:$m --repeat 3 --kv-cache-dtype fp8
+      done
+      thr="python -m engine.bench throughput --model preset:qwen3-8b --repeat 3 --timeline"
+      run thr_8b_block128 $thr --block-size 128
+      run thr_8b_budget16k $thr --max-num-batched-tokens 16384 ;;
     attention)
       run attention python -m engine.bench attention --output "$OUT/attention.json" ;;
     ragged)     # triton decode on ragged batches (contexts uniform in [n/8, n]) per split count and order; 0.6B, 8B heads
