@@ -192,6 +192,12 @@ json.dump(t, open(sys.argv[3], 'w'), indent=1)" models/layers/ops/tile_configs_h
       thr="python -m engine.bench throughput --model preset:qwen3-8b --repeat 3 --timeline"
       run thr_8b_block128 $thr --block-size 128
       run thr_8b_budget16k $thr --max-num-batched-tokens 16384 ;;
+    jit)        # which Triton kernel variant the first run builds, against those start-up built (signatures)
+      run thr_0.6b_jit python -m engine.bench throughput --model preset:qwen3-0.6b --output "$OUT/jit.json"
+      python -c "import json, sys; r = json.load(open(sys.argv[1]))
+for name, sigs in r['runs_triton_jit'][0].get('variants', {}).items():
+    print('RUN', name, *sigs, sep='\n  ')
+    print('STARTUP', name, *r['startup_triton_jit'].get('variants', {}).get(name, []), sep='\n  ')" "$OUT/jit.json" ;;
     attention)
       run attention python -m engine.bench attention --output "$OUT/attention.json" ;;
     ragged)     # triton decode on ragged batches (contexts uniform in [n/8, n]) per split count and order; 0.6B, 8B heads

@@ -15,12 +15,14 @@ import time
 
 
 class TritonJitWatch:
-    """Context manager: `num_kernels`, `seconds` and `names` (kernel name -> variants) while active."""
+    """Context manager: `num_kernels`, `seconds`, `names` (kernel name -> variants built) and `variants`
+    (kernel name -> each build's signature) while active."""
 
     def __init__(self) -> None:
         self.num_kernels = 0
         self.seconds = 0.0
         self.names: collections.Counter[str] = collections.Counter()
+        self.variants: dict[str, list[str]] = collections.defaultdict(list)   # name -> Triton's repr of each
         self._started: dict[object, float] = {}
         self._knobs = None
         self._previous = (None, None)
@@ -55,14 +57,20 @@ class TritonJitWatch:
             self.seconds += time.perf_counter() - start
         self.num_kernels += 1
         fn = kwargs.get("fn")
-        self.names[getattr(fn, "name", None) or str(fn)] += 1
+        name = getattr(fn, "name", None) or str(fn)
+        self.names[name] += 1
+        self.variants[name].append(str(kwargs.get("repr", "")))   # argument types and specializations
         previous = self._previous[1]
         return previous(**kwargs) if previous is not None else None
 
-    def summary(self) -> dict:
-        """num_kernels is None when the hooks could not be installed (nothing was watched)."""
-        return {"num_kernels": self.num_kernels if self.available else None, "seconds": round(self.seconds, 3),
-                "kernels": dict(self.names.most_common())}
+    def summary(self, variants: bool = False) -> dict:
+        """num_kernels is None when the hooks could not be installed (nothing was watched); with
+        `variants`, also each build's signature as Triton prints it (to tell two variants apart)."""
+        out = {"num_kernels": self.num_kernels if self.available else None, "seconds": round(self.seconds, 3),
+               "kernels": dict(self.names.most_common())}
+        if variants:
+            out["variants"] = dict(self.variants)
+        return out
 
 
 def _key(kwargs: dict) -> object:

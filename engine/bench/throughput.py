@@ -39,12 +39,13 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> dict:
     from engine import LLM, SamplingParams
 
-    llm = LLM(args.model, **engine_kwargs(args))
+    with TritonJitWatch() as startup:   # what start-up and the warm-up build, against what the runs build
+        llm = LLM(args.model, **engine_kwargs(args))
+        llm.generate([[1, 2, 3]], SamplingParams(max_tokens=8), use_tqdm=False)        # warm-up
     max_id = min(llm.engine.model_config.vocab_size - 1, 10000)
     prompts, output_lens = workload(args.num_prompts, tuple(args.input_len), tuple(args.output_len), max_id,
                                     args.seed)
     params = [SamplingParams(temperature=args.temperature, ignore_eos=True, max_tokens=n) for n in output_lens]
-    llm.generate([[1, 2, 3]], SamplingParams(max_tokens=8), use_tqdm=False)        # warm-up
     runs, jit = [], []
     for i in range(args.repeat):
         llm.engine.block_manager.reset_prefix_cache()   # every run prefills its prompts in full
@@ -52,7 +53,7 @@ def main(args: argparse.Namespace) -> dict:
         with TritonJitWatch() as watch, timeline or contextlib.nullcontext():   # watch: variants built in the run
             outputs, elapsed = timed(lambda: llm.generate(prompts, params, use_tqdm=False))
         runs.append(elapsed)
-        jit.append(watch.summary())
+        jit.append(watch.summary(variants=True))
     elapsed = statistics.median(runs)
     num_out = sum(len(o.outputs[0].token_ids) for o in outputs)
     num_in = sum(len(p) for p in prompts)
@@ -61,7 +62,8 @@ def main(args: argparse.Namespace) -> dict:
               "num_requests": len(prompts), "prompt_tokens": num_in, "output_tokens": num_out,
               "elapsed_s": round(elapsed, 3), "output_tok_per_s": round(num_out / elapsed, 1),
               "total_tok_per_s": round((num_in + num_out) / elapsed, 1),
-              "runs_output_tok_per_s": [round(num_out / t, 1) for t in runs], "runs_triton_jit": jit}
+              "runs_output_tok_per_s": [round(num_out / t, 1) for t in runs], "runs_triton_jit": jit,
+              "startup_triton_jit": startup.summary(variants=True)}
     print(f"throughput {args.model} [{result['backend']}, KV {result['kv_cache_dtype']}]: "
           f"{num_out} output tokens in {elapsed:.2f} s = "
           f"{result['output_tok_per_s']:.0f} output tok/s ({result['total_tok_per_s']:.0f} total tok/s)"

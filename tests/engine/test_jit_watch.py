@@ -22,6 +22,8 @@ def test_counts_and_times_builds_and_chains_earlier_hooks(monkeypatch):
     assert (knobs.runtime.jit_cache_hook, knobs.runtime.jit_post_compile_hook) == earlier
     assert watch.num_kernels == 2 and watch.seconds >= 0
     assert watch.summary()["kernels"] == {"_decode_kernel": 2}
+    assert "variants" not in watch.summary()
+    assert watch.summary(variants=True)["variants"] == {"_decode_kernel": ["", ""]}   # no repr passed here
     assert seen == [("before", "a"), ("after", "a"), ("before", ("b", [1])), ("after", ("b", [1]))]
 
 
@@ -37,3 +39,14 @@ def test_without_the_knobs_nothing_is_claimed(monkeypatch):
     with TritonJitWatch() as watch:
         pass
     assert not watch.available and watch.summary()["num_kernels"] is None
+
+
+def test_variants_record_the_signature_triton_prints(monkeypatch):
+    monkeypatch.setattr(knobs.runtime, "jit_cache_hook", None)
+    monkeypatch.setattr(knobs.runtime, "jit_post_compile_hook", None)
+    with TritonJitWatch() as watch:
+        for spec in ("i32D", "i32"):
+            knobs.runtime.jit_cache_hook(key=spec, fn=_Fn(), repr=f"_decode_kernel(n: {spec})")
+            knobs.runtime.jit_post_compile_hook(key=spec, fn=_Fn(), repr=f"_decode_kernel(n: {spec})")
+    assert watch.summary(variants=True)["variants"] == {
+        "_decode_kernel": ["_decode_kernel(n: i32D)", "_decode_kernel(n: i32)"]}
