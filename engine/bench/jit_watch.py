@@ -59,7 +59,8 @@ class TritonJitWatch:
         fn = kwargs.get("fn")
         name = getattr(fn, "name", None) or str(fn)
         self.names[name] += 1
-        self.variants[name].append(str(kwargs.get("repr", "")))   # argument types and specializations
+        # Triton's repr (options, argument types) and its cache key (the arguments' specializations)
+        self.variants[name].append(" ".join(str(kwargs[k]) for k in ("repr", "key") if k in kwargs))
         previous = self._previous[1]
         return previous(**kwargs) if previous is not None else None
 

@@ -23,7 +23,7 @@ def test_counts_and_times_builds_and_chains_earlier_hooks(monkeypatch):
     assert watch.num_kernels == 2 and watch.seconds >= 0
     assert watch.summary()["kernels"] == {"_decode_kernel": 2}
     assert "variants" not in watch.summary()
-    assert watch.summary(variants=True)["variants"] == {"_decode_kernel": ["", ""]}   # no repr passed here
+    assert watch.summary(variants=True)["variants"] == {"_decode_kernel": ["a", "('b', [1])"]}   # the keys
     assert seen == [("before", "a"), ("after", "a"), ("before", ("b", [1])), ("after", ("b", [1]))]
 
 
@@ -49,4 +49,4 @@ def test_variants_record_the_signature_triton_prints(monkeypatch):
             knobs.runtime.jit_cache_hook(key=spec, fn=_Fn(), repr=f"_decode_kernel(n: {spec})")
             knobs.runtime.jit_post_compile_hook(key=spec, fn=_Fn(), repr=f"_decode_kernel(n: {spec})")
     assert watch.summary(variants=True)["variants"] == {
-        "_decode_kernel": ["_decode_kernel(n: i32D)", "_decode_kernel(n: i32)"]}
+        "_decode_kernel": ["_decode_kernel(n: i32D) i32D", "_decode_kernel(n: i32) i32"]}
