@@ -21,7 +21,11 @@ PREFILL_CONFIGS = {
 }
 
 
-@triton.jit(do_not_specialize=["num_tiles"])   # one variant for any batch (else 3 appear mid-run)
+# One variant for any batch: the tile count and the block table's row stride (its column count, set by
+# the step's longest context) would otherwise each build new specializations mid-run (H100: 3 for
+# num_tiles; a 0.6 s build in the first throughput run for stride_table, which start-up saw only as
+# 1 and as a multiple of 16).
+@triton.jit(do_not_specialize=["num_tiles", "stride_table"])
 def _prefill_kernel(q_ptr, cache_ptr, out_ptr, query_start_ptr, seq_lens_ptr, table_ptr,
                     scale_log2, num_tiles,
                     stride_qt, stride_qh, stride_ot, stride_oh,
