@@ -14,6 +14,18 @@ from typing import Any, ClassVar
 import torch
 
 PAD_SLOT_ID = -1
+# Block tables are [num_reqs, num_cols] with num_cols a multiple of this: Triton specializes kernels on
+# integer arguments divisible by 16, so a row stride that follows each step's longest context would
+# build new kernel variants mid-run (H100: a 0.6 s build in the first throughput run), and telling
+# Triton not to specialize on it made the prefill kernel slower.
+BLOCK_TABLE_COLS_MULTIPLE = 16
+
+
+def block_table_cols(num_tokens: int, block_size: int) -> int:
+    """Columns of a block table whose rows hold `num_tokens` tokens: enough blocks, rounded up to a
+    multiple of BLOCK_TABLE_COLS_MULTIPLE (the extra columns are never read)."""
+    blocks = -(-num_tokens // block_size)
+    return -(-blocks // BLOCK_TABLE_COLS_MULTIPLE) * BLOCK_TABLE_COLS_MULTIPLE
 
 
 class CudaGraphSupport(enum.Enum):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from attention.backend import PAD_SLOT_ID, CommonAttentionMetadata
+from attention.backend import PAD_SLOT_ID, CommonAttentionMetadata, block_table_cols
 from engine.step_buffers import StepBuffers
 from kv_cache.block_table import BlockTable
 from scheduler.output import SchedulerOutput
@@ -45,7 +45,7 @@ class InputPreparer:
                  device: torch.device) -> None:
         self.block_size = block_size
         self.device = device
-        self.max_num_blocks_per_req = -(-max_model_len // block_size)
+        self.max_num_blocks_per_req = block_table_cols(max_model_len, block_size)
         self.block_table = BlockTable(max_num_seqs, self.max_num_blocks_per_req, block_size)
         self.buffers = StepBuffers(max(max_num_batched_tokens, max_num_seqs), max_num_seqs,
                                    self.max_num_blocks_per_req, device)
@@ -104,7 +104,7 @@ class InputPreparer:
         h["seq_lens"][:num_reqs] = seq_lens
         h["seq_lens"][num_reqs:padded_reqs] = 0
         max_seq_len = int(seq_lens.max())
-        num_cols = -(-max_seq_len // self.block_size)
+        num_cols = block_table_cols(max_seq_len, self.block_size)
         table = h["block_table"][:padded_reqs * num_cols].reshape(padded_reqs, num_cols)
         table[:num_reqs] = self.block_table.gather(rows, num_cols)
         table[num_reqs:] = 0

@@ -6,7 +6,7 @@ import time
 
 import torch
 
-from attention.backend import PAD_SLOT_ID, CommonAttentionMetadata, CudaGraphSupport, dtype_name
+from attention.backend import PAD_SLOT_ID, CommonAttentionMetadata, CudaGraphSupport, block_table_cols, dtype_name
 from attention.forward_context import set_forward_context
 from attention.layer import bind_attention_layers
 from attention.selector import BackendChoice
@@ -94,7 +94,7 @@ class ModelRunner:
         dev = self.device
         qsl = torch.arange(0, num_reqs * query_len + 1, query_len, dtype=torch.int32)
         seq = torch.full((num_reqs,), query_len, dtype=torch.int32)
-        num_cols = -(-query_len // self.block_size)
+        num_cols = block_table_cols(query_len, self.block_size)
         slots = torch.arange(num_reqs * query_len, dtype=torch.int64, device=dev) % (query_len if write else 1)
         return CommonAttentionMetadata(
             num_reqs=num_reqs, num_tokens=num_reqs * query_len, query_start_loc=qsl.to(dev),

@@ -24,7 +24,7 @@ import torch
 import triton
 
 from attention.backend import (AttentionBackend, AttentionImpl, AttentionMetadataBuilder,
-                               CommonAttentionMetadata, CudaGraphSupport)
+                               CommonAttentionMetadata, CudaGraphSupport, block_table_cols)
 from attention.ops.decode_attention import decode_attention
 from attention.ops.prefill_attention import prefill_attention
 from attention.ops.store_kv import store_kv
@@ -131,7 +131,7 @@ class TritonAttnMetadataBuilder(AttentionMetadataBuilder):
         """Metadata for a decode-only batch whose tensors are views into fixed buffers; see the
         module docstring for how the runner refills them before each replay."""
         if self._capture is None:
-            self._capture = CaptureBuffers(self.max_num_seqs, triton.cdiv(self.max_model_len, self.block_size),
+            self._capture = CaptureBuffers(self.max_num_seqs, block_table_cols(self.max_model_len, self.block_size),
                                            self.device)
         return self._build(self._capture.fill(common), self.max_model_len)
 

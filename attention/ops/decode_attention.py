@@ -57,7 +57,7 @@ def _store_new_kv(key_ptr, value_ptr, slot_ptr, cache_ptr, q_row, kv_head, strid
         tl.store(dst + value_offset, v.to(cache_ptr.dtype.element_ty), mask=dim_ok)
 
 
-@triton.jit(do_not_specialize=["stride_table"])   # eager steps' block tables have any column count
+@triton.jit
 def _decode_kernel(q_ptr, cache_ptr, out_ptr, part_out_ptr, part_lse_ptr,
                    query_start_ptr, seq_lens_ptr, table_ptr, scale_log2, num_splits,
                    stride_qt, stride_qh, stride_ot, stride_oh,

@@ -21,11 +21,10 @@ PREFILL_CONFIGS = {
 }
 
 
-# One variant for any batch: the tile count and the block table's row stride (its column count, set by
-# the step's longest context) would otherwise each build new specializations mid-run (H100: 3 for
-# num_tiles; a 0.6 s build in the first throughput run for stride_table, which start-up saw only as
-# 1 and as a multiple of 16).
-@triton.jit(do_not_specialize=["num_tiles", "stride_table"])
+# One variant for any batch: the tile count would otherwise build new specializations mid-run (H100:
+# 3). The block table's row stride is kept a multiple of 16 instead (attention.backend.block_table_cols):
+# not specializing on it made this kernel slower (2026-11-26: prefill steps 184.7 -> 193.3 ms, Qwen3-8B).
+@triton.jit(do_not_specialize=["num_tiles"])
 def _prefill_kernel(q_ptr, cache_ptr, out_ptr, query_start_ptr, seq_lens_ptr, table_ptr,
                     scale_log2, num_tiles,
                     stride_qt, stride_qh, stride_ot, stride_oh,

@@ -198,13 +198,14 @@ json.dump(t, open(sys.argv[3], 'w'), indent=1)" models/layers/ops/tile_configs_h
 for name, sigs in r['runs_triton_jit'][0].get('variants', {}).items():
     print('RUN', name, *sigs, sep='\n  ')
     print('STARTUP', name, *r['startup_triton_jit'].get('variants', {}).get(name, []), sep='\n  ')" "$OUT/jit.json" ;;
-    jitfix)     # after stride_table stopped specializing: a fresh Triton cache, the first run's builds, the
-                # attention tests, 0.6B throughput and latency
+    jitfix)     # block tables of 16-column multiples: a fresh Triton cache, the first run's builds, the
+                # attention and engine GPU tests, both models' throughput (timeline: the prefill steps)
       rm -rf ~/.triton/cache
       bash "$0" jit
       run tests python -m pytest -q tests/attention tests/engine/test_gpu_engine.py
-      run thr_0.6b python -m engine.bench throughput --model preset:qwen3-0.6b --repeat 3
-      run lat_0.6b python -m engine.bench latency --model preset:qwen3-0.6b ;;
+      for m in qwen3-0.6b qwen3-8b; do
+        run thr_$m python -m engine.bench throughput --model preset:$m --repeat 3 --timeline
+      done ;;
     attention)
       run attention python -m engine.bench attention --output "$OUT/attention.json" ;;
     ragged)     # triton decode on ragged batches (contexts uniform in [n/8, n]) per split count and order; 0.6B, 8B heads

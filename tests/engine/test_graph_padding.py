@@ -3,7 +3,7 @@ same output as unpadded ones (run eagerly here through a stand-in for the graph 
 import pytest
 import torch
 
-from attention.backend import PAD_SLOT_ID
+from attention.backend import PAD_SLOT_ID, block_table_cols
 from attention.forward_context import set_forward_context
 from engine import LLM, SamplingParams
 from engine.cuda_graph import capture_sizes, padded_size
@@ -14,6 +14,13 @@ def test_capture_sizes():
     assert capture_sizes(6) == [1, 2, 4, 6]
     assert capture_sizes(40) == [1, 2, 4, 8, 16, 24, 32, 40]
     assert capture_sizes(44) == [1, 2, 4, 8, 16, 24, 32, 40, 44]
+
+
+@pytest.mark.parametrize("num_tokens, block_size, want", [(1, 16, 16), (256, 16, 16), (257, 16, 32),
+                                                           (4096, 64, 64), (4097, 64, 80), (40960, 16, 2560)])
+def test_block_table_cols_are_a_multiple_of_16(num_tokens, block_size, want):
+    """Enough blocks for num_tokens, rounded up to 16 columns (a row stride Triton specializes one way)."""
+    assert block_table_cols(num_tokens, block_size) == want
 
 
 @pytest.mark.parametrize("n, want", [(1, 1), (3, 4), (5, 8), (9, 16), (40, 40), (41, None)])
@@ -54,6 +61,7 @@ def test_padded_decode_steps_match_eager(qwen3_checkpoint):
     slots = c.slot_mapping.numpy()
     assert (slots[5:] == PAD_SLOT_ID).all() and (slots[:5] >= 0).all()
     assert c.seq_lens.tolist()[5:] == [0, 0, 0]
+    assert c.block_table.shape == (8, 16)   # short contexts: one block each, 16 columns (block_table_cols)
     assert c.query_start_loc.tolist() == list(range(9))
 
 
@@ -63,11 +71,11 @@ def test_synthetic_start_up_metadata(qwen3_checkpoint):
     runner = llm.engine.runner
     capture = runner._synthetic_metadata(3, 1, write=False)
     assert capture.query_start_loc.tolist() == [0, 1, 2, 3] and capture.seq_lens.tolist() == [1, 1, 1]
-    assert capture.block_table.tolist() == [[0], [0], [0]]
+    assert capture.block_table.tolist() == [list(range(16))] * 3   # 16 columns (block_table_cols), block 0 read
     assert (capture.slot_mapping == PAD_SLOT_ID).all() and capture.max_query_len == 1
     profile = runner._synthetic_metadata(1, 40, write=True)
     assert profile.query_start_loc.tolist() == [0, 40] and profile.max_seq_len == 40
-    assert profile.block_table.tolist() == [[0, 1, 2]] and profile.slot_mapping.tolist() == list(range(40))
+    assert profile.block_table.tolist() == [list(range(16))] and profile.slot_mapping.tolist() == list(range(40))
     with set_forward_context(runner.builder.build(profile)), torch.inference_mode():
         hidden = runner.model(torch.arange(40) % 200, torch.arange(40))
     assert hidden.shape == (40, llm.engine.model_config.hidden_size) and torch.isfinite(hidden).all()
