@@ -57,8 +57,7 @@ class FlashAttnMetadataBuilder(AttentionMetadataBuilder):
         """Decode-only metadata whose tensors are views into fixed buffers (refilled per replay)."""
         from attention.backends.triton_attn import CaptureBuffers
         if self._capture is None:
-            self._capture = CaptureBuffers(self.max_num_seqs, -(-self.max_model_len // self.block_size),
-                                           self.device)
+            self._capture = CaptureBuffers(self.max_num_seqs, self.max_model_len, self.block_size, self.device)
         return self.build(self._capture.fill(common))
 
 

@@ -72,7 +72,8 @@ class TritonAttnMetadata:
 class CaptureBuffers:
     """Fixed-address copies of the per-step tensors, for CUDA-graph capture and replay."""
 
-    def __init__(self, max_num_seqs: int, max_blocks_per_req: int, device: torch.device) -> None:
+    def __init__(self, max_num_seqs: int, max_model_len: int, block_size: int, device: torch.device) -> None:
+        max_blocks_per_req = block_table_cols(max_model_len, block_size)   # as wide as any step's table
         self.query_start_loc = torch.zeros(max_num_seqs + 1, dtype=torch.int32, device=device)
         self.seq_lens = torch.zeros(max_num_seqs, dtype=torch.int32, device=device)
         self.block_table = torch.zeros(max_num_seqs, max_blocks_per_req, dtype=torch.int32, device=device)
@@ -131,8 +132,7 @@ class TritonAttnMetadataBuilder(AttentionMetadataBuilder):
         """Metadata for a decode-only batch whose tensors are views into fixed buffers; see the
         module docstring for how the runner refills them before each replay."""
         if self._capture is None:
-            self._capture = CaptureBuffers(self.max_num_seqs, block_table_cols(self.max_model_len, self.block_size),
-                                           self.device)
+            self._capture = CaptureBuffers(self.max_num_seqs, self.max_model_len, self.block_size, self.device)
         return self._build(self._capture.fill(common), self.max_model_len)
 
     def _build(self, common: CommonAttentionMetadata, split_seq_len: int) -> TritonAttnMetadata:

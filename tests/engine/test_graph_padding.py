@@ -3,7 +3,7 @@ same output as unpadded ones (run eagerly here through a stand-in for the graph 
 import pytest
 import torch
 
-from attention.backend import PAD_SLOT_ID, block_table_cols
+from attention.backend import PAD_SLOT_ID, CommonAttentionMetadata, block_table_cols
 from attention.forward_context import set_forward_context
 from engine import LLM, SamplingParams
 from engine.cuda_graph import capture_sizes, padded_size
@@ -79,3 +79,22 @@ def test_synthetic_start_up_metadata(qwen3_checkpoint):
     with set_forward_context(runner.builder.build(profile)), torch.inference_mode():
         hidden = runner.model(torch.arange(40) % 200, torch.arange(40))
     assert hidden.shape == (40, llm.engine.model_config.hidden_size) and torch.isfinite(hidden).all()
+
+
+@pytest.mark.parametrize("backend, block_size", [("flash_attn", 256), ("triton", 64)])
+def test_capture_buffers_take_any_step_table(backend, block_size):
+    """Each graph-capable builder's fixed buffers hold a step's block table however few blocks
+    max_model_len needs (1000 tokens: 4 blocks of 256, but 16 columns per block_table_cols)."""
+    from attention.selector import load_backend
+
+    builder = load_backend(backend).get_builder_cls()(8, 2, 64, block_size, 4, 1000, "cpu")
+    num_reqs, cols = 3, block_table_cols(1000, block_size)
+    lens = torch.full((num_reqs,), 5, dtype=torch.int32)
+    qsl = torch.arange(num_reqs + 1, dtype=torch.int32)
+    common = CommonAttentionMetadata(
+        num_reqs=num_reqs, num_tokens=num_reqs, query_start_loc=qsl, query_start_loc_cpu=qsl, seq_lens=lens,
+        seq_lens_cpu=lens, max_query_len=1, max_seq_len=5, block_size=block_size,
+        block_table=torch.arange(num_reqs * cols, dtype=torch.int32).view(num_reqs, cols),
+        slot_mapping=torch.arange(num_reqs, dtype=torch.int64))
+    metadata = builder.build_for_capture(common)
+    assert torch.equal(metadata.block_table[:num_reqs, :cols], common.block_table)
