@@ -75,18 +75,13 @@ def bias_silu_epilogue(acc, acc_up, bias_ptr, cols, col_ok, N, out_ty: tl.conste
 
 
 @triton.jit
-def _skinny_gemm_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, M, N, K, stride_xm, stride_wn, stride_om,
-                        HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, SILU: tl.constexpr,
-                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                        DOT_F32: tl.constexpr, PRECISION: tl.constexpr, USE_PDL: tl.constexpr):
-    """Program n: out[:, n*BLOCK_N : (n+1)*BLOCK_N] over the whole of K. With SILU, W is a merged
-    gate_up weight [2N, K]: the program also takes the up rows N further and writes silu(gate) * up."""
-    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    col_ok = cols < N
-    rows = tl.arange(0, BLOCK_M)
-    row_ok = rows < M
-    w_rows = w_ptr + tl.where(col_ok, cols, 0).to(tl.int64)[:, None] * stride_wn
-    u_rows = w_rows + N * stride_wn
+def accumulate_tile(x_rows, row_ok, w_rows, u_rows, K, MASK_X_ROWS: tl.constexpr, EVEN_K: tl.constexpr,
+                    SILU: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                    DOT_F32: tl.constexpr, PRECISION: tl.constexpr, USE_PDL: tl.constexpr):
+    """The body both GEMMs share: with USE_PDL the PDL prologue (the first weight tile pulled into L2
+    before the wait), then x @ W^T over the whole of K -> (acc, acc_up) float32 [BLOCK_M, BLOCK_N]
+    (acc_up: the up rows `u_rows`, with SILU). x_rows, w_rows, u_rows: [BLOCK_M or BLOCK_N, 1] row
+    pointers; MASK_X_ROWS: x's rows past `row_ok` load as 0 (else every x row pointer is valid)."""
     if USE_PDL:  # see models/layers/ops/pdl.py
         tl.extra.cuda.gdc_launch_dependents()
         prefetch_first_tile(w_rows, K, BLOCK_K)
@@ -99,19 +94,45 @@ def _skinny_gemm_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, M, N, K, stride_xm, str
     for k0 in range(0, K, BLOCK_K):
         kk = k0 + ks
         k_ok = kk < K
-        x = tl.load(x_ptr + rows[:, None] * stride_xm + kk[None, :], mask=row_ok[:, None] & k_ok[None, :],
-                    other=0.0)
+        if MASK_X_ROWS:
+            x = tl.load(x_rows + kk[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+            if DOT_F32:
+                x = x.to(tl.float32)
+        else:
+            x = load_row_tile(x_rows, kk, k_ok, EVEN_K, DOT_F32)
         w = load_row_tile(w_rows, kk, k_ok, EVEN_K, DOT_F32)
-        if DOT_F32:
-            x = x.to(tl.float32)
         acc = tl.dot(x, tl.trans(w), acc, input_precision=PRECISION)
         if SILU:
             u = load_row_tile(u_rows, kk, k_ok, EVEN_K, DOT_F32)
             acc_up = tl.dot(x, tl.trans(u), acc_up, input_precision=PRECISION)
-    out_ty = out_ptr.dtype.element_ty
+    return acc, acc_up
+
+
+@triton.jit
+def store_tile(out_rows, cols, row_ok, col_ok, acc, acc_up, bias_ptr, N, HAS_BIAS: tl.constexpr,
+               SILU: tl.constexpr):
+    """Write `bias_silu_epilogue`'s result at out_rows ([BLOCK_M, 1] row pointers) + cols, masked."""
+    out_ty = out_rows.dtype.element_ty
     acc = bias_silu_epilogue(acc, acc_up, bias_ptr, cols, col_ok, N, out_ty, HAS_BIAS, SILU)
-    out = out_ptr + rows[:, None] * stride_om + cols[None, :]
-    tl.store(out, acc.to(out_ty), mask=row_ok[:, None] & col_ok[None, :])
+    tl.store(out_rows + cols[None, :], acc.to(out_ty), mask=row_ok[:, None] & col_ok[None, :])
+
+
+@triton.jit
+def _skinny_gemm_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, M, N, K, stride_xm, stride_wn, stride_om,
+                        HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, SILU: tl.constexpr,
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                        DOT_F32: tl.constexpr, PRECISION: tl.constexpr, USE_PDL: tl.constexpr):
+    """Program n: out[:, n*BLOCK_N : (n+1)*BLOCK_N] over the whole of K. With SILU, W is a merged
+    gate_up weight [2N, K]: the program also takes the up rows N further and writes silu(gate) * up."""
+    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = cols < N
+    rows = tl.arange(0, BLOCK_M)
+    row_ok = rows < M
+    w_rows = w_ptr + tl.where(col_ok, cols, 0).to(tl.int64)[:, None] * stride_wn
+    acc, acc_up = accumulate_tile(x_ptr + rows[:, None] * stride_xm, row_ok, w_rows, w_rows + N * stride_wn, K,
+                                  True, EVEN_K, SILU, BLOCK_M, BLOCK_N, BLOCK_K, DOT_F32, PRECISION, USE_PDL)
+    store_tile(out_ptr + rows[:, None] * stride_om, cols, row_ok, col_ok, acc, acc_up, bias_ptr, N, HAS_BIAS,
+               SILU)
 
 
 MIN_PROGRAMS_PER_SM = 2       # small weights: shrink BLOCK_N until there are this many programs per SM

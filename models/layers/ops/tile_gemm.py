@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 
 from models.layers.ops.pdl import pdl_kwargs
-from models.layers.ops.skinny_gemm import bias_silu_epilogue, check_gemm_inputs, load_row_tile, prefetch_first_tile
+from models.layers.ops.skinny_gemm import accumulate_tile, check_gemm_inputs, store_tile
 
 MAX_ROWS = 256
 SHARED_MEMORY_BYTES = 220 << 10
@@ -50,33 +50,14 @@ def _tile_gemm_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, M, N, K, stride_xm, strid
     row_ok = rows < M
     col_ok = cols < N
     w_rows = w_ptr + tl.where(col_ok, cols, 0).to(tl.int64)[:, None] * stride_wn
-    u_rows = w_rows + N * stride_wn
     # Rows past M read row (r mod M), not one shared row: H100, 2026-11-26, with every padding row on
     # row 0 the kernel slowed by ~1.2 us per 8 padding rows (qkv at M = 72 with 128-row tiles: 14.7 us
     # against 5.3 at M = 128), as every program hammered the same line.
     x_rows = x_ptr + (rows % M).to(tl.int64)[:, None] * stride_xm
-    if USE_PDL:  # see models/layers/ops/pdl.py
-        tl.extra.cuda.gdc_launch_dependents()
-        prefetch_first_tile(w_rows, K, BLOCK_K)
-        if SILU:
-            prefetch_first_tile(u_rows, K, BLOCK_K)
-        tl.extra.cuda.gdc_wait()
-    ks = tl.arange(0, BLOCK_K)
-    acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-    acc_up = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        kk = k0 + ks
-        k_ok = kk < K
-        x = load_row_tile(x_rows, kk, k_ok, EVEN_K, DOT_F32)
-        w = load_row_tile(w_rows, kk, k_ok, EVEN_K, DOT_F32)
-        acc = tl.dot(x, tl.trans(w), acc, input_precision=PRECISION)
-        if SILU:
-            u = load_row_tile(u_rows, kk, k_ok, EVEN_K, DOT_F32)
-            acc_up = tl.dot(x, tl.trans(u), acc_up, input_precision=PRECISION)
-    out_ty = out_ptr.dtype.element_ty
-    acc = bias_silu_epilogue(acc, acc_up, bias_ptr, cols, col_ok, N, out_ty, HAS_BIAS, SILU)
-    out = out_ptr + rows.to(tl.int64)[:, None] * stride_om + cols[None, :]
-    tl.store(out, acc.to(out_ty), mask=row_ok[:, None] & col_ok[None, :])
+    acc, acc_up = accumulate_tile(x_rows, row_ok, w_rows, w_rows + N * stride_wn, K, False, EVEN_K, SILU,
+                                  BLOCK_M, BLOCK_N, BLOCK_K, DOT_F32, PRECISION, USE_PDL)
+    store_tile(out_ptr + rows.to(tl.int64)[:, None] * stride_om, cols, row_ok, col_ok, acc, acc_up, bias_ptr, N,
+               HAS_BIAS, SILU)
 
 
 def default_config(num_rows: int, n: int, k: int, silu: bool = False) -> dict:
