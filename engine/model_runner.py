@@ -60,10 +60,10 @@ class ModelRunner:
         start = time.perf_counter()
         hidden = torch.zeros(self.config.max_num_seqs, self.model_config.hidden_size, dtype=self.dtype,
                              device=self.device)
-        for size in capture_sizes(self.config.max_num_seqs):
+        sizes = capture_sizes(self.config.max_num_seqs)
+        for size in sizes:
             self.model.compute_logits(hidden[:size])
-        logger.info("LM head warmed up at %d batch sizes in %.1f s", len(capture_sizes(self.config.max_num_seqs)),
-                    time.perf_counter() - start)
+        logger.info("LM head warmed up at %d batch sizes in %.1f s", len(sizes), time.perf_counter() - start)
 
     def _warm_up_sampling(self) -> None:
         """Compile the sampling kernel for every chunk size at start-up (see Sampler.warm_up)."""

@@ -117,7 +117,7 @@ def _profile_prefill(llm, prompts, params, args) -> dict:
     from engine.bench.step_profile import profile_steps
 
     engine = llm.engine
-    llm.engine.block_manager.reset_prefix_cache()
+    engine.block_manager.reset_prefix_cache()
     for i, (p, sp) in enumerate(zip(prompts, params)):
         engine.add_request(f"prefill-{i}", p, sp, stream=False)
     path = args.profile_output and args.profile_output + ".prefill"

@@ -102,7 +102,7 @@ def _row(tile, name: str, num_rows: int, table: str | None = None) -> dict:
         best = _time_configs(_second_configs(best[0], silu), calls_for, best)
     else:   # no sweep: the table's pick for this M, its configs for the other M, the default
         picked = tile.config_for(num_rows, n, k, silu, x.device)
-        best = _time_configs(_table_configs(tile, n, k, silu, num_rows, picked), calls_for)
+        best = _time_configs(_table_configs(tile, n, k, silu, num_rows, picked, x.device), calls_for)
     cfg, tile_us = best
     return dict(case=name, n=n, k=k, silu=silu, m=num_rows, cublas_us=round(cublas, 2),
                 cublaslt_us=round(cublaslt, 2), tile_us=round(tile_us, 2),
@@ -111,11 +111,11 @@ def _row(tile, name: str, num_rows: int, table: str | None = None) -> dict:
                 engine_uses="tile" if table is None or picked else "cublas", table_pick=picked)
 
 
-def _table_configs(tile, n: int, k: int, silu: bool, num_rows: int, picked: dict | None) -> list[dict]:
-    """The configs a table holds for (n, k, silu) at any M, the pick for this M first (None: cuBLAS),
-    and the default config, without repeats."""
-    configs = [picked] + [cfg for _, cfg in tile._file_configs(os.environ["ENGINE_TILE_GEMM_CONFIGS"])
-                          .get((n, k, int(silu)), ())] + [tile.default_config(num_rows, n, k, silu)]
+def _table_configs(tile, n: int, k: int, silu: bool, num_rows: int, picked: dict | None, device) -> list[dict]:
+    """The configs the device's table (here --table's) holds for (n, k, silu) at any M, the pick for
+    this M first (None: cuBLAS), and the default config, without repeats."""
+    configs = [picked] + [cfg for _, cfg in tile.device_table(device).get((n, k, int(silu)), ())] + [
+        tile.default_config(num_rows, n, k, silu)]
     unique = []
     for cfg in configs:
         if cfg is not None and cfg not in unique:
