@@ -1,7 +1,9 @@
 """Triton kernels: one-pass random sampling by the Gumbel race (imported lazily: this imports triton).
 
 A row's token is argmax over v of logits[v] / T + G[v], G[v] = -log(-log(U[v])), which draws v with
-probability softmax(logits / T)[v]. U[v] comes from Philox keyed by the row's 64-bit key: one call
+probability softmax(logits / T)[v]. The kernel ranks the same scores in base 2, log2(e) * logits[v] / T
+- log2(-log2(U[v])) (the base-e score / ln 2 plus a constant), with the GPU's one-instruction log2
+(lg2.approx, relative error ~2^-22) on CUDA: the two logs per column were most of the kernel's work. U[v] comes from Philox keyed by the row's 64-bit key: one call
 (counter c) gives the 4 words of columns v = (c // Q) * TILE + j * Q + c % Q, j = 0..3, Q = TILE / 4,
 so a token depends only on (key, logits row), never on the batch or on the chunking.
 Each row is split over programs of `chunk_size` columns that write a (best score, column) partial;
@@ -12,16 +14,27 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import libdevice
 
 TILE = 1024                  # columns per loop iteration of a program
 MAX_CHUNK = 8192             # columns per program on large batches
 MIN_PROGRAMS = 1024          # smaller chunks until the grid has about this many programs
 _NUM_WARPS = 4
+LOG2E = tl.constexpr(1.4426950408889634)
+
+
+@triton.jit
+def _log2(x, FAST: tl.constexpr):
+    """log2(x) float32: lg2.approx on CUDA (FAST), exact where Triton's interpreter runs (no libdevice)."""
+    if FAST:
+        return libdevice.fast_log2f(x)
+    return tl.log2(x)
 
 
 @triton.jit
 def _race_quarter(row_ptr, start, random_bits, best_val, best_idx, vocab_size, inv_temp, noise_on, row_max,
-                  log_min_p, QUARTER: tl.constexpr, HAS_TEMP: tl.constexpr, HAS_MIN_P: tl.constexpr):
+                  log_min_p, QUARTER: tl.constexpr, HAS_TEMP: tl.constexpr, HAS_MIN_P: tl.constexpr,
+                  FAST_LOG: tl.constexpr):
     """Columns start..start+QUARTER against the running best (score, column) per lane; random_bits
     [QUARTER] uint32 are those columns' Philox words."""
     cols = start + tl.arange(0, QUARTER)
@@ -34,7 +47,7 @@ def _race_quarter(row_ptr, start, random_bits, best_val, best_idx, vocab_size, i
     # 23 random bits -> U in [2^-24, 1 - 2^-24]: never 0 or 1, so the Gumbel noise is always finite
     # and a row with one finite logit always picks it.
     u = ((random_bits >> 9).to(tl.int32).to(tl.float32) + 0.5) * (1.0 / 8388608.0)
-    score = x + noise_on * -tl.log(-tl.log(u))
+    score = x * LOG2E - noise_on * _log2(-_log2(u, FAST_LOG), FAST_LOG)   # base 2: see the module docstring
     better = score > best_val                          # strict: an earlier column keeps a tie
     return tl.where(better, score, best_val), tl.where(better, cols, best_idx)
 
@@ -46,7 +59,7 @@ def _race_quarter(row_ptr, start, random_bits, best_val, best_idx, vocab_size, i
 def _race_chunks(logits_ptr, stride_row, keys_ptr, temp_ptr, temp_stride, row_max_ptr, min_p_ptr, min_p_stride,
                  greedy_ptr, part_val_ptr, part_idx_ptr, vocab_size, num_chunks,
                  CHUNK: tl.constexpr, TILE: tl.constexpr, HAS_TEMP: tl.constexpr, HAS_MIN_P: tl.constexpr,
-                 HAS_GREEDY: tl.constexpr):
+                 HAS_GREEDY: tl.constexpr, FAST_LOG: tl.constexpr):
     """Program (row, chunk): best score and its column over columns [chunk * CHUNK, +CHUNK)."""
     row = tl.program_id(0)
     chunk = tl.program_id(1)
@@ -75,13 +88,17 @@ def _race_chunks(logits_ptr, stride_row, keys_ptr, temp_ptr, temp_stride, row_ma
         # start / 4 + lane), so the noise of a column depends on the column alone.
         r0, r1, r2, r3 = tl.randint4x(key, start // 4 + tl.arange(0, QUARTER))
         best_val, best_idx = _race_quarter(row_ptr, start, r0, best_val, best_idx, vocab_size, inv_temp,
-                                           noise_on, row_max, log_min_p, QUARTER, HAS_TEMP, HAS_MIN_P)
+                                           noise_on, row_max, log_min_p, QUARTER, HAS_TEMP, HAS_MIN_P,
+                                           FAST_LOG)
         best_val, best_idx = _race_quarter(row_ptr, start + QUARTER, r1, best_val, best_idx, vocab_size,
-                                           inv_temp, noise_on, row_max, log_min_p, QUARTER, HAS_TEMP, HAS_MIN_P)
+                                           inv_temp, noise_on, row_max, log_min_p, QUARTER, HAS_TEMP, HAS_MIN_P,
+                                           FAST_LOG)
         best_val, best_idx = _race_quarter(row_ptr, start + 2 * QUARTER, r2, best_val, best_idx, vocab_size,
-                                           inv_temp, noise_on, row_max, log_min_p, QUARTER, HAS_TEMP, HAS_MIN_P)
+                                           inv_temp, noise_on, row_max, log_min_p, QUARTER, HAS_TEMP, HAS_MIN_P,
+                                           FAST_LOG)
         best_val, best_idx = _race_quarter(row_ptr, start + 3 * QUARTER, r3, best_val, best_idx, vocab_size,
-                                           inv_temp, noise_on, row_max, log_min_p, QUARTER, HAS_TEMP, HAS_MIN_P)
+                                           inv_temp, noise_on, row_max, log_min_p, QUARTER, HAS_TEMP, HAS_MIN_P,
+                                           FAST_LOG)
     top = tl.max(best_val, axis=0)
     top_idx = tl.min(tl.where(best_val == top, best_idx, 2147483647), axis=0)
     tl.store(part_val_ptr + row * num_chunks + chunk, top)
@@ -136,7 +153,7 @@ def gumbel_sample(logits: torch.Tensor, keys: torch.Tensor, temperature: torch.T
         logits, logits.stride(0), keys, _or(temperature, dummy), _stride(temperature), _or(row_max, dummy),
         _or(min_p, dummy), _stride(min_p), _or(greedy, dummy), part_val, part_idx, vocab_size, num_chunks,
         CHUNK=chunk, TILE=TILE, HAS_TEMP=temperature is not None, HAS_MIN_P=min_p is not None,
-        HAS_GREEDY=greedy is not None, num_warps=_NUM_WARPS)
+        HAS_GREEDY=greedy is not None, FAST_LOG=logits.is_cuda, num_warps=_NUM_WARPS)
     out = torch.empty(num_rows, dtype=torch.int64, device=dev)
     _pick_rows[(num_rows,)](part_val, part_idx, out, num_chunks,
                             CHUNKS_PAD=triton.next_power_of_2(num_chunks), num_warps=1)
