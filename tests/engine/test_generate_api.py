@@ -118,3 +118,11 @@ def test_eos_ids_include_generation_config(tmp_path):
     llm = LLM(str(tmp_path), device="cpu", dtype="float32", max_model_len=64)
     assert {77, 258, 256} <= set(llm.engine.eos_token_ids)
     shutil.rmtree(tmp_path)
+
+
+def test_startup_heap_is_frozen_out_of_the_gc(qwen3_checkpoint):
+    """The engine freezes what start-up built, so full GC passes while serving skip the model's objects."""
+    import gc
+    gc.unfreeze()
+    LLM(qwen3_checkpoint[0], device="cpu", dtype="float32", max_model_len=64)
+    assert gc.get_freeze_count() > 1000
