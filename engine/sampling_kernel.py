@@ -125,14 +125,15 @@ def chunk_size_for(num_rows: int, vocab_size: int) -> int:
 
 def gumbel_sample(logits: torch.Tensor, keys: torch.Tensor, temperature: torch.Tensor | None = None,
                   min_p: torch.Tensor | None = None, greedy: torch.Tensor | None = None,
-                  chunk_size: int | None = None) -> torch.Tensor:
+                  chunk_size: int | None = None, fast_log: bool | None = None) -> torch.Tensor:
     """One token per row, drawn from softmax(logits / temperature) restricted by min_p.
 
     logits `[N, V]` float32/bfloat16/float16, last dim contiguous (-inf = masked token);
     keys `[N] int64`: the row's Philox key; temperature `[N] float32` > 0 (any stride) (None: logits already scaled);
     min_p `[N] float32` in [0, 1], any stride (None: off): drop tokens whose prob < min_p * the row's top prob;
     greedy `[N] bool` (None: none): those rows take the exact argmax of the logits (temperature ignored);
-    chunk_size: columns per program, a multiple of TILE (None: chunk_size_for). Returns `[N] int64`.
+    chunk_size: columns per program, a multiple of TILE (None: chunk_size_for); fast_log: lg2.approx for
+    the two logs per column (None: on CUDA; False: exact log2, what the interpreter runs). Returns `[N] int64`.
     No host sync; safe to call on a side stream or under CUDA-graph capture.
     """
     num_rows, vocab_size = logits.shape
@@ -153,7 +154,7 @@ def gumbel_sample(logits: torch.Tensor, keys: torch.Tensor, temperature: torch.T
         logits, logits.stride(0), keys, _or(temperature, dummy), _stride(temperature), _or(row_max, dummy),
         _or(min_p, dummy), _stride(min_p), _or(greedy, dummy), part_val, part_idx, vocab_size, num_chunks,
         CHUNK=chunk, TILE=TILE, HAS_TEMP=temperature is not None, HAS_MIN_P=min_p is not None,
-        HAS_GREEDY=greedy is not None, FAST_LOG=logits.is_cuda, num_warps=_NUM_WARPS)
+        HAS_GREEDY=greedy is not None, FAST_LOG=logits.is_cuda if fast_log is None else fast_log, num_warps=_NUM_WARPS)
     out = torch.empty(num_rows, dtype=torch.int64, device=dev)
     _pick_rows[(num_rows,)](part_val, part_idx, out, num_chunks,
                             CHUNKS_PAD=triton.next_power_of_2(num_chunks), num_warps=1)

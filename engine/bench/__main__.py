@@ -15,6 +15,7 @@ MODES = {
     "skinny_gemm": "engine.bench.skinny_gemm",
     "tile_gemm": "engine.bench.tile_gemm",
     "decode_cost": "engine.bench.decode_cost",
+    "sampling": "engine.bench.sampling",
 }
 
 

@@ -206,6 +206,13 @@ for name, sigs in r['runs_triton_jit'][0].get('variants', {}).items():
       for m in qwen3-0.6b qwen3-8b; do
         run thr_$m python -m engine.bench throughput --model preset:$m --repeat 3 --timeline
       done ;;
+    sampling)   # the sampling kernel, lg2.approx (default) against exact logs; 0.6B throughput with and without gc.freeze
+      run sampling python -m engine.bench sampling --output "$OUT/sampling.json"
+      nofreeze="import gc, runpy, sys; gc.freeze = lambda: None; sys.argv[0] = 'engine.bench'; runpy.run_module('engine.bench', run_name='__main__')"
+      for i in 1 2; do
+        run thr_0.6b_freeze_$i python -m engine.bench throughput --model preset:qwen3-0.6b --repeat 3
+        run thr_0.6b_nofreeze_$i python -c "$nofreeze" throughput --model preset:qwen3-0.6b --repeat 3
+      done ;;
     attention)
       run attention python -m engine.bench attention --output "$OUT/attention.json" ;;
     ragged)     # triton decode on ragged batches (contexts uniform in [n/8, n]) per split count and order; 0.6B, 8B heads

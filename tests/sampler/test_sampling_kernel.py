@@ -132,6 +132,18 @@ def test_greedy_rows_take_argmax_lowest_on_ties():
     assert torch.equal(out[greedy], argmax[greedy])
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="lg2.approx is CUDA only (the interpreter has no libdevice)")
+def test_fast_logs_draw_the_tokens_of_exact_logs():
+    """The default on CUDA (lg2.approx) ranks the same Gumbel scores as exact log2, up to rounding."""
+    gen = torch.Generator().manual_seed(8)
+    num_rows, vocab = 512, 151936
+    logits = (torch.randn(num_rows, vocab, generator=gen) * 3).to(DEVICE)
+    keys, temperature = keys_for(num_rows, 9), torch.full((num_rows,), 0.6, device=DEVICE)
+    fast = kernel()(logits, keys, temperature)
+    exact = kernel()(logits, keys, temperature, fast_log=False)
+    assert (fast == exact).float().mean().item() > 0.99
+
+
 def test_row_keys_use_seed_for_step():
     reqs = [make_request(SamplingParams(temperature=1.0)) for _ in range(4)]
     reqs[2] = make_request(SamplingParams(temperature=0.8, seed=77), num_output_tokens=3)
