@@ -3,8 +3,8 @@
 A row's token is argmax over v of logits[v] / T + G[v], G[v] = -log(-log(U[v])), which draws v with
 probability softmax(logits / T)[v]. The kernel ranks the same scores in base 2, log2(e) * logits[v] / T
 - log2(-log2(U[v])) (the base-e score / ln 2 plus a constant), with the GPU's one-instruction log2
-(lg2.approx, relative error ~2^-22) on CUDA: the two logs per column were most of the kernel's work. U[v] comes from Philox keyed by the row's 64-bit key: one call
-(counter c) gives the 4 words of columns v = (c // Q) * TILE + j * Q + c % Q, j = 0..3, Q = TILE / 4,
+(lg2.approx) on CUDA: the two logs per column were most of the kernel's work. U[v] comes from Philox
+keyed by the row's 64-bit key: one call (counter c) gives the 4 words of columns v = (c // Q) * TILE + j * Q + c % Q, j = 0..3, Q = TILE / 4,
 so a token depends only on (key, logits row), never on the batch or on the chunking.
 Each row is split over programs of `chunk_size` columns that write a (best score, column) partial;
 a second tiny kernel picks each row's winner. Ties go to the lowest column everywhere.
@@ -32,6 +32,21 @@ def _log2(x, FAST: tl.constexpr):
 
 
 @triton.jit
+def _neg_log2_uniform(random_bits, FAST: tl.constexpr):
+    """-log2(U) float32 > 0 (an exponential variate / ln 2) for U = (b + 0.5) / 2^23, b the top 23 of
+    the uint32 random_bits: U in [2^-24, 1 - 2^-24], never 0 or 1, so the Gumbel noise is always finite
+    and a row with one finite logit always picks it. Accurate relative to its size everywhere: near
+    U = 1, where the largest noise (the likely winner's) comes from, lg2.approx's error is absolute
+    (~2^-22, i.e. percents of a result of 1e-5), so there it takes the series of -ln(1 - V), V = 1 - U
+    exact, to V^5 (relative error < V^5 / 6 <= 2e-7 below V = 1/16)."""
+    b = (random_bits >> 9).to(tl.int32).to(tl.float32)
+    u = (b + 0.5) * (1.0 / 8388608.0)
+    v = (8388607.0 - b + 0.5) * (1.0 / 8388608.0)
+    series = v * (1.0 + v * (0.5 + v * (1.0 / 3.0 + v * (0.25 + v * 0.2)))) * LOG2E
+    return tl.where(v < 0.0625, series, -_log2(u, FAST))
+
+
+@triton.jit
 def _race_quarter(row_ptr, start, random_bits, best_val, best_idx, vocab_size, inv_temp, noise_on, row_max,
                   log_min_p, QUARTER: tl.constexpr, HAS_TEMP: tl.constexpr, HAS_MIN_P: tl.constexpr,
                   FAST_LOG: tl.constexpr):
@@ -44,10 +59,7 @@ def _race_quarter(row_ptr, start, random_bits, best_val, best_idx, vocab_size, i
     if HAS_MIN_P:
         # probs < min_p * max(probs)  <=>  x - max(x) < log(min_p)
         x = tl.where(x - row_max < log_min_p, float("-inf"), x)
-    # 23 random bits -> U in [2^-24, 1 - 2^-24]: never 0 or 1, so the Gumbel noise is always finite
-    # and a row with one finite logit always picks it.
-    u = ((random_bits >> 9).to(tl.int32).to(tl.float32) + 0.5) * (1.0 / 8388608.0)
-    score = x * LOG2E - noise_on * _log2(-_log2(u, FAST_LOG), FAST_LOG)   # base 2: see the module docstring
+    score = x * LOG2E - noise_on * _log2(_neg_log2_uniform(random_bits, FAST_LOG), FAST_LOG)   # base 2
     better = score > best_val                          # strict: an earlier column keeps a tie
     return tl.where(better, score, best_val), tl.where(better, cols, best_idx)
 

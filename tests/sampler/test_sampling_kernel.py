@@ -134,14 +134,16 @@ def test_greedy_rows_take_argmax_lowest_on_ties():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="lg2.approx is CUDA only (the interpreter has no libdevice)")
 def test_fast_logs_draw_the_tokens_of_exact_logs():
-    """The default on CUDA (lg2.approx) ranks the same Gumbel scores as exact log2, up to rounding."""
+    """The default on CUDA (lg2.approx) ranks the same Gumbel scores as exact log2, up to rounding: the
+    winners' noise comes from U near 1, where a plain lg2.approx of U was off by up to 86% (1-2% of
+    these rows drew another token before the series took over there)."""
     gen = torch.Generator().manual_seed(8)
     num_rows, vocab = 512, 151936
     logits = (torch.randn(num_rows, vocab, generator=gen) * 3).to(DEVICE)
     keys, temperature = keys_for(num_rows, 9), torch.full((num_rows,), 0.6, device=DEVICE)
     fast = kernel()(logits, keys, temperature)
     exact = kernel()(logits, keys, temperature, fast_log=False)
-    assert (fast == exact).float().mean().item() > 0.99
+    assert (fast != exact).sum().item() <= 1
 
 
 def test_row_keys_use_seed_for_step():
