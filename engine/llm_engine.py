@@ -50,6 +50,17 @@ class EngineStats:
     num_total_blocks: int
 
 
+def _freeze_startup_heap() -> None:
+    """Start-up left a large heap (model, tokenizer, graphs) that every full collection of the cyclic
+    GC would walk again, a pause that grows with the heap, in the middle of a step; frozen, those
+    objects are skipped and collections see only what serving allocates (as vLLM does). Unfrozen at
+    exit, so that the interpreter's last collection still frees them (Triton's bindings report leaks)."""
+    gc.collect()
+    gc.freeze()
+    atexit.unregister(gc.unfreeze)   # once, however many engines a process makes
+    atexit.register(gc.unfreeze)
+
+
 class LLMEngine:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
@@ -80,13 +91,7 @@ class LLMEngine:
         self.num_generation_tokens = 0
         self._pending: PendingStep | None = None
         torch.manual_seed(config.seed)
-        # Start-up left a large heap (model, tokenizer, graphs) that every full collection of the
-        # cyclic GC would walk again, a pause of tens of ms in the middle of a step; frozen, they
-        # are skipped and collections see only what serving allocates. Unfrozen at exit, so that
-        # the interpreter's last collection still frees them (Triton's bindings report leaks).
-        gc.collect()
-        gc.freeze()
-        atexit.register(gc.unfreeze)
+        _freeze_startup_heap()
 
     def _eos_ids(self, mc: ModelConfig, path: str | None) -> tuple[int, ...]:
         """EOS ids from config.json, generation_config.json (chat models list several) and the tokenizer."""
