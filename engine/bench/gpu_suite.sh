@@ -206,6 +206,11 @@ for name, sigs in r['runs_triton_jit'][0].get('variants', {}).items():
       for m in qwen3-0.6b qwen3-8b; do
         run thr_$m python -m engine.bench throughput --model preset:$m --repeat 3 --timeline
       done ;;
+    budget)     # Qwen3-8B at step budgets 8192 (default) and 16384: timeline, then a profile of 10 decode steps at batch 256
+      for b in 8192 16384; do
+        run thr_8b_budget$b python -m engine.bench throughput --model preset:qwen3-8b --repeat 1 --timeline \
+          --max-num-batched-tokens $b --profile-steps 10 --profile-output "$OUT/prof_8b_budget$b.txt"
+      done ;;
     sampling)   # the sampling kernel, lg2.approx (default) against exact logs; 0.6B throughput with and without gc.freeze
       run sampling python -m engine.bench sampling --output "$OUT/sampling.json"
       nofreeze="import gc, runpy, sys; gc.freeze = lambda: None; sys.argv[0] = 'engine.bench'; runpy.run_module('engine.bench', run_name='__main__')"
