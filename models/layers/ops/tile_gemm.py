@@ -104,6 +104,11 @@ def config_for(num_rows: int, n: int, k: int, silu: bool, device: torch.device) 
     buckets = device_table(device).get((n, k, int(silu)))
     if buckets is None:
         return default_config(num_rows, n, k, silu)
+    return _bucket_config(buckets, num_rows)
+
+
+def _bucket_config(buckets: list, num_rows: int) -> dict | None:
+    """A copy of the config of the smallest M bucket >= num_rows; None where cuBLAS won or past the last."""
     for max_rows, cfg in buckets:
         if num_rows <= max_rows:
             return cfg and dict(cfg)
@@ -114,10 +119,11 @@ def wins(x: torch.Tensor, weight: torch.Tensor, silu: bool = False) -> bool:
     """Whether the engine should take the tile GEMM for x @ weight^T: on CUDA, the device's table
     holds a config for this shape and x's rows (it was timed faster than cuBLAS there); on the CPU
     (tests) always."""
+    if x.device.type != "cuda":
+        return True
     n = weight.shape[0] // 2 if silu else weight.shape[0]
-    if x.device.type == "cuda" and (n, weight.shape[1], int(silu)) not in device_table(x.device):
-        return False
-    return config_for(x.shape[0], n, weight.shape[1], silu, x.device) is not None
+    buckets = device_table(x.device).get((n, weight.shape[1], int(silu)))
+    return buckets is not None and _bucket_config(buckets, x.shape[0]) is not None
 
 
 def tile_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
