@@ -2,7 +2,9 @@
 of it the host spends waiting for the GPU (no profiler: `wait_per_step`)."""
 from __future__ import annotations
 
+import re
 import time
+from collections import Counter
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -120,6 +122,41 @@ def profile_steps(engine, num_steps: int, path: str | None = None) -> dict:
     top = sorted((e for e in events if e.self_device_time_total > 0), key=lambda e: -e.self_device_time_total)[:12]
     if path:
         _write_tables(events, path)
+    cuda = torch.autograd.DeviceType.CUDA
+    intervals = [(e.time_range.start, e.time_range.end, e.name) for e in prof.events() if e.device_type == cuda]
     return {"steps": num_steps, "wall_ms_per_step": round(1000 * wall / num_steps, 3),
             "gpu_busy_ms_per_step": round(gpu_us / 1000 / num_steps, 3),
-            "top_kernels_ms_per_step": {e.key[:80]: round(e.self_device_time_total / 1000 / num_steps, 3) for e in top}}
+            "top_kernels_ms_per_step": {e.key[:80]: round(e.self_device_time_total / 1000 / num_steps, 3) for e in top},
+            "gaps": kernel_gaps(intervals, num_steps)}
+
+
+def short_kernel_name(name: str) -> str:
+    """A kernel's family: cuBLAS GEMMs as 'cublas', Triton kernels by function name, else 40 chars."""
+    if "gemm" in name.lower() and ("sm90" in name or "cutlass" in name or "cublas" in name):
+        return "cublas"
+    return re.sub(r"[<(].*", "", name)[:40]
+
+
+def kernel_gaps(intervals: list[tuple[float, float, str]], num_steps: int, top: int = 10) -> dict:
+    """Idle GPU time between device activities (kernels and copies), from (start_us, end_us, name).
+
+    Returns the idle ms per step, the number of activities per step, and the idle ms per step of the
+    `top` (previous family -> next family) pairs with the most of it. Overlapping activities (other
+    streams) count as busy."""
+    spans = sorted(intervals)
+    idle, count = Counter(), Counter()
+    if not spans:
+        return {"idle_ms_per_step": 0.0, "activities_per_step": 0.0, "by_pair": {}}
+    busy_until, last = spans[0][1], spans[0][2]
+    for start, end, name in spans[1:]:
+        if start > busy_until:
+            pair = f"{short_kernel_name(last)} -> {short_kernel_name(name)}"
+            idle[pair] += start - busy_until
+            count[pair] += 1
+        if end >= busy_until:
+            busy_until, last = end, name
+    total = sum(idle.values())
+    return {"idle_ms_per_step": round(total / 1000 / num_steps, 3),
+            "activities_per_step": round(len(spans) / num_steps, 1),
+            "by_pair": {pair: {"ms_per_step": round(us / 1000 / num_steps, 3), "per_step": round(count[pair] / num_steps, 1)}
+                        for pair, us in idle.most_common(top)}}

@@ -56,3 +56,19 @@ def test_wait_per_step_times_host_parts_and_restores_them():
     assert parts["schedule"] > 0 and parts["sampler"] > 0 and result["wall_ms_per_step"] > 0
     assert engine.runner.sampler is sampler and engine.scheduler.schedule == schedule
     assert "schedule" not in vars(engine.scheduler)
+
+
+def test_kernel_gaps_sum_idle_time_between_activities_by_family():
+    from engine.bench.step_profile import kernel_gaps
+
+    gemm = "sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x256x64_cublas"
+    spans = [(0.0, 10.0, gemm), (12.0, 20.0, "_decode_kernel"), (19.0, 30.0, "copy"),   # overlap: no gap
+             (31.5, 40.0, gemm), (45.0, 50.0, "_decode_kernel")]
+    gaps = kernel_gaps(spans, num_steps=2)
+    assert gaps["idle_ms_per_step"] == pytest.approx((2.0 + 1.5 + 5.0) / 1000 / 2, abs=1e-3)
+    assert gaps["activities_per_step"] == 2.5
+    pairs = gaps["by_pair"]
+    assert pairs["cublas -> _decode_kernel"]["ms_per_step"] == pytest.approx(7.0 / 1000 / 2, abs=1e-3)
+    assert pairs["cublas -> _decode_kernel"]["per_step"] == 1.0
+    assert pairs["copy -> cublas"]["per_step"] == 0.5
+    assert kernel_gaps([], 1)["idle_ms_per_step"] == 0.0
