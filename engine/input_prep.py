@@ -3,7 +3,9 @@
 All index arithmetic is vectorized numpy on the host, written into persistent pinned buffers that
 reach the device in one non-blocking copy each (see StepBuffers). Each live request owns one row of
 the persistent block table. A decode batch can be padded to a CUDA-graph size: padded requests have
-one token at position 0, seq_len 0 and slot PAD_SLOT_ID (never written).
+one token at position 0, seq_len 0 and slot PAD_SLOT_ID (never written). A one-request prefill can be
+padded to a graph's token count: the padded tokens follow the request's (query_start_loc stops at its
+last token), at position 0 with slot PAD_SLOT_ID.
 """
 from __future__ import annotations
 
@@ -81,10 +83,13 @@ class InputPreparer:
         return np.array(rows, dtype=np.int64)
 
     def prepare(self, out: SchedulerOutput, num_padded_reqs: int | None = None,
-                inflight: InflightTokens | None = None) -> StepInputs:
+                inflight: InflightTokens | None = None, num_padded_tokens: int | None = None) -> StepInputs:
         """Flat inputs for the step. `num_padded_reqs` (decode-only batches) pads to that many requests;
+        `num_padded_tokens` (instead) pads the tokens after the last request's to that many;
         `inflight` holds the previous step's sampled tokens, still on the device, that some requests
         need as their input now."""
+        if num_padded_reqs and num_padded_tokens:
+            raise ValueError("pad the requests (decode batches) or the tokens (one-request prefills), not both")
         self.buffers.flip()
         num_reqs = len(out.scheduled)
         padded_reqs = num_padded_reqs or num_reqs
@@ -94,7 +99,7 @@ class InputPreparer:
         cu = np.arange(padded_reqs + 1, dtype=np.int64)        # padded requests: one token each
         np.cumsum(query_lens, out=cu[1:num_reqs + 1])
         cu[num_reqs + 1:] += cu[num_reqs] - num_reqs
-        num_tokens, padded_tokens = int(cu[num_reqs]), int(cu[-1])
+        num_tokens, padded_tokens = int(cu[num_reqs]), max(int(cu[-1]), num_padded_tokens or 0)
         req_of_token = np.repeat(np.arange(num_reqs), query_lens)
         positions = np.arange(num_tokens) - cu[req_of_token] + computed[req_of_token]
         seq_lens = computed + query_lens

@@ -12,7 +12,7 @@ from attention.layer import bind_attention_layers
 from attention.selector import BackendChoice
 from engine import kv_sizing
 from engine.config import EngineConfig, ModelConfig
-from engine.cuda_graph import CudaGraphRunner, capture_sizes, padded_size
+from engine.cuda_graph import CudaGraphRunner, capture_sizes, padded_size, prefill_capture_sizes
 from engine.input_prep import InflightTokens, InputPreparer, StepInputs
 from engine.pending_step import PendingStep
 from engine.request import Request
@@ -83,9 +83,15 @@ class ModelRunner:
 
     def _capture_graphs(self) -> CudaGraphRunner:
         sizes = capture_sizes(self.config.max_num_seqs)
+        support = self.builder.cudagraph_support
+        one_prefill = support in (CudaGraphSupport.DECODE_AND_ONE_PREFILL, CudaGraphSupport.ALWAYS)
+        prefill_sizes = prefill_capture_sizes(self.max_num_batched_tokens) if one_prefill else []
+        if not one_prefill:
+            logger.info("prefill steps run eagerly: attention backend %s captures decode steps only",
+                        self.backend.name)
         graphs = CudaGraphRunner(self.model, self.builder, sizes, self.model_config.hidden_size, self.dtype,
-                                 self.device)
-        graphs.capture(lambda num_reqs: self._synthetic_metadata(num_reqs, 1, write=False))
+                                 self.device, prefill_sizes)
+        graphs.capture(lambda num_reqs, query_len: self._synthetic_metadata(num_reqs, query_len, write=False))
         return graphs
 
     def _synthetic_metadata(self, num_reqs: int, query_len: int, write: bool) -> CommonAttentionMetadata:
@@ -172,11 +178,16 @@ class ModelRunner:
         return meta
 
     def _forward(self, out: SchedulerOutput) -> tuple[torch.Tensor, StepInputs]:
-        """Run the model: a captured graph for decode batches that fit one, eagerly otherwise."""
+        """Run the model: a captured graph for decode batches and one-request prefills that fit one,
+        eagerly otherwise."""
         num_reqs = len(out.scheduled)
         decode_only = all(s.num_new_tokens == 1 for s in out.scheduled)
         if self.graphs is not None and self.graphs.can_run(num_reqs, decode_only):
             step = self.inputs.prepare(out, padded_size(self.graphs.sizes, num_reqs), self.inflight)
+            return self.graphs.run(step.input_ids, step.positions, step.attn), step
+        prefill_size = None if self.graphs is None else self.graphs.prefill_size(num_reqs, out.num_batched_tokens)
+        if prefill_size is not None:
+            step = self.inputs.prepare(out, inflight=self.inflight, num_padded_tokens=prefill_size)
             return self.graphs.run(step.input_ids, step.positions, step.attn), step
         step = self.inputs.prepare(out, inflight=self.inflight)
         with set_forward_context(self.builder.build(step.attn)):

@@ -3,12 +3,15 @@
 Decode-only batches (max_query_len == 1) run the split-KV decode kernel; any other batch runs the
 prefill/extend kernel, which serves decodes, fresh prefills and chunked prefills in one launch.
 
-CUDA graphs (decode-only): the runner calls `builder.build_for_capture(common)` before capturing a
-batch size AND again before every replay of it, outside the capture. It copies `common`'s
-query_start_loc, seq_lens, block_table and slot_mapping into fixed-address buffers (same stream,
-no host sync) and returns metadata whose tensors are views into them; the split count depends only
-on num_reqs (it assumes max_model_len), so the captured launch shapes stay valid. Padded requests
-need seq_len 0, query_start_loc continuing by 1, and slot -1.
+CUDA graphs (decode batches, and one request's prefill of up to MAX_PREFILL_GRAPH_TOKENS tokens):
+the runner calls `builder.build_for_capture(common)` before capturing a step shape AND again before
+every replay of it, outside the capture. It copies `common`'s query_start_loc, seq_lens,
+block_table and slot_mapping into fixed-address buffers (same stream, no host sync) and returns
+metadata whose tensors are views into them. A decode graph's split count depends only on num_reqs
+(it assumes max_model_len); a prefill graph's grid only on its padded token count (the kernel skips
+the query tiles past the request's real length), so the captured launch shapes stay valid.
+Padded requests need seq_len 0, query_start_loc continuing by 1, and slot -1; padded tokens after
+the last request's (prefill graphs) need slot -1.
 
 KV layout: the cache always has the shape [2, num_blocks, block_size, Hkv, D]; the kernels take its
 strides. ENGINE_TRITON_KV_LAYOUT=HND keeps each (block, KV head) contiguous in memory behind that
@@ -23,7 +26,7 @@ from dataclasses import dataclass
 import torch
 import triton
 
-from attention.backend import (AttentionBackend, AttentionImpl, AttentionMetadataBuilder,
+from attention.backend import (MAX_PREFILL_GRAPH_TOKENS, AttentionBackend, AttentionImpl, AttentionMetadataBuilder,
                                CommonAttentionMetadata, CudaGraphSupport, block_table_cols)
 from attention.ops.decode_attention import decode_attention
 from attention.ops.prefill_attention import prefill_attention
@@ -74,17 +77,20 @@ class CaptureBuffers:
 
     def __init__(self, max_num_seqs: int, max_model_len: int, block_size: int, device: torch.device) -> None:
         max_blocks_per_req = block_table_cols(max_model_len, block_size)   # as wide as any step's table
+        max_num_tokens = max(max_num_seqs, MAX_PREFILL_GRAPH_TOKENS)
         self.query_start_loc = torch.zeros(max_num_seqs + 1, dtype=torch.int32, device=device)
         self.seq_lens = torch.zeros(max_num_seqs, dtype=torch.int32, device=device)
         self.block_table = torch.zeros(max_num_seqs, max_blocks_per_req, dtype=torch.int32, device=device)
-        self.slot_mapping = torch.full((max_num_seqs,), -1, dtype=torch.int64, device=device)
+        self.slot_mapping = torch.full((max_num_tokens,), -1, dtype=torch.int64, device=device)
 
     def fill(self, common: CommonAttentionMetadata) -> CommonAttentionMetadata:
-        """Copy `common` (a decode-only batch) in; return a copy of it that points into the buffers."""
+        """Copy `common` (a decode-only batch, or one request's prefill) in; return a copy of it that
+        points into the buffers."""
         num_reqs, num_tokens = common.num_reqs, common.num_tokens
         width = common.block_table.shape[1]
-        if common.max_query_len != 1:
-            raise ValueError(f"max_query_len must be 1 for graph capture, got {common.max_query_len}")
+        if common.max_query_len != 1 and num_reqs != 1:
+            raise ValueError(f"graph capture takes decode-only batches or one request's prefill, got "
+                             f"{num_reqs} requests with max_query_len {common.max_query_len}")
         if num_tokens > self.slot_mapping.shape[0] or num_reqs > num_tokens:
             raise ValueError(f"num_tokens must be in [num_reqs, {self.slot_mapping.shape[0]}], got {num_tokens}")
         if width > self.block_table.shape[1]:
@@ -98,12 +104,12 @@ class CaptureBuffers:
         return CommonAttentionMetadata(
             num_reqs=num_reqs, num_tokens=num_tokens, query_start_loc=qsl,
             query_start_loc_cpu=common.query_start_loc_cpu, seq_lens=seq_lens,
-            seq_lens_cpu=common.seq_lens_cpu, max_query_len=1, max_seq_len=common.max_seq_len,
+            seq_lens_cpu=common.seq_lens_cpu, max_query_len=common.max_query_len, max_seq_len=common.max_seq_len,
             block_table=table, slot_mapping=slots, block_size=common.block_size)
 
 
 class TritonAttnMetadataBuilder(AttentionMetadataBuilder):
-    cudagraph_support = CudaGraphSupport.DECODE_ONLY
+    cudagraph_support = CudaGraphSupport.DECODE_AND_ONE_PREFILL
 
     def __init__(self, num_heads, num_kv_heads, head_size, block_size, max_num_seqs, max_model_len,
                  device) -> None:
@@ -129,8 +135,8 @@ class TritonAttnMetadataBuilder(AttentionMetadataBuilder):
         return self._build(common, common.max_seq_len)
 
     def build_for_capture(self, common: CommonAttentionMetadata) -> TritonAttnMetadata:
-        """Metadata for a decode-only batch whose tensors are views into fixed buffers; see the
-        module docstring for how the runner refills them before each replay."""
+        """Metadata for a decode-only batch or one request's prefill whose tensors are views into
+        fixed buffers; see the module docstring for how the runner refills them before each replay."""
         if self._capture is None:
             self._capture = CaptureBuffers(self.max_num_seqs, self.max_model_len, self.block_size, self.device)
         return self._build(self._capture.fill(common), self.max_model_len)

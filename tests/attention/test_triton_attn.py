@@ -113,11 +113,22 @@ def test_capture_metadata_is_fixed_and_refilled():
     assert_matches_reference(TritonAttnBackend, batch, capture=True, builder=builder)
 
 
-def test_capture_rejects_prefill():
-    batch = make_batch([2], [3], num_heads=2, num_kv_heads=1, head_size=64, block_size=16,
+def test_capture_takes_one_request_prefill_with_padded_tokens():
+    """A prefill graph's step: one request's 7 tokens over 20 cached ones, 9 padding tokens after
+    them (slot -1, query_start_loc stops at 7); through the capture buffers it equals torch_ref."""
+    batch = make_batch([7], [20], num_heads=4, num_kv_heads=2, head_size=64, block_size=16,
+                       dtype=torch.float32, device=DEVICE, num_pad_tokens=9, seed=5)
+    builder = TritonAttnBackend.get_builder_cls()(4, 2, 64, 16, 4, 512, DEVICE)
+    metadata = builder.build_for_capture(batch.common)
+    assert not metadata.is_decode and metadata.num_tokens == 16 and metadata.max_query_len == 7
+    assert_matches_reference(TritonAttnBackend, batch, capture=True, builder=builder)
+
+
+def test_capture_rejects_prefill_of_several_requests():
+    batch = make_batch([2, 1], [3, 4], num_heads=2, num_kv_heads=1, head_size=64, block_size=16,
                        dtype=torch.float32, device=DEVICE)
     builder = TritonAttnBackend.get_builder_cls()(2, 1, 64, 16, 4, 512, DEVICE)
-    with pytest.raises(ValueError, match="max_query_len"):
+    with pytest.raises(ValueError, match="one request's prefill"):
         builder.build_for_capture(batch.common)
 
 
@@ -146,6 +157,36 @@ def test_cuda_graph_replay_with_new_contents():
     want, _ = run_backend(TritonAttnBackend, second)
     err = ((out.float() - want.float()).norm() / want.float().norm()).item()
     assert err < 2e-2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_cuda_graph_replay_of_a_padded_prefill():
+    """Captured as one request's 64-token prefill, replayed with 37 real tokens over 100 cached ones
+    and 27 padding tokens: the real rows equal the eager run's, and the padding writes no slot."""
+    shape = dict(num_heads=8, num_kv_heads=2, head_size=128, block_size=16, dtype=torch.bfloat16,
+                 device=DEVICE)
+    builder = TritonAttnBackend.get_builder_cls()(8, 2, 128, 16, 4, 1024, DEVICE)
+    impl = TritonAttnBackend.get_impl_cls()(8, 128, 128 ** -0.5, 2)
+    first = make_batch([64], [0], seed=5, **shape)
+    second = make_batch([37], [100], seed=6, num_pad_tokens=27, **shape)
+    num_blocks = max(first.kv_cache.shape[1], second.kv_cache.shape[1])
+    cache = torch.zeros(2, num_blocks, 16, 2, 128, dtype=torch.bfloat16, device=DEVICE)
+    q, k, v = (torch.empty_like(t) for t in (first.query, first.key, first.value))
+    out = torch.empty_like(q)
+    metadata = builder.build_for_capture(first.common)
+    impl.forward(q, k, v, cache, metadata, out)  # warm-up compiles outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        impl.forward(q, k, v, cache, metadata, out)
+    builder.build_for_capture(second.common)
+    for dst, src in ((q, second.query), (k, second.key), (v, second.value)):
+        dst.copy_(src)
+    cache[:, :second.kv_cache.shape[1]].copy_(second.kv_cache)
+    graph.replay()
+    want, want_cache = run_backend(TritonAttnBackend, second)
+    err = ((out[:37].float() - want[:37].float()).norm() / want[:37].float().norm()).item()
+    assert err < 2e-2
+    assert torch.equal(cache[:, :second.kv_cache.shape[1]], want_cache)
 
 
 @pytest.mark.parametrize("block_size,ok", [(16, True), (256, True), (8, False), (48, False), (512, False)])

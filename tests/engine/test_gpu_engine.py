@@ -57,6 +57,28 @@ def test_graphs_equal_eager(bf16_checkpoint):
     assert [c.token_ids for c in graphs] == [c.token_ids for c in eager]
 
 
+def test_one_request_prefill_graphs_equal_eager(bf16_checkpoint):
+    """Prompts sent one at a time: each prefill step is a lone request, replayed from a prefill graph
+    padded to 16-512 tokens (the 700-token prompt runs eagerly; the repeated 300-token one prefills
+    its last tokens over its cached prefix), with the same greedy tokens as eager."""
+    kw = dict(max_num_seqs=16, dtype="float32")
+    eager = make_llm(bf16_checkpoint, "triton", enforce_eager=True, **kw)
+    llm = make_llm(bf16_checkpoint, "triton", **kw)
+    graphs = llm.engine.runner.graphs
+    assert graphs.prefill_sizes == [16, 32, 64, 128, 256, 512]
+    replayed = []
+    run = graphs.run
+    graphs.run = lambda ids, pos, common: replayed.append((common.num_reqs, common.num_tokens)) or run(ids, pos, common)
+    params = SamplingParams(temperature=0, max_tokens=NUM_NEW, ignore_eos=True)
+    prompts = batch()
+    for prompt in prompts + [prompts[2]]:
+        want = eager.generate([prompt], params, use_tqdm=False)[0].outputs[0].token_ids
+        got = llm.generate([prompt], params, use_tqdm=False)[0].outputs[0].token_ids
+        assert got == want, f"prompt of {len(prompt)} tokens"
+    prefills = [shape for shape in replayed if shape[1] > 1 and shape[0] == 1]
+    assert prefills == [(1, 16), (1, 64), (1, 512), (1, 32), (1, 16)], prefills
+
+
 @pytest.mark.parametrize("backend", ["triton", "flash_attn"])
 def test_backend_greedy_matches_torch_ref(bf16_checkpoint, backend):
     if backend == "flash_attn":

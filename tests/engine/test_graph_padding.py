@@ -1,12 +1,15 @@
-"""The CPU side of CUDA graphs: capture sizes, padding a decode batch, and that padded steps give the
-same output as unpadded ones (run eagerly here through a stand-in for the graph runner)."""
+"""The CPU side of CUDA graphs: capture sizes, padding a decode batch or a one-request prefill, and
+that padded steps give the same output as unpadded ones (run eagerly here through a stand-in for the
+graph runner)."""
+import dataclasses
+
 import pytest
 import torch
 
 from attention.backend import PAD_SLOT_ID, CommonAttentionMetadata, block_table_cols
 from attention.forward_context import set_forward_context
 from engine import LLM, SamplingParams
-from engine.cuda_graph import capture_sizes, padded_size
+from engine.cuda_graph import capture_sizes, padded_size, prefill_capture_sizes
 
 
 def test_capture_sizes():
@@ -28,18 +31,35 @@ def test_padded_size(n, want):
     assert padded_size(capture_sizes(40), n) == want
 
 
-class EagerGraphs:
-    """Runs padded decode batches eagerly with the same contract as CudaGraphRunner.run."""
+def test_prefill_capture_sizes():
+    assert prefill_capture_sizes(8192) == [16, 32, 64, 128, 256, 512]
+    assert prefill_capture_sizes(100) == [16, 32, 64]
+    assert prefill_capture_sizes(8) == []
 
-    def __init__(self, runner, sizes):
-        self.runner, self.sizes, self.seen = runner, sizes, []
+
+class EagerGraphs:
+    """Runs padded decode batches and one-request prefills eagerly with the same contract as
+    CudaGraphRunner (can_run, prefill_size, run)."""
+
+    def __init__(self, runner, sizes, prefill_sizes=()):
+        self.runner, self.sizes, self.prefill_sizes, self.seen = runner, sizes, list(prefill_sizes), []
 
     def can_run(self, num_reqs, decode_only):
         return decode_only and num_reqs <= self.sizes[-1]
 
+    def prefill_size(self, num_reqs, num_tokens):
+        if num_reqs != 1 or num_tokens <= 1 or not self.prefill_sizes:
+            return None
+        return padded_size(self.prefill_sizes, num_tokens)
+
     def run(self, input_ids, positions, common):
-        self.seen.append(common)
-        assert common.num_reqs in self.sizes
+        # a snapshot: the step's tensors are views into buffers the next steps overwrite
+        self.seen.append(dataclasses.replace(common, **{name: getattr(common, name).clone() for name in (
+            "query_start_loc", "seq_lens", "block_table", "slot_mapping")}))
+        if common.max_query_len == 1:
+            assert common.num_reqs in self.sizes and common.num_tokens == common.num_reqs
+        else:
+            assert common.num_reqs == 1 and common.num_tokens in self.prefill_sizes
         with set_forward_context(self.runner.builder.build(common)):
             return self.runner.model(input_ids, positions)
 
@@ -63,6 +83,33 @@ def test_padded_decode_steps_match_eager(qwen3_checkpoint):
     assert c.seq_lens.tolist()[5:] == [0, 0, 0]
     assert c.block_table.shape == (8, 16)   # short contexts: one block each, 16 columns (block_table_cols)
     assert c.query_start_loc.tolist() == list(range(9))
+
+
+def test_padded_one_request_prefills_match_eager(qwen3_checkpoint):
+    """Prompts sent one at a time (each prefill step a lone request, padded to 16 or 32 tokens; 40
+    tokens exceed the largest size and run unpadded) give the unpadded engine's tokens."""
+    path, _ = qwen3_checkpoint
+    prompts = [[5, 7, 9], [11 + i for i in range(16)], [3 + i % 50 for i in range(20)], [8 + i for i in range(40)]]
+    params = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
+    plain = LLM(path, device="cpu", dtype="float32")
+    want = [plain.generate([p], params, use_tqdm=False)[0].outputs[0].token_ids for p in prompts]
+    padded = LLM(path, device="cpu", dtype="float32")
+    runner = padded.engine.runner
+    runner.graphs = EagerGraphs(runner, [1, 2, 4], prefill_sizes=[16, 32])
+    got = [padded.generate([p], params, use_tqdm=False)[0].outputs[0].token_ids for p in prompts]
+    assert got == want
+    prefills = [c for c in runner.graphs.seen if c.max_query_len > 1]
+    assert [(c.max_query_len, c.num_tokens) for c in prefills] == [(3, 16), (16, 16), (20, 32)]
+    c = prefills[-1]
+    assert c.query_start_loc.tolist() == [0, 20] and c.seq_lens.tolist() == [20]
+    slots = c.slot_mapping.numpy()
+    assert (slots[:20] >= 0).all() and (slots[20:] == PAD_SLOT_ID).all()
+
+
+def test_padding_requests_and_tokens_at_once_is_refused(qwen3_checkpoint):
+    llm = LLM(qwen3_checkpoint[0], device="cpu", dtype="float32")
+    with pytest.raises(ValueError, match="not both"):
+        llm.engine.runner.inputs.prepare(None, num_padded_reqs=4, num_padded_tokens=16)
 
 
 def test_synthetic_start_up_metadata(qwen3_checkpoint):
