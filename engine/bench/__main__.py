@@ -16,6 +16,7 @@ MODES = {
     "tile_gemm": "engine.bench.tile_gemm",
     "decode_cost": "engine.bench.decode_cost",
     "sampling": "engine.bench.sampling",
+    "tunableop": "engine.bench.tunableop",
 }
 
 

@@ -218,6 +218,14 @@ for name, sigs in r['runs_triton_jit'][0].get('variants', {}).items():
         run thr_0.6b_freeze_$i python -m engine.bench throughput --model preset:qwen3-0.6b --repeat 3
         run thr_0.6b_nofreeze_$i python -c "$nofreeze" throughput --model preset:qwen3-0.6b --repeat 3
       done ;;
+    tunableop)  # cuBLAS's default GEMM against TunableOp's pick (8B projections), then 8B throughput with TunableOp on
+      run tunableop python -m engine.bench tunableop --preset qwen3-8b --rows 64 128 136 192 200 256
+      PYTORCH_TUNABLEOP_ENABLED=1 PYTORCH_TUNABLEOP_TUNING=1 PYTORCH_TUNABLEOP_FILENAME=/tmp/tunableop_8b.csv \
+        PYTORCH_TUNABLEOP_MAX_TUNING_DURATION_MS=10 run thr_8b_tunableop python -m engine.bench throughput \
+        --model preset:qwen3-8b --repeat 3 --timeline ;;
+    gaps)       # idle GPU time between kernels in 10 decode steps at batch 256 (Qwen3-8B), with the run's timeline
+      run thr_8b_gaps python -m engine.bench throughput --model preset:qwen3-8b --repeat 1 --timeline \
+        --profile-steps 10 --profile-output "$OUT/prof_8b.txt" ;;
     attention)
       run attention python -m engine.bench attention --output "$OUT/attention.json" ;;
     ragged)     # triton decode on ragged batches (contexts uniform in [n/8, n]) per split count and order; 0.6B, 8B heads

@@ -72,3 +72,12 @@ def test_kernel_gaps_sum_idle_time_between_activities_by_family():
     assert pairs["cublas -> _decode_kernel"]["per_step"] == 1.0
     assert pairs["copy -> cublas"]["per_step"] == 0.5
     assert kernel_gaps([], 1)["idle_ms_per_step"] == 0.0
+
+
+def test_tunableop_bench_takes_the_projection_shapes_of_a_preset():
+    from engine.bench.tunableop import projection_shapes
+    from models.presets import PRESETS
+
+    assert projection_shapes(PRESETS["qwen3-8b"]()) == {
+        "qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (24576, 4096), "down": (4096, 12288),
+        "lm_head": (151936, 4096)}
