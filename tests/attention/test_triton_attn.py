@@ -132,14 +132,14 @@ def test_capture_rejects_prefill_of_several_requests():
         builder.build_for_capture(batch.common)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
-def test_cuda_graph_replay_with_new_contents():
-    shape = dict(num_heads=8, num_kv_heads=2, head_size=128, block_size=16, dtype=torch.bfloat16,
-                 device=DEVICE)
+GRAPH_SHAPE = dict(num_heads=8, num_kv_heads=2, head_size=128, block_size=16, dtype=torch.bfloat16, device=DEVICE)
+
+
+def capture_then_replay(first, second):
+    """Capture the backend's step on `first` (through the capture buffers), replay it on `second`'s
+    metadata, query, key, value and cache; returns (output [T, H, D], the cache's first blocks)."""
     builder = TritonAttnBackend.get_builder_cls()(8, 2, 128, 16, 4, 1024, DEVICE)
     impl = TritonAttnBackend.get_impl_cls()(8, 128, 128 ** -0.5, 2)
-    first = make_batch([1] * 4, [300, 5, 60, 900], seed=3, **shape)
-    second = make_batch([1] * 4, [7, 500, 33, 64], seed=4, **shape)
     num_blocks = max(first.kv_cache.shape[1], second.kv_cache.shape[1])
     cache = torch.zeros(2, num_blocks, 16, 2, 128, dtype=torch.bfloat16, device=DEVICE)
     q, k, v = (torch.empty_like(t) for t in (first.query, first.key, first.value))
@@ -154,6 +154,14 @@ def test_cuda_graph_replay_with_new_contents():
         dst.copy_(src)
     cache[:, :second.kv_cache.shape[1]].copy_(second.kv_cache)
     graph.replay()
+    return out, cache[:, :second.kv_cache.shape[1]]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_cuda_graph_replay_with_new_contents():
+    first = make_batch([1] * 4, [300, 5, 60, 900], seed=3, **GRAPH_SHAPE)
+    second = make_batch([1] * 4, [7, 500, 33, 64], seed=4, **GRAPH_SHAPE)
+    out, _ = capture_then_replay(first, second)
     want, _ = run_backend(TritonAttnBackend, second)
     err = ((out.float() - want.float()).norm() / want.float().norm()).item()
     assert err < 2e-2
@@ -163,30 +171,13 @@ def test_cuda_graph_replay_with_new_contents():
 def test_cuda_graph_replay_of_a_padded_prefill():
     """Captured as one request's 64-token prefill, replayed with 37 real tokens over 100 cached ones
     and 27 padding tokens: the real rows equal the eager run's, and the padding writes no slot."""
-    shape = dict(num_heads=8, num_kv_heads=2, head_size=128, block_size=16, dtype=torch.bfloat16,
-                 device=DEVICE)
-    builder = TritonAttnBackend.get_builder_cls()(8, 2, 128, 16, 4, 1024, DEVICE)
-    impl = TritonAttnBackend.get_impl_cls()(8, 128, 128 ** -0.5, 2)
-    first = make_batch([64], [0], seed=5, **shape)
-    second = make_batch([37], [100], seed=6, num_pad_tokens=27, **shape)
-    num_blocks = max(first.kv_cache.shape[1], second.kv_cache.shape[1])
-    cache = torch.zeros(2, num_blocks, 16, 2, 128, dtype=torch.bfloat16, device=DEVICE)
-    q, k, v = (torch.empty_like(t) for t in (first.query, first.key, first.value))
-    out = torch.empty_like(q)
-    metadata = builder.build_for_capture(first.common)
-    impl.forward(q, k, v, cache, metadata, out)  # warm-up compiles outside the capture
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        impl.forward(q, k, v, cache, metadata, out)
-    builder.build_for_capture(second.common)
-    for dst, src in ((q, second.query), (k, second.key), (v, second.value)):
-        dst.copy_(src)
-    cache[:, :second.kv_cache.shape[1]].copy_(second.kv_cache)
-    graph.replay()
+    first = make_batch([64], [0], seed=5, **GRAPH_SHAPE)
+    second = make_batch([37], [100], seed=6, num_pad_tokens=27, **GRAPH_SHAPE)
+    out, cache = capture_then_replay(first, second)
     want, want_cache = run_backend(TritonAttnBackend, second)
     err = ((out[:37].float() - want[:37].float()).norm() / want[:37].float().norm()).item()
     assert err < 2e-2
-    assert torch.equal(cache[:, :second.kv_cache.shape[1]], want_cache)
+    assert torch.equal(cache, want_cache)
 
 
 @pytest.mark.parametrize("block_size,ok", [(16, True), (256, True), (8, False), (48, False), (512, False)])
