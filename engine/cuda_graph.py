@@ -34,13 +34,22 @@ def capture_sizes(max_num_seqs: int) -> list[int]:
 def prefill_capture_sizes(max_num_batched_tokens: int) -> list[int]:
     """Token counts of one-request prefill graphs: powers of two from 16 to MAX_PREFILL_GRAPH_TOKENS
     that fit the step budget."""
-    return [s for s in (16, 32, 64, 128, 256, 512) if s <= min(max_num_batched_tokens, MAX_PREFILL_GRAPH_TOKENS)]
+    limit = min(max_num_batched_tokens, MAX_PREFILL_GRAPH_TOKENS)
+    return [1 << p for p in range(4, limit.bit_length()) if 1 << p <= limit]
 
 
 def padded_size(sizes: list[int], num_reqs: int) -> int | None:
     """The smallest captured size >= num_reqs, or None when the batch is larger than every graph."""
     i = bisect.bisect_left(sizes, num_reqs)
     return sizes[i] if i < len(sizes) else None
+
+
+def prefill_graph_size(prefill_sizes: list[int], num_reqs: int, num_tokens: int) -> int | None:
+    """The prefill graph's token count for a step of one request's `num_tokens` > 1 tokens (and
+    nothing else), or None: run it eagerly."""
+    if num_reqs != 1 or num_tokens <= 1 or not prefill_sizes:
+        return None
+    return padded_size(prefill_sizes, num_tokens)
 
 
 class CudaGraphRunner:
@@ -63,11 +72,8 @@ class CudaGraphRunner:
         return decode_only and num_reqs <= self.sizes[-1]
 
     def prefill_size(self, num_reqs: int, num_tokens: int) -> int | None:
-        """The prefill graph's token count for a step of one request's `num_tokens` > 1 tokens (and
-        nothing else), or None: run it eagerly."""
-        if num_reqs != 1 or num_tokens <= 1 or not self.prefill_sizes:
-            return None
-        return padded_size(self.prefill_sizes, num_tokens)
+        """See `prefill_graph_size`."""
+        return prefill_graph_size(self.prefill_sizes, num_reqs, num_tokens)
 
     @torch.inference_mode()
     def capture(self, make_metadata) -> None:

@@ -118,11 +118,11 @@ def profile_steps(engine, num_steps: int, path: str | None = None) -> dict:
         torch.cuda.synchronize()
         wall = time.perf_counter() - start
     events = prof.key_averages()
-    gpu_us = sum(e.self_device_time_total for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
+    cuda = torch.autograd.DeviceType.CUDA
+    gpu_us = sum(e.self_device_time_total for e in events if e.device_type == cuda)
     top = sorted((e for e in events if e.self_device_time_total > 0), key=lambda e: -e.self_device_time_total)[:12]
     if path:
         _write_tables(events, path)
-    cuda = torch.autograd.DeviceType.CUDA
     intervals = [(e.time_range.start, e.time_range.end, e.name) for e in prof.events() if e.device_type == cuda]
     return {"steps": num_steps, "wall_ms_per_step": round(1000 * wall / num_steps, 3),
             "gpu_busy_ms_per_step": round(gpu_us / 1000 / num_steps, 3),

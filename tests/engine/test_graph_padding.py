@@ -9,7 +9,7 @@ import torch
 from attention.backend import PAD_SLOT_ID, CommonAttentionMetadata, block_table_cols
 from attention.forward_context import set_forward_context
 from engine import LLM, SamplingParams
-from engine.cuda_graph import capture_sizes, padded_size, prefill_capture_sizes
+from engine.cuda_graph import capture_sizes, padded_size, prefill_capture_sizes, prefill_graph_size
 
 
 def test_capture_sizes():
@@ -35,6 +35,16 @@ def test_prefill_capture_sizes():
     assert prefill_capture_sizes(8192) == [16, 32, 64, 128, 256, 512]
     assert prefill_capture_sizes(100) == [16, 32, 64]
     assert prefill_capture_sizes(8) == []
+    assert prefill_capture_sizes(512) == [16, 32, 64, 128, 256, 512]
+
+
+@pytest.mark.parametrize("num_reqs, num_tokens, want", [(1, 2, 16), (1, 16, 16), (1, 17, 32), (1, 512, 512),
+                                                        (1, 513, None), (1, 1, None), (2, 20, None)])
+def test_prefill_graph_size(num_reqs, num_tokens, want):
+    """One request's 2-512 tokens take the next prefill graph; one token (a decode), a longer
+    prefill or several requests run without one."""
+    assert prefill_graph_size(prefill_capture_sizes(8192), num_reqs, num_tokens) == want
+    assert prefill_graph_size([], 1, 20) is None
 
 
 class EagerGraphs:
@@ -48,9 +58,7 @@ class EagerGraphs:
         return decode_only and num_reqs <= self.sizes[-1]
 
     def prefill_size(self, num_reqs, num_tokens):
-        if num_reqs != 1 or num_tokens <= 1 or not self.prefill_sizes:
-            return None
-        return padded_size(self.prefill_sizes, num_tokens)
+        return prefill_graph_size(self.prefill_sizes, num_reqs, num_tokens)
 
     def run(self, input_ids, positions, common):
         # a snapshot: the step's tensors are views into buffers the next steps overwrite
