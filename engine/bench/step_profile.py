@@ -131,8 +131,10 @@ def profile_steps(engine, num_steps: int, path: str | None = None) -> dict:
 
 
 def short_kernel_name(name: str) -> str:
-    """A kernel's family: cuBLAS GEMMs as 'cublas', Triton kernels by function name, else 40 chars."""
-    if "gemm" in name.lower() and ("sm90" in name or "cutlass" in name or "cublas" in name):
+    """A kernel's family: cuBLAS GEMMs as 'cublas' (`nvjet_*` on Hopper with CUDA 13, or a GEMM
+    named for sm90 / cutlass / cublas), Triton kernels by function name, else 40 chars."""
+    lower = name.lower()
+    if lower.startswith("nvjet") or ("gemm" in lower and ("sm90" in name or "cutlass" in name or "cublas" in name)):
         return "cublas"
     return re.sub(r"[<(].*", "", name)[:40]
 

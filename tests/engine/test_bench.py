@@ -72,6 +72,8 @@ def test_kernel_gaps_sum_idle_time_between_activities_by_family():
     assert pairs["cublas -> _decode_kernel"]["per_step"] == 1.0
     assert pairs["copy -> cublas"]["per_step"] == 0.5
     assert kernel_gaps([], 1)["idle_ms_per_step"] == 0.0
+    nvjet = "nvjet_sm90_tst_128x64_64x8_1x2_h_bz_TNT"   # cuBLAS's kernels on the H100 (CUDA 13)
+    assert "cublas -> _rms_norm_kernel" in kernel_gaps([(0.0, 1.0, nvjet), (2.0, 3.0, "_rms_norm_kernel")], 1)["by_pair"]
 
 
 def test_tunableop_bench_takes_the_projection_shapes_of_a_preset():
