@@ -228,6 +228,8 @@ for name, sigs in r['runs_triton_jit'][0].get('variants', {}).items():
       run splitk timeout 560 python -m engine.bench tile_gemm --cases "8b qkv" "8b o" "8b down" "8b gate_up silu" \
         --rows 128 192 256 --splits 1 2 4 --block-ks 128 --output "$OUT/splitk_rows.json" \
         --write-configs "$OUT/tile_configs_splitk.json" --merge-with models/layers/ops/tile_configs_h100.json ;;
+    tma)        # probe: a TMA (tensor descriptor) Triton GEMM against cuBLAS, 8B projections at 128 and 256 rows
+      run tma timeout 400 python -m engine.bench.tma_gemm_probe ;;
     gaps)       # idle GPU time between kernels in 10 decode steps at batch 256 (Qwen3-8B), with the run's timeline
       run thr_8b_gaps python -m engine.bench throughput --model preset:qwen3-8b --repeat 1 --timeline \
         --profile-steps 10 --profile-output "$OUT/prof_8b.txt" ;;
