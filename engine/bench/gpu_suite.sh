@@ -223,13 +223,6 @@ for name, sigs in r['runs_triton_jit'][0].get('variants', {}).items():
       PYTORCH_TUNABLEOP_ENABLED=1 PYTORCH_TUNABLEOP_TUNING=1 PYTORCH_TUNABLEOP_FILENAME=/tmp/tunableop_8b.csv \
         PYTORCH_TUNABLEOP_MAX_TUNING_DURATION_MS=10 run thr_8b_tunableop python -m engine.bench throughput \
         --model preset:qwen3-8b --repeat 3 --timeline ;;
-    splitk)     # the tile GEMM's split-K configs against cuBLAS on the 8B projections at 128-256 rows; writes a table
-      run tile_tests python -m pytest -q tests/models/test_tile_gemm.py
-      run splitk timeout 560 python -m engine.bench tile_gemm --cases "8b qkv" "8b o" "8b down" "8b gate_up silu" \
-        --rows 128 192 256 --splits 1 2 4 --block-ks 128 --output "$OUT/splitk_rows.json" \
-        --write-configs "$OUT/tile_configs_splitk.json" --merge-with models/layers/ops/tile_configs_h100.json ;;
-    tma)        # probe: a TMA (tensor descriptor) Triton GEMM against cuBLAS, 8B projections at 128 and 256 rows
-      run tma timeout 400 python -m engine.bench.tma_gemm_probe ;;
     gaps)       # idle GPU time between kernels in 10 decode steps at batch 256 (Qwen3-8B), with the run's timeline
       run thr_8b_gaps python -m engine.bench throughput --model preset:qwen3-8b --repeat 1 --timeline \
         --profile-steps 10 --profile-output "$OUT/prof_8b.txt" ;;

@@ -38,16 +38,10 @@ SHARED_MEMORY_BYTES = 220 << 10
 def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cases", nargs="+", default=None, help="only the cases whose name contains one of these texts")
     parser.add_argument("--rows", type=int, nargs="+", default=list(ROWS), help="the M values to time (<= 256)")
-    parser.add_argument("--splits", type=int, nargs="+", default=[1],
-                        help="the sweep's SPLIT_K values (K cut into that many parts, summed by each tile's last program)")
-    parser.add_argument("--block-ks", type=int, nargs="+", default=[64, 128], help="the sweep's BLOCK_K values")
     parser.add_argument("--write-configs", default=None, help="write the winners as a config table (JSON)")
     parser.add_argument("--table", default=None,
                         help="no sweep: time the configs this table (a --write-configs file) holds for the shape, "
                              "at each M (engine: what the table picks there)")
-    parser.add_argument("--merge-with", default=None,
-                        help="with --write-configs: write this table (a table file) with the swept shapes' buckets "
-                             "from the smallest swept M up replaced by the sweep's")
     parser.add_argument("--output", default=None)
 
 
@@ -56,16 +50,11 @@ def _fits(cfg: dict, silu: bool) -> bool:
     return (cfg["BLOCK_M"] + weight_rows) * cfg["BLOCK_K"] * 2 * cfg["num_stages"] <= SHARED_MEMORY_BYTES
 
 
-def _first_configs(num_rows: int, silu: bool, splits=(1,), block_ks=(64, 128)) -> list[dict]:
+def _first_configs(num_rows: int, silu: bool) -> list[dict]:
     block_ms = [bm for bm in (16, 32, 64, 128) if bm <= max(16, num_rows) and bm * 8 >= num_rows]
-    configs = [dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=4, num_stages=3, **_split(sk))
-               for bm, bn, bk, sk in itertools.product(block_ms, (32, 64, 128, 256), block_ks, splits)]
+    configs = [dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=4, num_stages=3)
+               for bm, bn, bk in itertools.product(block_ms, (32, 64, 128, 256), (64, 128))]
     return [cfg for cfg in configs if _fits(cfg, silu)]
-
-
-def _split(split_k: int) -> dict:
-    """A config's SPLIT_K entry: none for 1 (the tables' configs without split-K)."""
-    return {} if split_k == 1 else dict(SPLIT_K=split_k)
 
 
 def _second_configs(best: dict, silu: bool) -> list[dict]:
@@ -95,7 +84,7 @@ def _cublas_us(x, weights, silu: bool, library: str) -> float:
         torch.backends.cuda.preferred_blas_library(previous)
 
 
-def _row(tile, name: str, num_rows: int, table: str | None = None, splits=(1,), block_ks=(64, 128)) -> dict:
+def _row(tile, name: str, num_rows: int, table: str | None = None) -> dict:
     """One (case, M): cuBLAS, cuBLASLt and the tile GEMM's best config (swept, or the table's pick)."""
     n, k, silu = CASES[name]
     x, weights = _case(2 * n if silu else n, k, num_rows)
@@ -109,7 +98,7 @@ def _row(tile, name: str, num_rows: int, table: str | None = None, splits=(1,), 
 
     picked = None
     if table is None:
-        best = _time_configs(_first_configs(num_rows, silu, splits, block_ks), calls_for)
+        best = _time_configs(_first_configs(num_rows, silu), calls_for)
         best = _time_configs(_second_configs(best[0], silu), calls_for, best)
     else:   # no sweep: the table's pick for this M, its configs for the other M, the default
         picked = tile.config_for(num_rows, n, k, silu, x.device)
@@ -153,16 +142,6 @@ def merge_buckets(buckets: list) -> list:
     return merged
 
 
-def merge_tables(base: dict, swept: dict) -> dict:
-    """`base` with each of `swept`'s shapes taking the swept buckets: base's buckets below the
-    smallest swept M are kept (they still cover the rows under it), the rest replaced."""
-    merged = dict(base)
-    for key, buckets in swept.items():
-        below = [bucket for bucket in base.get(key, []) if bucket[0] < buckets[0][0]]
-        merged[key] = merge_buckets(below + buckets)
-    return merged
-
-
 def main(args: argparse.Namespace) -> dict:
     tile = load("tile_gemm")
     if args.table:
@@ -172,20 +151,16 @@ def main(args: argparse.Namespace) -> dict:
     rows = []
     for name in [name for name in CASES if args.cases is None or any(text in name for text in args.cases)]:
         for num_rows in args.rows:
-            row = _row(tile, name, num_rows, args.table, args.splits, args.block_ks)
+            row = _row(tile, name, num_rows, args.table)
             cfg = row["config"]
             print(f"{name:<18} {num_rows:>4} {row['cublas_us']:>9} {row['cublaslt_us']:>11} {row['tile_us']:>8} "
                   f"{row['speedup']:>7} {row['tb_s']:>5}  {cfg['BLOCK_M']}x{cfg['BLOCK_N']}x{cfg['BLOCK_K']} "
-                  f"w{cfg['num_warps']} s{cfg['num_stages']} k{cfg.get('SPLIT_K', 1)} (engine: {row['engine_uses']})", flush=True)
+                  f"w{cfg['num_warps']} s{cfg['num_stages']} (engine: {row['engine_uses']})", flush=True)
             rows.append(row)
             torch.cuda.empty_cache()
     if args.write_configs:
-        table = _config_table(rows)
-        if args.merge_with:
-            with open(args.merge_with) as f:
-                table = merge_tables(json.load(f), table)
         with open(args.write_configs, "w") as f:
-            json.dump(table, f, indent=1)
+            json.dump(_config_table(rows), f, indent=1)
     if args.output:
         with open(args.output, "w") as f:
             json.dump(rows, f, indent=1)

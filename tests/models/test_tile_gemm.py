@@ -92,37 +92,6 @@ def test_tile_gemm_other_tile_shapes(tile, silu):
         torch.testing.assert_close(out.double(), want.to(DEVICE), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("split_k", [2, 3, 4])
-@pytest.mark.parametrize("silu", [False, True])
-@pytest.mark.parametrize("num_rows,n,k", [(40, 48, 64), (17, 24, 50)])
-def test_tile_gemm_split_k_matches_float64(tile, split_k, silu, num_rows, n, k):
-    """SPLIT_K > 1: each program sums its part of K, the tile's last program adds the parts and
-    writes the tile. K = 50 with BLOCK_K 16 is ragged, and 3 or 4 splits of its 4 column tiles
-    leave a split with no columns. Every counter is back at 0 afterwards (CUDA-graph replays reuse
-    them), and a second launch gives the same bits (the parts are added in split order)."""
-    x, weight, bias = _inputs(num_rows, 2 * n if silu else n, k, torch.float32, True, seed=split_k + num_rows)
-    want = _silu_reference(x, weight, bias, torch.float32) if silu else _reference(x, weight, bias)
-    cfg = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, num_warps=4, num_stages=1, SPLIT_K=split_k)
-    out = tile.tile_gemm(x, weight, bias, config=cfg, silu=silu)
-    torch.testing.assert_close(out.double(), want.to(DEVICE), rtol=1e-4, atol=1e-4)
-    assert int(tile.split_counters(x.device, 1).count_nonzero()) == 0
-    assert torch.equal(tile.tile_gemm(x, weight, bias, config=cfg, silu=silu), out)
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="stands in for a capture with no GPU touched")
-def test_split_counters_are_not_made_inside_a_capture(tile, monkeypatch):
-    """The counters are zeroed when made: made inside a CUDA-graph capture, only a replay would zero
-    them, so their first use there is refused; too many tiles for them too."""
-    monkeypatch.setattr(tile, "_COUNTERS", {})
-    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
-    with pytest.raises(RuntimeError, match="must not be inside a CUDA-graph capture"):
-        tile.split_counters(torch.device("cuda", 0), 4)
-    cpu = torch.device("cpu")
-    assert tile.split_counters(cpu, tile.MAX_SPLIT_TILES).numel() == tile.MAX_SPLIT_TILES
-    with pytest.raises(ValueError, match="take larger tiles"):
-        tile.split_counters(cpu, tile.MAX_SPLIT_TILES + 1)
-
-
 def test_tile_gemm_empty_batch(tile):
     out = tile.tile_gemm(torch.zeros(0, 64, device=DEVICE), torch.zeros(48, 64, device=DEVICE))
     assert out.shape == (0, 48)
@@ -211,7 +180,7 @@ def test_builtin_table_by_device_name(monkeypatch, tile):
 def test_shipped_tables_are_well_formed(tile):
     """Each shipped table: increasing M buckets ending at MAX_ROWS, configs whose tiles fit in shared
     memory, and (the H100's) a config somewhere for every Qwen3-0.6B projection."""
-    keys = {"BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages"}
+    keys = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages")
     for file in tile.DEVICE_TABLES.values():
         table = tile._file_configs(os.path.join(os.path.dirname(tile.__file__), file))
         for (n, k, silu), buckets in table.items():
@@ -219,7 +188,7 @@ def test_shipped_tables_are_well_formed(tile):
             assert rows == sorted(set(rows)) and rows[-1] == tile.MAX_ROWS, (n, k, silu)
             for _, cfg in buckets:
                 if cfg is not None:
-                    assert set(cfg) - {"SPLIT_K"} == keys and cfg.get("SPLIT_K", 1) >= 1
+                    assert set(cfg) == set(keys)
                     weight_rows = cfg["BLOCK_N"] * (2 if silu else 1)
                     smem = (cfg["BLOCK_M"] + weight_rows) * cfg["BLOCK_K"] * 2 * cfg["num_stages"]
                     assert smem <= tile.SHARED_MEMORY_BYTES, (n, k, silu, cfg)

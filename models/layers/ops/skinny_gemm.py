@@ -75,26 +75,25 @@ def bias_silu_epilogue(acc, acc_up, bias_ptr, cols, col_ok, N, out_ty: tl.conste
 
 
 @triton.jit
-def accumulate_tile(x_rows, row_ok, w_rows, u_rows, k_begin, k_end, MASK_X_ROWS: tl.constexpr,
-                    EVEN_K: tl.constexpr, SILU: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                    BLOCK_K: tl.constexpr, DOT_F32: tl.constexpr, PRECISION: tl.constexpr, USE_PDL: tl.constexpr):
+def accumulate_tile(x_rows, row_ok, w_rows, u_rows, K, MASK_X_ROWS: tl.constexpr, EVEN_K: tl.constexpr,
+                    SILU: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                    DOT_F32: tl.constexpr, PRECISION: tl.constexpr, USE_PDL: tl.constexpr):
     """The body both GEMMs share: with USE_PDL the PDL prologue (the first weight tile pulled into L2
-    before the wait), then x @ W^T over columns [k_begin, k_end) of K -> (acc, acc_up) float32
-    [BLOCK_M, BLOCK_N] (acc_up: the up rows `u_rows`, with SILU). x_rows, w_rows, u_rows: [BLOCK_M or
-    BLOCK_N, 1] row pointers; MASK_X_ROWS: x's rows past `row_ok` load as 0 (else every x row pointer
-    is valid). EVEN_K: k_begin and k_end are multiples of BLOCK_K (no column mask)."""
+    before the wait), then x @ W^T over the whole of K -> (acc, acc_up) float32 [BLOCK_M, BLOCK_N]
+    (acc_up: the up rows `u_rows`, with SILU). x_rows, w_rows, u_rows: [BLOCK_M or BLOCK_N, 1] row
+    pointers; MASK_X_ROWS: x's rows past `row_ok` load as 0 (else every x row pointer is valid)."""
     if USE_PDL:  # see models/layers/ops/pdl.py
         tl.extra.cuda.gdc_launch_dependents()
-        prefetch_first_tile(w_rows + k_begin, k_end - k_begin, BLOCK_K)
+        prefetch_first_tile(w_rows, K, BLOCK_K)
         if SILU:
-            prefetch_first_tile(u_rows + k_begin, k_end - k_begin, BLOCK_K)
+            prefetch_first_tile(u_rows, K, BLOCK_K)
         tl.extra.cuda.gdc_wait()
     ks = tl.arange(0, BLOCK_K)
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     acc_up = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-    for k0 in range(k_begin, k_end, BLOCK_K):
+    for k0 in range(0, K, BLOCK_K):
         kk = k0 + ks
-        k_ok = kk < k_end
+        k_ok = kk < K
         if MASK_X_ROWS:
             x = tl.load(x_rows + kk[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
             if DOT_F32:
@@ -130,7 +129,7 @@ def _skinny_gemm_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, M, N, K, stride_xm, str
     rows = tl.arange(0, BLOCK_M)
     row_ok = rows < M
     w_rows = w_ptr + tl.where(col_ok, cols, 0).to(tl.int64)[:, None] * stride_wn
-    acc, acc_up = accumulate_tile(x_ptr + rows[:, None] * stride_xm, row_ok, w_rows, w_rows + N * stride_wn, 0, K,
+    acc, acc_up = accumulate_tile(x_ptr + rows[:, None] * stride_xm, row_ok, w_rows, w_rows + N * stride_wn, K,
                                   True, EVEN_K, SILU, BLOCK_M, BLOCK_N, BLOCK_K, DOT_F32, PRECISION, USE_PDL)
     store_tile(out_ptr + rows[:, None] * stride_om, cols, row_ok, col_ok, acc, acc_up, bias_ptr, N, HAS_BIAS,
                SILU)
