@@ -220,13 +220,22 @@ class AsyncEngine:
                 _settle(future, result=result)
 
     def _dispatch(self, outputs: list[RequestOutput]) -> None:
-        for out in outputs:
-            with self._streams_lock:
+        """Hand a step's outputs to their streams: one callback per event loop per step (each
+        `call_soon_threadsafe` wakes the loop and takes the GIL), which delivers them in order."""
+        deliveries: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, RequestOutput]]] = {}
+        with self._streams_lock:
+            for out in outputs:
                 stream = self._streams.get(out.request_id)
-                if stream is not None and out.finished:
+                if stream is None:
+                    continue
+                if out.finished:
                     del self._streams[out.request_id]
-            if stream is not None:
-                stream.loop.call_soon_threadsafe(stream.queue.put_nowait, out)
+                deliveries.setdefault(stream.loop, []).append((stream.queue, out))
+        for loop, items in deliveries.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, items)
+            except RuntimeError:      # that event loop is closed
+                pass
 
     def _fail_all(self, exc: BaseException) -> None:
         with self._streams_lock:
@@ -247,6 +256,12 @@ class AsyncEngine:
 
     def _fail_future(self, future: concurrent.futures.Future) -> None:
         _settle(future, exc=EngineDeadError(f"engine loop is not running (error: {self._error!r})"))
+
+
+def _deliver(items: list[tuple[asyncio.Queue, Any]]) -> None:
+    """On the event loop: put each output on its stream's queue."""
+    for stream_queue, item in items:
+        stream_queue.put_nowait(item)
 
 
 def _settle(future: concurrent.futures.Future, result: Any = None, exc: BaseException | None = None) -> None:

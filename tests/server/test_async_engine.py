@@ -8,6 +8,7 @@ import time
 import httpx
 import pytest
 
+from engine import async_engine as async_engine_module
 from engine.async_engine import AsyncEngine, EngineDeadError
 from engine.sampling_params import SamplingParams
 from server_harness import ServerThread, engine_config, offline_generate
@@ -119,3 +120,34 @@ def test_stalled_step_is_unhealthy_until_it_returns(tiny_model_path):
         assert engine.is_healthy()
     finally:
         engine.shutdown()
+
+
+
+def test_a_step_wakes_each_event_loop_once(async_engine, reference_engine, monkeypatch):
+    """Each step hands all its outputs for one event loop over in a single thread-safe callback (each
+    such call wakes the loop and takes the GIL); the streams still get every output, in order."""
+    prompts = ["alpha beta", "gamma", "delta epsilon zeta"]
+    expected = offline_generate(reference_engine, prompts, GREEDY)
+    batches: list[int] = []
+
+    async def collect(stream):
+        return [out async for out in stream]
+
+    async def run():
+        loop = asyncio.get_running_loop()
+        call_soon = loop.call_soon_threadsafe
+
+        def counting(callback, *args):
+            if callback is async_engine_module._deliver:   # not wrap_future's own callbacks
+                batches.append(len(args[0]))
+            return call_soon(callback, *args)
+
+        monkeypatch.setattr(loop, "call_soon_threadsafe", counting)
+        streams = [await async_engine.add_request(f"b{i}", p, GREEDY) for i, p in enumerate(prompts)]
+        return await asyncio.gather(*(collect(stream) for stream in streams))
+
+    results = asyncio.run(run())
+    for outputs, ref in zip(results, expected):
+        assert outputs[-1].finished and outputs[-1].outputs[0].token_ids == ref[0].token_ids
+    assert sum(batches) == sum(len(outputs) for outputs in results)   # every output came in some batch
+    assert max(batches) == len(prompts)   # a step's outputs for the three requests came in one callback
