@@ -28,17 +28,18 @@ def block_table_cols(num_tokens: int, block_size: int) -> int:
     return -(-blocks // BLOCK_TABLE_COLS_MULTIPLE) * BLOCK_TABLE_COLS_MULTIPLE
 
 
-# The most tokens of a one-request prefill step the runner captures in a CUDA graph (as vLLM's 512).
+# The most tokens of a step with prefill tokens that the runner captures in CUDA graphs (vLLM: 512).
 MAX_PREFILL_GRAPH_TOKENS = 512
 
 
 class CudaGraphSupport(enum.Enum):
     """Which steps of a builder may be captured in a CUDA graph: none; decode-only batches; those and
-    the prefill steps of one request of up to MAX_PREFILL_GRAPH_TOKENS tokens; any step."""
+    every step of up to MAX_PREFILL_GRAPH_TOKENS tokens (prefills and mixed prefill + decode steps,
+    requests and tokens padded); any step."""
 
     NEVER = 0
     DECODE_ONLY = 1
-    DECODE_AND_ONE_PREFILL = 2
+    DECODE_AND_SMALL_STEPS = 2
     ALWAYS = 3
 
 

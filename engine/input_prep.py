@@ -3,9 +3,10 @@
 All index arithmetic is vectorized numpy on the host, written into persistent pinned buffers that
 reach the device in one non-blocking copy each (see StepBuffers). Each live request owns one row of
 the persistent block table. A decode batch can be padded to a CUDA-graph size: padded requests have
-one token at position 0, seq_len 0 and slot PAD_SLOT_ID (never written). A one-request prefill can be
-padded to a graph's token count: the padded tokens follow the request's (query_start_loc stops at its
-last token), at position 0 with slot PAD_SLOT_ID.
+one token at position 0, seq_len 0 and slot PAD_SLOT_ID (never written). A step with prefill tokens
+can be padded to a prefill graph's shape: padded tokens follow the last request's (query_start_loc
+stops at its last token), at position 0 with slot PAD_SLOT_ID, and padded requests have no tokens
+and seq_len 0.
 """
 from __future__ import annotations
 
@@ -84,21 +85,20 @@ class InputPreparer:
 
     def prepare(self, out: SchedulerOutput, num_padded_reqs: int | None = None,
                 inflight: InflightTokens | None = None, num_padded_tokens: int | None = None) -> StepInputs:
-        """Flat inputs for the step. `num_padded_reqs` (decode-only batches) pads to that many requests;
-        `num_padded_tokens` (instead) pads the tokens after the last request's to that many;
-        `inflight` holds the previous step's sampled tokens, still on the device, that some requests
-        need as their input now."""
-        if num_padded_reqs and num_padded_tokens:
-            raise ValueError("pad the requests (decode batches) or the tokens (one-request prefills), not both")
+        """Flat inputs for the step. `num_padded_reqs` pads to that many requests: of one token each
+        (decode graphs), or of none when `num_padded_tokens` is given too (prefill graphs), which pads
+        the tokens after the last request's to that many; `inflight` holds the previous step's
+        sampled tokens, still on the device, that some requests need as their input now."""
         self.buffers.flip()
         num_reqs = len(out.scheduled)
         padded_reqs = num_padded_reqs or num_reqs
         rows = self._update_rows(out)
         query_lens = np.fromiter((s.num_new_tokens for s in out.scheduled), np.int64, num_reqs)
         computed = np.fromiter((s.num_computed_tokens for s in out.scheduled), np.int64, num_reqs)
-        cu = np.arange(padded_reqs + 1, dtype=np.int64)        # padded requests: one token each
+        # padded requests: one token each (decode graphs), none with padded tokens (prefill graphs)
+        cu = np.zeros(padded_reqs + 1, dtype=np.int64)
         np.cumsum(query_lens, out=cu[1:num_reqs + 1])
-        cu[num_reqs + 1:] += cu[num_reqs] - num_reqs
+        cu[num_reqs + 1:] = cu[num_reqs] + np.arange(1, padded_reqs - num_reqs + 1) * (0 if num_padded_tokens else 1)
         num_tokens, padded_tokens = int(cu[num_reqs]), max(int(cu[-1]), num_padded_tokens or 0)
         req_of_token = np.repeat(np.arange(num_reqs), query_lens)
         positions = np.arange(num_tokens) - cu[req_of_token] + computed[req_of_token]

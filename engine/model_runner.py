@@ -84,28 +84,33 @@ class ModelRunner:
     def _capture_graphs(self) -> CudaGraphRunner:
         sizes = capture_sizes(self.config.max_num_seqs)
         support = self.builder.cudagraph_support
-        one_prefill = support in (CudaGraphSupport.DECODE_AND_ONE_PREFILL, CudaGraphSupport.ALWAYS)
-        prefill_sizes = prefill_capture_sizes(self.max_num_batched_tokens) if one_prefill else []
-        if not one_prefill:
+        small_steps = support in (CudaGraphSupport.DECODE_AND_SMALL_STEPS, CudaGraphSupport.ALWAYS)
+        prefill_sizes = prefill_capture_sizes(self.max_num_batched_tokens) if small_steps else []
+        if not small_steps:
             logger.info("prefill steps run eagerly: attention backend %s captures decode steps only",
                         self.backend.name)
         graphs = CudaGraphRunner(self.model, self.builder, sizes, self.model_config.hidden_size, self.dtype,
                                  self.device, prefill_sizes)
-        graphs.capture(lambda num_reqs, query_len: self._synthetic_metadata(num_reqs, query_len, write=False))
+        graphs.capture(lambda num_reqs, num_tokens: self._synthetic_metadata(num_reqs, num_tokens, write=False))
         return graphs
 
-    def _synthetic_metadata(self, num_reqs: int, query_len: int, write: bool) -> CommonAttentionMetadata:
-        """`num_reqs` fresh requests of `query_len` tokens each, all in blocks 0, 1, ... (start-up runs
-        only: the profiling forward writes them; graph capture reads block 0 and writes nothing)."""
+    def _synthetic_metadata(self, num_reqs: int, num_tokens: int, write: bool) -> CommonAttentionMetadata:
+        """`num_reqs` fresh requests in blocks 0, 1, ...: one token each when num_tokens == num_reqs,
+        else the first holds all `num_tokens` and the rest none (start-up runs only: the profiling
+        forward writes them; graph capture reads block 0 and writes nothing)."""
         dev = self.device
-        qsl = torch.arange(0, num_reqs * query_len + 1, query_len, dtype=torch.int32)
-        seq = torch.full((num_reqs,), query_len, dtype=torch.int32)
-        num_cols = block_table_cols(query_len, self.block_size)
-        slots = torch.arange(num_reqs * query_len, dtype=torch.int64, device=dev) % (query_len if write else 1)
+        query_lens = torch.ones(num_reqs, dtype=torch.int32)
+        if num_tokens != num_reqs:
+            query_lens.zero_()[0] = num_tokens
+        qsl = torch.zeros(num_reqs + 1, dtype=torch.int32)
+        qsl[1:] = torch.cumsum(query_lens, 0)
+        max_query_len = int(query_lens.max())
+        num_cols = block_table_cols(max_query_len, self.block_size)
+        slots = torch.arange(num_tokens, dtype=torch.int64, device=dev) % (max_query_len if write else 1)
         return CommonAttentionMetadata(
-            num_reqs=num_reqs, num_tokens=num_reqs * query_len, query_start_loc=qsl.to(dev),
-            query_start_loc_cpu=qsl, seq_lens=seq.to(dev), seq_lens_cpu=seq, max_query_len=query_len,
-            max_seq_len=query_len, block_size=self.block_size,
+            num_reqs=num_reqs, num_tokens=num_tokens, query_start_loc=qsl.to(dev),
+            query_start_loc_cpu=qsl, seq_lens=query_lens.to(dev), seq_lens_cpu=query_lens,
+            max_query_len=max_query_len, max_seq_len=max_query_len, block_size=self.block_size,
             block_table=torch.arange(num_cols, dtype=torch.int32, device=dev).expand(num_reqs, num_cols).contiguous(),
             slot_mapping=slots if write else slots.fill_(PAD_SLOT_ID))
 
@@ -178,17 +183,16 @@ class ModelRunner:
         return meta
 
     def _forward(self, out: SchedulerOutput) -> tuple[torch.Tensor, StepInputs]:
-        """Run the model: a captured graph for decode batches and one-request prefills that fit one,
-        eagerly otherwise."""
+        """Run the model: a captured graph for decode batches and for steps with prefill tokens that
+        fit one (requests and tokens padded), eagerly otherwise."""
         num_reqs = len(out.scheduled)
         decode_only = all(s.num_new_tokens == 1 for s in out.scheduled)
         if self.graphs is not None and self.graphs.can_run(num_reqs, decode_only):
             step = self.inputs.prepare(out, padded_size(self.graphs.sizes, num_reqs), self.inflight)
-            return self.graphs.run(step.input_ids, step.positions, step.attn), step
-        prefill_size = None if self.graphs is None else self.graphs.prefill_size(num_reqs, out.num_batched_tokens)
-        if prefill_size is not None:
-            step = self.inputs.prepare(out, inflight=self.inflight, num_padded_tokens=prefill_size)
-            return self.graphs.run(step.input_ids, step.positions, step.attn), step
-        step = self.inputs.prepare(out, inflight=self.inflight)
-        with set_forward_context(self.builder.build(step.attn)):
-            return self.model(step.input_ids, step.positions), step
+        elif self.graphs is not None and (shape := self.graphs.prefill_shape(num_reqs, out.num_batched_tokens)):
+            step = self.inputs.prepare(out, shape[0], inflight=self.inflight, num_padded_tokens=shape[1])
+        else:
+            step = self.inputs.prepare(out, inflight=self.inflight)
+            with set_forward_context(self.builder.build(step.attn)):
+                return self.model(step.input_ids, step.positions), step
+        return self.graphs.run(step.input_ids, step.positions, step.attn), step

@@ -3,15 +3,16 @@
 Decode-only batches (max_query_len == 1) run the split-KV decode kernel; any other batch runs the
 prefill/extend kernel, which serves decodes, fresh prefills and chunked prefills in one launch.
 
-CUDA graphs (decode batches, and one request's prefill of up to MAX_PREFILL_GRAPH_TOKENS tokens):
+CUDA graphs (decode batches, and steps with prefill tokens of up to MAX_PREFILL_GRAPH_TOKENS tokens):
 the runner calls `builder.build_for_capture(common)` before capturing a step shape AND again before
 every replay of it, outside the capture. It copies `common`'s query_start_loc, seq_lens,
 block_table and slot_mapping into fixed-address buffers (same stream, no host sync) and returns
 metadata whose tensors are views into them. A decode graph's split count depends only on num_reqs
-(it assumes max_model_len); a prefill graph's grid only on its padded token count (the kernel skips
-the query tiles past the request's real length), so the captured launch shapes stay valid.
-Padded requests need seq_len 0, query_start_loc continuing by 1, and slot -1; padded tokens after
-the last request's (prefill graphs) need slot -1.
+(it assumes max_model_len); a prefill graph's grid only on its padded request and token counts (it is
+captured with one request holding every token, and the kernel skips the query tiles past each
+request's real length), so the captured launch shapes stay valid. Padded requests need seq_len 0,
+query_start_loc continuing by 1 (decode graphs) or by 0 (prefill graphs); padded tokens after the
+last request's (prefill graphs) need slot -1.
 
 KV layout: the cache always has the shape [2, num_blocks, block_size, Hkv, D]; the kernels take its
 strides. ENGINE_TRITON_KV_LAYOUT=HND keeps each (block, KV head) contiguous in memory behind that
@@ -84,13 +85,11 @@ class CaptureBuffers:
         self.slot_mapping = torch.full((max_num_tokens,), -1, dtype=torch.int64, device=device)
 
     def fill(self, common: CommonAttentionMetadata) -> CommonAttentionMetadata:
-        """Copy `common` (a decode-only batch, or one request's prefill) in; return a copy of it that
-        points into the buffers."""
+        """Copy `common` in; return a copy of it that points into the buffers."""
         num_reqs, num_tokens = common.num_reqs, common.num_tokens
         width = common.block_table.shape[1]
-        if common.max_query_len != 1 and num_reqs != 1:
-            raise ValueError(f"graph capture takes decode-only batches or one request's prefill, got "
-                             f"{num_reqs} requests with max_query_len {common.max_query_len}")
+        if num_reqs > self.seq_lens.shape[0]:
+            raise ValueError(f"num_reqs must be <= {self.seq_lens.shape[0]} (max_num_seqs), got {num_reqs}")
         if num_tokens > self.slot_mapping.shape[0] or num_reqs > num_tokens:
             raise ValueError(f"num_tokens must be in [num_reqs, {self.slot_mapping.shape[0]}], got {num_tokens}")
         if width > self.block_table.shape[1]:
@@ -109,7 +108,7 @@ class CaptureBuffers:
 
 
 class TritonAttnMetadataBuilder(AttentionMetadataBuilder):
-    cudagraph_support = CudaGraphSupport.DECODE_AND_ONE_PREFILL
+    cudagraph_support = CudaGraphSupport.DECODE_AND_SMALL_STEPS
 
     def __init__(self, num_heads, num_kv_heads, head_size, block_size, max_num_seqs, max_model_len,
                  device) -> None:
@@ -135,8 +134,8 @@ class TritonAttnMetadataBuilder(AttentionMetadataBuilder):
         return self._build(common, common.max_seq_len)
 
     def build_for_capture(self, common: CommonAttentionMetadata) -> TritonAttnMetadata:
-        """Metadata for a decode-only batch or one request's prefill whose tensors are views into
-        fixed buffers; see the module docstring for how the runner refills them before each replay."""
+        """Metadata for a decode-only batch or a small step with prefill tokens whose tensors are
+        views into fixed buffers; see the module docstring for how the runner refills them before each replay."""
         if self._capture is None:
             self._capture = CaptureBuffers(self.max_num_seqs, self.max_model_len, self.block_size, self.device)
         return self._build(self._capture.fill(common), self.max_model_len)

@@ -124,12 +124,19 @@ def test_capture_takes_one_request_prefill_with_padded_tokens():
     assert_matches_reference(TritonAttnBackend, batch, capture=True, builder=builder)
 
 
-def test_capture_rejects_prefill_of_several_requests():
-    batch = make_batch([2, 1], [3, 4], num_heads=2, num_kv_heads=1, head_size=64, block_size=16,
-                       dtype=torch.float32, device=DEVICE)
-    builder = TritonAttnBackend.get_builder_cls()(2, 1, 64, 16, 4, 512, DEVICE)
-    with pytest.raises(ValueError, match="one request's prefill"):
-        builder.build_for_capture(batch.common)
+def test_capture_takes_a_mixed_step_with_padded_requests_and_tokens():
+    """A prefill graph's step: a chunk of 5 tokens over 20 cached, two decodes, a fresh 3-token
+    prompt, then two padding requests of no tokens (seq_len 0) and 9 padding tokens (slot -1);
+    through the capture buffers it equals torch_ref. More requests than max_num_seqs are refused."""
+    batch = make_batch([5, 1, 1, 3, 0, 0], [20, 30, 3, 0, 0, 0], num_heads=4, num_kv_heads=2, head_size=64,
+                       block_size=16, dtype=torch.float32, device=DEVICE, num_pad_tokens=9, seed=6)
+    builder = TritonAttnBackend.get_builder_cls()(4, 2, 64, 16, 6, 512, DEVICE)
+    metadata = builder.build_for_capture(batch.common)
+    assert not metadata.is_decode and (metadata.num_reqs, metadata.num_tokens) == (6, 19)
+    assert_matches_reference(TritonAttnBackend, batch, capture=True, builder=builder)
+    small = TritonAttnBackend.get_builder_cls()(4, 2, 64, 16, 4, 512, DEVICE)
+    with pytest.raises(ValueError, match="num_reqs must be <= 4"):
+        small.build_for_capture(batch.common)
 
 
 GRAPH_SHAPE = dict(num_heads=8, num_kv_heads=2, head_size=128, block_size=16, dtype=torch.bfloat16, device=DEVICE)
@@ -176,6 +183,21 @@ def test_cuda_graph_replay_of_a_padded_prefill():
     out, cache = capture_then_replay(first, second)
     want, want_cache = run_backend(TritonAttnBackend, second)
     err = ((out[:37].float() - want[:37].float()).norm() / want[:37].float().norm()).item()
+    assert err < 2e-2
+    assert torch.equal(cache, want_cache)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_cuda_graph_replay_of_a_padded_mixed_step():
+    """Captured as the runner captures a prefill graph (4 requests, the first holding all 64 tokens),
+    replayed with a 30-token chunk over 100 cached tokens, two decodes and a padding request of no
+    tokens, then 32 padding tokens: the real rows equal the eager run's, and the padding writes no
+    slot."""
+    first = make_batch([64, 0, 0, 0], [0, 0, 0, 0], seed=7, **GRAPH_SHAPE)
+    second = make_batch([30, 1, 1, 0], [100, 40, 7, 0], seed=8, num_pad_tokens=32, **GRAPH_SHAPE)
+    out, cache = capture_then_replay(first, second)
+    want, want_cache = run_backend(TritonAttnBackend, second)
+    err = ((out[:32].float() - want[:32].float()).norm() / want[:32].float().norm()).item()
     assert err < 2e-2
     assert torch.equal(cache, want_cache)
 

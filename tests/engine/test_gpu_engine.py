@@ -79,6 +79,24 @@ def test_one_request_prefill_graphs_equal_eager(bf16_checkpoint):
     assert prefills == [(1, 16), (1, 64), (1, 512), (1, 32), (1, 16)], prefills
 
 
+def test_mixed_step_graphs_equal_eager(bf16_checkpoint):
+    """A 64-token step budget chunks the batch's prompts, so most steps mix a prompt's chunk with the
+    other requests' decodes; replayed from prefill graphs (requests and tokens padded) they give the
+    eager engine's greedy tokens."""
+    kw = dict(max_num_seqs=16, dtype="float32", max_num_batched_tokens=64)
+    eager = greedy(make_llm(bf16_checkpoint, "triton", enforce_eager=True, **kw))
+    llm = make_llm(bf16_checkpoint, "triton", **kw)
+    graphs = llm.engine.runner.graphs
+    assert graphs.prefill_sizes == [16, 32, 64]
+    replayed = []
+    run = graphs.run
+    graphs.run = lambda ids, pos, common: replayed.append((common.num_reqs, common.num_tokens)) or run(ids, pos, common)
+    got = greedy(llm)
+    assert [c.token_ids for c in got] == [c.token_ids for c in eager]
+    mixed = [shape for shape in replayed if shape[1] > shape[0] > 1]
+    assert len(mixed) >= 10, replayed
+
+
 @pytest.mark.parametrize("backend", ["triton", "flash_attn"])
 def test_backend_greedy_matches_torch_ref(bf16_checkpoint, backend):
     if backend == "flash_attn":

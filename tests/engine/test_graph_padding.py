@@ -1,4 +1,4 @@
-"""The CPU side of CUDA graphs: capture sizes, padding a decode batch or a one-request prefill, and
+"""The CPU side of CUDA graphs: capture sizes, padding a decode batch or a step with prefill tokens, and
 that padded steps give the same output as unpadded ones (run eagerly here through a stand-in for the
 graph runner)."""
 import dataclasses
@@ -9,7 +9,8 @@ import torch
 from attention.backend import PAD_SLOT_ID, CommonAttentionMetadata, block_table_cols
 from attention.forward_context import set_forward_context
 from engine import LLM, SamplingParams
-from engine.cuda_graph import capture_sizes, padded_size, prefill_capture_sizes, prefill_graph_size
+from engine.cuda_graph import (capture_sizes, padded_size, prefill_capture_sizes, prefill_graph_shape,
+                               prefill_request_sizes)
 
 
 def test_capture_sizes():
@@ -38,18 +39,28 @@ def test_prefill_capture_sizes():
     assert prefill_capture_sizes(512) == [16, 32, 64, 128, 256, 512]
 
 
-@pytest.mark.parametrize("num_reqs, num_tokens, want", [(1, 2, 16), (1, 16, 16), (1, 17, 32), (1, 512, 512),
-                                                        (1, 513, None), (1, 1, None), (2, 20, None)])
-def test_prefill_graph_size(num_reqs, num_tokens, want):
-    """One request's 2-512 tokens take the next prefill graph; one token (a decode), a longer
-    prefill or several requests run without one."""
-    assert prefill_graph_size(prefill_capture_sizes(8192), num_reqs, num_tokens) == want
-    assert prefill_graph_size([], 1, 20) is None
+def test_prefill_request_sizes():
+    assert prefill_request_sizes(16, 256) == [1, 2, 4, 8, 16]
+    assert prefill_request_sizes(512, 256) == [1, 2, 4, 8, 16, 32, 64, 128, 256]
+    assert prefill_request_sizes(512, 100) == [1, 2, 4, 8, 16, 32, 64, 100]
+    assert prefill_request_sizes(64, 1) == [1]
+
+
+@pytest.mark.parametrize("num_reqs, num_tokens, want", [
+    (1, 2, (1, 16)), (1, 16, (1, 16)), (1, 17, (1, 32)), (1, 512, (1, 512)), (1, 513, None), (1, 1, None),
+    (2, 20, (2, 32)), (3, 20, (4, 32)), (9, 16, (16, 16)), (130, 300, (256, 512)), (100, 140, (128, 256)),
+    (8, 8, None), (200, 513, None)])
+def test_prefill_graph_shape(num_reqs, num_tokens, want):
+    """A step with prefill tokens (more tokens than requests) of at most 512 tokens takes the next
+    token count and, under it, the next request count; a decode-only step or a longer one does not."""
+    assert prefill_graph_shape(prefill_capture_sizes(8192), 256, num_reqs, num_tokens) == want
+    assert prefill_graph_shape([], 256, 1, 20) is None
+    assert prefill_graph_shape([16, 32], 6, 5, 20) == (6, 32)   # request counts stop at max_num_seqs
 
 
 class EagerGraphs:
-    """Runs padded decode batches and one-request prefills eagerly with the same contract as
-    CudaGraphRunner (can_run, prefill_size, run)."""
+    """Runs padded decode batches and steps with prefill tokens eagerly with the same contract as
+    CudaGraphRunner (can_run, prefill_shape, run)."""
 
     def __init__(self, runner, sizes, prefill_sizes=()):
         self.runner, self.sizes, self.prefill_sizes, self.seen = runner, sizes, list(prefill_sizes), []
@@ -57,8 +68,8 @@ class EagerGraphs:
     def can_run(self, num_reqs, decode_only):
         return decode_only and num_reqs <= self.sizes[-1]
 
-    def prefill_size(self, num_reqs, num_tokens):
-        return prefill_graph_size(self.prefill_sizes, num_reqs, num_tokens)
+    def prefill_shape(self, num_reqs, num_tokens):
+        return prefill_graph_shape(self.prefill_sizes, self.sizes[-1], num_reqs, num_tokens)
 
     def run(self, input_ids, positions, common):
         # a snapshot: the step's tensors are views into buffers the next steps overwrite
@@ -67,7 +78,8 @@ class EagerGraphs:
         if common.max_query_len == 1:
             assert common.num_reqs in self.sizes and common.num_tokens == common.num_reqs
         else:
-            assert common.num_reqs == 1 and common.num_tokens in self.prefill_sizes
+            assert common.num_tokens in self.prefill_sizes
+            assert common.num_reqs in prefill_request_sizes(common.num_tokens, self.sizes[-1])
         with set_forward_context(self.runner.builder.build(common)):
             return self.runner.model(input_ids, positions)
 
@@ -114,20 +126,42 @@ def test_padded_one_request_prefills_match_eager(qwen3_checkpoint):
     assert (slots[:20] >= 0).all() and (slots[20:] == PAD_SLOT_ID).all()
 
 
-def test_padding_requests_and_tokens_at_once_is_refused(qwen3_checkpoint):
-    llm = LLM(qwen3_checkpoint[0], device="cpu", dtype="float32")
-    with pytest.raises(ValueError, match="not both"):
-        llm.engine.runner.inputs.prepare(None, num_padded_reqs=4, num_padded_tokens=16)
+def test_padded_mixed_steps_match_eager(qwen3_checkpoint):
+    """A 4-token step budget chunks the prompts, so most steps mix a prompt's chunk with decodes of
+    the others; padded to prefill graph shapes (requests of no tokens, tokens with slot -1) they give
+    the unpadded engine's tokens."""
+    path, _ = qwen3_checkpoint
+    prompts = [[5, 7, 9], [11 + i for i in range(9)], [3 + i % 50 for i in range(6)]]
+    params = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
+    kw = dict(device="cpu", dtype="float32", max_num_batched_tokens=4, max_num_seqs=4)
+    want = [o.outputs[0].token_ids for o in LLM(path, **kw).generate(prompts, params, use_tqdm=False)]
+    padded = LLM(path, **kw)
+    runner = padded.engine.runner
+    runner.graphs = EagerGraphs(runner, [1, 2, 4], prefill_sizes=[4])
+    got = [o.outputs[0].token_ids for o in padded.generate(prompts, params, use_tqdm=False)]
+    assert got == want
+    mixed = [c for c in runner.graphs.seen if c.max_query_len > 1 and 1 in c.query_start_loc.diff().tolist()]
+    assert mixed, "no step mixed a prefill chunk with decodes"
+    padded_reqs = [c for c in runner.graphs.seen if c.max_query_len > 1 and c.seq_lens.tolist()[-1] == 0]
+    assert padded_reqs, "no step padded its requests"
+    c = padded_reqs[0]
+    real = int((c.seq_lens > 0).sum())
+    qsl = c.query_start_loc.tolist()
+    assert qsl[real + 1:] == [qsl[real]] * (c.num_reqs - real)          # padded requests hold no tokens
+    assert (c.slot_mapping[qsl[real]:] == PAD_SLOT_ID).all() and (c.slot_mapping[:qsl[real]] >= 0).all()
 
 
 def test_synthetic_start_up_metadata(qwen3_checkpoint):
     """The batches the CUDA start-up runs use (profiling forward, graph capture), checked on the CPU."""
     llm = LLM(qwen3_checkpoint[0], device="cpu", dtype="float32", block_size=16)
     runner = llm.engine.runner
-    capture = runner._synthetic_metadata(3, 1, write=False)
+    capture = runner._synthetic_metadata(3, 3, write=False)
     assert capture.query_start_loc.tolist() == [0, 1, 2, 3] and capture.seq_lens.tolist() == [1, 1, 1]
     assert capture.block_table.tolist() == [list(range(16))] * 3   # 16 columns (block_table_cols), block 0 read
     assert (capture.slot_mapping == PAD_SLOT_ID).all() and capture.max_query_len == 1
+    prefill = runner._synthetic_metadata(4, 32, write=False)   # a prefill graph's: all tokens in the first
+    assert prefill.query_start_loc.tolist() == [0, 32, 32, 32, 32] and prefill.seq_lens.tolist() == [32, 0, 0, 0]
+    assert prefill.max_query_len == 32 and prefill.num_tokens == 32 and (prefill.slot_mapping == PAD_SLOT_ID).all()
     profile = runner._synthetic_metadata(1, 40, write=True)
     assert profile.query_start_loc.tolist() == [0, 40] and profile.max_seq_len == 40
     assert profile.block_table.tolist() == [list(range(16))] and profile.slot_mapping.tolist() == list(range(40))
