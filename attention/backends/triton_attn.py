@@ -48,10 +48,6 @@ DECODE_STORES_KV = os.environ.get("ENGINE_TRITON_DECODE_STORES_KV", "1") == "1"
 # Decode steps also take the model's q/k norm and rope into the decode kernel (attention/qk_rope.py:
 # one launch less per layer); ENGINE_TRITON_FUSED_QK_ROPE=0 runs the model's own kernel for it.
 FUSED_QK_ROPE = os.environ.get("ENGINE_TRITON_FUSED_QK_ROPE", "1") == "1"
-# Steps with prefill tokens leave their one-token requests (decodes beside a new prompt) to the
-# decode kernel, the prefill kernel taking the rest: ENGINE_TRITON_MIXED_DECODE_KERNEL=0 runs the
-# prefill kernel on every request (an A/B knob).
-MIXED_DECODE_KERNEL = os.environ.get("ENGINE_TRITON_MIXED_DECODE_KERNEL", "1") == "1"
 KV_LAYOUTS = ("NHD", "HND")
 KV_LAYOUT = os.environ.get("ENGINE_TRITON_KV_LAYOUT", "NHD")
 
@@ -180,14 +176,8 @@ class TritonAttnImpl(AttentionImpl):
                              new_kv=(key, value, metadata.slot_mapping) if fused_store else None,
                              qk_rope=qk_rope)
         else:
-            mixed = MIXED_DECODE_KERNEL and metadata.num_reqs > 1
             prefill_attention(query, kv_cache, output, metadata.query_start_loc, metadata.seq_lens,
-                              metadata.block_table, self.scale, metadata.num_reqs, metadata.max_query_len,
-                              skip_one_token=mixed)
-            if mixed:
-                decode_attention(query, kv_cache, output, metadata.query_start_loc, metadata.seq_lens,
-                                 metadata.block_table, self.scale, metadata.num_reqs, 1, metadata.part_out,
-                                 metadata.part_lse, only_one_token=True)
+                              metadata.block_table, self.scale, metadata.num_reqs, metadata.max_query_len)
 
 
 class TritonAttnBackend(AttentionBackend):

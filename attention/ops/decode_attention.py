@@ -70,25 +70,20 @@ def _decode_kernel(q_ptr, cache_ptr, out_ptr, part_out_ptr, part_lse_ptr,
                    HEAD_SIZE: tl.constexpr, HEAD_PAD: tl.constexpr, BLOCK_SIZE: tl.constexpr,
                    BLOCK_N: tl.constexpr, SCALAR_TABLE: tl.constexpr, DOT_F32: tl.constexpr,
                    PRECISION: tl.constexpr, USE_PDL: tl.constexpr, STORE_KV: tl.constexpr,
-                   HEADS_FIRST: tl.constexpr, ONLY_ONE_TOKEN: tl.constexpr):
+                   HEADS_FIRST: tl.constexpr):
     """Program (request, kv_head, split): the GROUP query heads of kv_head over one context chunk.
     With STORE_KV the program whose chunk holds the request's last token first writes that token's
     K/V (key/value at slot_mapping) into the cache: the step's K/V store needs no launch of its own.
     With ROPE (needs STORE_KV) q and k arrive before their per-head RMSNorm (HAS_NORM) and neox rope
     at positions[q_row], which the program applies: every program to its q heads, the storing one
     to the key it stores. HEADS_FIRST: the grid is (kv_head, request, split) instead of (request,
-    kv_head, split), so the programs of one request's KV heads are launched next to each other.
-    ONLY_ONE_TOKEN (a batch with prefills, one split, no store): requests whose query is not exactly
-    one token are skipped (the prefill kernel serves them)."""
+    kv_head, split), so the programs of one request's KV heads are launched next to each other."""
     if USE_PDL:  # see models/layers/ops/pdl.py
         tl.extra.cuda.gdc_launch_dependents()
         tl.extra.cuda.gdc_wait()
     req = tl.program_id(1 if HEADS_FIRST else 0)
     kv_head = tl.program_id(0 if HEADS_FIRST else 1)
     split = tl.program_id(2)
-    if ONLY_ONE_TOKEN:
-        if tl.load(query_start_ptr + req + 1) - tl.load(query_start_ptr + req) != 1:
-            return
     seq_len = tl.load(seq_lens_ptr + req)
     num_tiles = tl.cdiv(seq_len, BLOCK_N)
     tiles_per_split = tl.cdiv(num_tiles, num_splits)
@@ -190,12 +185,8 @@ def decode_attention(query: torch.Tensor, kv_cache: torch.Tensor, output: torch.
                      scale: float, num_reqs: int, num_splits: int, part_out: torch.Tensor,
                      part_lse: torch.Tensor, config: dict | None = None,
                      new_kv: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
-                     qk_rope: QKRope | None = None, only_one_token: bool = False) -> None:
+                     qk_rope: QKRope | None = None) -> None:
     """Paged attention of one query token per request; writes output [T, H, D] in place.
-
-    only_one_token (needs num_splits 1, new_kv None): a batch that also has longer queries; only the
-    requests of exactly one query token are served (`prefill_attention(..., skip_one_token=True)`
-    serves the rest).
 
     new_kv (key [T, Hkv, D], value [T, Hkv, D], slot_mapping [T] int64): store this step's K/V in
     the same launch (as store_kv would; slots < 0 are skipped). None: the cache already holds them.
@@ -212,8 +203,6 @@ def decode_attention(query: torch.Tensor, kv_cache: torch.Tensor, output: torch.
     num_kv_heads, block_size = kv_cache.shape[3], kv_cache.shape[2]
     if num_reqs == 0:
         return
-    if only_one_token and (num_splits != 1 or new_kv is not None):
-        raise ValueError("only_one_token takes one split and no new K/V to store")
     group = num_heads // num_kv_heads
     cfg = dict(config or DECODE_CONFIGS[_config_key(query, new_kv)])
     head_pad = max(16, triton.next_power_of_2(head_size))
@@ -231,8 +220,7 @@ def decode_attention(query: torch.Tensor, kv_cache: torch.Tensor, output: torch.
         *_new_kv_args(new_kv, query), *_rope_args(qk_rope, new_kv, query, head_size),
         DIRECT=num_splits == 1, GROUP=group, BLOCK_H=max(16, triton.next_power_of_2(group)),
         BLOCK_SIZE=block_size, DOT_F32=query.device.type == "cpu",
-        PRECISION="ieee" if query.dtype == torch.float32 else "tf32", STORE_KV=new_kv is not None,
-        ONLY_ONE_TOKEN=only_one_token, **common,
+        PRECISION="ieee" if query.dtype == torch.float32 else "tf32", STORE_KV=new_kv is not None, **common,
         **cfg, **pdl_kwargs(query))
     if num_splits > 1:
         _merge_kernel[(num_reqs, num_heads)](

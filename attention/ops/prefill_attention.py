@@ -32,17 +32,16 @@ def _prefill_kernel(q_ptr, cache_ptr, out_ptr, query_start_ptr, seq_lens_ptr, ta
                     GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
                     HEAD_SIZE: tl.constexpr, HEAD_PAD: tl.constexpr, BLOCK_SIZE: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SCALAR_TABLE: tl.constexpr,
-                    DOT_F32: tl.constexpr, PRECISION: tl.constexpr, SKIP_ONE_TOKEN: tl.constexpr):
+                    DOT_F32: tl.constexpr, PRECISION: tl.constexpr):
     """Program (tile, request, kv_head): BLOCK_M // GROUP_PAD query tokens x the GROUP query heads
-    that share kv_head, attending over keys 0..(own position). Heaviest (last) tiles run first.
-    SKIP_ONE_TOKEN: requests of one query token are left to the decode kernel."""
+    that share kv_head, attending over keys 0..(own position). Heaviest (last) tiles run first."""
     BLOCK_Q: tl.constexpr = BLOCK_M // GROUP_PAD
     tile = num_tiles - 1 - tl.program_id(0)
     req = tl.program_id(1)
     kv_head = tl.program_id(2)
     q_start = tl.load(query_start_ptr + req)
     q_len = tl.load(query_start_ptr + req + 1) - q_start
-    if (tile * BLOCK_Q >= q_len) | (SKIP_ONE_TOKEN & (q_len == 1)):
+    if tile * BLOCK_Q >= q_len:
         return
     seq_len = tl.load(seq_lens_ptr + req)
     ctx_len = seq_len - q_len
@@ -94,16 +93,13 @@ def _prefill_kernel(q_ptr, cache_ptr, out_ptr, query_start_ptr, seq_lens_ptr, ta
 
 def prefill_attention(query: torch.Tensor, kv_cache: torch.Tensor, output: torch.Tensor,
                       query_start_loc: torch.Tensor, seq_lens: torch.Tensor, block_table: torch.Tensor,
-                      scale: float, num_reqs: int, max_query_len: int, config: dict | None = None,
-                      skip_one_token: bool = False) -> None:
+                      scale: float, num_reqs: int, max_query_len: int, config: dict | None = None) -> None:
     """Causal paged attention for a mixed batch; writes output [T, H, D] in place.
 
     query [T, H, D]; kv_cache [2, num_blocks, block_size, Hkv, D]; query_start_loc [num_reqs+1]
     int32; seq_lens [num_reqs] int32 (cached + new tokens); block_table [num_reqs, max_blocks] int32.
     Query token i of request r sits at position seq_len - query_len + i. `num_reqs` and
     `max_query_len` are host ints (they size the grid); nothing here syncs with the device.
-    skip_one_token: leave the requests of one query token alone (`decode_attention(...,
-    only_one_token=True)` serves them).
     """
     num_heads, head_size = query.shape[1], query.shape[2]
     num_kv_heads, block_size = kv_cache.shape[3], kv_cache.shape[2]
@@ -123,4 +119,4 @@ def prefill_attention(query: torch.Tensor, kv_cache: torch.Tensor, output: torch
         GROUP=group, GROUP_PAD=group_pad, HEAD_SIZE=head_size,
         HEAD_PAD=max(16, triton.next_power_of_2(head_size)), BLOCK_SIZE=block_size, BLOCK_M=block_m,
         DOT_F32=query.device.type == "cpu",
-        PRECISION="ieee" if query.dtype == torch.float32 else "tf32", SKIP_ONE_TOKEN=skip_one_token, **cfg)
+        PRECISION="ieee" if query.dtype == torch.float32 else "tf32", **cfg)

@@ -21,19 +21,10 @@ MIXED = ([1, 19, 1, 6, 33], [40, 0, 17, 29, 21])
     (4, 64, 256, torch.bfloat16),
     (3, 64, 32, torch.float16),
 ])
-@pytest.mark.parametrize("decode_kernel", [True, False])
-def test_mixed_batch_matches_reference(monkeypatch, group, head_size, block_size, dtype, decode_kernel):
-    """A batch of decodes, fresh prompts and chunks over cached context: its one-token requests go to
-    the decode kernel (ENGINE_TRITON_MIXED_DECODE_KERNEL, the default) or to the prefill kernel with
-    the rest; torch_ref's output either way."""
-    monkeypatch.setattr(triton_attn, "MIXED_DECODE_KERNEL", decode_kernel)
-    launched = []
-    decode = triton_attn.decode_attention
-    monkeypatch.setattr(triton_attn, "decode_attention", lambda *a, **k: launched.append(k) or decode(*a, **k))
+def test_mixed_batch_matches_reference(group, head_size, block_size, dtype):
     batch = make_batch(*MIXED, num_heads=2 * group, num_kv_heads=2, head_size=head_size,
                        block_size=block_size, dtype=dtype, device=DEVICE, num_pad_tokens=3, seed=group)
     assert_matches_reference(TritonAttnBackend, batch)
-    assert bool(launched) == decode_kernel and all(k["only_one_token"] for k in launched)
 
 
 @pytest.mark.parametrize("block_size,dtype", [(16, torch.float32), (32, torch.bfloat16)])
@@ -305,19 +296,3 @@ def test_decode_heads_first_grid_matches_default(num_splits, dtype):
     assert torch.isfinite(ref_out).all() and torch.isfinite(out).all()
     torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-5)
     assert torch.equal(kv_cache, ref_cache)
-
-
-def test_decode_kernel_takes_one_token_requests_only_alone():
-    """only_one_token is for a batch with prefills: one split and nothing to store, else an error."""
-    from attention.ops.decode_attention import decode_attention
-    batch = make_batch([1, 3], [10, 0], num_heads=2, num_kv_heads=1, head_size=64, block_size=16,
-                       dtype=torch.float32, device=DEVICE)
-    out = torch.zeros_like(batch.query)
-    part_out, part_lse = torch.zeros(2, 2, 2, 64, device=DEVICE), torch.zeros(2, 2, 2, device=DEVICE)
-    c = batch.common
-    with pytest.raises(ValueError, match="one split and no new K/V"):
-        decode_attention(batch.query, batch.kv_cache, out, c.query_start_loc, c.seq_lens, c.block_table, 0.125,
-                         2, 2, part_out, part_lse, only_one_token=True)
-    decode_attention(batch.query, batch.kv_cache, out, c.query_start_loc, c.seq_lens, c.block_table, 0.125, 2, 1,
-                     part_out, part_lse, only_one_token=True)
-    assert out[0].abs().sum() > 0 and out[1:].abs().sum() == 0   # the 3-token request was left alone
