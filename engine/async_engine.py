@@ -1,25 +1,24 @@
-"""AsyncEngine: the synchronous LLMEngine stepped by one background thread, one asyncio queue per request.
+"""AsyncEngine: the synchronous LLMEngine stepped by one background thread of this process.
 
 A full waiting queue (EngineConfig.max_queue_len, checked by LLMEngine.add_request) raises
 QueueFullError from add_request. The engine is not thread-safe, so every engine call (add, abort, step, stats) runs on the loop thread:
-the asyncio side posts commands to it and receives outputs through `loop.call_soon_threadsafe`.
+the asyncio side (`engine.engine_client.EngineClient`) posts commands to it and receives outputs through
+`loop.call_soon_threadsafe`. `engine.engine_process.ProcessAsyncEngine` runs the engine in its own process instead.
 """
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import itertools
 import logging
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 from engine.config import EngineConfig
+from engine.engine_client import EngineClient, EngineDeadError, _deliver, _settle  # noqa: F401 - _deliver: tests count it
 from engine.llm_engine import LLMEngine, QueueFullError  # QueueFullError: a full waiting queue (429)
-from engine.outputs import RequestOutput
 from engine.sampling_params import SamplingParams
 
 __all__ = ["AsyncEngine", "EngineDeadError", "QueueFullError"]
@@ -28,17 +27,7 @@ logger = logging.getLogger(__name__)
 _IDLE_WAIT_S = 0.5          # how long an idle loop sleeps between stats refreshes
 
 
-class EngineDeadError(RuntimeError):
-    """The engine loop stopped or crashed; no request can be served (the server answers 503)."""
-
-
-@dataclass
-class _Stream:
-    loop: asyncio.AbstractEventLoop
-    queue: asyncio.Queue
-
-
-class AsyncEngine:
+class AsyncEngine(EngineClient):
     """Runs `LLMEngine.step()` on a background thread so the event loop never blocks on the model.
 
     `engine` may be given instead of `config` (tests pass a prepared LLMEngine). `stall_timeout_s` is
@@ -47,6 +36,7 @@ class AsyncEngine:
 
     def __init__(self, config: EngineConfig | None = None, *, engine: LLMEngine | None = None,
                  stall_timeout_s: float = 120.0) -> None:
+        super().__init__(stall_timeout_s)
         if engine is None:
             engine = LLMEngine(config)
         self.engine = engine
@@ -54,54 +44,20 @@ class AsyncEngine:
         self.tokenizer = engine.tokenizer
         self.model_config = engine.model_config
         self.max_model_len: int = engine.max_model_len
-        self.stall_timeout_s = stall_timeout_s
         self._commands: queue.Queue = queue.Queue()
-        self._streams: dict[str, _Stream] = {}
-        self._streams_lock = threading.Lock()
-        self._error: BaseException | None = None
         self._stopped = threading.Event()
         self._step_started: float | None = None     # monotonic time of the step in progress
         self._stats = engine.get_stats()
-        self._ids = itertools.count()
         self._thread = threading.Thread(target=self._run_loop, name="engine-loop", daemon=True)
         self._thread.start()
 
     # ----- asyncio side -------------------------------------------------------------------------
 
-    async def add_request(self, request_id: str, prompt: str | list[int],
-                          params: SamplingParams) -> AsyncIterator[RequestOutput]:
-        """Admit one request; raise ValueError (bad input), QueueFullError or EngineDeadError at once.
+    async def _admit(self, request_id: str, prompt: str | list[int], params: SamplingParams) -> None:
+        await self._call(lambda eng: eng.add_request(request_id, prompt, params))
 
-        Returns an async iterator of its RequestOutputs; closing or cancelling it aborts the request.
-        """
-        self._check_alive()
-        loop = asyncio.get_running_loop()
-        stream = _Stream(loop, asyncio.Queue())
-        with self._streams_lock:
-            if request_id in self._streams:
-                raise ValueError(f"request_id {request_id!r} is already in use")
-            self._streams[request_id] = stream
-        try:
-            await self._call(lambda eng: eng.add_request(request_id, prompt, params))
-        except BaseException:
-            self.abort(request_id)     # also covers a cancel that raced with the admission
-            raise
-        return self._iterate(request_id, stream)
-
-    async def generate(self, request_id: str, prompt: str | list[int],
-                       params: SamplingParams) -> AsyncIterator[RequestOutput]:
-        """Yield the request's outputs until it finishes; a consumer that goes away aborts it."""
-        outputs = await self.add_request(request_id, prompt, params)
-        try:
-            async for out in outputs:
-                yield out
-        finally:
-            await outputs.aclose()
-
-    def abort(self, request_id: str) -> None:
-        """Abort a request (its KV blocks return to the pool); safe to call from any thread, any time."""
-        if self._drop(request_id):
-            self._commands.put(("abort", request_id, None))
+    def _send_abort(self, request_id: str) -> None:
+        self._commands.put(("abort", request_id, None))
 
     async def get_stats(self) -> Any:
         """Fresh EngineStats read on the loop thread (the cached snapshot if the loop is dead)."""
@@ -114,9 +70,6 @@ class AsyncEngine:
         """The EngineStats snapshot taken after the last step or command batch (no waiting)."""
         return self._stats
 
-    def new_request_id(self, prefix: str) -> str:
-        return f"{prefix}-{next(self._ids)}-{time.monotonic_ns():x}"
-
     def is_alive(self) -> bool:
         return self._thread.is_alive() and self._error is None and not self._stopped.is_set()
 
@@ -127,10 +80,6 @@ class AsyncEngine:
         started = self._step_started
         return started is None or time.monotonic() - started < self.stall_timeout_s
 
-    @property
-    def error(self) -> BaseException | None:
-        return self._error
-
     def shutdown(self, timeout: float = 5.0) -> None:
         """Stop the loop thread; pending requests get EngineDeadError."""
         self._stopped.set()
@@ -138,35 +87,12 @@ class AsyncEngine:
         self._thread.join(timeout)
         self._fail_all(EngineDeadError("engine was shut down"))
 
-    async def _iterate(self, request_id: str, stream: _Stream) -> AsyncIterator[RequestOutput]:
-        finished = False
-        try:
-            while True:
-                item = await stream.queue.get()
-                if isinstance(item, BaseException):
-                    raise EngineDeadError(f"engine loop failed: {item!r}") from item
-                yield item
-                if item.finished:
-                    finished = True
-                    return
-        finally:
-            if not finished:
-                self.abort(request_id)
-
     async def _call(self, fn: Callable[[Any], Any]) -> Any:
         future: concurrent.futures.Future = concurrent.futures.Future()
         self._commands.put(("call", fn, future))
         if not self.is_alive():          # the loop may have died after the put; never hang
             self._fail_future(future)
         return await asyncio.wrap_future(future)
-
-    def _check_alive(self) -> None:
-        if not self.is_alive():
-            raise EngineDeadError(f"engine loop is not running (error: {self._error!r})")
-
-    def _drop(self, request_id: str) -> bool:
-        with self._streams_lock:
-            return self._streams.pop(request_id, None) is not None
 
     # ----- loop thread ------------------------------------------------------------------------
 
@@ -219,33 +145,8 @@ class AsyncEngine:
             else:
                 _settle(future, result=result)
 
-    def _dispatch(self, outputs: list[RequestOutput]) -> None:
-        """Hand a step's outputs to their streams: one callback per event loop per step (each
-        `call_soon_threadsafe` wakes the loop and takes the GIL), which delivers them in order."""
-        deliveries: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, RequestOutput]]] = {}
-        with self._streams_lock:
-            for out in outputs:
-                stream = self._streams.get(out.request_id)
-                if stream is None:
-                    continue
-                if out.finished:
-                    del self._streams[out.request_id]
-                deliveries.setdefault(stream.loop, []).append((stream.queue, out))
-        for loop, items in deliveries.items():
-            try:
-                loop.call_soon_threadsafe(_deliver, items)
-            except RuntimeError:      # that event loop is closed
-                pass
-
     def _fail_all(self, exc: BaseException) -> None:
-        with self._streams_lock:
-            streams = list(self._streams.values())
-            self._streams.clear()
-        for stream in streams:
-            try:
-                stream.loop.call_soon_threadsafe(stream.queue.put_nowait, exc)
-            except RuntimeError:      # that event loop is closed
-                pass
+        self._fail_streams(exc)
         while True:
             try:
                 _, _, future = self._commands.get_nowait()
@@ -256,20 +157,3 @@ class AsyncEngine:
 
     def _fail_future(self, future: concurrent.futures.Future) -> None:
         _settle(future, exc=EngineDeadError(f"engine loop is not running (error: {self._error!r})"))
-
-
-def _deliver(items: list[tuple[asyncio.Queue, Any]]) -> None:
-    """On the event loop: put each output on its stream's queue."""
-    for stream_queue, item in items:
-        stream_queue.put_nowait(item)
-
-
-def _settle(future: concurrent.futures.Future, result: Any = None, exc: BaseException | None = None) -> None:
-    """Set a future's outcome unless it is already done (cancelled by its caller, or failed)."""
-    try:
-        if exc is not None:
-            future.set_exception(exc)
-        else:
-            future.set_result(result)
-    except concurrent.futures.InvalidStateError:
-        pass

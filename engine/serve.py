@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--enable-chunked-prefill", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--engine-process", action=argparse.BooleanOptionalAction, default=True,
+                   help="run the engine in its own process (default; HTTP and the model's steps then do not "
+                        "share one GIL), or on a thread of the server's process")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     return p
 
@@ -63,15 +66,17 @@ def main(argv: list[str] | None = None) -> None:
     if not 0 < args.port < 65536:
         parser.error(f"--port must be in [1, 65535], got {args.port}")
     api_key = args.api_key or os.environ.get("ENGINE_API_KEY") or None
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from engine.engine_core import LOG_FORMAT
+    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
 
     import uvicorn
 
     from engine.async_engine import AsyncEngine
+    from engine.engine_process import ProcessAsyncEngine
     from server.app import create_app
 
     try:
-        async_engine = AsyncEngine(config)
+        async_engine = ProcessAsyncEngine(config) if args.engine_process else AsyncEngine(config)
     except ValueError as exc:           # e.g. a backend that cannot serve this configuration
         print(f"python -m engine.serve: error: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -1,4 +1,4 @@
-"""create_app: the FastAPI application of the OpenAI-compatible server around one AsyncEngine."""
+"""create_app: the FastAPI application of the OpenAI-compatible server around one engine client."""
 from __future__ import annotations
 
 import logging
@@ -8,7 +8,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from engine.async_engine import AsyncEngine
+from engine.engine_client import EngineClient
 from server.auth import APIKeyMiddleware
 from server.errors import APIError, from_validation_errors
 from server.metrics import ServerMetrics
@@ -21,7 +21,7 @@ from server.serving_completions import create_completion
 logger = logging.getLogger(__name__)
 
 
-def create_app(async_engine: AsyncEngine, served_model_name: str | None = None,
+def create_app(async_engine: EngineClient, served_model_name: str | None = None,
                api_key: str | None = None) -> FastAPI:
     """The app serving `async_engine` under `served_model_name` (default: the configured model);
     with `api_key`, every route but /health and /metrics needs `Authorization: Bearer <api_key>`."""

@@ -12,7 +12,8 @@ from dataclasses import fields
 from fastapi import Request
 from pydantic import BaseModel
 
-from engine.async_engine import AsyncEngine, EngineDeadError, QueueFullError
+from engine.engine_client import EngineClient, EngineDeadError
+from engine.llm_engine import QueueFullError
 from engine.outputs import RequestOutput
 from engine.sampling_params import SamplingParams
 from server.errors import APIError, from_value_error
@@ -28,7 +29,7 @@ DONE = "data: [DONE]\n\n"
 class Serving:
     """Binds the engine, the served model name and the metrics for the endpoint handlers."""
 
-    def __init__(self, async_engine: AsyncEngine, served_model_name: str, metrics: ServerMetrics) -> None:
+    def __init__(self, async_engine: EngineClient, served_model_name: str, metrics: ServerMetrics) -> None:
         self.engine = async_engine
         self.tokenizer = async_engine.tokenizer
         self.model_name = served_model_name

@@ -52,8 +52,8 @@ def free_port() -> int:
 class ServerThread:
     """The real app under uvicorn on 127.0.0.1:<free port>, in a background thread."""
 
-    def __init__(self, config: EngineConfig, api_key: str | None = None) -> None:
-        self.async_engine = AsyncEngine(config)
+    def __init__(self, config: EngineConfig, api_key: str | None = None, engine_cls=AsyncEngine) -> None:
+        self.async_engine = engine_cls(config)
         app = create_app(self.async_engine, MODEL_NAME, api_key)
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"

@@ -1,0 +1,168 @@
+"""EngineClient: the asyncio side of an engine that runs elsewhere (a thread or another process).
+
+One asyncio queue per request; a step's outputs reach each event loop in one thread-safe callback.
+Subclasses say how a request is admitted and aborted and whether the engine is alive:
+`engine.async_engine.AsyncEngine` (a thread of this process) and
+`engine.engine_process.ProcessAsyncEngine` (its own process, as vLLM's EngineCore).
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import itertools
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from engine.outputs import RequestOutput
+from engine.sampling_params import SamplingParams
+
+
+class EngineDeadError(RuntimeError):
+    """The engine loop stopped or crashed; no request can be served (the server answers 503)."""
+
+
+@dataclass
+class _Stream:
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue
+
+
+class EngineClient:
+    """Streams, request ids and errors; `_admit` and `_send_abort` reach the engine."""
+
+    def __init__(self, stall_timeout_s: float) -> None:
+        self.stall_timeout_s = stall_timeout_s
+        self._streams: dict[str, _Stream] = {}
+        self._streams_lock = threading.Lock()
+        self._error: BaseException | None = None
+        self._ids = itertools.count()
+
+    # ----- what a subclass provides ---------------------------------------------------------------
+
+    async def _admit(self, request_id: str, prompt: str | list[int], params: SamplingParams) -> None:
+        """Queue the request in the engine; raise what `LLMEngine.add_request` raises."""
+        raise NotImplementedError
+
+    def _send_abort(self, request_id: str) -> None:
+        raise NotImplementedError
+
+    def is_alive(self) -> bool:
+        raise NotImplementedError
+
+    # ----- asyncio side -------------------------------------------------------------------------
+
+    async def add_request(self, request_id: str, prompt: str | list[int],
+                          params: SamplingParams) -> AsyncIterator[RequestOutput]:
+        """Admit one request; raise ValueError (bad input), QueueFullError or EngineDeadError at once.
+
+        Returns an async iterator of its RequestOutputs; closing or cancelling it aborts the request.
+        """
+        self._check_alive()
+        loop = asyncio.get_running_loop()
+        stream = _Stream(loop, asyncio.Queue())
+        with self._streams_lock:
+            if request_id in self._streams:
+                raise ValueError(f"request_id {request_id!r} is already in use")
+            self._streams[request_id] = stream
+        try:
+            await self._admit(request_id, prompt, params)
+        except BaseException:
+            self.abort(request_id)     # also covers a cancel that raced with the admission
+            raise
+        return self._iterate(request_id, stream)
+
+    async def generate(self, request_id: str, prompt: str | list[int],
+                       params: SamplingParams) -> AsyncIterator[RequestOutput]:
+        """Yield the request's outputs until it finishes; a consumer that goes away aborts it."""
+        outputs = await self.add_request(request_id, prompt, params)
+        try:
+            async for out in outputs:
+                yield out
+        finally:
+            await outputs.aclose()
+
+    def abort(self, request_id: str) -> None:
+        """Abort a request (its KV blocks return to the pool); safe to call from any thread, any time."""
+        if self._drop(request_id):
+            self._send_abort(request_id)
+
+    def new_request_id(self, prefix: str) -> str:
+        return f"{prefix}-{next(self._ids)}-{time.monotonic_ns():x}"
+
+    @property
+    def error(self) -> BaseException | None:
+        return self._error
+
+    async def _iterate(self, request_id: str, stream: _Stream) -> AsyncIterator[RequestOutput]:
+        finished = False
+        try:
+            while True:
+                item = await stream.queue.get()
+                if isinstance(item, BaseException):
+                    raise EngineDeadError(f"engine loop failed: {item!r}") from item
+                yield item
+                if item.finished:
+                    finished = True
+                    return
+        finally:
+            if not finished:
+                self.abort(request_id)
+
+    def _check_alive(self) -> None:
+        if not self.is_alive():
+            raise EngineDeadError(f"engine loop is not running (error: {self._error!r})")
+
+    def _drop(self, request_id: str) -> bool:
+        with self._streams_lock:
+            return self._streams.pop(request_id, None) is not None
+
+    # ----- engine side (any thread) -----------------------------------------------------------------
+
+    def _dispatch(self, outputs: list[RequestOutput]) -> None:
+        """Hand a step's outputs to their streams: one callback per event loop per step (each
+        `call_soon_threadsafe` wakes the loop and takes the GIL), which delivers them in order."""
+        deliveries: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, RequestOutput]]] = {}
+        with self._streams_lock:
+            for out in outputs:
+                stream = self._streams.get(out.request_id)
+                if stream is None:
+                    continue
+                if out.finished:
+                    del self._streams[out.request_id]
+                deliveries.setdefault(stream.loop, []).append((stream.queue, out))
+        for loop, items in deliveries.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, items)
+            except RuntimeError:      # that event loop is closed
+                pass
+
+    def _fail_streams(self, exc: BaseException) -> None:
+        """Every waiting stream ends with `exc` (its consumer raises EngineDeadError)."""
+        with self._streams_lock:
+            streams = list(self._streams.values())
+            self._streams.clear()
+        for stream in streams:
+            try:
+                stream.loop.call_soon_threadsafe(stream.queue.put_nowait, exc)
+            except RuntimeError:      # that event loop is closed
+                pass
+
+
+def _deliver(items: list[tuple[asyncio.Queue, Any]]) -> None:
+    """On the event loop: put each output on its stream's queue."""
+    for stream_queue, item in items:
+        stream_queue.put_nowait(item)
+
+
+def _settle(future: concurrent.futures.Future, result: Any = None, exc: BaseException | None = None) -> None:
+    """Set a future's outcome unless it is already done (cancelled by its caller, or failed)."""
+    try:
+        if exc is not None:
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
+    except concurrent.futures.InvalidStateError:
+        pass

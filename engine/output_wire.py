@@ -1,0 +1,83 @@
+"""How RequestOutputs cross from the engine's process to the server's: only what each step added.
+
+A RequestOutput carries its cumulative text, token ids and logprobs; pickling them every step would
+cost O(length) per token. `pack_output` keeps the step's deltas (and the prompt once, in a request's
+first output); `OutputAssembler` on the other side appends them to what it already holds and hands
+out RequestOutputs equal to the engine's.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from engine.outputs import CompletionOutput, RequestOutput
+
+# (index, text_delta, token_ids_delta, finish_reason, stop_reason, logprobs_delta or None)
+PackedCompletion = tuple
+# (request_id, (prompt, prompt_token_ids) or None, finished, num_cached_tokens, metrics, completions)
+PackedOutput = tuple
+
+
+def pack_output(out: RequestOutput, first: bool) -> PackedOutput:
+    """The step's part of `out`; `first`: the request's first output (it carries the prompt)."""
+    completions = []
+    for c in out.outputs:
+        logprobs = None
+        if c.logprobs is not None:
+            logprobs = c.logprobs[len(c.token_ids) - len(c.token_ids_delta):]
+        completions.append((c.index, c.text_delta, c.token_ids_delta, c.finish_reason, c.stop_reason, logprobs))
+    prompt = (out.prompt, out.prompt_token_ids) if first else None
+    return (out.request_id, prompt, out.finished, out.num_cached_tokens, out.metrics, completions)
+
+
+@dataclass
+class _Sequence:
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[dict[int, float]] | None = None
+
+
+@dataclass
+class _Request:
+    prompt: str | None
+    prompt_token_ids: list[int]
+    sequences: dict[int, _Sequence] = field(default_factory=dict)
+
+
+class OutputAssembler:
+    """Rebuilds cumulative RequestOutputs from packed ones; forgets a request once it finished."""
+
+    def __init__(self) -> None:
+        self._requests: dict[str, _Request] = {}
+
+    def unpack(self, packed: PackedOutput) -> RequestOutput:
+        request_id, prompt, finished, num_cached_tokens, metrics, completions = packed
+        state = self._requests.get(request_id)
+        if state is None:
+            if prompt is None:
+                raise ValueError(f"request {request_id!r}: its first output carries no prompt")
+            state = self._requests[request_id] = _Request(*prompt)
+        outputs = [self._completion(state, c) for c in completions]
+        if finished:
+            del self._requests[request_id]
+        return RequestOutput(request_id=request_id, prompt=state.prompt, prompt_token_ids=state.prompt_token_ids,
+                             outputs=outputs, finished=finished, num_cached_tokens=num_cached_tokens,
+                             metrics=metrics)
+
+    def forget(self, request_id: str) -> None:
+        """Drop a request that will send nothing more (aborted)."""
+        self._requests.pop(request_id, None)
+
+    @staticmethod
+    def _completion(state: _Request, packed: PackedCompletion) -> CompletionOutput:
+        index, text_delta, ids_delta, finish_reason, stop_reason, logprobs_delta = packed
+        seq = state.sequences.setdefault(index, _Sequence())
+        seq.text += text_delta
+        seq.token_ids += ids_delta
+        if logprobs_delta is not None:
+            if seq.logprobs is None:
+                seq.logprobs = []
+            seq.logprobs += logprobs_delta
+        return CompletionOutput(
+            index=index, text=seq.text, token_ids=list(seq.token_ids), finish_reason=finish_reason,
+            stop_reason=stop_reason, logprobs=None if seq.logprobs is None else list(seq.logprobs),
+            text_delta=text_delta, token_ids_delta=ids_delta)

@@ -1,0 +1,156 @@
+"""ProcessAsyncEngine: the engine in its own process streams exactly what the in-process AsyncEngine
+streams; refusals, aborts, a dying engine process and start-up failures reach the caller."""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+
+import openai
+import pytest
+
+from engine.async_engine import AsyncEngine
+from engine.engine_client import EngineDeadError
+from engine.engine_process import ProcessAsyncEngine
+from engine.outputs import CompletionOutput, RequestOutput
+from engine.output_wire import OutputAssembler, pack_output
+from engine.sampling_params import SamplingParams
+from server_harness import MODEL_NAME, ServerThread, engine_config, offline_generate
+
+MIXED = [SamplingParams(max_tokens=8, temperature=0),
+         SamplingParams(max_tokens=8, temperature=0.8, seed=3, n=2, logprobs=2),
+         SamplingParams(max_tokens=20, temperature=0, stop=["e"], include_stop_str_in_output=False),
+         SamplingParams(max_tokens=12, temperature=1.0, top_k=5, seed=7, stop_token_ids=[101])]
+
+
+@pytest.fixture(scope="module")
+def process_engine(tiny_model_path):
+    engine = ProcessAsyncEngine(engine_config(tiny_model_path))
+    yield engine
+    engine.shutdown()
+
+
+async def _collect(engine, request_id: str, prompt, params: SamplingParams) -> list[RequestOutput]:
+    return [out async for out in engine.generate(request_id, prompt, params)]
+
+
+async def _run_mixed(engine) -> list[list[RequestOutput]]:
+    return await asyncio.gather(*(_collect(engine, f"m{i}", f"prompt number {i}", p) for i, p in enumerate(MIXED)))
+
+
+def test_streams_equal_the_in_process_engine(process_engine, tiny_model_path):
+    """Every RequestOutput (cumulative text, ids, logprobs, deltas, finish and stop reasons), step by
+    step, for greedy, seeded n = 2 with logprobs, a stop string and a stop token."""
+    thread_engine = AsyncEngine(engine_config(tiny_model_path))
+    try:
+        expected = asyncio.run(_run_mixed(thread_engine))
+    finally:
+        thread_engine.shutdown()
+    got = asyncio.run(_run_mixed(process_engine))
+    assert got == expected
+    assert all(len(outs) > 1 for outs in got)      # streamed, not one final output
+    assert got[1][-1].outputs[1].logprobs is not None and len(got[1][-1].outputs) == 2
+
+
+def test_bad_requests_are_refused_and_others_go_on(process_engine, reference_engine):
+    too_long = list(range(5, 200))          # max_model_len is 128
+
+    async def run():
+        with pytest.raises(ValueError, match="max_model_len"):
+            await process_engine.add_request("long", too_long, SamplingParams(max_tokens=4))
+        ok = asyncio.create_task(_collect(process_engine, "fine", "still served", SamplingParams(max_tokens=6,
+                                                                                                temperature=0)))
+        await asyncio.sleep(0)
+        with pytest.raises(ValueError, match="already in use"):
+            await process_engine.add_request("fine", "dup", SamplingParams(max_tokens=4))
+        return await ok
+
+    outputs = asyncio.run(run())
+    ref = offline_generate(reference_engine, ["still served"], SamplingParams(max_tokens=6, temperature=0))[0]
+    assert outputs[-1].finished and outputs[-1].outputs[0].token_ids == ref[0].token_ids
+    assert process_engine.is_healthy()
+
+
+def test_a_consumer_that_goes_away_frees_its_blocks(process_engine):
+    params = SamplingParams(max_tokens=100, temperature=0, ignore_eos=True)
+
+    async def run():
+        gen = process_engine.generate("leaver", "walk away", params)
+        await gen.__anext__()
+        await gen.aclose()
+        for _ in range(200):
+            stats = await process_engine.get_stats()
+            if stats.num_running == 0 and stats.num_waiting == 0:
+                return stats
+            await asyncio.sleep(0.02)
+        return stats
+
+    stats = asyncio.run(run())
+    assert stats.num_running == 0 and stats.num_free_blocks == stats.num_total_blocks
+
+
+def test_a_dead_engine_process_fails_its_requests(tiny_model_path):
+    engine = ProcessAsyncEngine(engine_config(tiny_model_path))
+    params = SamplingParams(max_tokens=100, temperature=0, ignore_eos=True)
+
+    async def run():
+        gen = engine.generate("victim", "doomed", params)
+        await gen.__anext__()
+        os.kill(engine._proc.pid, signal.SIGKILL)
+        with pytest.raises(EngineDeadError):
+            async for _ in gen:
+                pass
+        with pytest.raises(EngineDeadError):
+            await engine.add_request("late", "x", params)
+
+    try:
+        asyncio.run(run())
+        assert not engine.is_alive() and not engine.is_healthy()
+        assert "exited" in str(engine.error)
+    finally:
+        engine.shutdown()
+
+
+def test_a_stalled_step_is_unhealthy(process_engine):
+    """The engine's process marks the step in progress in shared memory; is_healthy reads it."""
+    assert process_engine.is_healthy()
+    process_engine._step_started.value = time.monotonic() - 2 * process_engine.stall_timeout_s
+    try:
+        assert not process_engine.is_healthy()
+    finally:
+        process_engine._step_started.value = 0.0
+    assert process_engine.is_healthy()
+
+
+def test_start_up_failure_is_raised_in_the_caller(tmp_path):
+    with pytest.raises(Exception, match="config.json|not a|no such|does not"):
+        ProcessAsyncEngine(engine_config(str(tmp_path / "missing-model")))
+
+
+def test_server_on_the_engine_process(tiny_model_path, reference_engine):
+    prompts = ["Hello, my name is", "1 2 3 4"]
+    ref = offline_generate(reference_engine, prompts, SamplingParams(max_tokens=8, temperature=0))
+    with ServerThread(engine_config(tiny_model_path), engine_cls=ProcessAsyncEngine) as srv:
+        client = openai.OpenAI(base_url=f"{srv.base_url}/v1", api_key="unused", max_retries=0, timeout=60)
+        resp = client.completions.create(model=MODEL_NAME, prompt=prompts, max_tokens=8, temperature=0)
+        assert [c.text for c in resp.choices] == [r[0].text for r in ref]
+        stream = client.completions.create(model=MODEL_NAME, prompt=prompts[0], max_tokens=8, temperature=0,
+                                           stream=True)
+        assert "".join(chunk.choices[0].text for chunk in stream) == ref[0][0].text
+        assert srv.wait_idle().num_free_blocks == srv.stats().num_total_blocks
+
+
+def test_packed_outputs_rebuild_the_cumulative_ones():
+    """pack_output keeps the deltas only; OutputAssembler appends them back."""
+    steps = [RequestOutput("r", "p", [1, 2], [CompletionOutput(0, "ab", [5, 6], logprobs=[{5: -1.0}, {6: -2.0}],
+                                                                text_delta="ab", token_ids_delta=[5, 6])], False),
+             RequestOutput("r", "p", [1, 2], [CompletionOutput(0, "abc", [5, 6, 7], "stop", "c",
+                                                                logprobs=[{5: -1.0}, {6: -2.0}, {7: -0.5}],
+                                                                text_delta="c", token_ids_delta=[7])], True)]
+    assembler = OutputAssembler()
+    rebuilt = [assembler.unpack(pack_output(out, first=i == 0)) for i, out in enumerate(steps)]
+    assert rebuilt == steps
+    assert pack_output(steps[1], first=False)[5] == [(0, "c", [7], "stop", "c", [{7: -0.5}])]
+    with pytest.raises(ValueError, match="carries no prompt"):
+        OutputAssembler().unpack(pack_output(steps[1], first=False))
