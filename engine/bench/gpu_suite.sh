@@ -13,6 +13,15 @@ run() {  # run NAME CMD...: full log to $OUT/NAME.log, its tail here
   echo "+ $*"; "$@" > "$OUT/$name.log" 2>&1; echo "exit $?"; grep -v "^\s*frame #" "$OUT/$name.log" | tail -12
   [ "$name" = tests ] || rm -f "$OUT/$name.log"   # at most 8 files come back: the tail is the record
 }
+serve_bench() {  # serve_bench NAME [SERVER FLAGS...]: start the 0.6B server, run the serve benchmark, stop it
+  local name=$1; shift
+  python -m engine.serve --model preset:qwen3-0.6b --port 8123 "$@" > "$OUT/server.log" 2>&1 &
+  local server=$!
+  for _ in $(seq 120); do curl -sf http://127.0.0.1:8123/health > /dev/null && break; sleep 1; done
+  run $name python -m engine.bench serve --base-url http://127.0.0.1:8123 --max-concurrency 64 \
+    --num-prompts 256 --output "$OUT/$name.json"
+  kill $server; wait $server 2> /dev/null; tail -5 "$OUT/server.log"; rm -f "$OUT/server.log"
+}
 for part in $parts; do
   case $part in
     tests)
@@ -45,13 +54,10 @@ for part in $parts; do
       for m in qwen3-0.6b qwen3-8b; do
         ENGINE_SKINNY_GEMM=0 run lat_${m}_cublas python -m engine.bench latency --model preset:$m --attention-backend triton
       done ;;
-    serve)      # the OpenAI server under the serve benchmark at concurrency 64
-      python -m engine.serve --model preset:qwen3-0.6b --port 8123 > "$OUT/server.log" 2>&1 &
-      server=$!
-      for _ in $(seq 120); do curl -sf http://127.0.0.1:8123/health > /dev/null && break; sleep 1; done
-      run serve_0.6b python -m engine.bench serve --base-url http://127.0.0.1:8123 --max-concurrency 64 \
-        --num-prompts 256 --output "$OUT/serve_0.6b.json"
-      kill $server; wait $server 2> /dev/null; tail -5 "$OUT/server.log"; rm -f "$OUT/server.log" ;;
+    serve)      # the OpenAI server (engine in its own process) under the serve benchmark at concurrency 64
+      serve_bench serve_0.6b ;;
+    servethread)  # the same with the engine on a thread of the server's process (--no-engine-process)
+      serve_bench serve_0.6b_thread --no-engine-process ;;
     pdl)        # batch-1 latency: 0.6B without PDL and without its skinny GEMMs; both models default and with the fusions on trial
       ENGINE_PDL=0 run lat_0.6b_nopdl python -m engine.bench latency --model preset:qwen3-0.6b
       ENGINE_SKINNY_MIN_NUMEL=16777216 run lat_0.6b_cublas_small python -m engine.bench latency --model preset:qwen3-0.6b
