@@ -13,6 +13,7 @@ import concurrent.futures
 import itertools
 import logging
 import multiprocessing
+import queue
 import threading
 import time
 from typing import Any
@@ -50,7 +51,7 @@ class ProcessAsyncEngine(EngineClient):
         self.model_config = info["model_config"]
         self.max_model_len: int = info["max_model_len"]
         self._stats = info["stats"]
-        self._send_lock = threading.Lock()
+        self._outbox: queue.SimpleQueue = queue.SimpleQueue()   # commands, sent in order by the sender thread
         self._calls: dict[int, concurrent.futures.Future] = {}
         self._call_ids = itertools.count()
         self._stopped = threading.Event()
@@ -58,6 +59,8 @@ class ProcessAsyncEngine(EngineClient):
         self._aborted: list[str] = []      # appended by any thread, drained by the reader
         self._reader = threading.Thread(target=self._read_loop, name="engine-outputs", daemon=True)
         self._reader.start()
+        self._sender = threading.Thread(target=self._send_loop, name="engine-commands", daemon=True)
+        self._sender.start()
 
     def _wait_ready(self) -> dict:
         try:
@@ -109,6 +112,8 @@ class ProcessAsyncEngine(EngineClient):
         """Stop the engine's process; pending requests get EngineDeadError."""
         self._stopped.set()
         self._send(("shutdown",))
+        self._outbox.put(None)
+        self._sender.join(timeout)
         self._proc.join(timeout)
         if self._proc.is_alive():
             self._proc.terminate()
@@ -127,12 +132,15 @@ class ProcessAsyncEngine(EngineClient):
         return future
 
     def _send(self, message: tuple) -> None:
-        """Send a command; a pipe closed by a dead engine is reported by the reader, not here."""
-        try:
-            with self._send_lock:
+        """Queue a command for the sender thread: a large prompt never blocks the event loop on a full pipe."""
+        self._outbox.put(message)
+
+    def _send_loop(self) -> None:
+        while (message := self._outbox.get()) is not None:
+            try:
                 self._commands.send(message)
-        except (OSError, ValueError):    # broken or closed pipe
-            pass
+            except (OSError, ValueError):    # broken or closed pipe: the reader reports the dead engine
+                return
 
     # ----- reader thread ------------------------------------------------------------------------
 
