@@ -1,5 +1,5 @@
 """The tile GEMM (models/layers/ops/tile_gemm.py) against float64 math, its config table (config_for,
-wins, ENGINE_TILE_GEMM_CONFIGS) and the dispatch thresholds in models/layers/ops (use_tile, linear,
+winning_config, ENGINE_TILE_GEMM_CONFIGS) and the dispatch thresholds in models/layers/ops (tile_config, linear,
 linear_silu_and_mul).
 
 Without a GPU the kernel runs in Triton's interpreter on CPU tensors (TRITON_INTERPRET is set before
@@ -164,17 +164,17 @@ QWEN3_0_6B = {"qkv": (4096, 1024, 0), "o": (1024, 2048, 0), "gate_up silu": (307
 
 def test_builtin_table_by_device_name(monkeypatch, tile):
     """Without ENGINE_TILE_GEMM_CONFIGS an H100 reads the shipped table; another GPU has none, so
-    `wins` leaves every projection to cuBLAS."""
+    `winning_config` leaves every projection to cuBLAS."""
     monkeypatch.delenv("ENGINE_TILE_GEMM_CONFIGS", raising=False)
     monkeypatch.setattr(tile, "_device_name", lambda index: "NVIDIA H100 80GB HBM3")
     table = tile.device_table(CUDA)
     assert set(QWEN3_0_6B.values()) <= set(table)
     x = SimpleNamespace(shape=(128, 1024), device=CUDA)
-    assert tile.wins(x, torch.zeros(3072 * 2, 1024), silu=True)
+    assert tile.winning_config(x, torch.zeros(3072 * 2, 1024), silu=True) == dict(table[(3072, 1024, 1)][1][1])
     assert tile.config_for(128, 3072, 1024, True, CUDA) == dict(table[(3072, 1024, 1)][1][1])
     monkeypatch.setattr(tile, "_device_name", lambda index: "NVIDIA A100-SXM4-80GB")
     assert tile.device_table(CUDA) == {}
-    assert not tile.wins(x, torch.zeros(3072 * 2, 1024), silu=True)
+    assert tile.winning_config(x, torch.zeros(3072 * 2, 1024), silu=True) is None
 
 
 def test_shipped_tables_are_well_formed(tile):
@@ -203,47 +203,48 @@ def test_default_config_by_rows(tile):
     assert tile.default_config(40, 48, 64, True)["num_stages"] == tile.default_config(40, 48, 64)["num_stages"] - 1
 
 
-def test_wins_follows_config_for(tile, table_file):
-    """wins: a config exists for x's rows and the weight's (half with silu) shape."""
+def test_winning_config_follows_the_table(tile, table_file):
+    """winning_config: the table's config for x's rows and the weight's (half with silu) shape, else None."""
     cfg = dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=64, num_warps=4, num_stages=3)
     table_file({"48,64,0": [[32, cfg], [64, None]], "24,64,1": [[32, None]]})
 
-    def x(m, device=CUDA):   # wins only reads x.shape and x.device: a stand-in keeps the GPU untouched
+    def x(m, device=CUDA):   # it only reads x.shape and x.device: a stand-in keeps the GPU untouched
         return SimpleNamespace(shape=(m, 64), device=device)
 
     weight = torch.zeros(48, 64)
-    assert tile.wins(x(20), weight)                                 # a table entry
-    assert not tile.wins(x(40), weight) and not tile.wins(x(65), weight)   # None; past the table
-    assert not tile.wins(x(20), torch.zeros(48, 32))                # a shape the table does not hold
-    assert not tile.wins(x(20), weight, silu=True)                  # "24,64,1": gate_up of 2 x 24 rows
-    assert not tile.wins(x(40), weight, silu=True)                  # past its last bucket
-    assert tile.wins(x(40, torch.device("cpu")), weight)            # the CPU has its one config
+    assert tile.winning_config(x(20), weight) == cfg                          # a table entry
+    assert tile.winning_config(x(40), weight) is None                         # None: cuBLAS won
+    assert tile.winning_config(x(65), weight) is None                         # past the table
+    assert tile.winning_config(x(20), torch.zeros(48, 32)) is None            # a shape the table does not hold
+    assert tile.winning_config(x(20), weight, silu=True) is None              # "24,64,1": gate_up of 2 x 24 rows
+    assert tile.winning_config(x(40), weight, silu=True) is None              # past its last bucket
+    assert tile.winning_config(x(40, torch.device("cpu")), weight) == tile.CPU_CONFIG   # the CPU's one config
 
 
 # ---- the dispatch ----
 
-def test_use_tile_is_off_on_cpu_tensors(monkeypatch):
+def test_tile_config_is_none_on_cpu_tensors(monkeypatch):
     monkeypatch.setattr(ops, "TILE_MAX_ROWS", 256)
     x, weight = torch.zeros(40, 64), torch.zeros(48, 64)
     assert not ops.use_fused(x)
-    assert not ops.use_tile(x, weight) and not ops.use_tile(x, torch.zeros(96, 64), silu=True)
+    assert ops.tile_config(x, weight) is None and ops.tile_config(x, torch.zeros(96, 64), silu=True) is None
 
 
-def test_use_tile_thresholds(monkeypatch, tile):
+def test_tile_config_thresholds(monkeypatch, tile):
     monkeypatch.setattr(ops, "use_fused", lambda x: True)
     monkeypatch.setattr(ops, "SKINNY_MAX_ROWS", 16)
     monkeypatch.setattr(ops, "TILE_MAX_ROWS", 256)
     weight = torch.zeros(48, 8)
-    taken = [m for m in (1, 8, 16, 17, 64, 255, 256, 257, 1024) if ops.use_tile(torch.zeros(m, 8), weight)]
+    taken = [m for m in (1, 8, 16, 17, 64, 255, 256, 257, 1024) if ops.tile_config(torch.zeros(m, 8), weight)]
     assert taken == [17, 64, 255, 256]
-    assert not ops.use_tile(torch.zeros(2, 20, 8), weight)   # not a 2-D x
+    assert ops.tile_config(torch.zeros(2, 20, 8), weight) is None   # not a 2-D x
     asked = []
-    monkeypatch.setattr(tile, "wins", lambda x, w, silu=False: asked.append((x.shape[0], silu)) or False)
-    assert not ops.use_tile(torch.zeros(40, 8), weight, silu=True)    # the table says cuBLAS
+    monkeypatch.setattr(tile, "winning_config", lambda x, w, silu=False: asked.append((x.shape[0], silu)) or None)
+    assert ops.tile_config(torch.zeros(40, 8), weight, silu=True) is None    # the table says cuBLAS
     assert asked == [(40, True)]
     monkeypatch.setattr(ops, "TILE_MAX_ROWS", 0)   # ENGINE_TILE_GEMM_MAX_ROWS=0: off
-    monkeypatch.setattr(tile, "wins", lambda x, w, silu=False: True)
-    assert not any(ops.use_tile(torch.zeros(m, 8), weight) for m in (17, 64, 256))
+    monkeypatch.setattr(tile, "winning_config", lambda x, w, silu=False: {"BLOCK_M": 16})
+    assert not any(ops.tile_config(torch.zeros(m, 8), weight) for m in (17, 64, 256))
 
 
 @pytest.mark.parametrize("path", ["skinny", "tile", "torch"])
@@ -254,7 +255,7 @@ def test_linear_dispatch(monkeypatch, tile, path):
     calls = []
     tile_gemm = tile.tile_gemm
     monkeypatch.setattr(ops, "use_skinny", lambda x, w: path == "skinny")
-    monkeypatch.setattr(ops, "use_tile", lambda x, w, silu=False: path == "tile")
+    monkeypatch.setattr(ops, "tile_config", lambda x, w, silu=False: dict(tile.CPU_CONFIG) if path == "tile" else None)
     skinny_gemm = load("skinny_gemm").skinny_gemm
     monkeypatch.setattr(load("skinny_gemm"), "skinny_gemm", lambda *a, **k: calls.append(("skinny", k)) or
                         skinny_gemm(*a, **k))
@@ -266,5 +267,6 @@ def test_linear_dispatch(monkeypatch, tile, path):
                                rtol=1e-4, atol=1e-4)
     silu_kwargs = {"silu": True} if ops.SKINNY_SILU_ENABLED else {}
     expected = {"skinny": [("skinny", {}), ("skinny", silu_kwargs)],
-                "tile": [("tile", {}), ("tile", silu_kwargs)], "torch": []}[path]
+                "tile": [("tile", {"config": tile.CPU_CONFIG}), ("tile", {"config": tile.CPU_CONFIG, **silu_kwargs})],
+                "torch": []}[path]
     assert calls == expected

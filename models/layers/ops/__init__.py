@@ -42,7 +42,7 @@ _MIN_NUMEL_ENV = os.environ.get("ENGINE_SKINNY_MIN_NUMEL")
 SKINNY_MIN_WEIGHT_NUMEL = int(_MIN_NUMEL_ENV) if _MIN_NUMEL_ENV is not None else None
 SKINNY_MIN_NUMEL_WITHOUT_PDL = 16 << 20
 # The tile GEMM takes the projections of SKINNY_MAX_ROWS < M <= TILE_MAX_ROWS rows where its device's
-# table says it beats cuBLAS (tile_gemm.wins; H100, 2026-11-26: Qwen3-0.6B throughput 19,340 ->
+# table says it beats cuBLAS (tile_gemm.winning_config; H100, 2026-11-26: Qwen3-0.6B throughput 19,340 ->
 # 19,897 tok/s). ENGINE_TILE_GEMM_MAX_ROWS moves the limit (0: never), for A/B measurements.
 TILE_MAX_ROWS = int(os.environ.get("ENGINE_TILE_GEMM_MAX_ROWS", "256"))
 KERNEL_MODULES = ("rms_norm", "qk_norm_rope", "silu_and_mul", "skinny_gemm", "tile_gemm")
@@ -67,31 +67,33 @@ def use_skinny(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return _skinny_fits(x, weight, min_numel)
 
 
-def use_tile(x: torch.Tensor, weight: torch.Tensor, silu: bool = False) -> bool:
-    """True when x [M, K] @ weight^T should use the Triton tile GEMM: CUDA, M above the skinny GEMM's
-    rows and at most TILE_MAX_ROWS (a decode batch; prefill's thousands of rows stay with cuBLAS), and
-    a shape where the sweep did not find cuBLAS faster."""
-    return (use_fused(x) and x.dim() == 2 and SKINNY_MAX_ROWS < x.shape[0] <= TILE_MAX_ROWS
-            and load("tile_gemm").wins(x, weight, silu))
+def tile_config(x: torch.Tensor, weight: torch.Tensor, silu: bool = False) -> dict | None:
+    """The Triton tile GEMM's config when x [M, K] @ weight^T should use it, else None: CUDA, M above
+    the skinny GEMM's rows and at most TILE_MAX_ROWS (a decode batch; prefill's thousands of rows stay
+    with cuBLAS), and a shape where the sweep did not find cuBLAS faster."""
+    if use_fused(x) and x.dim() == 2 and SKINNY_MAX_ROWS < x.shape[0] <= TILE_MAX_ROWS:
+        return load("tile_gemm").winning_config(x, weight, silu)
+    return None
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """F.linear (x [M, K], weight [N, K] -> [M, N]), through the skinny GEMM where `use_skinny` says so
-    and the tile GEMM where `use_tile` does."""
+    and the tile GEMM where `tile_config` gives a config."""
     if use_skinny(x, weight):
         return load("skinny_gemm").skinny_gemm(x, weight, bias)
-    if use_tile(x, weight):
-        return load("tile_gemm").tile_gemm(x, weight, bias)
+    if (cfg := tile_config(x, weight)) is not None:
+        return load("tile_gemm").tile_gemm(x, weight, bias, config=cfg)
     return F.linear(x, weight, bias)
 
 
 def linear_silu_and_mul(x: torch.Tensor, gate_up: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """silu(gate) * up of the merged projection x [M, K] @ gate_up [2I, K]^T (+ bias [2I]) -> [M, I]:
-    one skinny GEMM launch where `use_skinny` says so, else `linear` then `apply_silu_and_mul`."""
+    one skinny or tile GEMM launch where `use_skinny` or `tile_config` says so, else `linear` then
+    `apply_silu_and_mul`."""
     if SKINNY_SILU_ENABLED and use_skinny(x, gate_up):
         return load("skinny_gemm").skinny_gemm(x, gate_up, bias, silu=True)
-    if SKINNY_SILU_ENABLED and use_tile(x, gate_up, silu=True):
-        return load("tile_gemm").tile_gemm(x, gate_up, bias, silu=True)
+    if SKINNY_SILU_ENABLED and (cfg := tile_config(x, gate_up, silu=True)) is not None:
+        return load("tile_gemm").tile_gemm(x, gate_up, bias, config=cfg, silu=True)
     return apply_silu_and_mul(linear(x, gate_up, bias))
 
 

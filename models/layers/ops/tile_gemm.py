@@ -11,7 +11,7 @@ L2 by the rest. With PDL the program pulls its first weight tile into L2 before 
 Tile configs come from `engine/bench/tile_gemm.py` (timed per projection shape and M against
 cuBLAS) as a JSON table; DEVICE_TABLES names the table shipped for a GPU (tile_configs_h100.json:
 the Qwen3-0.6B and -8B projections). The engine takes the tile GEMM only where its device's table
-holds a config for the shape and M (`wins`); elsewhere cuBLAS. ENGINE_TILE_GEMM_CONFIGS may name
+holds a config for the shape and M (`winning_config`); elsewhere cuBLAS. ENGINE_TILE_GEMM_CONFIGS may name
 another table file (for A/B runs of a fresh sweep).
 """
 from __future__ import annotations
@@ -98,7 +98,7 @@ def config_for(num_rows: int, n: int, k: int, silu: bool, device: torch.device) 
     """The tile config for x [num_rows, k] @ W[n (x2 with silu), k]^T on `device`. A shape the
     device's table holds: the entry of the smallest M bucket >= num_rows, None where cuBLAS won or
     past the last bucket. A shape it does not hold: `default_config` (for direct callers; the
-    engine's dispatch asks `wins` first). Off CUDA: CPU_CONFIG."""
+    engine's dispatch asks `winning_config` instead). Off CUDA: CPU_CONFIG."""
     if device.type != "cuda":
         return dict(CPU_CONFIG)
     buckets = device_table(device).get((n, k, int(silu)))
@@ -115,15 +115,15 @@ def _bucket_config(buckets: list, num_rows: int) -> dict | None:
     return None
 
 
-def wins(x: torch.Tensor, weight: torch.Tensor, silu: bool = False) -> bool:
-    """Whether the engine should take the tile GEMM for x @ weight^T: on CUDA, the device's table
-    holds a config for this shape and x's rows (it was timed faster than cuBLAS there); on the CPU
-    (tests) always."""
+def winning_config(x: torch.Tensor, weight: torch.Tensor, silu: bool = False) -> dict | None:
+    """The config the engine runs x @ weight^T with, or None for cuBLAS: on CUDA, the device table's
+    entry for this shape and x's rows (it was timed faster than cuBLAS there), None where cuBLAS won
+    or the table lacks the shape; on the CPU (tests) CPU_CONFIG. Pass it on to `tile_gemm(config=)`."""
     if x.device.type != "cuda":
-        return True
+        return dict(CPU_CONFIG)
     n = weight.shape[0] // 2 if silu else weight.shape[0]
     buckets = device_table(x.device).get((n, weight.shape[1], int(silu)))
-    return buckets is not None and _bucket_config(buckets, x.shape[0]) is not None
+    return None if buckets is None else _bucket_config(buckets, x.shape[0])
 
 
 def tile_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
@@ -137,7 +137,7 @@ def tile_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None =
         return out
     cfg = config or config_for(num_rows, n, k, silu, x.device)
     if cfg is None:
-        raise ValueError(f"no tile config for M={num_rows}, N={n}, K={k} (cuBLAS won there): check `wins` first")
+        raise ValueError(f"no tile config for M={num_rows}, N={n}, K={k} (cuBLAS won there): ask `winning_config` first")
     grid = (triton.cdiv(num_rows, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"]),)
     cpu = x.device.type == "cpu"
     _tile_gemm_kernel[grid](
