@@ -41,6 +41,17 @@ def test_invalid_flags_exit_2_naming_the_field(flags, field):
     assert field in proc.stderr
 
 
+@pytest.mark.parametrize("engine_flag", ["--engine-process", "--no-engine-process"])
+def test_an_engine_that_cannot_start_exits_2_saying_why(engine_flag):
+    """A KV cache too small for max_model_len is found by the engine's start-up (in its own process by
+    default): the server exits 2 with the engine's message, not a hang."""
+    proc = subprocess.run([sys.executable, "-m", "engine.serve", "--model", "preset:tiny-qwen3", "--device", "cpu",
+                           "--dtype", "float32", "--max-model-len", "128", "--block-size", "16", "--num-kv-blocks",
+                           "2", engine_flag], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "fewer than one request of max_model_len=128" in proc.stderr
+
+
 def test_serve_process_answers_with_env_api_key():
     port = free_port()
     env = dict(os.environ, ENGINE_API_KEY="cli-secret")
