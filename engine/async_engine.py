@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from engine.config import EngineConfig
-from engine.engine_client import EngineClient, EngineDeadError, _deliver, _settle  # noqa: F401 - _deliver: tests count it
+from engine.engine_client import EngineClient, EngineDeadError, _settle
 from engine.llm_engine import LLMEngine, QueueFullError  # QueueFullError: a full waiting queue (429)
 from engine.sampling_params import SamplingParams
 
@@ -73,12 +73,8 @@ class AsyncEngine(EngineClient):
     def is_alive(self) -> bool:
         return self._thread.is_alive() and self._error is None and not self._stopped.is_set()
 
-    def is_healthy(self) -> bool:
-        """Loop thread alive, not errored, and no step has been running longer than stall_timeout_s."""
-        if not self.is_alive():
-            return False
-        started = self._step_started
-        return started is None or time.monotonic() - started < self.stall_timeout_s
+    def _step_started_at(self) -> float | None:
+        return self._step_started
 
     def shutdown(self, timeout: float = 5.0) -> None:
         """Stop the loop thread; pending requests get EngineDeadError."""
@@ -156,4 +152,4 @@ class AsyncEngine(EngineClient):
                 self._fail_future(future)
 
     def _fail_future(self, future: concurrent.futures.Future) -> None:
-        _settle(future, exc=EngineDeadError(f"engine loop is not running (error: {self._error!r})"))
+        _settle(future, exc=self._dead_error())

@@ -52,6 +52,10 @@ class EngineClient:
     def is_alive(self) -> bool:
         raise NotImplementedError
 
+    def _step_started_at(self) -> float | None:
+        """The monotonic time the engine's step in progress began; None between steps."""
+        raise NotImplementedError
+
     # ----- asyncio side -------------------------------------------------------------------------
 
     async def add_request(self, request_id: str, prompt: str | list[int],
@@ -89,6 +93,13 @@ class EngineClient:
         if self._drop(request_id):
             self._send_abort(request_id)
 
+    def is_healthy(self) -> bool:
+        """Engine alive, not errored, and no step has been running longer than stall_timeout_s."""
+        if not self.is_alive():
+            return False
+        started = self._step_started_at()
+        return started is None or time.monotonic() - started < self.stall_timeout_s
+
     def new_request_id(self, prefix: str) -> str:
         return f"{prefix}-{next(self._ids)}-{time.monotonic_ns():x}"
 
@@ -113,7 +124,11 @@ class EngineClient:
 
     def _check_alive(self) -> None:
         if not self.is_alive():
-            raise EngineDeadError(f"engine loop is not running (error: {self._error!r})")
+            raise self._dead_error()
+
+    def _dead_error(self) -> EngineDeadError:
+        """What a caller gets once the engine is gone."""
+        return EngineDeadError(f"engine loop is not running (error: {self._error!r})")
 
     def _drop(self, request_id: str) -> bool:
         with self._streams_lock:

@@ -15,7 +15,6 @@ import logging
 import multiprocessing
 import queue
 import threading
-import time
 from typing import Any
 
 from engine.config import EngineConfig
@@ -101,12 +100,8 @@ class ProcessAsyncEngine(EngineClient):
     def is_alive(self) -> bool:
         return self._proc.is_alive() and self._error is None and not self._stopped.is_set()
 
-    def is_healthy(self) -> bool:
-        """Process alive, not errored, and no step has been running longer than stall_timeout_s."""
-        if not self.is_alive():
-            return False
-        started = self._step_started.value
-        return started == 0.0 or time.monotonic() - started < self.stall_timeout_s
+    def _step_started_at(self) -> float | None:
+        return self._step_started.value or None       # the engine's process writes 0.0 between steps
 
     def shutdown(self, timeout: float = 5.0) -> None:
         """Stop the engine's process; pending requests get EngineDeadError."""
@@ -128,7 +123,7 @@ class ProcessAsyncEngine(EngineClient):
         future.call_id = next(self._call_ids)
         self._calls[future.call_id] = future
         if not self.is_alive():          # the reader may have failed the calls already; never hang
-            self._fail_all(EngineDeadError(f"engine loop is not running (error: {self._error!r})"))
+            _settle(self._calls.pop(future.call_id, future), exc=self._dead_error())
         return future
 
     def _send(self, message: tuple) -> None:

@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from engine import async_engine as async_engine_module
+from engine import engine_client
 from engine.async_engine import AsyncEngine, EngineDeadError
 from engine.sampling_params import SamplingParams
 from server_harness import ServerThread, engine_config, offline_generate
@@ -138,7 +138,7 @@ def test_a_step_wakes_each_event_loop_once(async_engine, reference_engine, monke
         call_soon = loop.call_soon_threadsafe
 
         def counting(callback, *args):
-            if callback is async_engine_module._deliver:   # not wrap_future's own callbacks
+            if callback is engine_client._deliver:   # not wrap_future's own callbacks
                 batches.append(len(args[0]))
             return call_soon(callback, *args)
 
