@@ -186,8 +186,7 @@ class ModelRunner:
         """Run the model: a captured graph for decode batches and for steps with prefill tokens that
         fit one (requests and tokens padded), eagerly otherwise."""
         num_reqs = len(out.scheduled)
-        decode_only = all(s.num_new_tokens == 1 for s in out.scheduled)
-        if self.graphs is not None and self.graphs.can_run(num_reqs, decode_only):
+        if self.graphs is not None and self.graphs.can_run(num_reqs, out.is_decode_only):
             step = self.inputs.prepare(out, padded_size(self.graphs.sizes, num_reqs), self.inflight)
         elif self.graphs is not None and (shape := self.graphs.prefill_shape(num_reqs, out.num_batched_tokens)):
             step = self.inputs.prepare(out, shape[0], inflight=self.inflight, num_padded_tokens=shape[1])

@@ -37,5 +37,11 @@ class SchedulerOutput:
         return sum(s.num_new_tokens for s in self.scheduled)
 
     @property
+    def is_decode_only(self) -> bool:
+        """Every request runs exactly one token (each runs at least one: Scheduler._scheduled
+        asserts it), so the step's token count equals its request count."""
+        return self.num_batched_tokens == len(self.scheduled)
+
+    @property
     def is_empty(self) -> bool:
         return not self.scheduled

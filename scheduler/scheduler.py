@@ -118,7 +118,9 @@ class Scheduler:
 
     def _scheduled(self, request: Request, num_new: int, is_new: bool) -> ScheduledRequest:
         """Record the request's share of the step and advance its num_computed_tokens (the step will
-        compute them; a later step may be scheduled before this one's tokens come back)."""
+        compute them; a later step may be scheduled before this one's tokens come back). Every
+        scheduled request runs at least one token: SchedulerOutput.is_decode_only relies on it."""
+        assert num_new >= 1, f"request {request.request_id} scheduled with {num_new} tokens"
         sched = ScheduledRequest(request=request, num_new_tokens=num_new,
                                  num_computed_tokens=request.num_computed_tokens,
                                  block_ids=self.block_manager.get_block_ids(request.request_id), is_new=is_new,

@@ -121,3 +121,18 @@ def test_finish_frees_blocks_and_reports_id():
     s.finish_request(a, RequestStatus.FINISHED_ABORTED)
     assert bm.num_free_blocks > total and not s.has_unfinished()
     assert s.schedule().finished_request_ids == ["a"]
+
+
+def test_is_decode_only_follows_the_step_and_no_request_runs_zero_tokens():
+    s, _ = make(budget=64)
+    a = req("a", 10)
+    s.add_request(a)
+    out = run_step(s)
+    assert not out.is_decode_only                      # a's 10-token prefill
+    out = run_step(s)
+    assert out.is_decode_only and out.num_batched_tokens == 1
+    s.add_request(req("b", 3, start=100))
+    out = run_step(s)
+    assert not out.is_decode_only                      # a's decode beside b's prefill
+    with pytest.raises(AssertionError, match="scheduled with 0 tokens"):
+        s._scheduled(a, 0, is_new=False)
