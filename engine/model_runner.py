@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 import torch
@@ -22,6 +23,9 @@ from models.loader import build_model
 from scheduler.output import SchedulerOutput
 
 logger = logging.getLogger(__name__)
+# ENGINE_BLAS_LIBRARY=cublaslt (or cublas) picks torch's BLAS library for the projections on CUDA
+# (torch.backends.cuda.preferred_blas_library); unset keeps torch's default. An A/B knob.
+BLAS_LIBRARY = os.environ.get("ENGINE_BLAS_LIBRARY")
 
 
 class ModelRunner:
@@ -30,6 +34,9 @@ class ModelRunner:
                  max_num_batched_tokens: int) -> None:
         self.config, self.model_config = config, model_config
         self.device, self.dtype = device, dtype
+        if BLAS_LIBRARY and device.type == "cuda":
+            torch.backends.cuda.preferred_blas_library(BLAS_LIBRARY)
+            logger.info("BLAS library: %s (ENGINE_BLAS_LIBRARY)", BLAS_LIBRARY)
         self.kv_cache_dtype = config.kv_cache_torch_dtype(dtype)   # the model dtype, or fp8 (scale 1.0)
         self.block_size = choice.block_size
         self.backend = choice.backend

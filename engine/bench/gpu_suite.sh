@@ -56,6 +56,16 @@ for part in $parts; do
       done ;;
     serve)      # the OpenAI server (engine in its own process) under the serve benchmark at concurrency 64
       serve_bench serve_0.6b ;;
+    blas)       # torch's default BLAS library against cuBLASLt (ENGINE_BLAS_LIBRARY), alternately, both models
+      for lib in default cublaslt default cublaslt; do
+        [ $lib = default ] && unset ENGINE_BLAS_LIBRARY || export ENGINE_BLAS_LIBRARY=$lib
+        run thr_8b_$lib python -m engine.bench throughput --model preset:qwen3-8b --repeat 2
+      done
+      for lib in default cublaslt; do
+        [ $lib = default ] && unset ENGINE_BLAS_LIBRARY || export ENGINE_BLAS_LIBRARY=$lib
+        run thr_0.6b_$lib python -m engine.bench throughput --model preset:qwen3-0.6b --repeat 3
+      done
+      unset ENGINE_BLAS_LIBRARY ;;
     servethread)  # the same with the engine on a thread of the server's process (--no-engine-process)
       serve_bench serve_0.6b_thread --no-engine-process ;;
     pdl)        # batch-1 latency: 0.6B without PDL and without its skinny GEMMs; both models default and with the fusions on trial
