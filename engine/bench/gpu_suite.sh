@@ -56,10 +56,10 @@ for part in $parts; do
       done ;;
     serve)      # the OpenAI server (engine in its own process) under the serve benchmark at concurrency 64
       serve_bench serve_0.6b ;;
-    blas)       # torch's default BLAS library against cuBLASLt (ENGINE_BLAS_LIBRARY), alternately, both models
-      for lib in default cublaslt default cublaslt; do
+    blas)       # torch's default BLAS library against cuBLASLt (ENGINE_BLAS_LIBRARY), both models
+      for lib in default cublaslt; do
         [ $lib = default ] && unset ENGINE_BLAS_LIBRARY || export ENGINE_BLAS_LIBRARY=$lib
-        run thr_8b_$lib python -m engine.bench throughput --model preset:qwen3-8b --repeat 2
+        run thr_8b_$lib python -m engine.bench throughput --model preset:qwen3-8b --repeat 2 --timeline
       done
       for lib in default cublaslt; do
         [ $lib = default ] && unset ENGINE_BLAS_LIBRARY || export ENGINE_BLAS_LIBRARY=$lib
