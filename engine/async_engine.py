@@ -44,6 +44,7 @@ class AsyncEngine(EngineClient):
         self.tokenizer = engine.tokenizer
         self.model_config = engine.model_config
         self.max_model_len: int = engine.max_model_len
+        self.default_sampling_fields: dict = engine.default_sampling_fields
         self._commands: queue.Queue = queue.Queue()
         self._stopped = threading.Event()
         self._step_started: float | None = None     # monotonic time of the step in progress

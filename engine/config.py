@@ -26,6 +26,8 @@ class EngineConfig:
     the cache from gpu_memory_utilization on CUDA, or from cpu_kv_cache_gib on the CPU.
     kv_cache_dtype "auto" stores K/V in the model's dtype; "fp8" / "fp8_e4m3" in float8_e4m3fn
     (scale 1.0; half the bytes of bfloat16, so twice the blocks), which not every attention backend reads.
+    generation_config "auto" takes the model's generation_config.json sampling fields as the requests'
+    defaults, "vllm" keeps the engine's, a folder reads the file there (engine.generation_defaults).
     """
 
     model: str
@@ -49,6 +51,7 @@ class EngineConfig:
     max_queue_len: int | None = None
     revision: str | None = None
     kv_cache_dtype: str = "auto"
+    generation_config: str = "auto"
 
     def __post_init__(self) -> None:
         check(bool(self.model), "model", self.model, "must name a preset, a local folder or a hub id")
@@ -70,6 +73,8 @@ class EngineConfig:
         check(self.load_format in LOAD_FORMATS, "load_format", self.load_format, f"must be one of {LOAD_FORMATS}")
         check(self.kv_cache_dtype in KV_CACHE_DTYPES, "kv_cache_dtype", self.kv_cache_dtype,
                f"must be one of {tuple(KV_CACHE_DTYPES)}")
+        check(isinstance(self.generation_config, str) and bool(self.generation_config.strip()), "generation_config",
+              self.generation_config, "must be 'auto', 'vllm' or a folder holding generation_config.json")
         check(self.max_queue_len is None or self.max_queue_len > 0, "max_queue_len", self.max_queue_len,
                "must be positive")
 

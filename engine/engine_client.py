@@ -39,6 +39,8 @@ class EngineClient:
         self._streams_lock = threading.Lock()
         self._error: BaseException | None = None
         self._ids = itertools.count()
+        # the model's default sampling fields (LLMEngine.default_sampling_fields), set by a subclass
+        self.default_sampling_fields: dict = {}
 
     # ----- what a subclass provides ---------------------------------------------------------------
 

@@ -43,7 +43,8 @@ def run_engine_core(config: EngineConfig, commands: Connection, outputs: Connect
         outputs.send(("failed", picklable(exc)))
         return
     outputs.send(("ready", dict(config=engine.config, tokenizer=engine.tokenizer, model_config=engine.model_config,
-                                max_model_len=engine.max_model_len, stats=engine.get_stats())))
+                                max_model_len=engine.max_model_len, stats=engine.get_stats(),
+                                default_sampling_fields=engine.default_sampling_fields)))
     try:
         _Core(engine, outputs, step_started).serve(commands)
     except (EOFError, OSError):       # the parent went away

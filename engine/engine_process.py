@@ -49,6 +49,7 @@ class ProcessAsyncEngine(EngineClient):
         self.tokenizer = info["tokenizer"]
         self.model_config = info["model_config"]
         self.max_model_len: int = info["max_model_len"]
+        self.default_sampling_fields: dict = info["default_sampling_fields"]
         self._stats = info["stats"]
         self._outbox: queue.SimpleQueue = queue.SimpleQueue()   # commands, sent in order by the sender thread
         self._calls: dict[int, concurrent.futures.Future] = {}

@@ -31,15 +31,21 @@ class LLM:
     def get_tokenizer(self):
         return self.engine.tokenizer
 
+    def get_default_sampling_params(self) -> SamplingParams:
+        """SamplingParams() with the model's generation_config.json defaults (temperature, top_p, top_k,
+        min_p, repetition_penalty, max_tokens) unless the engine was built with generation_config="vllm"."""
+        return SamplingParams(**self.engine.default_sampling_fields)
+
     def generate(self, prompts: Prompt | Sequence[Prompt], sampling_params: SamplingParams |
                  Sequence[SamplingParams] | None = None, use_tqdm: bool = True) -> list[RequestOutput]:
         """Generate for every prompt; outputs come back in input order.
 
         prompts: a string, a list of strings, a list of token ids, or a list of token-id lists.
-        sampling_params: one for all prompts, or one per prompt (default: SamplingParams()).
+        sampling_params: one for all prompts, or one per prompt (default: `get_default_sampling_params()`,
+        the model's defaults); explicit ones are used as given.
         """
         prompts = _as_prompt_list(prompts)
-        params = sampling_params if sampling_params is not None else SamplingParams()
+        params = sampling_params if sampling_params is not None else self.get_default_sampling_params()
         if isinstance(params, SamplingParams):
             params = [params] * len(prompts)
         elif len(params) != len(prompts):

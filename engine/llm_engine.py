@@ -9,16 +9,15 @@ import atexit
 import dataclasses
 import gc
 import logging
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
-from transformers import GenerationConfig
 
 from attention.backend import dtype_name
 from attention.selector import select_backend
 from engine.config import EngineConfig, ModelConfig
+from engine.generation_defaults import default_sampling_fields, load_generation_config
 from engine.model_runner import ModelRunner
 from engine.output_processor import OutputProcessor
 from engine.outputs import RequestOutput
@@ -71,6 +70,8 @@ class LLMEngine:
         self.dtype = config.torch_dtype(mc.checkpoint_dtype, self.device)
         self.max_model_len = config.max_model_len or mc.max_position_embeddings
         self.eos_token_ids = self._eos_ids(mc, resolved.path)
+        # the model's sampling defaults (generation_config.json) for requests that leave a field unset
+        self.default_sampling_fields: dict = default_sampling_fields(resolved.path, config.generation_config)
         self.kv_cache_dtype = config.kv_cache_torch_dtype(self.dtype)
         choice = select_backend(self.device, self.dtype, mc.head_size, config.block_size, config.attention_backend,
                                 kv_cache_dtype=self.kv_cache_dtype)
@@ -96,8 +97,9 @@ class LLMEngine:
     def _eos_ids(self, mc: ModelConfig, path: str | None) -> tuple[int, ...]:
         """EOS ids from config.json, generation_config.json (chat models list several) and the tokenizer."""
         ids = set(mc.eos_token_ids)
-        if path is not None and os.path.exists(os.path.join(path, "generation_config.json")):
-            eos = GenerationConfig.from_pretrained(path).eos_token_id
+        generation_config = load_generation_config(path)
+        if generation_config is not None:
+            eos = generation_config.eos_token_id
             ids.update(eos if isinstance(eos, list) else [] if eos is None else [eos])
         if getattr(self.tokenizer, "eos_token_id", None) is not None:
             ids.add(self.tokenizer.eos_token_id)

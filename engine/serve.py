@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="auto")
     p.add_argument("--kv-cache-dtype", default="auto", choices=list(KV_CACHE_DTYPES),
                    help="auto: the model dtype; fp8 / fp8_e4m3: float8_e4m3fn, scale 1.0 (not flash_attn)")
+    p.add_argument("--generation-config", default="auto",
+                   help="auto: the model's generation_config.json sets the default sampling parameters; "
+                        "vllm: the engine's defaults; or a folder holding generation_config.json")
     p.add_argument("--device", default="auto")
     p.add_argument("--block-size", type=int, default=None)
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
@@ -53,7 +56,8 @@ def config_from_args(args: argparse.Namespace) -> EngineConfig:
         gpu_memory_utilization=args.gpu_memory_utilization, enable_prefix_caching=args.enable_prefix_caching,
         enable_chunked_prefill=args.enable_chunked_prefill, enforce_eager=args.enforce_eager,
         attention_backend=args.attention_backend, seed=args.seed, load_format=args.load_format,
-        max_queue_len=args.max_queue_len, kv_cache_dtype=args.kv_cache_dtype)
+        max_queue_len=args.max_queue_len, kv_cache_dtype=args.kv_cache_dtype,
+        generation_config=args.generation_config)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -35,14 +35,21 @@ class Serving:
         self.model_name = served_model_name
         self.max_model_len = async_engine.max_model_len
         self.metrics = metrics
+        # the model's generation_config.json defaults: max_tokens apart (default_max_tokens), each is
+        # used where the request leaves its field unset
+        defaults = dict(async_engine.default_sampling_fields)
+        self.model_max_tokens: int | None = defaults.pop("max_tokens", None)
+        self.sampling_defaults = defaults
 
     def check_model(self, name: str | None) -> None:
         if name is not None and name != self.model_name:
             raise APIError(404, f"model {name!r} does not exist; this server serves {self.model_name!r}", "model")
 
     def sampling_params(self, req, max_tokens: int, logprobs: int | None) -> SamplingParams:
-        """SamplingParams from the request's fields; a rule it breaks becomes a 400 naming the field."""
-        kwargs = {name: getattr(req, name) for name in _COPIED if getattr(req, name) is not None}
+        """SamplingParams from the request's fields, the model's defaults for those it leaves unset; a rule
+        it breaks becomes a 400 naming the field."""
+        kwargs = dict(self.sampling_defaults)
+        kwargs.update({name: getattr(req, name) for name in _COPIED if getattr(req, name) is not None})
         kwargs.update(max_tokens=max_tokens, logprobs=logprobs, logit_bias=_logit_bias(req.logit_bias))
         try:
             return SamplingParams(**kwargs)
@@ -60,7 +67,10 @@ class Serving:
                                 f"shorten the {param} or lower max_tokens", param)
 
     def default_max_tokens(self, token_ids: list[int]) -> int:
-        return max(1, self.max_model_len - len(token_ids))
+        """max_tokens for a request that gives none: what fits within max_model_len, at most the model's
+        max_new_tokens (generation_config.json)."""
+        room = max(1, self.max_model_len - len(token_ids))
+        return room if self.model_max_tokens is None else min(room, self.model_max_tokens)
 
     async def start(self, prefix: str, prompts: list[list[int]],
                     params: SamplingParams) -> list[AsyncIterator[RequestOutput]]:
