@@ -1,0 +1,71 @@
+"""Reasoning parsers (vLLM's `--reasoning-parser`): a chat answer's thinking apart from its content.
+
+Qwen3 and DeepSeek-R1 write their reasoning between `<think>` and `</think>`, then the answer. With a
+parser the chat endpoint returns the reasoning in `reasoning_content` and the rest in `content`:
+
+- `qwen3`: reasoning starts at a `<think>` in the output (text before it is content) and ends at
+  `</think>`, or at the end of an output cut short (max_tokens). No `<think>`: all content (Qwen3 with
+  `enable_thinking=False`, whose template puts the empty think block in the prompt).
+- `deepseek_r1`: the template opens the think block in the prompt, so the output starts in reasoning
+  (a `<think>` at its very start is dropped) until `</think>`.
+
+Streaming splits the cumulative text the same way at every step; a tail that could still become a
+tag (`</thi`) is held back until the next text says what it is, so nothing sent is ever taken back.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+THINK_START, THINK_END = "<think>", "</think>"
+REASONING_PARSERS = ("qwen3", "deepseek_r1")
+
+
+@dataclass(frozen=True)
+class ReasoningSplit:
+    reasoning: str
+    content: str
+
+
+def _partial_tag_len(text: str, tag: str) -> int:
+    """Length of the longest end of `text` that is a proper beginning of `tag` (0 when none)."""
+    for n in range(min(len(tag) - 1, len(text)), 0, -1):
+        if text.endswith(tag[:n]):
+            return n
+    return 0
+
+
+def split_reasoning(parser: str, text: str, final: bool = True) -> ReasoningSplit:
+    """Split `text` (an output's whole text so far) into reasoning and content. With final=False a
+    tail that may be the start of a tag is left out of both (streaming)."""
+    if parser not in REASONING_PARSERS:
+        raise ValueError(f"reasoning parser must be one of {REASONING_PARSERS}, got {parser!r}")
+    if parser == "qwen3":
+        start = text.find(THINK_START)
+        if start < 0:
+            hold = 0 if final else _partial_tag_len(text, THINK_START)
+            return ReasoningSplit("", text[:len(text) - hold])
+        before, rest = text[:start], text[start + len(THINK_START):]
+    elif text.startswith(THINK_START):                   # deepseek_r1: only a leading <think> is a tag
+        before, rest = "", text[len(THINK_START):]
+    else:
+        before, rest = "", "" if not final and THINK_START.startswith(text) else text
+    end = rest.find(THINK_END)
+    if end >= 0:
+        return ReasoningSplit(rest[:end], before + rest[end + len(THINK_END):])
+    hold = 0 if final else _partial_tag_len(rest, THINK_END)
+    return ReasoningSplit(rest[:len(rest) - hold], before)
+
+
+class ReasoningStream:
+    """One choice's streamed split: `update(text, final)` returns the (reasoning, content) text not
+    sent yet, given the output's cumulative text."""
+
+    def __init__(self, parser: str) -> None:
+        self.parser = parser
+        self.sent = ReasoningSplit("", "")
+
+    def update(self, text: str, final: bool) -> ReasoningSplit:
+        now = split_reasoning(self.parser, text, final)
+        delta = ReasoningSplit(now.reasoning[len(self.sent.reasoning):], now.content[len(self.sent.content):])
+        self.sent = now
+        return delta
