@@ -1,4 +1,5 @@
-"""LLM: the offline API. `LLM(model, **engine_args).generate(prompts, sampling_params)`."""
+"""LLM: the offline API. `LLM(model, **engine_args).generate(prompts, sampling_params)`, and `.chat(messages)`
+for conversations rendered through the chat template."""
 from __future__ import annotations
 
 import itertools
@@ -8,6 +9,7 @@ from collections.abc import Sequence
 
 from tqdm.auto import tqdm
 
+from engine.chat_template import render_chat
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
 from engine.outputs import RequestOutput
@@ -59,6 +61,24 @@ class LLM:
             self.engine.abort_request(ids)
             raise
         return self._run(ids, use_tqdm)
+
+    def chat(self, messages: list[dict] | Sequence[list[dict]], sampling_params: SamplingParams |
+             Sequence[SamplingParams] | None = None, use_tqdm: bool = True, chat_template: str | None = None,
+             add_generation_prompt: bool = True, chat_template_kwargs: dict | None = None) -> list[RequestOutput]:
+        """Generate a reply to each conversation; outputs come back in conversation order (vLLM's signature).
+
+        messages: one conversation (a list of {"role", "content"} dicts) or a list of conversations. Each is
+        rendered with the chat template (`chat_template`, a Jinja string, else the tokenizer's; with
+        `chat_template_kwargs` as extra template variables) and tokenized, then generated as `generate()`
+        does with `sampling_params` (None: the model's defaults).
+        """
+        conversations = [messages] if messages and isinstance(messages[0], dict) else list(messages)
+        if not conversations:
+            return []
+        tokenizer = self.get_tokenizer()
+        prompts = [render_chat(tokenizer, conversation, add_generation_prompt, chat_template, chat_template_kwargs)
+                   for conversation in conversations]
+        return self.generate(prompts, sampling_params, use_tqdm)
 
     def _run(self, ids: list[str], use_tqdm: bool) -> list[RequestOutput]:
         finished: dict[str, RequestOutput] = {}

@@ -6,6 +6,7 @@ import logging
 import os
 import sys
 
+from engine.chat_template import load_chat_template
 from engine.config import KV_CACHE_DTYPES, LOAD_FORMATS, EngineConfig
 
 logger = logging.getLogger("engine.serve")
@@ -23,6 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-model-len", type=int, default=None)
     p.add_argument("--max-num-seqs", type=int, default=256)
     p.add_argument("--max-num-batched-tokens", type=int, default=None)
+    p.add_argument("--chat-template", default=None,
+                   help="a Jinja chat template, or a file holding one, used instead of the tokenizer's")
     p.add_argument("--max-queue-len", type=int, default=None, help="waiting requests beyond this get 429")
     p.add_argument("--attention-backend", default=None)
     p.add_argument("--enforce-eager", action="store_true", help="never replay CUDA graphs")
@@ -65,6 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         config = config_from_args(args)
+        chat_template = load_chat_template(args.chat_template)
     except ValueError as exc:
         parser.error(str(exc))          # exits with status 2
     if not 0 < args.port < 65536:
@@ -84,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as exc:           # e.g. a backend that cannot serve this configuration
         print(f"python -m engine.serve: error: {exc}", file=sys.stderr)
         sys.exit(2)
-    app = create_app(async_engine, args.served_model_name, api_key)
+    app = create_app(async_engine, args.served_model_name, api_key, chat_template)
     logger.info("serving %s as %r on http://%s:%d (API key %s)", config.model,
                 args.served_model_name or config.model, args.host, args.port, "required" if api_key else "off")
     try:

@@ -27,10 +27,13 @@ DONE = "data: [DONE]\n\n"
 
 
 class Serving:
-    """Binds the engine, the served model name and the metrics for the endpoint handlers."""
+    """Binds the engine, the served model name, the metrics and the chat template (--chat-template; None:
+    the tokenizer's) for the endpoint handlers."""
 
-    def __init__(self, async_engine: EngineClient, served_model_name: str, metrics: ServerMetrics) -> None:
+    def __init__(self, async_engine: EngineClient, served_model_name: str, metrics: ServerMetrics,
+                 chat_template: str | None = None) -> None:
         self.engine = async_engine
+        self.chat_template = chat_template
         self.tokenizer = async_engine.tokenizer
         self.model_name = served_model_name
         self.max_model_len = async_engine.max_model_len

@@ -4,6 +4,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 
+from engine.chat_template import render_chat
 from engine.outputs import CompletionOutput
 from server.errors import APIError
 from server.protocol import (ChatChoice, ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse,
@@ -30,18 +31,14 @@ def _message_dict(message: ChatMessage) -> dict:
 
 def chat_prompt_ids(serving: Serving, messages: list[ChatMessage], add_generation_prompt: bool = True,
                     template_kwargs: dict | None = None) -> list[int]:
-    """Render the tokenizer's chat template and tokenize the result."""
-    tokenizer = serving.tokenizer
-    if getattr(tokenizer, "chat_template", None) is None:
-        raise APIError(400, "this model's tokenizer has no chat template; use /v1/completions", "messages")
+    """The server's chat template (--chat-template, else the tokenizer's) rendered and tokenized; its
+    errors are the request's 400."""
+    conversation = [_message_dict(m) for m in messages]
     try:
-        text = tokenizer.apply_chat_template([_message_dict(m) for m in messages], tokenize=False,
-                                             add_generation_prompt=add_generation_prompt, **(template_kwargs or {}))
-    except APIError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - template errors are the caller's input errors
-        raise APIError(400, f"cannot apply the chat template: {exc}", "messages") from exc
-    return tokenizer.encode(text, add_special_tokens=False)
+        return render_chat(serving.tokenizer, conversation, add_generation_prompt, serving.chat_template,
+                           template_kwargs)
+    except ValueError as exc:
+        raise APIError(400, str(exc), "messages") from exc
 
 
 def _logprobs(serving: Serving, out: CompletionOutput, start: int, num_top: int) -> ChatLogprobs:

@@ -1,0 +1,46 @@
+"""A conversation -> prompt token ids through a chat template (the tokenizer's, or one given as a Jinja
+string), for `LLM.chat()` and the server's /v1/chat/completions; `load_chat_template` reads the value of
+`--chat-template` (a file or the template itself) as vLLM does."""
+from __future__ import annotations
+
+import os
+
+NO_TEMPLATE = ("this model's tokenizer has no chat template; pass chat_template=... "
+               "(server: --chat-template FILE_OR_STRING) or use completions / generate()")
+
+
+def render_chat(tokenizer, conversation: list[dict], add_generation_prompt: bool = True,
+                chat_template: str | None = None, chat_template_kwargs: dict | None = None) -> list[int]:
+    """The prompt ids of one conversation (a list of {"role", "content"} dicts): the chat template rendered
+    to text (`chat_template` overrides the tokenizer's; `chat_template_kwargs` are extra template variables),
+    then tokenized without adding special tokens (the template writes them). Raises ValueError saying what
+    to change when there is no template, the conversation is malformed or the template fails."""
+    if not isinstance(conversation, list) or not all(isinstance(m, dict) for m in conversation):
+        raise ValueError("a conversation must be a list of {'role': ..., 'content': ...} dicts, got "
+                         f"{type(conversation).__name__}: {str(conversation)[:80]}")
+    if chat_template is None and getattr(tokenizer, "chat_template", None) is None:
+        raise ValueError(NO_TEMPLATE)
+    try:
+        text = tokenizer.apply_chat_template(conversation, chat_template=chat_template, tokenize=False,
+                                             add_generation_prompt=add_generation_prompt,
+                                             **(chat_template_kwargs or {}))
+    except Exception as exc:  # noqa: BLE001 - a template error is the caller's input error
+        raise ValueError(f"cannot apply the chat template: {exc}") from exc
+    return tokenizer.encode(text, add_special_tokens=False)
+
+
+def load_chat_template(value: str | None) -> str | None:
+    """`--chat-template`'s value as a template: the text of an existing file, else the value itself if it
+    looks like a Jinja template (has "{{" or "{%"); None stays None (the tokenizer's template is used)."""
+    if value is None:
+        return None
+    if os.path.isfile(value):
+        try:
+            with open(value, encoding="utf-8") as f:
+                return f.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"--chat-template: cannot read {value!r}: {exc}") from exc
+    if "{{" in value or "{%" in value:
+        return value
+    raise ValueError(f"--chat-template must be a file path or a Jinja template string, got {value!r} "
+                     "(no such file, and no '{{' or '{%' in it)")
