@@ -8,6 +8,7 @@ import sys
 
 from engine.chat_template import load_chat_template
 from engine.config import KV_CACHE_DTYPES, LOAD_FORMATS, EngineConfig
+from server.reasoning import REASONING_PARSERS
 
 logger = logging.getLogger("engine.serve")
 
@@ -26,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-num-batched-tokens", type=int, default=None)
     p.add_argument("--chat-template", default=None,
                    help="a Jinja chat template, or a file holding one, used instead of the tokenizer's")
+    p.add_argument("--reasoning-parser", default=None, choices=REASONING_PARSERS,
+                   help="return chat answers' thinking (<think>...</think>) in reasoning_content")
     p.add_argument("--max-queue-len", type=int, default=None, help="waiting requests beyond this get 429")
     p.add_argument("--attention-backend", default=None)
     p.add_argument("--enforce-eager", action="store_true", help="never replay CUDA graphs")
@@ -88,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as exc:           # e.g. a backend that cannot serve this configuration
         print(f"python -m engine.serve: error: {exc}", file=sys.stderr)
         sys.exit(2)
-    app = create_app(async_engine, args.served_model_name, api_key, chat_template)
+    app = create_app(async_engine, args.served_model_name, api_key, chat_template, args.reasoning_parser)
     logger.info("serving %s as %r on http://%s:%d (API key %s)", config.model,
                 args.served_model_name or config.model, args.host, args.port, "required" if api_key else "off")
     try:

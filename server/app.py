@@ -22,13 +22,15 @@ logger = logging.getLogger(__name__)
 
 
 def create_app(async_engine: EngineClient, served_model_name: str | None = None,
-               api_key: str | None = None, chat_template: str | None = None) -> FastAPI:
+               api_key: str | None = None, chat_template: str | None = None,
+               reasoning_parser: str | None = None) -> FastAPI:
     """The app serving `async_engine` under `served_model_name` (default: the configured model);
     with `api_key`, every route but /health and /metrics needs `Authorization: Bearer <api_key>`;
-    `chat_template` (a Jinja string, --chat-template) replaces the tokenizer's for chat requests."""
+    `chat_template` (a Jinja string, --chat-template) replaces the tokenizer's for chat requests;
+    `reasoning_parser` (--reasoning-parser) puts chat answers' thinking in `reasoning_content`."""
     name = served_model_name or async_engine.config.model
     metrics = ServerMetrics(async_engine, name)
-    serving = Serving(async_engine, name, metrics, chat_template)
+    serving = Serving(async_engine, name, metrics, chat_template, reasoning_parser)
     app = FastAPI(title="engine OpenAI-compatible server")
     app.state.serving = serving
     app.state.metrics = metrics

@@ -18,6 +18,7 @@ from engine.outputs import RequestOutput
 from engine.sampling_params import SamplingParams
 from server.errors import APIError, from_value_error
 from server.metrics import ServerMetrics
+from server.reasoning import REASONING_PARSERS
 
 _SAMPLING_FIELDS = tuple(f.name for f in fields(SamplingParams))
 _COPIED = ("n", "temperature", "top_p", "top_k", "min_p", "seed", "stop", "stop_token_ids", "presence_penalty",
@@ -27,13 +28,16 @@ DONE = "data: [DONE]\n\n"
 
 
 class Serving:
-    """Binds the engine, the served model name, the metrics and the chat template (--chat-template; None:
-    the tokenizer's) for the endpoint handlers."""
+    """Binds the engine, the served model name, the metrics, the chat template (--chat-template; None:
+    the tokenizer's) and the reasoning parser (--reasoning-parser; None: none) for the endpoint handlers."""
 
     def __init__(self, async_engine: EngineClient, served_model_name: str, metrics: ServerMetrics,
-                 chat_template: str | None = None) -> None:
+                 chat_template: str | None = None, reasoning_parser: str | None = None) -> None:
+        if reasoning_parser is not None and reasoning_parser not in REASONING_PARSERS:
+            raise ValueError(f"reasoning_parser must be one of {REASONING_PARSERS}, got {reasoning_parser!r}")
         self.engine = async_engine
         self.chat_template = chat_template
+        self.reasoning_parser = reasoning_parser
         self.tokenizer = async_engine.tokenizer
         self.model_name = served_model_name
         self.max_model_len = async_engine.max_model_len

@@ -10,6 +10,7 @@ from server.errors import APIError
 from server.protocol import (ChatChoice, ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse,
                              ChatLogprobs, ChatMessage, ChatResponseMessage, ChatStreamChoice, DeltaMessage,
                              TokenLogprob, TopLogprob, UsageInfo)
+from server.reasoning import ReasoningStream, split_reasoning
 from server.serving import Serving, merge, sse, sse_stream
 
 
@@ -82,12 +83,29 @@ async def _collect(serving, req, response_id, streams, num_prompt_tokens, num_to
             timer.on_tokens()
         latest.update({c.index: c for c in out.outputs})
     timer.finish()
-    choices = [ChatChoice(index=i, message=ChatResponseMessage(content=c.text), finish_reason=c.finish_reason,
+    choices = [ChatChoice(index=i, message=_message(serving, c.text), finish_reason=c.finish_reason,
                           stop_reason=c.stop_reason,
                           logprobs=_logprobs(serving, c, 0, num_top) if req.logprobs else None)
                for i, c in sorted(latest.items())]
     return ChatCompletionResponse(id=response_id, model=serving.model_name, choices=choices,
                                   usage=_usage(num_prompt_tokens, latest))
+
+
+def _message(serving: Serving, text: str) -> ChatResponseMessage:
+    """The answer's message: all content, or with a reasoning parser its thinking apart."""
+    if serving.reasoning_parser is None:
+        return ChatResponseMessage(content=text)
+    split = split_reasoning(serving.reasoning_parser, text)
+    return ChatResponseMessage(content=split.content, reasoning_content=split.reasoning or None)
+
+
+def _delta(streams: dict[int, ReasoningStream], parser: str | None, comp: CompletionOutput) -> DeltaMessage:
+    """This step's new text of one choice; with a reasoning parser split into thinking and content
+    (a tail that may be a tag waits for the next step)."""
+    if parser is None:
+        return DeltaMessage(content=comp.text_delta)
+    split = streams.setdefault(comp.index, ReasoningStream(parser)).update(comp.text, comp.finished)
+    return DeltaMessage(content=split.content or None, reasoning_content=split.reasoning or None)
 
 
 def _usage(num_prompt_tokens: int, latest: dict[int, CompletionOutput]) -> UsageInfo:
@@ -104,6 +122,7 @@ async def _stream(serving, req, response_id, streams, num_prompt_tokens, num_top
 
     latest: dict[int, CompletionOutput] = {}
     sent: dict[int, int] = {}
+    reasoning: dict[int, ReasoningStream] = {}
     for index in range(req.n):
         yield chunk(index, DeltaMessage(role="assistant", content=""))
     async for _, out in merge(streams):
@@ -112,10 +131,11 @@ async def _stream(serving, req, response_id, streams, num_prompt_tokens, num_top
         for comp in out.outputs:
             latest[comp.index] = comp
             start = sent.get(comp.index, 0)
-            if comp.text_delta or (req.logprobs and len(comp.token_ids) > start):
+            delta = _delta(reasoning, serving.reasoning_parser, comp)
+            if delta.content or delta.reasoning_content or (req.logprobs and len(comp.token_ids) > start):
                 sent[comp.index] = len(comp.token_ids)
                 logprobs = _logprobs(serving, comp, start, num_top) if req.logprobs else None
-                yield chunk(comp.index, DeltaMessage(content=comp.text_delta), logprobs)
+                yield chunk(comp.index, delta, logprobs)
             if comp.finished:
                 yield chunk(comp.index, DeltaMessage(), finish_reason=comp.finish_reason)
     timer.finish()

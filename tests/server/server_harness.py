@@ -52,9 +52,11 @@ def free_port() -> int:
 class ServerThread:
     """The real app under uvicorn on 127.0.0.1:<free port>, in a background thread."""
 
-    def __init__(self, config: EngineConfig, api_key: str | None = None, engine_cls=AsyncEngine) -> None:
+    def __init__(self, config: EngineConfig, api_key: str | None = None, engine_cls=AsyncEngine,
+                 **app_options) -> None:
+        """app_options: create_app's server options (chat_template, reasoning_parser)."""
         self.async_engine = engine_cls(config)
-        app = create_app(self.async_engine, MODEL_NAME, api_key)
+        app = create_app(self.async_engine, MODEL_NAME, api_key, **app_options)
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))

@@ -3,7 +3,6 @@ whose tokenizer has none); without any template a chat request is an OpenAI-shap
 `python -m engine.serve` reads the flag at start-up and exits 2 on a bad value."""
 from __future__ import annotations
 
-import functools
 import json
 import os
 import pathlib
@@ -14,9 +13,7 @@ import httpx
 import pytest
 
 import engine.serve
-import server_harness
 from engine.sampling_params import SamplingParams
-from server.app import create_app
 from server_harness import MODEL_NAME, ServerThread, engine_config, offline_generate, write_tiny_qwen3
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -38,14 +35,11 @@ def remove_chat_template(path: pathlib.Path) -> None:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """The tiny checkpoint (the weights of `tiny_model_path`) without a tokenizer template, served with
-    TEMPLATE as --chat-template does (through create_app's chat_template)."""
+    TEMPLATE as --chat-template does (create_app's chat_template)."""
     path = tmp_path_factory.mktemp("server-tiny-qwen3-no-template")
     write_tiny_qwen3(path)
     remove_chat_template(path)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(server_harness, "create_app", functools.partial(create_app, chat_template=TEMPLATE))
-        srv = ServerThread(engine_config(str(path)))
-    with srv:
+    with ServerThread(engine_config(str(path)), chat_template=TEMPLATE) as srv:
         yield srv
 
 
