@@ -3,6 +3,7 @@ string), for `LLM.chat()` and the server's /v1/chat/completions; `load_chat_temp
 `--chat-template` (a file or the template itself) as vLLM does."""
 from __future__ import annotations
 
+import json
 import os
 
 NO_TEMPLATE = ("this model's tokenizer has no chat template; pass chat_template=... "
@@ -10,23 +11,55 @@ NO_TEMPLATE = ("this model's tokenizer has no chat template; pass chat_template=
 
 
 def render_chat(tokenizer, conversation: list[dict], add_generation_prompt: bool = True,
-                chat_template: str | None = None, chat_template_kwargs: dict | None = None) -> list[int]:
+                chat_template: str | None = None, chat_template_kwargs: dict | None = None,
+                tools: list[dict] | None = None) -> list[int]:
     """The prompt ids of one conversation (a list of {"role", "content"} dicts): the chat template rendered
-    to text (`chat_template` overrides the tokenizer's; `chat_template_kwargs` are extra template variables),
-    then tokenized without adding special tokens (the template writes them). Raises ValueError saying what
-    to change when there is no template, the conversation is malformed or the template fails."""
+    to text (`chat_template` overrides the tokenizer's; `chat_template_kwargs` are extra template variables;
+    `tools`, OpenAI-shaped tool dicts, is the template's `tools` variable), then tokenized without adding
+    special tokens (the template writes them). Assistant messages' tool calls reach the template with their
+    JSON-string arguments parsed into dicts (see `_template_message`). Raises ValueError saying what to
+    change when there is no template, the conversation is malformed or the template fails."""
     if not isinstance(conversation, list) or not all(isinstance(m, dict) for m in conversation):
         raise ValueError("a conversation must be a list of {'role': ..., 'content': ...} dicts, got "
                          f"{type(conversation).__name__}: {str(conversation)[:80]}")
     if chat_template is None and getattr(tokenizer, "chat_template", None) is None:
         raise ValueError(NO_TEMPLATE)
+    kwargs = dict(chat_template_kwargs or {})
+    if tools is not None:
+        kwargs["tools"] = tools
     try:
-        text = tokenizer.apply_chat_template(conversation, chat_template=chat_template, tokenize=False,
-                                             add_generation_prompt=add_generation_prompt,
-                                             **(chat_template_kwargs or {}))
+        text = tokenizer.apply_chat_template([_template_message(m) for m in conversation],
+                                             chat_template=chat_template, tokenize=False,
+                                             add_generation_prompt=add_generation_prompt, **kwargs)
     except Exception as exc:  # noqa: BLE001 - a template error is the caller's input error
         raise ValueError(f"cannot apply the chat template: {exc}") from exc
     return tokenizer.encode(text, add_special_tokens=False)
+
+
+def _template_message(message: dict) -> dict:
+    """`message` as the template reads it: each tool call's `function.arguments`, a JSON string in OpenAI's
+    shape, becomes the parsed value (templates such as Qwen's print `arguments | tojson` unless it is a
+    string; vLLM parses it too); missing or empty arguments become {}, a string that is not JSON stays.
+    The caller's dicts are not changed."""
+    calls = message.get("tool_calls")
+    if not isinstance(calls, list):
+        return message
+    return {**message, "tool_calls": [_parsed_arguments(c) for c in calls]}
+
+
+def _parsed_arguments(call):
+    function = call.get("function") if isinstance(call, dict) else None
+    if not isinstance(function, dict):
+        return call
+    arguments = function.get("arguments")
+    if not arguments:
+        arguments = {}
+    elif isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments)
+        except ValueError:
+            pass
+    return {**call, "function": {**function, "arguments": arguments}}
 
 
 def load_chat_template(value: str | None) -> str | None:

@@ -64,20 +64,22 @@ class LLM:
 
     def chat(self, messages: list[dict] | Sequence[list[dict]], sampling_params: SamplingParams |
              Sequence[SamplingParams] | None = None, use_tqdm: bool = True, chat_template: str | None = None,
-             add_generation_prompt: bool = True, chat_template_kwargs: dict | None = None) -> list[RequestOutput]:
+             add_generation_prompt: bool = True, chat_template_kwargs: dict | None = None,
+             tools: list[dict] | None = None) -> list[RequestOutput]:
         """Generate a reply to each conversation; outputs come back in conversation order (vLLM's signature).
 
         messages: one conversation (a list of {"role", "content"} dicts) or a list of conversations. Each is
         rendered with the chat template (`chat_template`, a Jinja string, else the tokenizer's; with
-        `chat_template_kwargs` as extra template variables) and tokenized, then generated as `generate()`
-        does with `sampling_params` (None: the model's defaults).
+        `chat_template_kwargs` as extra template variables and `tools`, OpenAI-shaped tool dicts, as its
+        `tools`) and tokenized, then generated as `generate()` does with `sampling_params` (None: the
+        model's defaults). The replies' tool calls are not parsed (the server's --tool-call-parser does).
         """
         conversations = [messages] if messages and isinstance(messages[0], dict) else list(messages)
         if not conversations:
             return []
         tokenizer = self.get_tokenizer()
-        prompts = [render_chat(tokenizer, conversation, add_generation_prompt, chat_template, chat_template_kwargs)
-                   for conversation in conversations]
+        prompts = [render_chat(tokenizer, conversation, add_generation_prompt, chat_template, chat_template_kwargs,
+                               tools) for conversation in conversations]
         return self.generate(prompts, sampling_params, use_tqdm)
 
     def _run(self, ids: list[str], use_tqdm: bool) -> list[RequestOutput]:

@@ -9,6 +9,7 @@ import sys
 from engine.chat_template import load_chat_template
 from engine.config import KV_CACHE_DTYPES, LOAD_FORMATS, EngineConfig
 from server.reasoning import REASONING_PARSERS
+from server.tool_calls import TOOL_CALL_PARSERS
 
 logger = logging.getLogger("engine.serve")
 
@@ -29,6 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a Jinja chat template, or a file holding one, used instead of the tokenizer's")
     p.add_argument("--reasoning-parser", default=None, choices=REASONING_PARSERS,
                    help="return chat answers' thinking (<think>...</think>) in reasoning_content")
+    p.add_argument("--enable-auto-tool-choice", action="store_true",
+                   help='parse the tool calls of chat answers to requests whose tool_choice is "auto" '
+                        "(the default when they give tools); needs --tool-call-parser")
+    p.add_argument("--tool-call-parser", default=None, choices=TOOL_CALL_PARSERS,
+                   help="the format the model writes its tool calls in (hermes: Qwen2.5, Qwen3)")
     p.add_argument("--max-queue-len", type=int, default=None, help="waiting requests beyond this get 429")
     p.add_argument("--attention-backend", default=None)
     p.add_argument("--enforce-eager", action="store_true", help="never replay CUDA graphs")
@@ -69,6 +75,8 @@ def config_from_args(args: argparse.Namespace) -> EngineConfig:
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.enable_auto_tool_choice and args.tool_call_parser is None:
+        parser.error("--enable-auto-tool-choice requires --tool-call-parser")     # exits with status 2
     try:
         config = config_from_args(args)
         chat_template = load_chat_template(args.chat_template)
@@ -91,7 +99,8 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as exc:           # e.g. a backend that cannot serve this configuration
         print(f"python -m engine.serve: error: {exc}", file=sys.stderr)
         sys.exit(2)
-    app = create_app(async_engine, args.served_model_name, api_key, chat_template, args.reasoning_parser)
+    app = create_app(async_engine, args.served_model_name, api_key, chat_template, args.reasoning_parser,
+                     args.tool_call_parser, args.enable_auto_tool_choice)
     logger.info("serving %s as %r on http://%s:%d (API key %s)", config.model,
                 args.served_model_name or config.model, args.host, args.port, "required" if api_key else "off")
     try:

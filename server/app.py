@@ -23,14 +23,18 @@ logger = logging.getLogger(__name__)
 
 def create_app(async_engine: EngineClient, served_model_name: str | None = None,
                api_key: str | None = None, chat_template: str | None = None,
-               reasoning_parser: str | None = None) -> FastAPI:
+               reasoning_parser: str | None = None, tool_call_parser: str | None = None,
+               enable_auto_tool_choice: bool = False) -> FastAPI:
     """The app serving `async_engine` under `served_model_name` (default: the configured model);
     with `api_key`, every route but /health and /metrics needs `Authorization: Bearer <api_key>`;
     `chat_template` (a Jinja string, --chat-template) replaces the tokenizer's for chat requests;
-    `reasoning_parser` (--reasoning-parser) puts chat answers' thinking in `reasoning_content`."""
+    `reasoning_parser` (--reasoning-parser) puts chat answers' thinking in `reasoning_content`;
+    with `enable_auto_tool_choice` (--enable-auto-tool-choice), `tool_call_parser` (--tool-call-parser)
+    returns the tool calls of answers to requests whose tool_choice is "auto" in `tool_calls`."""
     name = served_model_name or async_engine.config.model
     metrics = ServerMetrics(async_engine, name)
-    serving = Serving(async_engine, name, metrics, chat_template, reasoning_parser)
+    serving = Serving(async_engine, name, metrics, chat_template, reasoning_parser, tool_call_parser,
+                      enable_auto_tool_choice)
     app = FastAPI(title="engine OpenAI-compatible server")
     app.state.serving = serving
     app.state.metrics = metrics
@@ -102,7 +106,7 @@ def _add_routes(app: FastAPI, serving: Serving, metrics: ServerMetrics) -> None:
         if (body.prompt is None) == (body.messages is None):
             raise APIError(400, "give exactly one of prompt or messages", "prompt")
         if body.messages is not None:
-            tokens = chat_prompt_ids(serving, body.messages, body.add_generation_prompt)
+            tokens = chat_prompt_ids(serving, body.messages, body.add_generation_prompt, tools=body.tools)
         else:
             tokens = serving.tokenizer.encode(body.prompt, add_special_tokens=body.add_special_tokens)
         return TokenizeResponse(tokens=tokens, count=len(tokens), max_model_len=serving.max_model_len)

@@ -6,6 +6,7 @@ SamplingParams, and its ValueError becomes a 400 as well (see serving.py).
 from __future__ import annotations
 
 import time
+import uuid
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -62,12 +63,62 @@ class CompletionRequest(_SamplingFields):
     suffix: str | None = None
 
 
+def tool_call_id() -> str:
+    """A new tool call's id: "call_" and 32 hex digits."""
+    return f"call_{uuid.uuid4().hex}"
+
+
+class FunctionCall(BaseModel):
+    """A call the model made: the function's name and its arguments as a JSON string (OpenAI's shape)."""
+
+    name: str
+    arguments: str
+
+
+class ToolCall(BaseModel):
+    """One tool call of an assistant message, in an answer or in a request's history."""
+
+    id: str = Field(default_factory=tool_call_id)
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class FunctionDefinition(BaseModel):
+    """A tool's function as the request describes it; other fields (e.g. strict) pass to the template too."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class ChatCompletionToolsParam(BaseModel):
+    """One entry of `tools`: {"type": "function", "function": {...}}."""
+
+    type: Literal["function"] = "function"
+    function: FunctionDefinition
+
+
+class NamedFunction(BaseModel):
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    """`tool_choice` naming one function: {"type": "function", "function": {"name": ...}}."""
+
+    type: Literal["function"] = "function"
+    function: NamedFunction
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     role: str
     content: str | list[dict[str, Any]] | None = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = None        # an assistant's calls (its content may be None)
+    tool_call_id: str | None = None                 # role "tool": the call this message answers
 
 
 class ChatCompletionRequest(_SamplingFields):
@@ -77,6 +128,10 @@ class ChatCompletionRequest(_SamplingFields):
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
     chat_template_kwargs: dict[str, Any] | None = None
+    tools: list[ChatCompletionToolsParam] | None = None
+    # None (left out): "auto" when tools are given, else "none" (OpenAI's default); see serving_chat
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool = True        # accepted, as vLLM does; every complete call is returned
 
 
 class UsageInfo(BaseModel):
@@ -127,6 +182,7 @@ class ChatResponseMessage(BaseModel):
     role: str = "assistant"
     content: str | None = None
     reasoning_content: str | None = None   # with --reasoning-parser: the text between <think> and </think>
+    tool_calls: list[ToolCall] = Field(default_factory=list)   # with --tool-call-parser (vLLM: [] when none)
 
 
 class ChatChoice(BaseModel):
@@ -146,10 +202,25 @@ class ChatCompletionResponse(BaseModel):
     usage: UsageInfo
 
 
+class DeltaFunctionCall(BaseModel):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class DeltaToolCall(BaseModel):
+    """A streamed tool call: `index` counts the choice's calls; here each is sent whole in one delta."""
+
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: DeltaFunctionCall | None = None
+
+
 class DeltaMessage(BaseModel):
     role: str | None = None
     content: str | None = None
     reasoning_content: str | None = None
+    tool_calls: list[DeltaToolCall] | None = None
 
 
 class ChatStreamChoice(BaseModel):
@@ -185,6 +256,7 @@ class TokenizeRequest(BaseModel):
     model: str | None = None
     prompt: str | None = None
     messages: list[ChatMessage] | None = None
+    tools: list[ChatCompletionToolsParam] | None = None     # with messages: rendered as chat requests do
     add_special_tokens: bool = True
     add_generation_prompt: bool = True
 

@@ -1,4 +1,5 @@
-"""POST /v1/chat/completions: messages -> chat template -> engine request -> response or SSE stream."""
+"""POST /v1/chat/completions: messages (and tools) -> chat template -> engine request -> response or SSE
+stream; the answer's thinking (--reasoning-parser) and tool calls (--tool-call-parser) apart."""
 from __future__ import annotations
 
 import uuid
@@ -8,10 +9,13 @@ from engine.chat_template import render_chat
 from engine.outputs import CompletionOutput
 from server.errors import APIError
 from server.protocol import (ChatChoice, ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse,
-                             ChatLogprobs, ChatMessage, ChatResponseMessage, ChatStreamChoice, DeltaMessage,
-                             TokenLogprob, TopLogprob, UsageInfo)
+                             ChatCompletionToolsParam, ChatLogprobs, ChatMessage, ChatResponseMessage,
+                             ChatStreamChoice, DeltaMessage, TokenLogprob, TopLogprob, UsageInfo)
 from server.reasoning import ReasoningStream, split_reasoning
 from server.serving import Serving, merge, sse, sse_stream
+from server.tool_calls import ToolCallStream, extract_tool_calls, tool_call_messages
+
+AUTO_NEEDS_FLAGS = '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set'
 
 
 def _message_dict(message: ChatMessage) -> dict:
@@ -27,19 +31,46 @@ def _message_dict(message: ChatMessage) -> dict:
     out = {"role": message.role, "content": content or ""}
     if message.name:
         out["name"] = message.name
+    if message.tool_calls is not None:      # render_chat gives the template their arguments as dicts
+        out["tool_calls"] = [call.model_dump() for call in message.tool_calls]
+    if message.tool_call_id is not None:
+        out["tool_call_id"] = message.tool_call_id
     return out
 
 
 def chat_prompt_ids(serving: Serving, messages: list[ChatMessage], add_generation_prompt: bool = True,
-                    template_kwargs: dict | None = None) -> list[int]:
-    """The server's chat template (--chat-template, else the tokenizer's) rendered and tokenized; its
-    errors are the request's 400."""
+                    template_kwargs: dict | None = None,
+                    tools: list[ChatCompletionToolsParam] | None = None) -> list[int]:
+    """The server's chat template (--chat-template, else the tokenizer's) rendered with the messages and
+    the tools (the template's `tools`, as vLLM passes them) and tokenized; its errors are the request's 400."""
     conversation = [_message_dict(m) for m in messages]
+    tool_dicts = None if tools is None else [tool.model_dump() for tool in tools]
     try:
         return render_chat(serving.tokenizer, conversation, add_generation_prompt, serving.chat_template,
-                           template_kwargs)
+                           template_kwargs, tool_dicts)
     except ValueError as exc:
         raise APIError(400, str(exc), "messages") from exc
+
+
+def parses_tool_calls(serving: Serving, req: ChatCompletionRequest) -> bool:
+    """Whether the answers' tool calls are parsed: tool_choice "auto", left out with tools (OpenAI's
+    default) on a server started with --enable-auto-tool-choice, or sent (the flags are then needed);
+    "none" or left out without flags: tools are rendered, answers are text. "required" or a named
+    function needs guided decoding, which this engine has not: 400, as is a tool_choice without tools."""
+    choice = req.tool_choice
+    if choice is None:
+        return bool(req.tools) and serving.auto_tool_choice
+    if choice == "none":
+        return False
+    if not req.tools:
+        raise APIError(400, "When using `tool_choice`, `tools` must be set.", "tool_choice")
+    if choice == "auto":
+        if not serving.auto_tool_choice:
+            raise APIError(400, AUTO_NEEDS_FLAGS, "tool_choice")
+        return True
+    shown = repr(choice) if isinstance(choice, str) else f"naming function {choice.function.name!r}"
+    raise APIError(400, f'tool_choice {shown} needs guided decoding, which this server does not have; '
+                        'use "auto" (with --enable-auto-tool-choice) or "none"', "tool_choice")
 
 
 def _logprobs(serving: Serving, out: CompletionOutput, start: int, num_top: int) -> ChatLogprobs:
@@ -58,7 +89,8 @@ async def create_chat_completion(serving: Serving, req: ChatCompletionRequest, t
     """Validate, admit and return either a ChatCompletionResponse or an async iterator of SSE strings."""
     timer = timer_factory()     # latencies count from arrival
     serving.check_model(req.model)
-    prompt = chat_prompt_ids(serving, req.messages, True, req.chat_template_kwargs)
+    parse_tools = parses_tool_calls(serving, req)
+    prompt = chat_prompt_ids(serving, req.messages, True, req.chat_template_kwargs, req.tools)
     max_tokens = req.max_completion_tokens or req.max_tokens
     serving.check_prompt(prompt, max_tokens, "messages")
     if max_tokens is None:
@@ -72,40 +104,62 @@ async def create_chat_completion(serving: Serving, req: ChatCompletionRequest, t
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return sse_stream(_stream(serving, req, response_id, streams, len(prompt), num_top, include_usage,
-                                  timer))
-    return await _collect(serving, req, response_id, streams, len(prompt), num_top, timer)
+                                  timer, parse_tools))
+    return await _collect(serving, req, response_id, streams, len(prompt), num_top, timer, parse_tools)
 
 
-async def _collect(serving, req, response_id, streams, num_prompt_tokens, num_top, timer):
+async def _collect(serving, req, response_id, streams, num_prompt_tokens, num_top, timer, parse_tools):
     latest: dict[int, CompletionOutput] = {}
     async for _, out in merge(streams):
         if any(c.token_ids_delta for c in out.outputs):
             timer.on_tokens()
         latest.update({c.index: c for c in out.outputs})
     timer.finish()
-    choices = [ChatChoice(index=i, message=_message(serving, c.text), finish_reason=c.finish_reason,
-                          stop_reason=c.stop_reason,
-                          logprobs=_logprobs(serving, c, 0, num_top) if req.logprobs else None)
-               for i, c in sorted(latest.items())]
+    choices = []
+    for i, c in sorted(latest.items()):
+        message = _message(serving, c.text, parse_tools)
+        choices.append(ChatChoice(index=i, message=message, stop_reason=c.stop_reason,
+                                  finish_reason="tool_calls" if message.tool_calls else c.finish_reason,
+                                  logprobs=_logprobs(serving, c, 0, num_top) if req.logprobs else None))
     return ChatCompletionResponse(id=response_id, model=serving.model_name, choices=choices,
                                   usage=_usage(num_prompt_tokens, latest))
 
 
-def _message(serving: Serving, text: str) -> ChatResponseMessage:
-    """The answer's message: all content, or with a reasoning parser its thinking apart."""
-    if serving.reasoning_parser is None:
-        return ChatResponseMessage(content=text)
-    split = split_reasoning(serving.reasoning_parser, text)
-    return ChatResponseMessage(content=split.content, reasoning_content=split.reasoning or None)
+def _message(serving: Serving, text: str, parse_tools: bool) -> ChatResponseMessage:
+    """The answer's message: all content, or with a reasoning parser its thinking apart, and with
+    `parse_tools` the tool calls out of the content (finish_reason "tool_calls" where there are any)."""
+    reasoning, content = None, text
+    if serving.reasoning_parser is not None:
+        split = split_reasoning(serving.reasoning_parser, text)
+        reasoning, content = split.reasoning or None, split.content
+    calls = []
+    if parse_tools:
+        content, calls = tool_call_messages(extract_tool_calls(content))
+    return ChatResponseMessage(content=content, reasoning_content=reasoning, tool_calls=calls)
 
 
-def _delta(streams: dict[int, ReasoningStream], parser: str | None, comp: CompletionOutput) -> DeltaMessage:
-    """This step's new text of one choice; with a reasoning parser split into thinking and content
-    (a tail that may be a tag waits for the next step)."""
-    if parser is None:
-        return DeltaMessage(content=comp.text_delta)
-    split = streams.setdefault(comp.index, ReasoningStream(parser)).update(comp.text, comp.finished)
-    return DeltaMessage(content=split.content or None, reasoning_content=split.reasoning or None)
+class _ChoiceStream:
+    """One streamed choice's message: this step's new text, with a reasoning parser split into thinking
+    and content, and with `parse_tools` the content's tool calls apart (a tail that may be a tag waits)."""
+
+    def __init__(self, reasoning_parser: str | None, parse_tools: bool) -> None:
+        self.reasoning = ReasoningStream(reasoning_parser) if reasoning_parser else None
+        self.tools = ToolCallStream() if parse_tools else None
+
+    def delta(self, comp: CompletionOutput) -> DeltaMessage:
+        if self.reasoning is None and self.tools is None:
+            return DeltaMessage(content=comp.text_delta)
+        reasoning, content, calls = "", comp.text_delta, []
+        if self.reasoning is not None:
+            split = self.reasoning.update(comp.text, comp.finished)
+            reasoning, content = split.reasoning, split.content
+        if self.tools is not None:
+            whole = self.reasoning.sent.content if self.reasoning is not None else comp.text
+            content, calls = self.tools.update(whole, comp.finished)
+        return DeltaMessage(content=content or None, reasoning_content=reasoning or None, tool_calls=calls or None)
+
+    def finish_reason(self, comp: CompletionOutput) -> str | None:
+        return "tool_calls" if self.tools is not None and self.tools.num_calls else comp.finish_reason
 
 
 def _usage(num_prompt_tokens: int, latest: dict[int, CompletionOutput]) -> UsageInfo:
@@ -115,14 +169,14 @@ def _usage(num_prompt_tokens: int, latest: dict[int, CompletionOutput]) -> Usage
 
 
 async def _stream(serving, req, response_id, streams, num_prompt_tokens, num_top, include_usage,
-                  timer) -> AsyncIterator[str]:
+                  timer, parse_tools) -> AsyncIterator[str]:
     def chunk(index: int, delta: DeltaMessage, logprobs=None, finish_reason=None) -> str:
         choice = ChatStreamChoice(index=index, delta=delta, logprobs=logprobs, finish_reason=finish_reason)
         return sse(ChatCompletionChunk(id=response_id, model=serving.model_name, choices=[choice]))
 
     latest: dict[int, CompletionOutput] = {}
     sent: dict[int, int] = {}
-    reasoning: dict[int, ReasoningStream] = {}
+    choice_streams = {index: _ChoiceStream(serving.reasoning_parser, parse_tools) for index in range(req.n)}
     for index in range(req.n):
         yield chunk(index, DeltaMessage(role="assistant", content=""))
     async for _, out in merge(streams):
@@ -131,13 +185,14 @@ async def _stream(serving, req, response_id, streams, num_prompt_tokens, num_top
         for comp in out.outputs:
             latest[comp.index] = comp
             start = sent.get(comp.index, 0)
-            delta = _delta(reasoning, serving.reasoning_parser, comp)
-            if delta.content or delta.reasoning_content or (req.logprobs and len(comp.token_ids) > start):
+            delta = choice_streams[comp.index].delta(comp)
+            if (delta.content or delta.reasoning_content or delta.tool_calls
+                    or (req.logprobs and len(comp.token_ids) > start)):
                 sent[comp.index] = len(comp.token_ids)
                 logprobs = _logprobs(serving, comp, start, num_top) if req.logprobs else None
                 yield chunk(comp.index, delta, logprobs)
             if comp.finished:
-                yield chunk(comp.index, DeltaMessage(), finish_reason=comp.finish_reason)
+                yield chunk(comp.index, DeltaMessage(), finish_reason=choice_streams[comp.index].finish_reason(comp))
     timer.finish()
     if include_usage:
         yield sse(ChatCompletionChunk(id=response_id, model=serving.model_name, choices=[],

@@ -54,7 +54,8 @@ class ServerThread:
 
     def __init__(self, config: EngineConfig, api_key: str | None = None, engine_cls=AsyncEngine,
                  **app_options) -> None:
-        """app_options: create_app's server options (chat_template, reasoning_parser)."""
+        """app_options: create_app's server options (chat_template, reasoning_parser, tool_call_parser,
+        enable_auto_tool_choice)."""
         self.async_engine = engine_cls(config)
         app = create_app(self.async_engine, MODEL_NAME, api_key, **app_options)
         self.port = free_port()
