@@ -13,6 +13,7 @@ import uvicorn
 from engine.async_engine import AsyncEngine
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
+from engine.outputs import CompletionOutput, RequestOutput
 from engine.sampling_params import SamplingParams
 from models import presets
 from models.tokenizer import BYTE_VOCAB_SIZE, byte_tokenizer
@@ -90,6 +91,23 @@ class ServerThread:
             if (idle and stats.num_free_blocks == stats.num_total_blocks) or time.monotonic() > deadline:
                 return stats
             time.sleep(0.05)
+
+
+def scripted_add_request(pieces: list[str]):
+    """A stand-in for an engine client's add_request that answers every request with `pieces` of text,
+    one token and one step each, then finish_reason "stop" (random weights never write tags such as
+    <think> or <tool_call>)."""
+    async def add_request(request_id, prompt_ids, params):
+        async def outputs():
+            text = ""
+            for i, piece in enumerate(pieces):
+                text += piece
+                last = i == len(pieces) - 1
+                comp = CompletionOutput(index=0, text=text, token_ids=list(range(i + 1)), text_delta=piece,
+                                        token_ids_delta=[i], finish_reason="stop" if last else None)
+                yield RequestOutput(request_id, None, prompt_ids, [comp], finished=last)
+        return outputs()
+    return add_request
 
 
 def offline_generate(engine: LLMEngine, prompts: list, params: SamplingParams) -> list[list]:

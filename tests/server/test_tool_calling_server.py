@@ -17,8 +17,7 @@ import pytest
 import engine.serve
 from engine import LLM, SamplingParams
 from engine.chat_template import render_chat
-from engine.outputs import CompletionOutput, RequestOutput
-from server_harness import MODEL_NAME, ServerThread, engine_config
+from server_harness import MODEL_NAME, ServerThread, engine_config, scripted_add_request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOOLS = [{"type": "function", "function": {
@@ -69,17 +68,7 @@ def plain_http(plain_server):
 def script(tool_server, monkeypatch):
     """script(pieces): the engine answers every request with `pieces`, one token each step."""
     def use(pieces: list[str]) -> None:
-        async def add_request(request_id, prompt_ids, params):
-            async def outputs():
-                text = ""
-                for i, piece in enumerate(pieces):
-                    text += piece
-                    last = i == len(pieces) - 1
-                    comp = CompletionOutput(index=0, text=text, token_ids=list(range(i + 1)), text_delta=piece,
-                                            token_ids_delta=[i], finish_reason="stop" if last else None)
-                    yield RequestOutput(request_id, None, prompt_ids, [comp], finished=last)
-            return outputs()
-        monkeypatch.setattr(tool_server.async_engine, "add_request", add_request)
+        monkeypatch.setattr(tool_server.async_engine, "add_request", scripted_add_request(pieces))
     return use
 
 
