@@ -26,7 +26,7 @@ class ReasoningSplit:
     content: str
 
 
-def _partial_tag_len(text: str, tag: str) -> int:
+def partial_tag_len(text: str, tag: str) -> int:
     """Length of the longest end of `text` that is a proper beginning of `tag` (0 when none)."""
     for n in range(min(len(tag) - 1, len(text)), 0, -1):
         if text.endswith(tag[:n]):
@@ -42,7 +42,7 @@ def split_reasoning(parser: str, text: str, final: bool = True) -> ReasoningSpli
     if parser == "qwen3":
         start = text.find(THINK_START)
         if start < 0:
-            hold = 0 if final else _partial_tag_len(text, THINK_START)
+            hold = 0 if final else partial_tag_len(text, THINK_START)
             return ReasoningSplit("", text[:len(text) - hold])
         before, rest = text[:start], text[start + len(THINK_START):]
     elif text.startswith(THINK_START):                   # deepseek_r1: only a leading <think> is a tag
@@ -52,7 +52,7 @@ def split_reasoning(parser: str, text: str, final: bool = True) -> ReasoningSpli
     end = rest.find(THINK_END)
     if end >= 0:
         return ReasoningSplit(rest[:end], before + rest[end + len(THINK_END):])
-    hold = 0 if final else _partial_tag_len(rest, THINK_END)
+    hold = 0 if final else partial_tag_len(rest, THINK_END)
     return ReasoningSplit(rest[:len(rest) - hold], before)
 
 

@@ -53,13 +53,13 @@ def chat_prompt_ids(serving: Serving, messages: list[ChatMessage], add_generatio
 
 
 def parses_tool_calls(serving: Serving, req: ChatCompletionRequest) -> bool:
-    """Whether the answers' tool calls are parsed: tool_choice "auto", left out with tools (OpenAI's
-    default) on a server started with --enable-auto-tool-choice, or sent (the flags are then needed);
-    "none" or left out without flags: tools are rendered, answers are text. "required" or a named
-    function needs guided decoding, which this engine has not: 400, as is a tool_choice without tools."""
+    """Whether the answers' tool calls are parsed. As vLLM: tools without a tool_choice mean "auto",
+    which needs the server's --enable-auto-tool-choice and --tool-call-parser (else 400); "none":
+    tools are rendered, answers are text. "required" or a named function needs guided decoding, which
+    this engine has not: 400, as is a tool_choice without tools."""
     choice = req.tool_choice
     if choice is None:
-        return bool(req.tools) and serving.auto_tool_choice
+        choice = "auto" if req.tools else "none"
     if choice == "none":
         return False
     if not req.tools:

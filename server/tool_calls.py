@@ -24,7 +24,7 @@ import json
 from dataclasses import dataclass
 
 from server.protocol import DeltaFunctionCall, DeltaToolCall, FunctionCall, ToolCall, tool_call_id
-from server.reasoning import _partial_tag_len as partial_tag_len   # its tag hold-back, shared
+from server.reasoning import partial_tag_len
 
 TOOL_CALL_START, TOOL_CALL_END = "<tool_call>", "</tool_call>"
 TOOL_CALL_PARSERS = ("hermes",)

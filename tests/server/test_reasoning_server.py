@@ -9,8 +9,7 @@ import httpx
 import pytest
 
 import engine.serve
-from engine.outputs import CompletionOutput, RequestOutput
-from server_harness import MODEL_NAME, ServerThread, engine_config
+from server_harness import MODEL_NAME, ServerThread, engine_config, scripted_add_request
 
 PIECES = ["<thi", "nk>\nplan ", "a</th", "ink>\n\nans", "wer"]
 
@@ -30,17 +29,7 @@ def http(server):
 @pytest.fixture
 def scripted(server, monkeypatch):
     """The engine answers every request with PIECES, one token each step."""
-    async def add_request(request_id, prompt_ids, params):
-        async def outputs():
-            text = ""
-            for i, piece in enumerate(PIECES):
-                text += piece
-                last = i == len(PIECES) - 1
-                comp = CompletionOutput(index=0, text=text, token_ids=list(range(i + 1)), text_delta=piece,
-                                        token_ids_delta=[i], finish_reason="stop" if last else None)
-                yield RequestOutput(request_id, None, prompt_ids, [comp], finished=last)
-        return outputs()
-    monkeypatch.setattr(server.async_engine, "add_request", add_request)
+    monkeypatch.setattr(server.async_engine, "add_request", scripted_add_request(PIECES))
 
 
 def chat(http, **extra):

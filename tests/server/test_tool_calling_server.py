@@ -167,21 +167,21 @@ def test_bad_tools_are_400_naming_the_field(http):
     assert resp.status_code == 400 and resp.json()["error"]["param"] == "tools"
 
 
-def test_without_the_flags_tools_render_and_the_answer_is_text(plain_server, plain_http, reference_engine):
-    """tool_choice left out: tools go to the template (ChatML prints none of them) and the answer is
-    plain text; an explicit "auto" is a 400 naming the flags."""
+def test_without_the_flags_only_tool_choice_none_is_served(plain_server, plain_http, reference_engine):
+    """tool_choice "none": tools go to the template (ChatML prints none of them) and the answer is plain
+    text. Tools with tool_choice "auto", sent or left out (vLLM's default), are a 400 naming the flags."""
     tok = plain_server.async_engine.tokenizer
     prompt = tok.encode(tok.apply_chat_template(MESSAGES, tools=TOOLS, add_generation_prompt=True, tokenize=False),
                         add_special_tokens=False)
-    for extra in ({}, {"tool_choice": "none"}):
-        resp = chat(plain_http, temperature=0, **extra)
-        assert resp.status_code == 200, resp.text
-        assert resp.json()["usage"]["prompt_tokens"] == len(prompt)
-        message = resp.json()["choices"][0]["message"]
-        assert message["tool_calls"] == [] and resp.json()["choices"][0]["finish_reason"] != "tool_calls"
-    error = chat(plain_http, tool_choice="auto").json()["error"]
-    assert error["code"] == 400 and error["param"] == "tool_choice"
-    assert "--enable-auto-tool-choice" in error["message"] and "--tool-call-parser" in error["message"]
+    resp = chat(plain_http, temperature=0, tool_choice="none")
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["usage"]["prompt_tokens"] == len(prompt)
+    message = resp.json()["choices"][0]["message"]
+    assert message["tool_calls"] == [] and resp.json()["choices"][0]["finish_reason"] != "tool_calls"
+    for extra in ({}, {"tool_choice": "auto"}):
+        error = chat(plain_http, **extra).json()["error"]
+        assert error["code"] == 400 and error["param"] == "tool_choice"
+        assert "--enable-auto-tool-choice" in error["message"] and "--tool-call-parser" in error["message"]
 
 
 def test_a_tool_result_conversation_renders_with_arguments_as_a_dict(http, plain_http):
@@ -189,7 +189,7 @@ def test_a_tool_result_conversation_renders_with_arguments_as_a_dict(http, plain
     text = http.post("/detokenize", json={"tokens": tokens}).json()["prompt"]
     assert 'assistant:  call get_weather True {"city": "Paris"}\n' in text
     assert "tool: sunny for call_1\n" in text
-    resp = chat(plain_http, messages=HISTORY, max_tokens=2)          # the tokenizer's ChatML template
+    resp = chat(plain_http, messages=HISTORY, max_tokens=2, tool_choice="none")   # the tokenizer's ChatML template
     assert resp.status_code == 200, resp.text
 
 
