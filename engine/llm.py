@@ -42,7 +42,8 @@ class LLM:
                  Sequence[SamplingParams] | None = None, use_tqdm: bool = True) -> list[RequestOutput]:
         """Generate for every prompt; outputs come back in input order.
 
-        prompts: a string, a list of strings, a list of token ids, or a list of token-id lists.
+        prompts: a string, a list of strings, a list of token ids, or a list of token-id lists; any prompt
+        may also be a dict as vLLM's, {"prompt": text} or {"prompt_token_ids": ids}.
         sampling_params: one for all prompts, or one per prompt (default: `get_default_sampling_params()`,
         the model's defaults); explicit ones are used as given.
         """
@@ -100,14 +101,28 @@ class LLM:
 
 
 def _as_prompt_list(prompts) -> list[Prompt]:
-    if isinstance(prompts, str):
-        return [prompts]
+    """One prompt or a list of them as a list of texts / token-id lists. A prompt may also be one of
+    vLLM's prompt dicts: {"prompt": text} (TextPrompt) or {"prompt_token_ids": ids} (TokensPrompt)."""
+    if isinstance(prompts, (str, dict)):
+        return [_unwrap(prompts)]
     prompts = list(prompts)
     if prompts and all(isinstance(t, int) for t in prompts):
         return [prompts]
     if not prompts:
         raise ValueError("prompts must not be empty")
-    return prompts
+    return [_unwrap(p) for p in prompts]
+
+
+def _unwrap(prompt) -> Prompt:
+    """A vLLM prompt dict's text or token ids; any other prompt as it is."""
+    if not isinstance(prompt, dict):
+        return prompt
+    if set(prompt) == {"prompt"}:
+        return prompt["prompt"]
+    if set(prompt) == {"prompt_token_ids"}:
+        return list(prompt["prompt_token_ids"])
+    raise ValueError(f"a prompt dict must have exactly one key, 'prompt' (text) or 'prompt_token_ids' "
+                     f"(token ids), got keys {sorted(prompt)}")
 
 
 def _configure_logging() -> None:

@@ -32,6 +32,21 @@ def test_prompt_forms_and_order(llm):
         assert c.text == tok.decode(c.token_ids, skip_special_tokens=True) and c.finish_reason == "length"
 
 
+def test_vllm_prompt_dicts_equal_plain_prompts(llm):
+    tok = llm.get_tokenizer()
+    params = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
+    texts = ["Hello there", "abc"]
+    plain = llm.generate(texts, params, use_tqdm=False)
+    dicts = llm.generate([{"prompt": texts[0]}, {"prompt_token_ids": tok.encode(texts[1])}], params, use_tqdm=False)
+    assert [o.outputs[0].token_ids for o in dicts] == [o.outputs[0].token_ids for o in plain]
+    assert dicts[0].prompt == texts[0] and dicts[1].prompt_token_ids == tok.encode(texts[1])
+    single = llm.generate({"prompt_token_ids": tok.encode(texts[0])}, params, use_tqdm=False)
+    assert single[0].outputs[0].token_ids == plain[0].outputs[0].token_ids
+    with pytest.raises(ValueError, match="'prompt' .* or 'prompt_token_ids'"):
+        llm.generate({"prompt": "a", "multi_modal_data": {}}, params, use_tqdm=False)
+    assert not llm.engine.has_unfinished_requests()
+
+
 def test_per_prompt_params(llm):
     outs = llm.generate(["a", "b"], [SamplingParams(max_tokens=3), SamplingParams(max_tokens=5)], use_tqdm=False)
     assert [len(o.outputs[0].token_ids) for o in outs] == [3, 5]
