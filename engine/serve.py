@@ -9,7 +9,7 @@ import sys
 from engine.chat_template import load_chat_template
 from engine.config import KV_CACHE_DTYPES, LOAD_FORMATS, EngineConfig
 from server.reasoning import REASONING_PARSERS
-from server.tool_calls import TOOL_CALL_PARSERS
+from server.tool_parsers import TOOL_CALL_PARSERS
 
 logger = logging.getLogger("engine.serve")
 
@@ -33,8 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--enable-auto-tool-choice", action="store_true",
                    help='parse the tool calls of chat answers to requests whose tool_choice is "auto" '
                         "(the default when they give tools); needs --tool-call-parser")
-    p.add_argument("--tool-call-parser", default=None, choices=TOOL_CALL_PARSERS,
-                   help="the format the model writes its tool calls in (hermes: Qwen2.5, Qwen3)")
+    p.add_argument("--tool-call-parser", default=None, choices=tuple(TOOL_CALL_PARSERS),
+                   help="the format the model writes its tool calls in (hermes: Qwen2.5, Qwen3; "
+                        "llama3_json: Llama 3.1, 3.2, 3.3 Instruct)")
     p.add_argument("--max-queue-len", type=int, default=None, help="waiting requests beyond this get 429")
     p.add_argument("--attention-backend", default=None)
     p.add_argument("--enforce-eager", action="store_true", help="never replay CUDA graphs")

@@ -29,8 +29,9 @@ def create_app(async_engine: EngineClient, served_model_name: str | None = None,
     with `api_key`, every route but /health and /metrics needs `Authorization: Bearer <api_key>`;
     `chat_template` (a Jinja string, --chat-template) replaces the tokenizer's for chat requests;
     `reasoning_parser` (--reasoning-parser) puts chat answers' thinking in `reasoning_content`;
-    with `enable_auto_tool_choice` (--enable-auto-tool-choice), `tool_call_parser` (--tool-call-parser)
-    returns the tool calls of answers to requests whose tool_choice is "auto" in `tool_calls`."""
+    with `enable_auto_tool_choice` (--enable-auto-tool-choice), `tool_call_parser` (--tool-call-parser:
+    `hermes` or `llama3_json`, the names in server/tool_parsers.py) returns the tool calls of answers
+    to requests whose tool_choice is "auto" in `tool_calls`."""
     name = served_model_name or async_engine.config.model
     metrics = ServerMetrics(async_engine, name)
     serving = Serving(async_engine, name, metrics, chat_template, reasoning_parser, tool_call_parser,

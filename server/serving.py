@@ -19,7 +19,7 @@ from engine.sampling_params import SamplingParams
 from server.errors import APIError, from_value_error
 from server.metrics import ServerMetrics
 from server.reasoning import REASONING_PARSERS
-from server.tool_calls import TOOL_CALL_PARSERS
+from server.tool_parsers import TOOL_CALL_PARSERS
 
 _SAMPLING_FIELDS = tuple(f.name for f in fields(SamplingParams))
 _COPIED = ("n", "temperature", "top_p", "top_k", "min_p", "seed", "stop", "stop_token_ids", "presence_penalty",
@@ -40,7 +40,7 @@ class Serving:
         if reasoning_parser is not None and reasoning_parser not in REASONING_PARSERS:
             raise ValueError(f"reasoning_parser must be one of {REASONING_PARSERS}, got {reasoning_parser!r}")
         if tool_call_parser is not None and tool_call_parser not in TOOL_CALL_PARSERS:
-            raise ValueError(f"tool_call_parser must be one of {TOOL_CALL_PARSERS}, got {tool_call_parser!r}")
+            raise ValueError(f"tool_call_parser must be one of {tuple(TOOL_CALL_PARSERS)}, got {tool_call_parser!r}")
         if enable_auto_tool_choice and tool_call_parser is None:
             raise ValueError("enable_auto_tool_choice needs a tool_call_parser (--tool-call-parser)")
         self.engine = async_engine

@@ -13,7 +13,8 @@ from server.protocol import (ChatChoice, ChatCompletionChunk, ChatCompletionRequ
                              ChatStreamChoice, DeltaMessage, TokenLogprob, TopLogprob, UsageInfo)
 from server.reasoning import ReasoningStream, split_reasoning
 from server.serving import Serving, merge, sse, sse_stream
-from server.tool_calls import ToolCallStream, extract_tool_calls, tool_call_messages
+from server.tool_calls import ToolCallParser, tool_call_messages
+from server.tool_parsers import TOOL_CALL_PARSERS
 
 AUTO_NEEDS_FLAGS = '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set'
 
@@ -52,22 +53,23 @@ def chat_prompt_ids(serving: Serving, messages: list[ChatMessage], add_generatio
         raise APIError(400, str(exc), "messages") from exc
 
 
-def parses_tool_calls(serving: Serving, req: ChatCompletionRequest) -> bool:
-    """Whether the answers' tool calls are parsed. As vLLM: tools without a tool_choice mean "auto",
-    which needs the server's --enable-auto-tool-choice and --tool-call-parser (else 400); "none":
-    tools are rendered, answers are text. "required" or a named function needs guided decoding, which
-    this engine has not: 400, as is a tool_choice without tools."""
+def tool_call_parser(serving: Serving, req: ChatCompletionRequest) -> ToolCallParser | None:
+    """The parser of the answers' tool calls (the one the server's --tool-call-parser names), or None
+    where they are not parsed. As vLLM: tools without a tool_choice mean "auto", which needs the
+    server's --enable-auto-tool-choice and --tool-call-parser (else 400); "none": tools are rendered,
+    answers are text. "required" or a named function needs guided decoding, which this engine has
+    not: 400, as is a tool_choice without tools."""
     choice = req.tool_choice
     if choice is None:
         choice = "auto" if req.tools else "none"
     if choice == "none":
-        return False
+        return None
     if not req.tools:
         raise APIError(400, "When using `tool_choice`, `tools` must be set.", "tool_choice")
     if choice == "auto":
         if not serving.auto_tool_choice:
             raise APIError(400, AUTO_NEEDS_FLAGS, "tool_choice")
-        return True
+        return TOOL_CALL_PARSERS[serving.tool_call_parser]
     shown = repr(choice) if isinstance(choice, str) else f"naming function {choice.function.name!r}"
     raise APIError(400, f'tool_choice {shown} needs guided decoding, which this server does not have; '
                         'use "auto" (with --enable-auto-tool-choice) or "none"', "tool_choice")
@@ -89,7 +91,7 @@ async def create_chat_completion(serving: Serving, req: ChatCompletionRequest, t
     """Validate, admit and return either a ChatCompletionResponse or an async iterator of SSE strings."""
     timer = timer_factory()     # latencies count from arrival
     serving.check_model(req.model)
-    parse_tools = parses_tool_calls(serving, req)
+    tool_parser = tool_call_parser(serving, req)
     prompt = chat_prompt_ids(serving, req.messages, True, req.chat_template_kwargs, req.tools)
     max_tokens = req.max_completion_tokens or req.max_tokens
     serving.check_prompt(prompt, max_tokens, "messages")
@@ -104,11 +106,11 @@ async def create_chat_completion(serving: Serving, req: ChatCompletionRequest, t
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return sse_stream(_stream(serving, req, response_id, streams, len(prompt), num_top, include_usage,
-                                  timer, parse_tools))
-    return await _collect(serving, req, response_id, streams, len(prompt), num_top, timer, parse_tools)
+                                  timer, tool_parser))
+    return await _collect(serving, req, response_id, streams, len(prompt), num_top, timer, tool_parser)
 
 
-async def _collect(serving, req, response_id, streams, num_prompt_tokens, num_top, timer, parse_tools):
+async def _collect(serving, req, response_id, streams, num_prompt_tokens, num_top, timer, tool_parser):
     latest: dict[int, CompletionOutput] = {}
     async for _, out in merge(streams):
         if any(c.token_ids_delta for c in out.outputs):
@@ -117,7 +119,7 @@ async def _collect(serving, req, response_id, streams, num_prompt_tokens, num_to
     timer.finish()
     choices = []
     for i, c in sorted(latest.items()):
-        message = _message(serving, c.text, parse_tools)
+        message = _message(serving, c.text, tool_parser)
         choices.append(ChatChoice(index=i, message=message, stop_reason=c.stop_reason,
                                   finish_reason="tool_calls" if message.tool_calls else c.finish_reason,
                                   logprobs=_logprobs(serving, c, 0, num_top) if req.logprobs else None))
@@ -125,26 +127,26 @@ async def _collect(serving, req, response_id, streams, num_prompt_tokens, num_to
                                   usage=_usage(num_prompt_tokens, latest))
 
 
-def _message(serving: Serving, text: str, parse_tools: bool) -> ChatResponseMessage:
-    """The answer's message: all content, or with a reasoning parser its thinking apart, and with
-    `parse_tools` the tool calls out of the content (finish_reason "tool_calls" where there are any)."""
+def _message(serving: Serving, text: str, tool_parser: ToolCallParser | None) -> ChatResponseMessage:
+    """The answer's message: all content, or with a reasoning parser its thinking apart, and with a
+    `tool_parser` the tool calls out of the content (finish_reason "tool_calls" where there are any)."""
     reasoning, content = None, text
     if serving.reasoning_parser is not None:
         split = split_reasoning(serving.reasoning_parser, text)
         reasoning, content = split.reasoning or None, split.content
     calls = []
-    if parse_tools:
-        content, calls = tool_call_messages(extract_tool_calls(content))
+    if tool_parser is not None:
+        content, calls = tool_call_messages(tool_parser.extract(content))
     return ChatResponseMessage(content=content, reasoning_content=reasoning, tool_calls=calls)
 
 
 class _ChoiceStream:
     """One streamed choice's message: this step's new text, with a reasoning parser split into thinking
-    and content, and with `parse_tools` the content's tool calls apart (a tail that may be a tag waits)."""
+    and content, and with a `tool_parser` the content's tool calls apart (what may be a call waits)."""
 
-    def __init__(self, reasoning_parser: str | None, parse_tools: bool) -> None:
+    def __init__(self, reasoning_parser: str | None, tool_parser: ToolCallParser | None) -> None:
         self.reasoning = ReasoningStream(reasoning_parser) if reasoning_parser else None
-        self.tools = ToolCallStream() if parse_tools else None
+        self.tools = tool_parser.stream() if tool_parser is not None else None
 
     def delta(self, comp: CompletionOutput) -> DeltaMessage:
         if self.reasoning is None and self.tools is None:
@@ -169,14 +171,14 @@ def _usage(num_prompt_tokens: int, latest: dict[int, CompletionOutput]) -> Usage
 
 
 async def _stream(serving, req, response_id, streams, num_prompt_tokens, num_top, include_usage,
-                  timer, parse_tools) -> AsyncIterator[str]:
+                  timer, tool_parser) -> AsyncIterator[str]:
     def chunk(index: int, delta: DeltaMessage, logprobs=None, finish_reason=None) -> str:
         choice = ChatStreamChoice(index=index, delta=delta, logprobs=logprobs, finish_reason=finish_reason)
         return sse(ChatCompletionChunk(id=response_id, model=serving.model_name, choices=[choice]))
 
     latest: dict[int, CompletionOutput] = {}
     sent: dict[int, int] = {}
-    choice_streams = {index: _ChoiceStream(serving.reasoning_parser, parse_tools) for index in range(req.n)}
+    choice_streams = {index: _ChoiceStream(serving.reasoning_parser, tool_parser) for index in range(req.n)}
     for index in range(req.n):
         yield chunk(index, DeltaMessage(role="assistant", content=""))
     async for _, out in merge(streams):

@@ -1,8 +1,9 @@
-"""Tool calling on /v1/chat/completions (`--enable-auto-tool-choice --tool-call-parser hermes`): the tools
-reach the chat template, the answer's `<tool_call>` blocks come back as `tool_calls` (whole and streamed),
-tool_choice is checked as vLLM does, and a tool-result conversation renders. Random weights never write
-`<tool_call>`, so the answers are scripted: the engine's add_request is replaced by a stream of
-RequestOutputs whose text arrives in pieces that cut the tags."""
+"""Tool calling on /v1/chat/completions (`--enable-auto-tool-choice --tool-call-parser hermes`, and
+`llama3_json`): the tools reach the chat template, the answer's `<tool_call>` blocks (llama3_json: its
+JSON calls) come back as `tool_calls` (whole and streamed), tool_choice is checked as vLLM does, and a
+tool-result conversation renders. Random weights never write tool calls, so the answers are scripted:
+the engine's add_request is replaced by a stream of RequestOutputs whose text arrives in pieces that
+cut the tags."""
 from __future__ import annotations
 
 import json
@@ -207,6 +208,44 @@ def test_the_openai_client_reads_tool_calls(tool_server, script):
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
 
 
+LLAMA3_CALLS = ["<|python_", 'tag|>{"name": "get_weather", ', '"parameters": {"city": "Par',
+                'is"}}; {"name": "get_time", ', '"parameters": {}}']
+
+
+@pytest.fixture(scope="module")
+def llama3_server(tiny_model_path):
+    """--enable-auto-tool-choice --tool-call-parser llama3_json (Llama 3.x's JSON calls), no reasoning parser."""
+    with ServerThread(engine_config(tiny_model_path, max_model_len=512), chat_template=TEMPLATE,
+                      enable_auto_tool_choice=True, tool_call_parser="llama3_json") as srv:
+        yield srv
+
+
+def test_llama3_json_calls_come_back_as_tool_calls_whole_and_streamed(llama3_server, monkeypatch):
+    monkeypatch.setattr(llama3_server.async_engine, "add_request", scripted_add_request(LLAMA3_CALLS))
+    with httpx.Client(base_url=llama3_server.base_url, timeout=60) as client:
+        choice = chat(client).json()["choices"][0]
+        assert choice["finish_reason"] == "tool_calls" and choice["message"]["content"] is None
+        calls = choice["message"]["tool_calls"]
+        assert [c["function"]["name"] for c in calls] == ["get_weather", "get_time"]
+        assert [json.loads(c["function"]["arguments"]) for c in calls] == [{"city": "Paris"}, {}]
+        assert all(c["type"] == "function" and c["id"].startswith("call_") for c in calls)
+        deltas, finish = stream_deltas(client)
+        assert not any(d.get("content") for d in deltas)
+        streamed = [call for d in deltas for call in d.get("tool_calls") or []]
+        assert [(c["index"], c["function"]["name"]) for c in streamed] == [(0, "get_weather"), (1, "get_time")]
+        assert json.loads(streamed[0]["function"]["arguments"]) == {"city": "Paris"}
+        assert finish[-1] == "tool_calls" and finish[:-1] == [None] * (len(finish) - 1)
+        # an answer that starts with text is content, streamed as it comes
+        monkeypatch.setattr(llama3_server.async_engine, "add_request",
+                            scripted_add_request(["It is ", '{"name": "x"}', " sunny."]))
+        choice = chat(client).json()["choices"][0]
+        assert choice["message"]["content"] == 'It is {"name": "x"} sunny.' and choice["message"]["tool_calls"] == []
+        assert choice["finish_reason"] == "stop"
+        deltas, finish = stream_deltas(client)
+        assert [d.get("content") for d in deltas if d.get("content")] == ["It is ", '{"name": "x"}', " sunny."]
+        assert finish[-1] == "stop"
+
+
 def test_llm_chat_passes_tools_to_the_template(tiny_model_path):
     llm = LLM(tiny_model_path, device="cpu", dtype="float32", max_model_len=512, num_kv_blocks=64)
     (out,) = llm.chat(MESSAGES, SamplingParams(max_tokens=1), use_tqdm=False, chat_template=TEMPLATE, tools=TOOLS)
@@ -214,16 +253,20 @@ def test_llm_chat_passes_tools_to_the_template(tiny_model_path):
     assert llm.get_tokenizer().decode(out.prompt_token_ids).startswith(json.dumps(TOOLS))
 
 
-def test_the_flags_reach_the_app_and_auto_without_a_parser_exits_2(monkeypatch):
+@pytest.mark.parametrize("model, parser", [("preset:tiny-qwen3", "hermes"), ("preset:tiny-llama", "llama3_json")])
+def test_the_flags_reach_the_app(monkeypatch, model, parser):
     apps = []
     monkeypatch.setattr("uvicorn.run", lambda app, **kwargs: apps.append(app))
-    engine.serve.main(["--model", "preset:tiny-qwen3", "--device", "cpu", "--dtype", "float32",
+    engine.serve.main(["--model", model, "--device", "cpu", "--dtype", "float32",
                        "--max-model-len", "128", "--num-kv-blocks", "16", "--no-engine-process",
-                       "--enable-auto-tool-choice", "--tool-call-parser", "hermes"])
+                       "--enable-auto-tool-choice", "--tool-call-parser", parser])
     serving = apps[0].state.serving
-    assert serving.tool_call_parser == "hermes" and serving.auto_tool_choice
-    for flags, says in ((["--enable-auto-tool-choice"], "--enable-auto-tool-choice requires --tool-call-parser"),
-                        (["--tool-call-parser", "mistral"], "hermes")):
+    assert serving.tool_call_parser == parser and serving.auto_tool_choice
+
+
+def test_auto_without_a_parser_and_an_unknown_parser_exit_2():
+    for flags, says in ((["--enable-auto-tool-choice"], ["--enable-auto-tool-choice requires --tool-call-parser"]),
+                        (["--tool-call-parser", "mistral"], ["mistral", "hermes", "llama3_json"])):
         proc = subprocess.run([sys.executable, "-m", "engine.serve", "--model", "preset:tiny-qwen3", *flags],
                               cwd=ROOT, capture_output=True, text=True, timeout=120)
-        assert proc.returncode == 2 and says in proc.stderr, proc.stderr
+        assert proc.returncode == 2 and all(s in proc.stderr for s in says), proc.stderr

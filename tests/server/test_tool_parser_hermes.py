@@ -6,7 +6,9 @@ import random
 import pytest
 
 from server.protocol import FunctionCall
-from server.tool_calls import ToolCallSplit, ToolCallStream, extract_tool_calls, tool_call_messages
+from server.tool_calls import ToolCallSplit, tool_call_messages
+from server.tool_parser_hermes import HERMES, extract_tool_calls
+from tool_parser_checks import assert_stream_equals_whole, random_cuts, run_stream
 
 
 def block(name: str, **arguments) -> str:
@@ -64,35 +66,16 @@ def test_the_response_shape_ids_and_none_content():
     assert tool_call_messages(extract_tool_calls("plain")) == ("plain", [])
 
 
-def run_stream(text: str, cuts: list[int]):
-    """The stream fed text[:cut] for each cut (the last one final): content deltas, call deltas."""
-    stream, contents, deltas = ToolCallStream(), [], []
-    for i, cut in enumerate(cuts):
-        content, new = stream.update(text[:cut], final=i == len(cuts) - 1)
-        contents.append(content)
-        deltas.extend(new)
-    return contents, deltas
-
-
-def assert_stream_equals_whole(text: str, cuts: list[int]) -> None:
-    contents, deltas = run_stream(text, cuts)
-    whole = extract_tool_calls(text)
-    assert "".join(contents) == whole.content, (text, cuts)
-    assert [d.index for d in deltas] == list(range(len(deltas)))
-    assert [FunctionCall(name=d.function.name, arguments=d.function.arguments) for d in deltas] == whole.calls
-    assert all(d.id.startswith("call_") and d.type == "function" for d in deltas)
-
-
 def test_a_stream_holds_back_tags_and_sends_each_call_whole_when_it_closes():
     text = "Checking.\n" + WEATHER + "\nDone."
     cuts = list(range(1, len(text) + 1))
-    contents, deltas = run_stream(text, cuts)
+    contents, deltas = run_stream(HERMES, text, cuts)
     assert all("<" not in c and ">" not in c for c in contents)
     assert "".join(contents) == "Checking.\n\nDone."
     (call,) = deltas
     assert json.loads(call.function.arguments) == {"city": "Paris"}
     sent_at = next(i for i, c in enumerate(cuts) if text[:c].endswith("</tool_call>"))
-    assert run_stream(text, cuts[:sent_at + 1])[1] and not run_stream(text, cuts[:sent_at])[1]
+    assert run_stream(HERMES, text, cuts[:sent_at + 1])[1] and not run_stream(HERMES, text, cuts[:sent_at])[1]
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -109,14 +92,13 @@ def test_random_streams_add_up_to_the_whole_text_result(seed):
         text = "".join(parts)
         if any(g in text.split(BAD)[0].split(NAMELESS)[0] for g in good) and (BAD in text or NAMELESS in text):
             continue
-        cuts = sorted(rng.sample(range(1, len(text) + 1), k=min(len(text), rng.randint(1, 8)))) if text else []
-        assert_stream_equals_whole(text, [c for c in cuts if c < len(text)] + [len(text)])
+        assert_stream_equals_whole(HERMES, text, random_cuts(rng, text))
 
 
 def test_a_bad_block_after_a_sent_call_flows_as_content():
     """The stream cannot take back a call it sent: the bad block and what follows become content
     (the whole text would give no calls)."""
     text = WEATHER + "\n" + BAD + " tail"
-    contents, deltas = run_stream(text, [len(WEATHER) + 1, len(text) - 3, len(text)])
+    contents, deltas = run_stream(HERMES, text, [len(WEATHER) + 1, len(text) - 3, len(text)])
     assert [d.function.name for d in deltas] == ["get_weather"]
     assert "".join(contents) == BAD + " tail"
