@@ -8,6 +8,7 @@ import sys
 
 from engine.chat_template import load_chat_template
 from engine.config import KV_CACHE_DTYPES, LOAD_FORMATS, EngineConfig
+from server.options import ServerOptions
 from server.reasoning import REASONING_PARSERS
 from server.tool_parsers import TOOL_CALL_PARSERS
 
@@ -76,11 +77,10 @@ def config_from_args(args: argparse.Namespace) -> EngineConfig:
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.enable_auto_tool_choice and args.tool_call_parser is None:
-        parser.error("--enable-auto-tool-choice requires --tool-call-parser")     # exits with status 2
     try:
         config = config_from_args(args)
-        chat_template = load_chat_template(args.chat_template)
+        options = ServerOptions(load_chat_template(args.chat_template), args.reasoning_parser,
+                                args.tool_call_parser, args.enable_auto_tool_choice)
     except ValueError as exc:
         parser.error(str(exc))          # exits with status 2
     if not 0 < args.port < 65536:
@@ -100,8 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as exc:           # e.g. a backend that cannot serve this configuration
         print(f"python -m engine.serve: error: {exc}", file=sys.stderr)
         sys.exit(2)
-    app = create_app(async_engine, args.served_model_name, api_key, chat_template, args.reasoning_parser,
-                     args.tool_call_parser, args.enable_auto_tool_choice)
+    app = create_app(async_engine, args.served_model_name, api_key, options)
     logger.info("serving %s as %r on http://%s:%d (API key %s)", config.model,
                 args.served_model_name or config.model, args.host, args.port, "required" if api_key else "off")
     try:

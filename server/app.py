@@ -12,6 +12,7 @@ from engine.engine_client import EngineClient
 from server.auth import APIKeyMiddleware
 from server.errors import APIError, from_validation_errors
 from server.metrics import ServerMetrics
+from server.options import ServerOptions
 from server.protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest, DetokenizeResponse,
                              ModelCard, ModelList, TokenizeRequest, TokenizeResponse)
 from server.serving import Serving, api_error, until_disconnect
@@ -22,20 +23,13 @@ logger = logging.getLogger(__name__)
 
 
 def create_app(async_engine: EngineClient, served_model_name: str | None = None,
-               api_key: str | None = None, chat_template: str | None = None,
-               reasoning_parser: str | None = None, tool_call_parser: str | None = None,
-               enable_auto_tool_choice: bool = False) -> FastAPI:
+               api_key: str | None = None, options: ServerOptions | None = None) -> FastAPI:
     """The app serving `async_engine` under `served_model_name` (default: the configured model);
     with `api_key`, every route but /health and /metrics needs `Authorization: Bearer <api_key>`;
-    `chat_template` (a Jinja string, --chat-template) replaces the tokenizer's for chat requests;
-    `reasoning_parser` (--reasoning-parser) puts chat answers' thinking in `reasoning_content`;
-    with `enable_auto_tool_choice` (--enable-auto-tool-choice), `tool_call_parser` (--tool-call-parser:
-    `hermes` or `llama3_json`, the names in server/tool_parsers.py) returns the tool calls of answers
-    to requests whose tool_choice is "auto" in `tool_calls`."""
+    `options`: the chat template and the reasoning and tool-call parsers (server/options.py)."""
     name = served_model_name or async_engine.config.model
     metrics = ServerMetrics(async_engine, name)
-    serving = Serving(async_engine, name, metrics, chat_template, reasoning_parser, tool_call_parser,
-                      enable_auto_tool_choice)
+    serving = Serving(async_engine, name, metrics, options)
     app = FastAPI(title="engine OpenAI-compatible server")
     app.state.serving = serving
     app.state.metrics = metrics

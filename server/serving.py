@@ -18,8 +18,7 @@ from engine.outputs import RequestOutput
 from engine.sampling_params import SamplingParams
 from server.errors import APIError, from_value_error
 from server.metrics import ServerMetrics
-from server.reasoning import REASONING_PARSERS
-from server.tool_parsers import TOOL_CALL_PARSERS
+from server.options import ServerOptions
 
 _SAMPLING_FIELDS = tuple(f.name for f in fields(SamplingParams))
 _COPIED = ("n", "temperature", "top_p", "top_k", "min_p", "seed", "stop", "stop_token_ids", "presence_penalty",
@@ -29,25 +28,17 @@ DONE = "data: [DONE]\n\n"
 
 
 class Serving:
-    """Binds the engine, the served model name, the metrics, the chat template (--chat-template; None:
-    the tokenizer's), the reasoning parser (--reasoning-parser; None: none) and the tool-call parser
-    (--tool-call-parser, used where --enable-auto-tool-choice lets tool_choice be "auto") for the
-    endpoint handlers."""
+    """Binds the engine, the served model name, the metrics and the server's options (chat template,
+    reasoning and tool-call parsers: ServerOptions) for the endpoint handlers."""
 
     def __init__(self, async_engine: EngineClient, served_model_name: str, metrics: ServerMetrics,
-                 chat_template: str | None = None, reasoning_parser: str | None = None,
-                 tool_call_parser: str | None = None, enable_auto_tool_choice: bool = False) -> None:
-        if reasoning_parser is not None and reasoning_parser not in REASONING_PARSERS:
-            raise ValueError(f"reasoning_parser must be one of {REASONING_PARSERS}, got {reasoning_parser!r}")
-        if tool_call_parser is not None and tool_call_parser not in TOOL_CALL_PARSERS:
-            raise ValueError(f"tool_call_parser must be one of {tuple(TOOL_CALL_PARSERS)}, got {tool_call_parser!r}")
-        if enable_auto_tool_choice and tool_call_parser is None:
-            raise ValueError("enable_auto_tool_choice needs a tool_call_parser (--tool-call-parser)")
+                 options: ServerOptions | None = None) -> None:
+        options = options or ServerOptions()
         self.engine = async_engine
-        self.chat_template = chat_template
-        self.reasoning_parser = reasoning_parser
-        self.tool_call_parser = tool_call_parser
-        self.auto_tool_choice = enable_auto_tool_choice    # tool_choice "auto" parses the answers' calls
+        self.chat_template = options.chat_template
+        self.reasoning_parser = options.reasoning_parser
+        self.tool_call_parser = options.tool_call_parser
+        self.auto_tool_choice = options.enable_auto_tool_choice    # tool_choice "auto" parses the answers' calls
         self.tokenizer = async_engine.tokenizer
         self.model_name = served_model_name
         self.max_model_len = async_engine.max_model_len

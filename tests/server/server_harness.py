@@ -18,6 +18,7 @@ from engine.sampling_params import SamplingParams
 from models import presets
 from models.tokenizer import BYTE_VOCAB_SIZE, byte_tokenizer
 from server.app import create_app
+from server.options import ServerOptions
 
 MODEL_NAME = "tiny-qwen3"
 API_KEY = "test-key-123"
@@ -55,10 +56,10 @@ class ServerThread:
 
     def __init__(self, config: EngineConfig, api_key: str | None = None, engine_cls=AsyncEngine,
                  **app_options) -> None:
-        """app_options: create_app's server options (chat_template, reasoning_parser, tool_call_parser,
-        enable_auto_tool_choice)."""
+        """app_options: the server's options (ServerOptions' fields: chat_template, reasoning_parser,
+        tool_call_parser, enable_auto_tool_choice)."""
         self.async_engine = engine_cls(config)
-        app = create_app(self.async_engine, MODEL_NAME, api_key, **app_options)
+        app = create_app(self.async_engine, MODEL_NAME, api_key, ServerOptions(**app_options))
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))

@@ -1,0 +1,29 @@
+"""ServerOptions: the server's own settings (not the engine's), frozen and validated at construction."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from engine.checks import check
+from server.reasoning import REASONING_PARSERS
+from server.tool_parsers import TOOL_CALL_PARSERS
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """chat_template: a Jinja string used instead of the tokenizer's (--chat-template; None: the
+    tokenizer's). reasoning_parser: puts chat answers' thinking in `reasoning_content`
+    (--reasoning-parser). tool_call_parser: the format of the model's tool calls (--tool-call-parser),
+    parsed where enable_auto_tool_choice (--enable-auto-tool-choice) lets tool_choice be "auto"."""
+
+    chat_template: str | None = None
+    reasoning_parser: str | None = None
+    tool_call_parser: str | None = None
+    enable_auto_tool_choice: bool = False
+
+    def __post_init__(self) -> None:
+        check(self.reasoning_parser in (None, *REASONING_PARSERS), "--reasoning-parser", self.reasoning_parser,
+              f"must be one of {REASONING_PARSERS}")
+        check(self.tool_call_parser in (None, *TOOL_CALL_PARSERS), "--tool-call-parser", self.tool_call_parser,
+              f"must be one of {tuple(TOOL_CALL_PARSERS)}")
+        check(not self.enable_auto_tool_choice or self.tool_call_parser is not None, "--enable-auto-tool-choice",
+              self.tool_call_parser, "requires --tool-call-parser")
