@@ -66,11 +66,6 @@ class AsyncEngine(EngineClient):
             return self._stats
         return await self._call(lambda eng: self._refresh_stats(eng))
 
-    @property
-    def stats(self) -> Any:
-        """The EngineStats snapshot taken after the last step or command batch (no waiting)."""
-        return self._stats
-
     def is_alive(self) -> bool:
         return self._thread.is_alive() and self._error is None and not self._stopped.is_set()
 

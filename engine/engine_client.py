@@ -102,6 +102,12 @@ class EngineClient:
         started = self._step_started_at()
         return started is None or time.monotonic() - started < self.stall_timeout_s
 
+    @property
+    def stats(self) -> Any:
+        """The engine's last EngineStats snapshot, kept by the subclass in `_stats` (taken after a step
+        or a command batch, or sent with a step's outputs or an idle report): no waiting."""
+        return self._stats
+
     def new_request_id(self, prefix: str) -> str:
         return f"{prefix}-{next(self._ids)}-{time.monotonic_ns():x}"
 

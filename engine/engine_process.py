@@ -93,11 +93,6 @@ class ProcessAsyncEngine(EngineClient):
         self._send(("stats", future.call_id))
         return await asyncio.wrap_future(future)
 
-    @property
-    def stats(self) -> Any:
-        """The EngineStats snapshot sent with the last step's outputs or idle report (no waiting)."""
-        return self._stats
-
     def is_alive(self) -> bool:
         return self._proc.is_alive() and self._error is None and not self._stopped.is_set()
 
