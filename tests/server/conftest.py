@@ -1,12 +1,15 @@
-"""Fixtures of the server tests: the tiny checkpoint (once per session) and the offline reference engine."""
+"""Fixtures of the server tests: the tiny checkpoint (once per session), the offline reference engine, and
+what a test module's `server` fixture shares: start_server (the module's servers), the http / openai clients
+on its `server`, scripted answers and slow steps."""
 from __future__ import annotations
 
+import contextlib
 import time
 
 import pytest
 
 from engine.llm_engine import LLMEngine
-from server_harness import engine_config, write_tiny_qwen3
+from server_harness import ServerThread, engine_config, http_client, openai_client, script_answers, write_tiny_qwen3
 
 
 @pytest.fixture(scope="session")
@@ -19,6 +22,33 @@ def tiny_model_path(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def reference_engine(tiny_model_path) -> LLMEngine:
     return LLMEngine(engine_config(tiny_model_path))
+
+
+@pytest.fixture(scope="module")
+def start_server():
+    """start_server(config, **kwargs): a ServerThread (its arguments: api_key, engine_cls, the server's
+    options) started now and stopped when the test module ends; a module's `server` fixture returns one."""
+    with contextlib.ExitStack() as stack:
+        yield lambda config, **kwargs: stack.enter_context(ServerThread(config, **kwargs))
+
+
+@pytest.fixture(scope="module")
+def http(server):
+    """An httpx client (timeout 60 s) on the test module's `server`."""
+    with http_client(server) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    """The official openai client on the test module's `server`."""
+    return openai_client(server)
+
+
+@pytest.fixture
+def script(server, monkeypatch):
+    """script(pieces): the test module's `server` answers every request with `pieces`, one token each step."""
+    return lambda pieces: script_answers(monkeypatch, server, pieces)
 
 
 @pytest.fixture

@@ -6,6 +6,8 @@ import socket
 import threading
 import time
 
+import httpx
+import openai
 import torch
 import transformers
 import uvicorn
@@ -92,6 +94,31 @@ class ServerThread:
             if (idle and stats.num_free_blocks == stats.num_total_blocks) or time.monotonic() > deadline:
                 return stats
             time.sleep(0.05)
+
+
+def http_client(server: ServerThread, timeout: float = 60, **kwargs) -> httpx.Client:
+    """An httpx client on `server`'s base URL (kwargs: httpx.Client's, e.g. headers)."""
+    return httpx.Client(base_url=server.base_url, timeout=timeout, **kwargs)
+
+
+def openai_client(server: ServerThread) -> openai.OpenAI:
+    """The official openai client on `server` (no api key checked, no retries)."""
+    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def script_answers(monkeypatch, server: ServerThread, pieces: list[str]) -> None:
+    """`server`'s engine answers every request with `pieces`, one token each step (until the test ends)."""
+    monkeypatch.setattr(server.async_engine, "add_request", scripted_add_request(pieces))
+
+
+async def idle_stats(engine, pause: float, tries: int = 200):
+    """An engine client's stats once nothing runs or waits (or the last stats after `tries` polls)."""
+    for _ in range(tries):
+        stats = await engine.get_stats()
+        if stats.num_running == 0 and stats.num_waiting == 0:
+            return stats
+        await asyncio.sleep(pause)
+    return stats
 
 
 def scripted_add_request(pieces: list[str]):

@@ -11,7 +11,7 @@ import pytest
 from engine import engine_client
 from engine.async_engine import AsyncEngine, EngineDeadError
 from engine.sampling_params import SamplingParams
-from server_harness import ServerThread, engine_config, offline_generate
+from server_harness import ServerThread, engine_config, idle_stats, offline_generate
 
 GREEDY = SamplingParams(max_tokens=6, temperature=0)
 
@@ -55,12 +55,7 @@ def test_consumer_that_goes_away_aborts_its_request(async_engine):
         task.cancel()                                  # CancelledError path
         with pytest.raises(asyncio.CancelledError):
             await task
-        for _ in range(200):
-            stats = await async_engine.get_stats()
-            if stats.num_running == 0 and stats.num_waiting == 0:
-                break
-            await asyncio.sleep(0.01)
-        return stats
+        return await idle_stats(async_engine, pause=0.01)
 
     stats = asyncio.run(run())
     assert stats.num_running == 0 and stats.num_waiting == 0

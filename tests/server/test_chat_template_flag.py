@@ -9,12 +9,11 @@ import pathlib
 import subprocess
 import sys
 
-import httpx
 import pytest
 
 import engine.serve
 from engine.sampling_params import SamplingParams
-from server_harness import MODEL_NAME, ServerThread, engine_config, offline_generate, write_tiny_qwen3
+from server_harness import MODEL_NAME, engine_config, offline_generate, write_tiny_qwen3
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
@@ -33,20 +32,13 @@ def remove_chat_template(path: pathlib.Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, start_server):
     """The tiny checkpoint (the weights of `tiny_model_path`) without a tokenizer template, served with
     TEMPLATE as --chat-template does (create_app's chat_template)."""
     path = tmp_path_factory.mktemp("server-tiny-qwen3-no-template")
     write_tiny_qwen3(path)
     remove_chat_template(path)
-    with ServerThread(engine_config(str(path)), chat_template=TEMPLATE) as srv:
-        yield srv
-
-
-@pytest.fixture(scope="module")
-def http(server):
-    with httpx.Client(base_url=server.base_url, timeout=60) as client:
-        yield client
+    return start_server(engine_config(str(path)), chat_template=TEMPLATE)
 
 
 def chat(http, **extra):

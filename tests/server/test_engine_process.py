@@ -7,7 +7,6 @@ import os
 import signal
 import time
 
-import openai
 import pytest
 
 from engine.async_engine import AsyncEngine
@@ -16,7 +15,7 @@ from engine.engine_process import ProcessAsyncEngine
 from engine.outputs import CompletionOutput, RequestOutput
 from engine.output_wire import OutputAssembler, pack_output
 from engine.sampling_params import SamplingParams
-from server_harness import MODEL_NAME, ServerThread, engine_config, offline_generate
+from server_harness import MODEL_NAME, ServerThread, engine_config, idle_stats, offline_generate, openai_client
 
 MIXED = [SamplingParams(max_tokens=8, temperature=0),
          SamplingParams(max_tokens=8, temperature=0.8, seed=3, n=2, logprobs=2),
@@ -102,12 +101,7 @@ def test_a_consumer_that_goes_away_frees_its_blocks(process_engine):
         gen = process_engine.generate("leaver", "walk away", params)
         await gen.__anext__()
         await gen.aclose()
-        for _ in range(200):
-            stats = await process_engine.get_stats()
-            if stats.num_running == 0 and stats.num_waiting == 0:
-                return stats
-            await asyncio.sleep(0.02)
-        return stats
+        return await idle_stats(process_engine, pause=0.02)
 
     stats = asyncio.run(run())
     assert stats.num_running == 0 and stats.num_free_blocks == stats.num_total_blocks
@@ -155,7 +149,7 @@ def test_server_on_the_engine_process(tiny_model_path, reference_engine):
     prompts = ["Hello, my name is", "1 2 3 4"]
     ref = offline_generate(reference_engine, prompts, SamplingParams(max_tokens=8, temperature=0))
     with ServerThread(engine_config(tiny_model_path), engine_cls=ProcessAsyncEngine) as srv:
-        client = openai.OpenAI(base_url=f"{srv.base_url}/v1", api_key="unused", max_retries=0, timeout=60)
+        client = openai_client(srv)
         resp = client.completions.create(model=MODEL_NAME, prompt=prompts, max_tokens=8, temperature=0)
         assert [c.text for c in resp.choices] == [r[0].text for r in ref]
         stream = client.completions.create(model=MODEL_NAME, prompt=prompts[0], max_tokens=8, temperature=0,

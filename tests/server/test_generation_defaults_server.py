@@ -5,7 +5,6 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import httpx
-import openai
 import pytest
 from transformers import GenerationConfig
 
@@ -31,14 +30,8 @@ def model_with_defaults(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="module")
-def server(model_with_defaults):
-    with ServerThread(engine_config(model_with_defaults)) as srv:
-        yield srv
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0, timeout=60)
+def server(model_with_defaults, start_server):
+    return start_server(engine_config(model_with_defaults))
 
 
 @pytest.fixture

@@ -1,25 +1,17 @@
 """The real server driven by the official `openai` client; greedy outputs equal the offline LLMEngine's."""
 from __future__ import annotations
 
-import httpx
-import openai
 import pytest
 
 from engine.sampling_params import SamplingParams
-from server_harness import MODEL_NAME, ServerThread, engine_config, offline_generate
+from server_harness import MODEL_NAME, engine_config, http_client, offline_generate
 
 PROMPTS = ["Hello, my name is", "The capital of France", "1 2 3 4"]
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model_path):
-    with ServerThread(engine_config(tiny_model_path)) as srv:
-        yield srv
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0, timeout=60)
+def server(tiny_model_path, start_server):
+    return start_server(engine_config(tiny_model_path))
 
 
 def test_models_lists_served_name(client):
@@ -126,7 +118,7 @@ def test_stop_string_and_stop_token_ids(client, reference_engine):
 
 
 def test_tokenize_detokenize_health_metrics(server, reference_engine):
-    with httpx.Client(base_url=server.base_url, timeout=30) as http:
+    with http_client(server, timeout=30) as http:
         tok = http.post("/tokenize", json={"prompt": "abc"}).json()
         assert tok["tokens"] == reference_engine.tokenizer.encode("abc") and tok["count"] == 3
         assert http.post("/detokenize", json={"tokens": tok["tokens"]}).json() == {"prompt": "abc"}

@@ -5,31 +5,23 @@ from __future__ import annotations
 
 import json
 
-import httpx
 import pytest
 
 import engine.serve
-from server_harness import MODEL_NAME, ServerThread, engine_config, scripted_add_request
+from server_harness import MODEL_NAME, engine_config
 
 PIECES = ["<thi", "nk>\nplan ", "a</th", "ink>\n\nans", "wer"]
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model_path):
-    with ServerThread(engine_config(tiny_model_path), reasoning_parser="qwen3") as srv:
-        yield srv
-
-
-@pytest.fixture(scope="module")
-def http(server):
-    with httpx.Client(base_url=server.base_url, timeout=60) as client:
-        yield client
+def server(tiny_model_path, start_server):
+    return start_server(engine_config(tiny_model_path), reasoning_parser="qwen3")
 
 
 @pytest.fixture
-def scripted(server, monkeypatch):
+def scripted(script):
     """The engine answers every request with PIECES, one token each step."""
-    monkeypatch.setattr(server.async_engine, "add_request", scripted_add_request(PIECES))
+    script(PIECES)
 
 
 def chat(http, **extra):

@@ -10,16 +10,14 @@ import pytest
 
 from engine.bench import serve as bench_serve
 from engine.sampling_params import SamplingParams
-from server_harness import MODEL_NAME, ServerThread, engine_config, offline_generate
+from server_harness import MODEL_NAME, engine_config, offline_generate
 
 NUM_CLIENTS = 32
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model_path):
-    with ServerThread(engine_config(tiny_model_path, num_kv_blocks=512)) as srv:
-        yield srv
-
+def server(tiny_model_path, start_server):
+    return start_server(engine_config(tiny_model_path, num_kv_blocks=512))
 
 
 async def _stream_text(client: httpx.AsyncClient, prompt: str, max_tokens: int) -> tuple[str, str, dict]:

@@ -7,22 +7,22 @@ import time
 import httpx
 import pytest
 
-from server_harness import API_KEY, MODEL_NAME, ServerThread, engine_config
+from server_harness import API_KEY, MODEL_NAME, engine_config, http_client
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model_path):
+def server(tiny_model_path, start_server):
     # one running sequence and one waiting request at most, so a full queue is easy to reach
     config = engine_config(tiny_model_path, max_num_seqs=1, max_queue_len=1, max_model_len=64)
-    with ServerThread(config, api_key=API_KEY) as srv:
-        yield srv
+    return start_server(config, api_key=API_KEY)
 
 
 @pytest.fixture(scope="module")
 def http(server):
-    with httpx.Client(base_url=server.base_url, headers=AUTH, timeout=30) as client:
+    """This module's client sends the API key (and waits 30 s at most)."""
+    with http_client(server, timeout=30, headers=AUTH) as client:
         yield client
 
 
@@ -99,7 +99,7 @@ def test_unknown_route_and_method_use_the_error_shape(http):
 
 
 def test_missing_or_wrong_api_key_is_401(server):
-    with httpx.Client(base_url=server.base_url, timeout=30) as anon:
+    with http_client(server, timeout=30) as anon:
         body = {"model": MODEL_NAME, "prompt": "hi", "max_tokens": 2}
         assert_error(anon.post("/v1/completions", json=body), 401, None, ("API key",))
         wrong = anon.post("/v1/completions", json=body, headers={"Authorization": f"Bearer {API_KEY}x"})

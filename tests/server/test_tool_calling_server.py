@@ -11,14 +11,12 @@ import os
 import subprocess
 import sys
 
-import httpx
-import openai
 import pytest
 
 import engine.serve
 from engine import LLM, SamplingParams
 from engine.chat_template import render_chat
-from server_harness import MODEL_NAME, ServerThread, engine_config, scripted_add_request
+from server_harness import MODEL_NAME, engine_config, http_client, openai_client, script_answers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOOLS = [{"type": "function", "function": {
@@ -39,38 +37,23 @@ HISTORY = MESSAGES + [
 
 
 @pytest.fixture(scope="module")
-def tool_server(tiny_model_path):
-    """The flags on, with TEMPLATE (which prints the tools) and the qwen3 reasoning parser."""
-    with ServerThread(engine_config(tiny_model_path, max_model_len=512), chat_template=TEMPLATE, reasoning_parser="qwen3",
-                      enable_auto_tool_choice=True, tool_call_parser="hermes") as srv:
-        yield srv
+def server(tiny_model_path, start_server):
+    """The flags on, with TEMPLATE (which prints the tools) and the qwen3 reasoning parser (the `http`,
+    `client` and `script` fixtures use it)."""
+    return start_server(engine_config(tiny_model_path, max_model_len=512), chat_template=TEMPLATE,
+                        reasoning_parser="qwen3", enable_auto_tool_choice=True, tool_call_parser="hermes")
 
 
 @pytest.fixture(scope="module")
-def plain_server(tiny_model_path):
+def plain_server(tiny_model_path, start_server):
     """No tool flags; the tokenizer's ChatML template (which ignores tools)."""
-    with ServerThread(engine_config(tiny_model_path)) as srv:
-        yield srv
-
-
-@pytest.fixture(scope="module")
-def http(tool_server):
-    with httpx.Client(base_url=tool_server.base_url, timeout=60) as client:
-        yield client
+    return start_server(engine_config(tiny_model_path))
 
 
 @pytest.fixture(scope="module")
 def plain_http(plain_server):
-    with httpx.Client(base_url=plain_server.base_url, timeout=60) as client:
+    with http_client(plain_server) as client:
         yield client
-
-
-@pytest.fixture
-def script(tool_server, monkeypatch):
-    """script(pieces): the engine answers every request with `pieces`, one token each step."""
-    def use(pieces: list[str]) -> None:
-        monkeypatch.setattr(tool_server.async_engine, "add_request", scripted_add_request(pieces))
-    return use
 
 
 def chat(http, messages=MESSAGES, **extra):
@@ -88,10 +71,10 @@ def stream_deltas(http, **extra) -> tuple[list[dict], list]:
     return [c["delta"] for c in choices], [c["finish_reason"] for c in choices]
 
 
-def test_tools_reach_the_prompt_through_the_template(tool_server, http):
+def test_tools_reach_the_prompt_through_the_template(server, http):
     """The real engine: the prompt is TEMPLATE rendered with the tools (as render_chat does), in chat
     requests and /tokenize alike."""
-    tok = tool_server.async_engine.tokenizer
+    tok = server.async_engine.tokenizer
     expected = render_chat(tok, MESSAGES, True, TEMPLATE, tools=TOOLS)
     assert tok.decode(expected).startswith(json.dumps(TOOLS) + "\nuser: Weather in Paris?")
     resp = chat(http, temperature=0, max_tokens=2)
@@ -194,8 +177,7 @@ def test_a_tool_result_conversation_renders_with_arguments_as_a_dict(http, plain
     assert resp.status_code == 200, resp.text
 
 
-def test_the_openai_client_reads_tool_calls(tool_server, script):
-    client = openai.OpenAI(base_url=f"{tool_server.base_url}/v1", api_key="unused", max_retries=0, timeout=60)
+def test_the_openai_client_reads_tool_calls(client, script):
     script(TWO_CALLS)
     resp = client.chat.completions.create(model=MODEL_NAME, messages=MESSAGES, tools=TOOLS, max_tokens=8)
     call = resp.choices[0].message.tool_calls[0]
@@ -213,16 +195,15 @@ LLAMA3_CALLS = ["<|python_", 'tag|>{"name": "get_weather", ', '"parameters": {"c
 
 
 @pytest.fixture(scope="module")
-def llama3_server(tiny_model_path):
+def llama3_server(tiny_model_path, start_server):
     """--enable-auto-tool-choice --tool-call-parser llama3_json (Llama 3.x's JSON calls), no reasoning parser."""
-    with ServerThread(engine_config(tiny_model_path, max_model_len=512), chat_template=TEMPLATE,
-                      enable_auto_tool_choice=True, tool_call_parser="llama3_json") as srv:
-        yield srv
+    return start_server(engine_config(tiny_model_path, max_model_len=512), chat_template=TEMPLATE,
+                        enable_auto_tool_choice=True, tool_call_parser="llama3_json")
 
 
 def test_llama3_json_calls_come_back_as_tool_calls_whole_and_streamed(llama3_server, monkeypatch):
-    monkeypatch.setattr(llama3_server.async_engine, "add_request", scripted_add_request(LLAMA3_CALLS))
-    with httpx.Client(base_url=llama3_server.base_url, timeout=60) as client:
+    script_answers(monkeypatch, llama3_server, LLAMA3_CALLS)
+    with http_client(llama3_server) as client:
         choice = chat(client).json()["choices"][0]
         assert choice["finish_reason"] == "tool_calls" and choice["message"]["content"] is None
         calls = choice["message"]["tool_calls"]
@@ -236,8 +217,7 @@ def test_llama3_json_calls_come_back_as_tool_calls_whole_and_streamed(llama3_ser
         assert json.loads(streamed[0]["function"]["arguments"]) == {"city": "Paris"}
         assert finish[-1] == "tool_calls" and finish[:-1] == [None] * (len(finish) - 1)
         # an answer that starts with text is content, streamed as it comes
-        monkeypatch.setattr(llama3_server.async_engine, "add_request",
-                            scripted_add_request(["It is ", '{"name": "x"}', " sunny."]))
+        script_answers(monkeypatch, llama3_server, ["It is ", '{"name": "x"}', " sunny."])
         choice = chat(client).json()["choices"][0]
         assert choice["message"]["content"] == 'It is {"name": "x"} sunny.' and choice["message"]["tool_calls"] == []
         assert choice["finish_reason"] == "stop"
