@@ -38,15 +38,17 @@ def load_generation_config(path: str | None) -> GenerationConfig | None:
         return None
 
 
-def default_sampling_fields(model_path: str | None, mode: str = AUTO) -> dict:
+def default_sampling_fields(model_config: GenerationConfig | None, mode: str = AUTO) -> dict:
     """SamplingParams field -> the model's default, for the fields its generation config sets.
 
-    model_path: the resolved model folder (None for presets); mode: "auto", "vllm" or a folder.
+    model_config: the model folder's generation config, already loaded (`load_generation_config` of the
+    resolved folder; None: no file, or a preset), taken in mode "auto"; "vllm" gives no defaults; any
+    other mode names a folder whose own file is read instead.
     Raises ValueError when a value is one SamplingParams refuses (every request would fail)."""
     if mode == ENGINE_DEFAULTS:
         return {}
-    source = model_path if mode == AUTO else mode
-    config = load_generation_config(source)
+    config = model_config if mode == AUTO else load_generation_config(mode)
+    source = "the model's folder" if mode == AUTO else repr(mode)
     if config is None:
         if mode != AUTO:
             logger.warning("no %s found at %r; the engine's default sampling parameters apply",
@@ -57,7 +59,7 @@ def default_sampling_fields(model_path: str | None, mode: str = AUTO) -> dict:
     try:
         SamplingParams(**fields)
     except ValueError as exc:
-        raise ValueError(f"the generation config at {source!r} sets a default sampling parameter the engine "
+        raise ValueError(f"the generation config at {source} sets a default sampling parameter the engine "
                          f"refuses: {exc}; pass generation_config='vllm' (--generation-config vllm) to use "
                          "the engine's defaults") from exc
     if fields:

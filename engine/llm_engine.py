@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
+from transformers import GenerationConfig
 
 from attention.backend import dtype_name
 from attention.selector import select_backend
@@ -69,9 +70,10 @@ class LLMEngine:
         self.device = config.torch_device()
         self.dtype = config.torch_dtype(mc.checkpoint_dtype, self.device)
         self.max_model_len = config.max_model_len or mc.max_position_embeddings
-        self.eos_token_ids = self._eos_ids(mc, resolved.path)
+        generation_config = load_generation_config(resolved.path)     # read once: EOS ids and sampling defaults
+        self.eos_token_ids = self._eos_ids(mc, generation_config)
         # the model's sampling defaults (generation_config.json) for requests that leave a field unset
-        self.default_sampling_fields: dict = default_sampling_fields(resolved.path, config.generation_config)
+        self.default_sampling_fields: dict = default_sampling_fields(generation_config, config.generation_config)
         self.kv_cache_dtype = config.kv_cache_torch_dtype(self.dtype)
         choice = select_backend(self.device, self.dtype, mc.head_size, config.block_size, config.attention_backend,
                                 kv_cache_dtype=self.kv_cache_dtype)
@@ -94,10 +96,10 @@ class LLMEngine:
         torch.manual_seed(config.seed)
         _freeze_startup_heap()
 
-    def _eos_ids(self, mc: ModelConfig, path: str | None) -> tuple[int, ...]:
-        """EOS ids from config.json, generation_config.json (chat models list several) and the tokenizer."""
+    def _eos_ids(self, mc: ModelConfig, generation_config: GenerationConfig | None) -> tuple[int, ...]:
+        """EOS ids from config.json, generation_config.json (chat models list several; None: no file) and
+        the tokenizer."""
         ids = set(mc.eos_token_ids)
-        generation_config = load_generation_config(path)
         if generation_config is not None:
             eos = generation_config.eos_token_id
             ids.update(eos if isinstance(eos, list) else [] if eos is None else [eos])

@@ -9,7 +9,7 @@ from transformers import GenerationConfig
 
 from engine import LLM, SamplingParams
 from engine.config import EngineConfig
-from engine.generation_defaults import SAMPLING_FIELDS, default_sampling_fields
+from engine.generation_defaults import SAMPLING_FIELDS, default_sampling_fields, load_generation_config
 from tests.engine.checkpoints import write_checkpoint
 
 MODEL_DEFAULTS = {"temperature": 0.6, "top_p": 0.95, "top_k": 20, "max_tokens": 7}
@@ -35,6 +35,11 @@ def llm(model_with_defaults):
     return LLM(model_with_defaults, device="cpu", dtype="float32", max_model_len=64)
 
 
+def fields_of(folder: str | None, mode: str = "auto") -> dict:
+    """default_sampling_fields as the engine calls it: on the folder's generation config, loaded once."""
+    return default_sampling_fields(load_generation_config(folder), mode)
+
+
 def spy_on_add_request(monkeypatch, engine) -> list[SamplingParams]:
     """The SamplingParams each add_request receives."""
     seen, add = [], engine.add_request
@@ -48,7 +53,7 @@ def spy_on_add_request(monkeypatch, engine) -> list[SamplingParams]:
 
 
 def test_only_the_sampling_fields_the_file_sets(model_with_defaults):
-    fields = default_sampling_fields(model_with_defaults)
+    fields = fields_of(model_with_defaults)
     assert fields == MODEL_DEFAULTS          # not do_sample, eos_token_id, bos_token_id, ...
     assert GenerationConfig.from_pretrained(model_with_defaults).eos_token_id is not None
 
@@ -58,27 +63,27 @@ def test_values_equal_to_the_class_defaults_are_not_the_models_choice(tmp_path):
     written = {name: class_defaults[name] for name in SAMPLING_FIELDS if class_defaults.get(name) is not None}
     with open(tmp_path / "generation_config.json", "w") as f:
         json.dump({**written, "min_p": 0.05, "repetition_penalty": 1.1, "num_beams": 1}, f)
-    assert default_sampling_fields(str(tmp_path)) == {"min_p": 0.05, "repetition_penalty": 1.1}
+    assert fields_of(str(tmp_path)) == {"min_p": 0.05, "repetition_penalty": 1.1}
 
 
 def test_engine_defaults_mode_ignores_the_file(model_with_defaults):
-    assert default_sampling_fields(model_with_defaults, "vllm") == {}
+    assert fields_of(model_with_defaults, "vllm") == {}
 
 
 def test_no_file_or_no_sampling_fields_change_nothing(tmp_path):
     write_checkpoint(tmp_path, "llama")
     with open(tmp_path / "generation_config.json") as f:
         assert "eos_token_id" in json.load(f)                     # transformers wrote EOS / BOS ids only
-    assert default_sampling_fields(str(tmp_path)) == {}
+    assert fields_of(str(tmp_path)) == {}
     os.remove(tmp_path / "generation_config.json")
-    assert default_sampling_fields(str(tmp_path)) == {}
-    assert default_sampling_fields(None) == {}                       # a preset: no folder
+    assert fields_of(str(tmp_path)) == {}
+    assert fields_of(None) == {}                                     # a preset: no folder
 
 
 def test_a_folder_given_as_the_mode_is_read_instead(model_with_defaults, tmp_path, caplog):
     os.makedirs(tmp_path / "empty")
-    assert default_sampling_fields(str(tmp_path / "empty"), model_with_defaults) == MODEL_DEFAULTS
-    assert default_sampling_fields(model_with_defaults, str(tmp_path / "empty")) == {}
+    assert fields_of(str(tmp_path / "empty"), model_with_defaults) == MODEL_DEFAULTS
+    assert fields_of(model_with_defaults, str(tmp_path / "empty")) == {}
     assert "no generation_config.json found" in caplog.text
 
 
@@ -86,7 +91,23 @@ def test_a_default_the_engine_refuses_fails_at_start_up_naming_the_way_out(tmp_p
     with open(tmp_path / "generation_config.json", "w") as f:
         json.dump({"repetition_penalty": 3.0}, f)
     with pytest.raises(ValueError, match=r"repetition_penalty must be in \(0, 2\].*--generation-config vllm"):
-        default_sampling_fields(str(tmp_path))
+        fields_of(str(tmp_path))
+
+
+def test_the_engine_reads_the_file_once_for_eos_ids_and_defaults(model_with_defaults, monkeypatch):
+    """One read of generation_config.json at start-up serves both the EOS ids and the sampling defaults."""
+    reads, load = [], GenerationConfig.from_pretrained
+
+    def counting_load(path, *args, **kwargs):
+        reads.append(path)
+        return load(path, *args, **kwargs)
+
+    monkeypatch.setattr(GenerationConfig, "from_pretrained", counting_load)
+    llm = LLM(model_with_defaults, device="cpu", dtype="float32", max_model_len=64)
+    assert reads == [model_with_defaults]
+    assert llm.engine.default_sampling_fields == MODEL_DEFAULTS
+    eos = load(model_with_defaults).eos_token_id
+    assert set(eos if isinstance(eos, list) else [eos]) <= set(llm.engine.eos_token_ids)
 
 
 def test_llm_default_params_carry_the_models_defaults(llm):
