@@ -239,6 +239,8 @@ for name, sigs in r['runs_triton_jit'][0].get('variants', {}).items():
       PYTORCH_TUNABLEOP_ENABLED=1 PYTORCH_TUNABLEOP_TUNING=1 PYTORCH_TUNABLEOP_FILENAME=/tmp/tunableop_8b.csv \
         PYTORCH_TUNABLEOP_MAX_TUNING_DURATION_MS=10 run thr_8b_tunableop python -m engine.bench throughput \
         --model preset:qwen3-8b --repeat 3 --timeline ;;
+    gluon)      # probe: a warp-specialized Gluon GEMM (TMA loader warp + wgmma warpgroups) against cuBLAS, 8B projections at 128 and 256 rows
+      run gluon timeout 400 python -m engine.bench.gluon_gemm_probe ;;
     gaps)       # idle GPU time between kernels in 10 decode steps at batch 256 (Qwen3-8B), with the run's timeline
       run thr_8b_gaps python -m engine.bench throughput --model preset:qwen3-8b --repeat 1 --timeline \
         --profile-steps 10 --profile-output "$OUT/prof_8b.txt" ;;
