@@ -27,6 +27,10 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from engine.bench.skinny_gemm import _case, graph_us
 
+NUM_SMS = torch.cuda.get_device_properties(0).multi_processor_count if torch.cuda.is_available() else 132
+# the TMA load's name: async_copy_global_to_shared up to Triton 3.6, async_load later
+_tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
+
 
 def ws_api() -> int:
     """0: (default_args, default_partition, worker_args, worker_partitions, warps, regs); 1: (args,
@@ -47,53 +51,59 @@ def mma_layout(block_n: int, num_warps: int):
 
 
 @gluon.jit
-def _loader(x_desc, w_desc, x_bufs, w_bufs, ready, empty, off_m, off_n, k_tiles, TMA_ASYNC_LOAD: gl.constexpr):
+def _loader(x_desc, w_desc, x_bufs, w_bufs, ready, empty, M, N, K, NUM_PROGS):
     STAGES: gl.constexpr = x_bufs.type.shape[0]
-    BLOCK_K: gl.constexpr = x_desc.block_type.shape[1]
-    for i in range(k_tiles):
-        s = i % STAGES
-        mbarrier.wait(empty.index(s), ((i // STAGES) & 1) ^ 1)   # a fresh barrier passes phase 1
-        mbarrier.expect(ready.index(s), x_desc.block_type.nbytes + w_desc.block_type.nbytes)
-        if TMA_ASYNC_LOAD:
-            tma.async_load(x_desc, [off_m, i * BLOCK_K], ready.index(s), x_bufs.index(s))
-            tma.async_load(w_desc, [off_n, i * BLOCK_K], ready.index(s), w_bufs.index(s))
-        else:
-            tma.async_copy_global_to_shared(x_desc, [off_m, i * BLOCK_K], ready.index(s), x_bufs.index(s))
-            tma.async_copy_global_to_shared(w_desc, [off_n, i * BLOCK_K], ready.index(s), w_bufs.index(s))
-
-
-@gluon.jit
-def _consumer(x_desc, w_desc, x_bufs, w_bufs, ready, empty, off_m, off_n, k_tiles, out_ptr, M, N, stride_om,
-              layout: gl.constexpr):
-    STAGES: gl.constexpr = x_bufs.type.shape[0]
-    BLOCK_M: gl.constexpr = x_desc.block_type.shape[0]
-    BLOCK_N: gl.constexpr = w_desc.block_type.shape[0]
-    acc = gl.zeros((BLOCK_M, BLOCK_N), dtype=gl.float32, layout=layout)
-    for i in range(k_tiles):
-        s = i % STAGES
-        mbarrier.wait(ready.index(s), (i // STAGES) & 1)
-        acc = warpgroup_mma(x_bufs.index(s), w_bufs.index(s).permute((1, 0)), acc, is_async=True)
-        acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc, ))
-        if i > 0:   # the wgmma of slot i - 1 has retired: the loader may refill it
-            mbarrier.arrive(empty.index((i - 1) % STAGES), count=1)
-    acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, ))
-    rows = off_m + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, layout))
-    cols = off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, layout))
-    ptrs = out_ptr + rows.to(gl.int64)[:, None] * stride_om + cols[None, :]
-    gl.store(ptrs, acc.to(gl.bfloat16), mask=(rows < M)[:, None] & (cols < N)[None, :])
-
-
-@gluon.jit
-def ws_gemm_kernel(x_desc, w_desc, out_ptr, M, N, K, stride_om, STAGES: gl.constexpr, MMA_LAYOUT: gl.constexpr,
-                   WS_API: gl.constexpr, TMA_ASYNC_LOAD: gl.constexpr):
     BLOCK_M: gl.constexpr = x_desc.block_type.shape[0]
     BLOCK_N: gl.constexpr = w_desc.block_type.shape[0]
     BLOCK_K: gl.constexpr = x_desc.block_type.shape[1]
     num_m = gl.cdiv(M, BLOCK_M)
-    pid = gl.program_id(0)
-    off_m = (pid % num_m) * BLOCK_M
-    off_n = (pid // num_m) * BLOCK_N
     k_tiles = gl.cdiv(K, BLOCK_K)
+    it = 0   # slot uses so far: the ring runs on across tiles, so the next tile's loads start early
+    for tile in range(gl.program_id(0), num_m * gl.cdiv(N, BLOCK_N), NUM_PROGS):
+        off_m = (tile % num_m) * BLOCK_M
+        off_n = (tile // num_m) * BLOCK_N
+        for kt in range(k_tiles):
+            s = it % STAGES
+            mbarrier.wait(empty.index(s), ((it // STAGES) & 1) ^ 1)   # a fresh barrier passes phase 1
+            mbarrier.expect(ready.index(s), x_desc.block_type.nbytes + w_desc.block_type.nbytes)
+            _tma_load(x_desc, [off_m, kt * BLOCK_K], ready.index(s), x_bufs.index(s))
+            _tma_load(w_desc, [off_n, kt * BLOCK_K], ready.index(s), w_bufs.index(s))
+            it += 1
+
+
+@gluon.jit
+def _consumer(x_desc, w_desc, x_bufs, w_bufs, ready, empty, M, N, K, NUM_PROGS, out_ptr, stride_om,
+              layout: gl.constexpr):
+    STAGES: gl.constexpr = x_bufs.type.shape[0]
+    BLOCK_M: gl.constexpr = x_desc.block_type.shape[0]
+    BLOCK_N: gl.constexpr = w_desc.block_type.shape[0]
+    BLOCK_K: gl.constexpr = x_desc.block_type.shape[1]
+    num_m = gl.cdiv(M, BLOCK_M)
+    k_tiles = gl.cdiv(K, BLOCK_K)
+    it = 0
+    for tile in range(gl.program_id(0), num_m * gl.cdiv(N, BLOCK_N), NUM_PROGS):
+        off_m = (tile % num_m) * BLOCK_M
+        off_n = (tile // num_m) * BLOCK_N
+        acc = gl.zeros((BLOCK_M, BLOCK_N), dtype=gl.float32, layout=layout)
+        for kt in range(k_tiles):
+            s = it % STAGES
+            mbarrier.wait(ready.index(s), (it // STAGES) & 1)
+            acc = warpgroup_mma(x_bufs.index(s), w_bufs.index(s).permute((1, 0)), acc, is_async=True)
+            acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc, ))
+            if kt > 0:   # the wgmma of the slot before has retired: the loader may refill it
+                mbarrier.arrive(empty.index((it + STAGES - 1) % STAGES), count=1)
+            it += 1
+        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, ))
+        mbarrier.arrive(empty.index((it + STAGES - 1) % STAGES), count=1)   # the tile's last slot
+        rows = off_m + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, layout))
+        cols = off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, layout))
+        ptrs = out_ptr + rows.to(gl.int64)[:, None] * stride_om + cols[None, :]
+        gl.store(ptrs, acc.to(gl.bfloat16), mask=(rows < M)[:, None] & (cols < N)[None, :])
+
+
+@gluon.jit
+def ws_gemm_kernel(x_desc, w_desc, out_ptr, M, N, K, stride_om, NUM_PROGS, STAGES: gl.constexpr,
+                   MMA_LAYOUT: gl.constexpr, WS_API: gl.constexpr):
     x_bufs = gl.allocate_shared_memory(x_desc.dtype, [STAGES] + x_desc.block_type.shape, x_desc.layout)
     w_bufs = gl.allocate_shared_memory(w_desc.dtype, [STAGES] + w_desc.block_type.shape, w_desc.layout)
     ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
@@ -103,17 +113,17 @@ def ws_gemm_kernel(x_desc, w_desc, out_ptr, M, N, K, stride_om, STAGES: gl.const
         mbarrier.init(empty.index(s), count=1)
     if WS_API == 2:
         gl.warp_specialize([
-            (_consumer, (x_desc, w_desc, x_bufs, w_bufs, ready, empty, off_m, off_n, k_tiles, out_ptr, M, N,
-                         stride_om, MMA_LAYOUT)),
-            (_loader, (x_desc, w_desc, x_bufs, w_bufs, ready, empty, off_m, off_n, k_tiles, TMA_ASYNC_LOAD)),
+            (_consumer, (x_desc, w_desc, x_bufs, w_bufs, ready, empty, M, N, K, NUM_PROGS, out_ptr, stride_om,
+                         MMA_LAYOUT)),
+            (_loader, (x_desc, w_desc, x_bufs, w_bufs, ready, empty, M, N, K, NUM_PROGS)),
         ], [1], [40])
     elif WS_API == 1:
-        gl.warp_specialize((x_desc, w_desc, x_bufs, w_bufs, ready, empty, off_m, off_n, k_tiles, out_ptr, M, N,
-                            stride_om, MMA_LAYOUT), _consumer, [_loader], [1], [40])
+        gl.warp_specialize((x_desc, w_desc, x_bufs, w_bufs, ready, empty, M, N, K, NUM_PROGS, out_ptr, stride_om,
+                            MMA_LAYOUT), _consumer, [_loader], [1], [40])
     else:
-        gl.warp_specialize((x_desc, w_desc, x_bufs, w_bufs, ready, empty, off_m, off_n, k_tiles, out_ptr, M, N,
-                            stride_om, MMA_LAYOUT), _consumer,
-                           (x_desc, w_desc, x_bufs, w_bufs, ready, empty, off_m, off_n, k_tiles, TMA_ASYNC_LOAD), [_loader], [1], [40])
+        gl.warp_specialize((x_desc, w_desc, x_bufs, w_bufs, ready, empty, M, N, K, NUM_PROGS, out_ptr, stride_om,
+                            MMA_LAYOUT), _consumer,
+                           (x_desc, w_desc, x_bufs, w_bufs, ready, empty, M, N, K, NUM_PROGS), [_loader], [1], [40])
 
 
 def run(x, w, cfg, api):
@@ -123,17 +133,20 @@ def run(x, w, cfg, api):
     out = torch.empty(M, N, dtype=x.dtype, device=x.device)
     xd = TensorDescriptor.from_tensor(x, [bm, bk], gl.NVMMASharedLayout.get_default_for([bm, bk], gl.bfloat16))
     wd = TensorDescriptor.from_tensor(w, [bn, bk], gl.NVMMASharedLayout.get_default_for([bn, bk], gl.bfloat16))
-    grid = (triton.cdiv(M, bm) * triton.cdiv(N, bn), )
-    ws_gemm_kernel[grid](xd, wd, out, M, N, K, out.stride(0), STAGES=cfg["STAGES"], MMA_LAYOUT=mma_layout(bn, cfg["num_warps"]), WS_API=api, TMA_ASYNC_LOAD=hasattr(tma, "async_load"),
+    tiles = triton.cdiv(M, bm) * triton.cdiv(N, bn)
+    progs = min(tiles, NUM_SMS) if cfg["persistent"] else tiles
+    ws_gemm_kernel[(progs, )](xd, wd, out, M, N, K, out.stride(0), progs, STAGES=cfg["STAGES"],
+                              MMA_LAYOUT=mma_layout(bn, cfg["num_warps"]), WS_API=api,
                          num_warps=cfg["num_warps"], maxnreg=cfg["maxnreg"])
     return out
 
 
 SHAPES = {"8b qkv": (6144, 4096), "8b o": (4096, 4096), "8b down": (4096, 12288), "8b gate_up": (24576, 4096)}
-CONFIGS = [dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=64, STAGES=s, num_warps=w, maxnreg=r)
-           for bm, bn, s, w, r in [(128, 128, 4, 8, 168), (128, 128, 6, 8, 168), (128, 256, 4, 8, 168),
-                                   (128, 64, 8, 8, 168), (64, 128, 6, 4, 232), (64, 256, 4, 4, 232),
-                                   (64, 64, 8, 4, 232)]]
+CONFIGS = [dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, STAGES=st, num_warps=w, maxnreg=168 if w == 8 else 232,
+                persistent=p)
+           for bm, bn, bk, st, w in [(128, 64, 64, 8, 8), (128, 128, 64, 6, 8), (128, 64, 128, 4, 8),
+                                     (64, 64, 64, 8, 4), (64, 128, 64, 6, 4), (64, 64, 128, 4, 4)]
+           for p in (False, True)]
 
 
 def main() -> None:
