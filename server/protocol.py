@@ -27,10 +27,27 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class _SamplingFields(BaseModel):
-    """Fields common to completions and chat completions (OpenAI names plus vLLM's extras)."""
+class ResponseFormat(BaseModel):
+    """`response_format`: {"type": "text"} is plain generation; "json_object" / "json_schema" (JSON mode,
+    structured outputs) need guided decoding, which this engine has not (400, see serving.check_fields)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    json_schema: dict[str, Any] | None = None
+
+
+# vLLM's request extras for what this engine cannot do: structured output (guided decoding) and prompt
+# logprobs; declared so that a request setting one (not null) is a 400 naming it (serving.check_fields)
+GUIDED_DECODING_FIELDS = ("guided_json", "guided_regex", "guided_choice", "guided_grammar",
+                          "guided_decoding_backend", "structured_outputs")
+
+
+class _SamplingFields(BaseModel):
+    """Fields common to completions and chat completions (OpenAI names plus vLLM's extras). Unknown
+    fields are kept in `model_extra` (as vLLM's extra="allow"), so the server can log them as ignored."""
+
+    model_config = ConfigDict(extra="allow")
 
     model: str | None = None
     n: int = Field(1, ge=1, le=128)
@@ -52,6 +69,14 @@ class _SamplingFields(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
+    response_format: ResponseFormat | None = None
+    guided_json: Any = None
+    guided_regex: Any = None
+    guided_choice: Any = None
+    guided_grammar: Any = None
+    guided_decoding_backend: Any = None
+    structured_outputs: Any = None
+    prompt_logprobs: Any = None
 
 
 class CompletionRequest(_SamplingFields):

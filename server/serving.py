@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import fields
@@ -19,12 +20,14 @@ from engine.sampling_params import SamplingParams
 from server.errors import APIError, from_value_error
 from server.metrics import ServerMetrics
 from server.options import ServerOptions
+from server.protocol import GUIDED_DECODING_FIELDS, ResponseFormat
 
 _SAMPLING_FIELDS = tuple(f.name for f in fields(SamplingParams))
 _COPIED = ("n", "temperature", "top_p", "top_k", "min_p", "seed", "stop", "stop_token_ids", "presence_penalty",
            "frequency_penalty", "repetition_penalty", "ignore_eos", "min_tokens", "skip_special_tokens",
            "include_stop_str_in_output")
 DONE = "data: [DONE]\n\n"
+logger = logging.getLogger(__name__)
 
 
 class Serving:
@@ -96,6 +99,32 @@ class Serving:
 
     def decode_token(self, token_id: int) -> str:
         return self.tokenizer.decode([token_id])
+
+
+def check_fields(req) -> None:
+    """Before anything reaches the engine: a 400 naming the field for what this engine cannot do
+    (a response_format other than text, vLLM's guided-decoding extras, prompt_logprobs); other unknown
+    fields are ignored, as vLLM does, with one warning naming them."""
+    _check_response_format(req.response_format)
+    for name in GUIDED_DECODING_FIELDS:
+        if getattr(req, name) is not None:
+            raise APIError(400, f"{name} is not supported: it needs structured output (guided decoding), which "
+                                f"this server does not support; drop {name}", name)
+    if req.prompt_logprobs is not None:
+        raise APIError(400, "prompt_logprobs is not supported: prompt logprobs are not computed; drop "
+                            "prompt_logprobs", "prompt_logprobs")
+    if req.model_extra:
+        logger.warning("The following fields were present in the request but ignored: %s",
+                       set(req.model_extra))
+
+
+def _check_response_format(response_format: ResponseFormat | None) -> None:
+    """{"type": "text"} (or none) is plain generation; any other type needs guided decoding: 400."""
+    if response_format is None or response_format.type == "text":
+        return
+    raise APIError(400, f"response_format type {response_format.type!r} needs structured output (guided "
+                        "decoding), which this server does not support; drop response_format or use "
+                        "{'type': 'text'}", "response_format")
 
 
 def _logit_bias(bias: dict[str, float] | None) -> dict[int, float] | None:

@@ -12,7 +12,7 @@ from server.protocol import (ChatChoice, ChatCompletionChunk, ChatCompletionRequ
                              ChatCompletionToolsParam, ChatLogprobs, ChatMessage, ChatResponseMessage,
                              ChatStreamChoice, DeltaMessage, TokenLogprob, TopLogprob, UsageInfo)
 from server.reasoning import ReasoningStream, split_reasoning
-from server.serving import Serving, merge, sse, sse_stream
+from server.serving import Serving, check_fields, merge, sse, sse_stream
 from server.tool_calls import ToolCallParser, tool_call_messages
 from server.tool_parsers import TOOL_CALL_PARSERS
 
@@ -91,6 +91,7 @@ async def create_chat_completion(serving: Serving, req: ChatCompletionRequest, t
     """Validate, admit and return either a ChatCompletionResponse or an async iterator of SSE strings."""
     timer = timer_factory()     # latencies count from arrival
     serving.check_model(req.model)
+    check_fields(req)
     tool_parser = tool_call_parser(serving, req)
     prompt = chat_prompt_ids(serving, req.messages, True, req.chat_template_kwargs, req.tools)
     max_tokens = req.max_completion_tokens or req.max_tokens

@@ -8,7 +8,7 @@ from engine.outputs import CompletionOutput
 from server.errors import APIError
 from server.protocol import (CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse,
                              UsageInfo)
-from server.serving import Serving, merge, sse, sse_stream
+from server.serving import Serving, check_fields, merge, sse, sse_stream
 
 
 def _prompts(serving: Serving, req: CompletionRequest) -> list[list[int]]:
@@ -70,6 +70,7 @@ async def create_completion(serving: Serving, req: CompletionRequest, timer_fact
     """Validate, admit and return either a CompletionResponse or an async iterator of SSE strings."""
     timer = timer_factory()     # latencies count from arrival
     serving.check_model(req.model)
+    check_fields(req)
     _check(req)
     prompts = _prompts(serving, req)
     max_tokens = req.max_tokens if req.max_tokens is not None else min(
