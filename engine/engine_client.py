@@ -134,9 +134,10 @@ class EngineClient:
         if not self.is_alive():
             raise self._dead_error()
 
-    def _dead_error(self) -> EngineDeadError:
-        """What a caller gets once the engine is gone."""
-        return EngineDeadError(f"engine loop is not running (error: {self._error!r})")
+    def _dead_error(self, cause: BaseException | None = None) -> EngineDeadError:
+        """What a caller gets once the engine is gone; `cause`: why (default: the engine's error)."""
+        error = cause if cause is not None else self._error
+        return EngineDeadError(f"engine loop is not running (error: {error!r})")
 
     def _drop(self, request_id: str) -> bool:
         with self._streams_lock:

@@ -180,4 +180,4 @@ class ProcessAsyncEngine(EngineClient):
         for call_id in list(self._calls):
             future = self._calls.pop(call_id, None)
             if future is not None:
-                _settle(future, exc=EngineDeadError(f"engine loop is not running (error: {exc!r})"))
+                _settle(future, exc=self._dead_error(exc))
