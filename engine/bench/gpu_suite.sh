@@ -241,6 +241,13 @@ for name, sigs in r['runs_triton_jit'][0].get('variants', {}).items():
         --model preset:qwen3-8b --repeat 3 --timeline ;;
     gluon)      # probe: a warp-specialized Gluon GEMM (TMA loader warp + wgmma warpgroups) against cuBLAS, 8B projections at 128 and 256 rows
       run gluon timeout 400 python -m engine.bench.gluon_gemm_probe ;;
+    order)      # Qwen3-8B: submission order (as drawn / longest output first) x step budget (8192 / 512), one run each
+      for budget in 8192 512; do
+        for order in as-drawn longest-output-first; do
+          run thr_8b_${order}_$budget python -m engine.bench throughput --model preset:qwen3-8b --repeat 1 \
+            --timeline --order $order --max-num-batched-tokens $budget
+        done
+      done ;;
     gaps)       # idle GPU time between kernels in 10 decode steps at batch 256 (Qwen3-8B), with the run's timeline
       run thr_8b_gaps python -m engine.bench throughput --model preset:qwen3-8b --repeat 1 --timeline \
         --profile-steps 10 --profile-output "$OUT/prof_8b.txt" ;;

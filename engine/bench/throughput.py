@@ -19,6 +19,9 @@ from engine.bench.jit_watch import TritonJitWatch
 from engine.bench.timeline import StepTimeline, format_summary
 
 
+ORDERS = ("as-drawn", "longest-output-first")
+
+
 def add_args(parser: argparse.ArgumentParser) -> None:
     add_engine_args(parser)
     parser.add_argument("--num-prompts", type=int, default=256)
@@ -32,6 +35,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile-prefill-steps", type=int, default=0,
                         help="after the timed run, profile this many of the workload's first steps (prefill; CUDA only)")
     parser.add_argument("--profile-output", default=None, help="file for the profiler's tables")
+    parser.add_argument("--order", default="as-drawn", choices=ORDERS,
+                        help="submission order: as drawn (the published workload), or longest output first "
+                             "(an experiment: it uses the output lengths, which a scheduler cannot know)")
     parser.add_argument("--timeline", action="store_true",
                         help="group the last run's steps (prefill, decode by batch size): wall time against KV and weight floors")
 
@@ -45,6 +51,7 @@ def main(args: argparse.Namespace) -> dict:
     max_id = min(llm.engine.model_config.vocab_size - 1, 10000)
     prompts, output_lens = workload(args.num_prompts, tuple(args.input_len), tuple(args.output_len), max_id,
                                     args.seed)
+    prompts, output_lens = ordered(prompts, output_lens, args.order)
     params = [SamplingParams(temperature=args.temperature, ignore_eos=True, max_tokens=n) for n in output_lens]
     runs, jit = [], []
     for i in range(args.repeat):
@@ -57,14 +64,15 @@ def main(args: argparse.Namespace) -> dict:
     elapsed = statistics.median(runs)
     num_out = sum(len(o.outputs[0].token_ids) for o in outputs)
     num_in = sum(len(p) for p in prompts)
-    result = {"bench": "throughput", "model": args.model, "backend": llm.engine.attention_backend,
+    result = {"bench": "throughput", "model": args.model, "backend": llm.engine.attention_backend, "order": args.order,
               "kv_cache_dtype": kv_cache_dtype_name(llm),
               "num_requests": len(prompts), "prompt_tokens": num_in, "output_tokens": num_out,
               "elapsed_s": round(elapsed, 3), "output_tok_per_s": round(num_out / elapsed, 1),
               "total_tok_per_s": round((num_in + num_out) / elapsed, 1),
               "runs_output_tok_per_s": [round(num_out / t, 1) for t in runs], "runs_triton_jit": jit,
               "startup_triton_jit": startup.summary(variants=True)}
-    print(f"throughput {args.model} [{result['backend']}, KV {result['kv_cache_dtype']}]: "
+    print(f"throughput {args.model} [{result['backend']}, KV {result['kv_cache_dtype']}, budget "
+          f"{llm.engine.scheduler.config.max_num_batched_tokens}, {args.order}]: "
           f"{num_out} output tokens in {elapsed:.2f} s = "
           f"{result['output_tok_per_s']:.0f} output tok/s ({result['total_tok_per_s']:.0f} total tok/s)"
           + (f"; median of {len(runs)} runs: {result['runs_output_tok_per_s']}" if len(runs) > 1 else "")
@@ -91,6 +99,16 @@ def workload(num_prompts: int, input_len: tuple[int, int], output_len: tuple[int
     rng = random.Random(seed)
     prompts = random_prompts(num_prompts, input_len, max_id + 1, rng)   # randrange(n) draws as randint(0, n-1)
     return prompts, [rng.randint(*output_len) for _ in range(num_prompts)]
+
+
+def ordered(prompts: list[list[int]], output_lens: list[int], order: str) -> tuple[list[list[int]], list[int]]:
+    """The requests in submission `order` (ORDERS); longest-output-first is a stable sort."""
+    if order == "as-drawn":
+        return prompts, output_lens
+    if order != "longest-output-first":
+        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+    index = sorted(range(len(prompts)), key=lambda i: -output_lens[i])
+    return [prompts[i] for i in index], [output_lens[i] for i in index]
 
 
 def _profile(llm, prompts, params, args) -> dict:

@@ -20,6 +20,16 @@ def test_throughput_workload_is_nano_vllms():
     assert all(0 <= t <= 10000 for p in prompts for t in p) and min(output_lens) >= 100
 
 
+def test_longest_output_first_sorts_requests_with_their_prompts():
+    prompts, output_lens = throughput.workload(50, (4, 12), (2, 90), 511, seed=1)
+    sorted_prompts, sorted_lens = throughput.ordered(prompts, output_lens, "longest-output-first")
+    assert sorted_lens == sorted(output_lens, reverse=True)
+    assert sorted(zip(map(tuple, sorted_prompts), sorted_lens)) == sorted(zip(map(tuple, prompts), output_lens))
+    assert throughput.ordered(prompts, output_lens, "as-drawn") == (prompts, output_lens)
+    with pytest.raises(ValueError, match="order must be one of"):
+        throughput.ordered(prompts, output_lens, "shortest")
+
+
 def test_throughput_and_latency_run_on_cpu(tmp_path):
     out = tmp_path / "thr.json"
     result = throughput.main(_args(throughput, ["--model", "preset:tiny-qwen3", "--num-prompts", "6",
