@@ -27,7 +27,8 @@ class Request:
 
     `num_computed_tokens` counts tokens whose K/V are in the cache; the tokens still to compute are
     `all_token_ids[num_computed_tokens:]`. After preemption (recompute) it returns to 0 and the prompt
-    plus the outputs so far are prefilled again.
+    plus the outputs so far are prefilled again. `priority` orders the waiting queue under the priority
+    scheduling policy (lower first, ties by `arrival_time`); 0 under fcfs.
     """
 
     request_id: str
@@ -35,6 +36,7 @@ class Request:
     sampling_params: SamplingParams
     eos_token_ids: tuple[int, ...] = ()
     arrival_time: float = field(default_factory=time.monotonic)
+    priority: int = 0
     output_token_ids: list[int] = field(default_factory=list)
     output_logprobs: list[dict[int, float]] = field(default_factory=list)
     num_computed_tokens: int = 0

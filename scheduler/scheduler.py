@@ -3,18 +3,24 @@
 Continuous batching: running requests go first (a decode is one token; an unfinished prompt continues
 as a chunk), then waiting requests are admitted while the token budget (`max_num_batched_tokens`), the
 sequence budget (`max_num_seqs`) and free KV blocks allow. A long prompt is split into chunks (chunked
-prefill). When blocks run out, the newest running request is preempted: its blocks are freed and it
-goes back to the front of the queue, to be recomputed later (its generated tokens are kept).
+prefill). When blocks run out, a running request is preempted: its blocks are freed and it goes back
+to the waiting queue, to be recomputed later (its generated tokens are kept).
+
+The policy (`SchedulerConfig.policy`, vLLM's `--scheduling-policy`) orders the waiting queue
+(scheduler.waiting_queue) and picks the request to preempt: "fcfs" admits in arrival order and preempts
+the newest running request, which goes back to the front; "priority" admits by (priority,
+arrival_time), the smallest first, and preempts the running request with the largest (as vLLM V1),
+which goes back to its place. Running requests are never preempted for a waiting one.
 """
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass
 
 from engine.checks import check
 from engine.request import Request, RequestStatus
 from kv_cache.block_manager import BlockManager
 from scheduler.output import ScheduledRequest, SchedulerOutput
+from scheduler.waiting_queue import SCHEDULING_POLICIES, WAITING_QUEUES, priority_key
 
 
 @dataclass(frozen=True)
@@ -23,8 +29,10 @@ class SchedulerConfig:
     max_num_batched_tokens: int
     max_model_len: int
     enable_chunked_prefill: bool = True
+    policy: str = "fcfs"
 
     def __post_init__(self) -> None:
+        check(self.policy in WAITING_QUEUES, "policy", self.policy, f"must be one of {SCHEDULING_POLICIES}")
         check(self.max_num_seqs > 0, "max_num_seqs", self.max_num_seqs, "must be positive")
         check(self.max_num_batched_tokens > 0, "max_num_batched_tokens", self.max_num_batched_tokens,
               "must be positive")
@@ -38,14 +46,15 @@ class Scheduler:
     def __init__(self, config: SchedulerConfig, block_manager: BlockManager) -> None:
         self.config = config
         self.block_manager = block_manager
-        self.waiting: deque[Request] = deque()
+        self.waiting = WAITING_QUEUES[config.policy]()
         self.running: list[Request] = []
+        self._victim_index = _newest if config.policy == "fcfs" else _least_urgent
         self._finished_ids: list[str] = []
         self.num_preemptions = 0
 
     def add_request(self, request: Request) -> None:
         request.status = RequestStatus.WAITING
-        self.waiting.append(request)
+        self.waiting.add(request)
 
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running)
@@ -84,12 +93,16 @@ class Scheduler:
                 continue
             num_new = min(num_planned - request.num_computed_tokens, budget)
             while not allocate_slots(request, num_new):
-                victim = self.running[-1]
+                j = self._victim_index(running)
+                victim = running[j]
                 self._preempt(victim)
                 out.preempted_request_ids.append(victim.request_id)
                 preempted = True
                 if victim is request:
                     break
+                if j < i:                                # priority: it ran earlier in this step: undo that
+                    budget += self._unschedule(out, victim)
+                    i -= 1
             if request.status is not RequestStatus.RUNNING:
                 break                                    # preempted itself: nothing more fits
             out.scheduled.append(self._scheduled(request, num_new, is_new=False))
@@ -99,7 +112,7 @@ class Scheduler:
 
     def _schedule_waiting(self, out: SchedulerOutput, budget: int) -> None:
         while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
-            request = self.waiting[0]
+            request = self.waiting.peek()
             blocks, num_cached = self.block_manager.get_computed_blocks(request)
             num_new = request.num_tokens_with_inflight - num_cached
             if num_new > budget and not self.config.enable_chunked_prefill:
@@ -135,7 +148,17 @@ class Scheduler:
         request.num_computed_tokens = 0
         request.num_preemptions += 1
         self.num_preemptions += 1
-        self.waiting.appendleft(request)
+        self.waiting.requeue(request)
+
+    @staticmethod
+    def _unschedule(out: SchedulerOutput, request: Request) -> int:
+        """Take a request preempted after its turn out of this step; returns the tokens it had (0: it
+        was skipped, its token in flight ends it)."""
+        for k, sched in enumerate(out.scheduled):
+            if sched.request is request:
+                del out.scheduled[k]
+                return sched.num_new_tokens
+        return 0
 
     def update_from_output(self, out: SchedulerOutput, sampled: list[int | None]) -> list[Request]:
         """Append each scheduled request's sampled token (None: still mid-prompt). Tokens of requests
@@ -150,3 +173,14 @@ class Scheduler:
                 request.append_output_token(token)
                 progressed.append(request)
         return progressed
+
+
+def _newest(running: list[Request]) -> int:
+    """fcfs: preempt the running request admitted last."""
+    return len(running) - 1
+
+
+def _least_urgent(running: list[Request]) -> int:
+    """priority: preempt the running request with the largest (priority, arrival_time); among equals
+    the one admitted last."""
+    return max(reversed(range(len(running))), key=lambda j: priority_key(running[j]))
