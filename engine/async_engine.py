@@ -54,8 +54,9 @@ class AsyncEngine(EngineClient):
 
     # ----- asyncio side -------------------------------------------------------------------------
 
-    async def _admit(self, request_id: str, prompt: str | list[int], params: SamplingParams) -> None:
-        await self._call(lambda eng: eng.add_request(request_id, prompt, params))
+    async def _admit(self, request_id: str, prompt: str | list[int], params: SamplingParams,
+                     priority: int) -> None:
+        await self._call(lambda eng: eng.add_request(request_id, prompt, params, priority=priority))
 
     def _send_abort(self, request_id: str) -> None:
         self._commands.put(("abort", request_id, None))

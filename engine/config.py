@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import torch
 
 from engine.checks import check
+from scheduler.waiting_queue import SCHEDULING_POLICIES
 
 _DTYPES = {"float32": torch.float32, "float": torch.float32, "float16": torch.float16, "half": torch.float16,
            "bfloat16": torch.bfloat16}
@@ -28,6 +29,8 @@ class EngineConfig:
     (scale 1.0; half the bytes of bfloat16, so twice the blocks), which not every attention backend reads.
     generation_config "auto" takes the model's generation_config.json sampling fields as the requests'
     defaults, "vllm" keeps the engine's, a folder reads the file there (engine.generation_defaults).
+    scheduling_policy "fcfs" serves requests in arrival order; "priority" by their priority (lower
+    first, ties by arrival), as vLLM's --scheduling-policy (scheduler.waiting_queue).
     """
 
     model: str
@@ -52,6 +55,7 @@ class EngineConfig:
     revision: str | None = None
     kv_cache_dtype: str = "auto"
     generation_config: str = "auto"
+    scheduling_policy: str = "fcfs"
 
     def __post_init__(self) -> None:
         check(bool(self.model), "model", self.model, "must name a preset, a local folder or a hub id")
@@ -75,6 +79,8 @@ class EngineConfig:
                f"must be one of {tuple(KV_CACHE_DTYPES)}")
         check(isinstance(self.generation_config, str) and bool(self.generation_config.strip()), "generation_config",
               self.generation_config, "must be 'auto', 'vllm' or a folder holding generation_config.json")
+        check(self.scheduling_policy in SCHEDULING_POLICIES, "scheduling_policy", self.scheduling_policy,
+              f"must be one of {SCHEDULING_POLICIES}")
         check(self.max_queue_len is None or self.max_queue_len > 0, "max_queue_len", self.max_queue_len,
                "must be positive")
 

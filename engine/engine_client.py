@@ -44,7 +44,8 @@ class EngineClient:
 
     # ----- what a subclass provides ---------------------------------------------------------------
 
-    async def _admit(self, request_id: str, prompt: str | list[int], params: SamplingParams) -> None:
+    async def _admit(self, request_id: str, prompt: str | list[int], params: SamplingParams,
+                     priority: int) -> None:
         """Queue the request in the engine; raise what `LLMEngine.add_request` raises."""
         raise NotImplementedError
 
@@ -60,9 +61,10 @@ class EngineClient:
 
     # ----- asyncio side -------------------------------------------------------------------------
 
-    async def add_request(self, request_id: str, prompt: str | list[int],
-                          params: SamplingParams) -> AsyncIterator[RequestOutput]:
-        """Admit one request; raise ValueError (bad input), QueueFullError or EngineDeadError at once.
+    async def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams,
+                          priority: int = 0) -> AsyncIterator[RequestOutput]:
+        """Admit one request; raise ValueError (bad input, a priority other than 0 without priority
+        scheduling), QueueFullError or EngineDeadError at once.
 
         Returns an async iterator of its RequestOutputs; closing or cancelling it aborts the request.
         """
@@ -74,16 +76,16 @@ class EngineClient:
                 raise ValueError(f"request_id {request_id!r} is already in use")
             self._streams[request_id] = stream
         try:
-            await self._admit(request_id, prompt, params)
+            await self._admit(request_id, prompt, params, priority)
         except BaseException:
             self.abort(request_id)     # also covers a cancel that raced with the admission
             raise
         return self._iterate(request_id, stream)
 
-    async def generate(self, request_id: str, prompt: str | list[int],
-                       params: SamplingParams) -> AsyncIterator[RequestOutput]:
+    async def generate(self, request_id: str, prompt: str | list[int], params: SamplingParams,
+                       priority: int = 0) -> AsyncIterator[RequestOutput]:
         """Yield the request's outputs until it finishes; a consumer that goes away aborts it."""
-        outputs = await self.add_request(request_id, prompt, params)
+        outputs = await self.add_request(request_id, prompt, params, priority)
         try:
             async for out in outputs:
                 yield out

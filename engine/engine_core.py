@@ -3,7 +3,7 @@
 `engine.engine_process.ProcessAsyncEngine` starts `run_engine_core` in a spawned process (as vLLM runs
 its EngineCore), so that the model's steps and the server's HTTP work do not share one GIL. Two pipes:
 
-- in: ("add", call_id, request_id, prompt, params), ("abort", request_id), ("stats", call_id), ("shutdown",)
+- in: ("add", call_id, request_id, prompt, params, priority), ("abort", request_id), ("stats", call_id), ("shutdown",)
 - out: ("ready", info) or ("failed", exc) once; then ("reply", call_id, value, exc) per call, ("outputs",
   [packed output], stats) after a step, ("idle", stats) every `IDLE_WAIT_S` without work, and ("dead",
   exc) if the loop fails. Outputs are packed by `engine.output_wire` (the step's deltas only).
@@ -96,9 +96,9 @@ class _Core:
         """Apply one command; False for shutdown."""
         eng = self.engine
         if kind == "add":
-            call_id, request_id, prompt, params = args
+            call_id, request_id, prompt, params, priority = args
             try:
-                eng.add_request(request_id, prompt, params)
+                eng.add_request(request_id, prompt, params, priority=priority)
             except Exception as exc:  # noqa: BLE001 - refused: the caller raises it
                 self.outputs.send(("reply", call_id, None, picklable(exc)))
             else:

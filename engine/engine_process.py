@@ -76,9 +76,10 @@ class ProcessAsyncEngine(EngineClient):
 
     # ----- asyncio side -------------------------------------------------------------------------
 
-    async def _admit(self, request_id: str, prompt: str | list[int], params: SamplingParams) -> None:
+    async def _admit(self, request_id: str, prompt: str | list[int], params: SamplingParams,
+                     priority: int) -> None:
         future = self._new_call()
-        self._send(("add", future.call_id, request_id, prompt, params))
+        self._send(("add", future.call_id, request_id, prompt, params, priority))
         await asyncio.wrap_future(future)
 
     def _send_abort(self, request_id: str) -> None:

@@ -39,13 +39,16 @@ class LLM:
         return SamplingParams(**self.engine.default_sampling_fields)
 
     def generate(self, prompts: Prompt | Sequence[Prompt], sampling_params: SamplingParams |
-                 Sequence[SamplingParams] | None = None, use_tqdm: bool = True) -> list[RequestOutput]:
+                 Sequence[SamplingParams] | None = None, use_tqdm: bool = True,
+                 priority: Sequence[int] | None = None) -> list[RequestOutput]:
         """Generate for every prompt; outputs come back in input order.
 
         prompts: a string, a list of strings, a list of token ids, or a list of token-id lists; any prompt
         may also be a dict as vLLM's, {"prompt": text} or {"prompt_token_ids": ids}.
         sampling_params: one for all prompts, or one per prompt (default: `get_default_sampling_params()`,
         the model's defaults); explicit ones are used as given.
+        priority: one int per prompt, lower scheduled earlier (vLLM's; needs scheduling_policy="priority"
+        unless all are 0); None: all 0.
         """
         prompts = _as_prompt_list(prompts)
         params = sampling_params if sampling_params is not None else self.get_default_sampling_params()
@@ -54,10 +57,11 @@ class LLM:
         elif len(params) != len(prompts):
             raise ValueError(f"sampling_params has {len(params)} entries but there are {len(prompts)} prompts; "
                              "pass one SamplingParams or one per prompt")
+        priorities = _per_prompt_priority(priority, len(prompts))
         ids = [str(next(self._ids)) for _ in prompts]
         try:
-            for request_id, prompt, p in zip(ids, prompts, params):
-                self.engine.add_request(request_id, prompt, p, stream=False)
+            for request_id, prompt, p, prio in zip(ids, prompts, params, priorities):
+                self.engine.add_request(request_id, prompt, p, stream=False, priority=prio)
         except Exception:
             self.engine.abort_request(ids)
             raise
@@ -66,14 +70,15 @@ class LLM:
     def chat(self, messages: list[dict] | Sequence[list[dict]], sampling_params: SamplingParams |
              Sequence[SamplingParams] | None = None, use_tqdm: bool = True, chat_template: str | None = None,
              add_generation_prompt: bool = True, chat_template_kwargs: dict | None = None,
-             tools: list[dict] | None = None) -> list[RequestOutput]:
+             tools: list[dict] | None = None, priority: Sequence[int] | None = None) -> list[RequestOutput]:
         """Generate a reply to each conversation; outputs come back in conversation order (vLLM's signature).
 
         messages: one conversation (a list of {"role", "content"} dicts) or a list of conversations. Each is
         rendered with the chat template (`chat_template`, a Jinja string, else the tokenizer's; with
         `chat_template_kwargs` as extra template variables and `tools`, OpenAI-shaped tool dicts, as its
         `tools`) and tokenized, then generated as `generate()` does with `sampling_params` (None: the
-        model's defaults). The replies' tool calls are not parsed (the server's --tool-call-parser does).
+        model's defaults) and `priority` (one int per conversation). The replies' tool calls are not
+        parsed (the server's --tool-call-parser does).
         """
         conversations = [messages] if messages and isinstance(messages[0], dict) else list(messages)
         if not conversations:
@@ -81,7 +86,7 @@ class LLM:
         tokenizer = self.get_tokenizer()
         prompts = [render_chat(tokenizer, conversation, add_generation_prompt, chat_template, chat_template_kwargs,
                                tools) for conversation in conversations]
-        return self.generate(prompts, sampling_params, use_tqdm)
+        return self.generate(prompts, sampling_params, use_tqdm, priority)
 
     def _run(self, ids: list[str], use_tqdm: bool) -> list[RequestOutput]:
         finished: dict[str, RequestOutput] = {}
@@ -111,6 +116,18 @@ def _as_prompt_list(prompts) -> list[Prompt]:
     if not prompts:
         raise ValueError("prompts must not be empty")
     return [_unwrap(p) for p in prompts]
+
+
+def _per_prompt_priority(priority: Sequence[int] | None, num_prompts: int) -> Sequence[int]:
+    """One priority per prompt (None: all 0); LLMEngine.add_request checks each value."""
+    if priority is None:
+        return [0] * num_prompts
+    if isinstance(priority, (int, str)):
+        raise ValueError(f"priority must be a list of ints, one per prompt, got {priority!r}")
+    if len(priority) != num_prompts:
+        raise ValueError(f"priority has {len(priority)} entries but there are {num_prompts} prompts; "
+                         "pass one int per prompt")
+    return list(priority)
 
 
 def _unwrap(prompt) -> Prompt:

@@ -28,6 +28,7 @@ from engine.sampling_params import SamplingParams
 from kv_cache.block_manager import BlockManager
 from models.loader import load_tokenizer, resolve_model
 from scheduler.scheduler import Scheduler, SchedulerConfig
+from scheduler.waiting_queue import check_priority
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +89,8 @@ class LLMEngine:
                                   self.dtype, self.max_model_len, budget)
         self.block_manager = BlockManager(self.runner.num_blocks, choice.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(SchedulerConfig(config.max_num_seqs, budget, self.max_model_len,
-                                                   config.enable_chunked_prefill), self.block_manager)
+                                                   config.enable_chunked_prefill, config.scheduling_policy),
+                                   self.block_manager)
         self.outputs = OutputProcessor(self.tokenizer)
         self.num_prompt_tokens = 0
         self.num_generation_tokens = 0
@@ -108,11 +110,13 @@ class LLMEngine:
         return tuple(sorted(ids))
 
     def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams,
-                    arrival_time: float | None = None, stream: bool = True) -> None:
+                    arrival_time: float | None = None, stream: bool = True, priority: int = 0) -> None:
         """Queue a prompt (text or token ids); n > 1 fans out into n sequences. Raises ValueError on bad input.
 
         stream=False: `step()` returns this request's output only once, when it is finished (no per-step
-        deltas or detokenizing: what the offline API wants)."""
+        deltas or detokenizing: what the offline API wants). priority: lower is scheduled earlier under
+        scheduling_policy "priority"; any other than 0 under "fcfs" is a ValueError (vLLM's message)."""
+        check_priority(priority, self.config.scheduling_policy)
         if request_id in self.outputs.groups:
             raise ValueError(f"request id {request_id!r} is already in use")
         prompt_text, ids = self._tokenize(prompt)
@@ -123,7 +127,7 @@ class LLMEngine:
         for i in range(params.n):
             child_id = request_id if params.n == 1 else f"{request_id}#{i}"
             child_params = params if params.seed is None or i == 0 else dataclasses.replace(params, seed=params.seed + i)
-            req = Request(child_id, ids, child_params, self.eos_token_ids)
+            req = Request(child_id, ids, child_params, self.eos_token_ids, priority=priority)
             if arrival_time is not None:
                 req.arrival_time = arrival_time
             children.append(req)

@@ -8,6 +8,7 @@ import sys
 
 from engine.chat_template import load_chat_template
 from engine.config import KV_CACHE_DTYPES, LOAD_FORMATS, EngineConfig
+from scheduler.waiting_queue import SCHEDULING_POLICIES
 from server.options import ServerOptions
 from server.reasoning import REASONING_PARSERS
 from server.tool_parsers import TOOL_CALL_PARSERS
@@ -38,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the format the model writes its tool calls in (hermes: Qwen2.5, Qwen3; "
                         "llama3_json: Llama 3.1, 3.2, 3.3 Instruct)")
     p.add_argument("--max-queue-len", type=int, default=None, help="waiting requests beyond this get 429")
+    p.add_argument("--scheduling-policy", default="fcfs", choices=SCHEDULING_POLICIES,
+                   help="fcfs: requests in arrival order; priority: by each request's priority field "
+                        "(lower first, ties by arrival); under fcfs a priority other than 0 is a 400")
     p.add_argument("--attention-backend", default=None)
     p.add_argument("--enforce-eager", action="store_true", help="never replay CUDA graphs")
     p.add_argument("--load-format", default="auto", choices=LOAD_FORMATS)
@@ -71,7 +75,7 @@ def config_from_args(args: argparse.Namespace) -> EngineConfig:
         enable_chunked_prefill=args.enable_chunked_prefill, enforce_eager=args.enforce_eager,
         attention_backend=args.attention_backend, seed=args.seed, load_format=args.load_format,
         max_queue_len=args.max_queue_len, kv_cache_dtype=args.kv_cache_dtype,
-        generation_config=args.generation_config)
+        generation_config=args.generation_config, scheduling_policy=args.scheduling_policy)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -94,6 +94,23 @@ def test_bad_requests_are_refused_and_others_go_on(process_engine, reference_eng
     assert process_engine.is_healthy()
 
 
+def test_the_priority_crosses_to_the_engine_process(process_engine):
+    """The fcfs engine in the child refuses a priority other than 0 (vLLM's message): it got the value."""
+    params = SamplingParams(max_tokens=3, temperature=0)
+
+    async def run():
+        with pytest.raises(ValueError, match="^Got priority 2 but Priority scheduling is not enabled.$"):
+            await process_engine.add_request("prio", "abc", params, priority=2)
+        return await _collect_with_priority(process_engine, "prio-0", "abc", params, 0)
+
+    assert asyncio.run(run())[-1].finished
+    assert process_engine.is_healthy()
+
+
+async def _collect_with_priority(engine, request_id: str, prompt, params: SamplingParams, priority: int):
+    return [out async for out in engine.generate(request_id, prompt, params, priority)]
+
+
 def test_a_consumer_that_goes_away_frees_its_blocks(process_engine):
     params = SamplingParams(max_tokens=100, temperature=0, ignore_eos=True)
 
