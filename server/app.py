@@ -13,8 +13,9 @@ from server.auth import APIKeyMiddleware
 from server.errors import APIError, from_validation_errors
 from server.metrics import ServerMetrics
 from server.options import ServerOptions
-from server.protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest, DetokenizeResponse,
-                             ModelCard, ModelList, TokenizeRequest, TokenizeResponse)
+from server.protocol import ChatCompletionRequest, CompletionRequest
+from server.protocol_utility import (DetokenizeRequest, DetokenizeResponse, ModelCard, ModelList, TokenizeRequest,
+                                     TokenizeResponse)
 from server.serving import Serving, api_error, until_disconnect
 from server.serving_chat import chat_prompt_ids, create_chat_completion
 from server.serving_completions import create_completion

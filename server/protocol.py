@@ -1,4 +1,5 @@
-"""Pydantic models of the OpenAI-compatible API: requests, responses, stream chunks and errors.
+"""Pydantic models of the OpenAI-compatible API: requests, responses, stream chunks and errors (the
+utility routes' models are in server/protocol_utility.py).
 
 Requests check types and simple ranges here; the sampling rules themselves are checked once, by
 SamplingParams, and its ValueError becomes a 400 as well (see serving.py).
@@ -262,40 +263,3 @@ class ChatCompletionChunk(BaseModel):
     model: str
     choices: list[ChatStreamChoice]
     usage: UsageInfo | None = None
-
-
-class ModelCard(BaseModel):
-    id: str
-    object: Literal["model"] = "model"
-    created: int = Field(default_factory=lambda: int(time.time()))
-    owned_by: str = "engine"
-    max_model_len: int | None = None
-
-
-class ModelList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[ModelCard]
-
-
-class TokenizeRequest(BaseModel):
-    model: str | None = None
-    prompt: str | None = None
-    messages: list[ChatMessage] | None = None
-    tools: list[ChatCompletionToolsParam] | None = None     # with messages: rendered as chat requests do
-    add_special_tokens: bool = True
-    add_generation_prompt: bool = True
-
-
-class TokenizeResponse(BaseModel):
-    tokens: list[int]
-    count: int
-    max_model_len: int
-
-
-class DetokenizeRequest(BaseModel):
-    model: str | None = None
-    tokens: list[int]
-
-
-class DetokenizeResponse(BaseModel):
-    prompt: str
