@@ -78,6 +78,7 @@ class _SamplingFields(BaseModel):
     guided_decoding_backend: Any = None
     structured_outputs: Any = None
     prompt_logprobs: Any = None
+    priority: int = 0      # vLLM's extra: lower is scheduled earlier (--scheduling-policy priority; else 0)
 
 
 class CompletionRequest(_SamplingFields):

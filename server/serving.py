@@ -17,6 +17,7 @@ from engine.engine_client import EngineClient, EngineDeadError
 from engine.llm_engine import QueueFullError
 from engine.outputs import RequestOutput
 from engine.sampling_params import SamplingParams
+from scheduler.waiting_queue import check_priority
 from server.errors import APIError, from_value_error
 from server.metrics import ServerMetrics
 from server.options import ServerOptions
@@ -83,14 +84,20 @@ class Serving:
         room = max(1, self.max_model_len - len(token_ids))
         return room if self.model_max_tokens is None else min(room, self.model_max_tokens)
 
-    async def start(self, prefix: str, prompts: list[list[int]],
-                    params: SamplingParams) -> list[AsyncIterator[RequestOutput]]:
-        """Admit one engine request per prompt; engine refusals become API errors before any byte is sent."""
+    async def start(self, prefix: str, prompts: list[list[int]], params: SamplingParams,
+                    priority: int = 0) -> list[AsyncIterator[RequestOutput]]:
+        """Admit one engine request per prompt at `priority` (a 400 naming it where the engine's
+        scheduling policy refuses it, vLLM's message); engine refusals become API errors before any byte
+        is sent."""
+        try:
+            check_priority(priority, self.engine.config.scheduling_policy)
+        except ValueError as exc:
+            raise APIError(400, str(exc), "priority") from exc
         base = f"{prefix}-{uuid.uuid4().hex}"
         streams: list[AsyncIterator[RequestOutput]] = []
         try:
             for i, ids in enumerate(prompts):
-                streams.append(await self.engine.add_request(f"{base}-{i}", ids, params))
+                streams.append(await self.engine.add_request(f"{base}-{i}", ids, params, priority))
         except BaseException as exc:
             for stream in streams:
                 await stream.aclose()

@@ -102,7 +102,7 @@ async def create_chat_completion(serving: Serving, req: ChatCompletionRequest, t
     if req.top_logprobs is not None and not req.logprobs:
         raise APIError(400, "top_logprobs needs logprobs to be true", "top_logprobs")
     params = serving.sampling_params(req, max_tokens, num_top if req.logprobs else None)
-    streams = await serving.start("chatcmpl", [prompt], params)
+    streams = await serving.start("chatcmpl", [prompt], params, req.priority)
     response_id = f"chatcmpl-{uuid.uuid4().hex}"
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)

@@ -83,7 +83,7 @@ async def create_completion(serving: Serving, req: CompletionRequest, timer_fact
     for i, text in enumerate(prompt_texts):
         for k in range(req.n):
             choices.text_len[i * req.n + k] = len(text)
-    streams = await serving.start("cmpl", prompts, params)
+    streams = await serving.start("cmpl", prompts, params, req.priority)
     response_id = f"cmpl-{uuid.uuid4().hex}"
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)

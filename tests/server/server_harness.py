@@ -125,7 +125,7 @@ def scripted_add_request(pieces: list[str]):
     """A stand-in for an engine client's add_request that answers every request with `pieces` of text,
     one token and one step each, then finish_reason "stop" (random weights never write tags such as
     <think> or <tool_call>)."""
-    async def add_request(request_id, prompt_ids, params):
+    async def add_request(request_id, prompt_ids, params, priority=0):
         async def outputs():
             text = ""
             for i, piece in enumerate(pieces):

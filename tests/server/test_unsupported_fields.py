@@ -30,9 +30,9 @@ def engine_calls(server, monkeypatch) -> list[str]:
     calls: list[str] = []
     add_request = server.async_engine.add_request
 
-    async def counting(request_id, prompt_ids, params):
+    async def counting(request_id, prompt_ids, params, priority=0):
         calls.append(request_id)
-        return await add_request(request_id, prompt_ids, params)
+        return await add_request(request_id, prompt_ids, params, priority)
 
     monkeypatch.setattr(server.async_engine, "add_request", counting)
     return calls
