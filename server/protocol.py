@@ -25,7 +25,14 @@ class ErrorResponse(BaseModel):
 
 
 class StreamOptions(BaseModel):
-    include_usage: bool = False
+    """`stream_options` (only with stream true, see serving.check_fields). include_usage: a last chunk with
+    the usage; vLLM's continuous_usage_stats: usage on every chunk that carries choices too (see
+    serving.stream_usage). Unknown keys are kept in `model_extra`, logged as ignored."""
+
+    model_config = ConfigDict(extra="allow")
+
+    include_usage: bool | None = None      # unset: as continuous_usage_stats (see serving.stream_usage)
+    continuous_usage_stats: bool = False
 
 
 class ResponseFormat(BaseModel):

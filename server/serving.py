@@ -21,7 +21,7 @@ from scheduler.waiting_queue import check_priority
 from server.errors import APIError, from_value_error
 from server.metrics import ServerMetrics
 from server.options import ServerOptions
-from server.protocol import GUIDED_DECODING_FIELDS, ResponseFormat
+from server.protocol import GUIDED_DECODING_FIELDS, ResponseFormat, StreamOptions
 
 _SAMPLING_FIELDS = tuple(f.name for f in fields(SamplingParams))
 _COPIED = ("n", "temperature", "top_p", "top_k", "min_p", "seed", "stop", "stop_token_ids", "presence_penalty",
@@ -110,8 +110,9 @@ class Serving:
 
 def check_fields(req) -> None:
     """Before anything reaches the engine: a 400 naming the field for what this engine cannot do
-    (a response_format other than text, vLLM's guided-decoding extras, prompt_logprobs); other unknown
-    fields are ignored, as vLLM does, with one warning naming them."""
+    (a response_format other than text, vLLM's guided-decoding extras, prompt_logprobs) and for
+    stream_options without stream (vLLM's message); other unknown fields, stream_options' included,
+    are ignored, as vLLM does, with one warning naming them."""
     _check_response_format(req.response_format)
     for name in GUIDED_DECODING_FIELDS:
         if getattr(req, name) is not None:
@@ -120,9 +121,30 @@ def check_fields(req) -> None:
     if req.prompt_logprobs is not None:
         raise APIError(400, "prompt_logprobs is not supported: prompt logprobs are not computed; drop "
                             "prompt_logprobs", "prompt_logprobs")
-    if req.model_extra:
-        logger.warning("The following fields were present in the request but ignored: %s",
-                       set(req.model_extra))
+    if req.stream_options is not None and not req.stream:
+        raise APIError(400, "Stream options can only be defined when `stream=True`.", "stream_options")
+    ignored = _ignored_fields(req)
+    if ignored:
+        logger.warning("The following fields were present in the request but ignored: %s", ignored)
+
+
+def _ignored_fields(req) -> set[str]:
+    """The request's unknown fields, and stream_options' unknown keys as "stream_options.<key>"."""
+    names = set(req.model_extra or ())
+    if req.stream_options is not None and req.stream_options.model_extra:
+        names.update(f"stream_options.{key}" for key in req.stream_options.model_extra)
+    return names
+
+
+def stream_usage(options: StreamOptions | None) -> tuple[bool, bool]:
+    """(a last, usage-only chunk; usage on every chunk that carries choices) for a stream's options. As
+    vLLM's should_include_usage, continuous_usage_stats needs include_usage; an unset include_usage
+    follows continuous_usage_stats (vLLM defaults it to true, so `{"continuous_usage_stats": true}` alone
+    gives both, while `{}` keeps OpenAI's meaning: no usage)."""
+    if options is None:
+        return False, False
+    include = options.continuous_usage_stats if options.include_usage is None else options.include_usage
+    return include, include and options.continuous_usage_stats
 
 
 def _check_response_format(response_format: ResponseFormat | None) -> None:

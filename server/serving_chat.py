@@ -12,7 +12,7 @@ from server.protocol import (ChatChoice, ChatCompletionChunk, ChatCompletionRequ
                              ChatCompletionToolsParam, ChatLogprobs, ChatMessage, ChatResponseMessage,
                              ChatStreamChoice, DeltaMessage, TokenLogprob, TopLogprob, UsageInfo)
 from server.reasoning import ReasoningStream, split_reasoning
-from server.serving import Serving, check_fields, merge, sse, sse_stream
+from server.serving import Serving, check_fields, merge, sse, sse_stream, stream_usage
 from server.tool_calls import ToolCallParser, tool_call_messages
 from server.tool_parsers import TOOL_CALL_PARSERS
 
@@ -105,9 +105,7 @@ async def create_chat_completion(serving: Serving, req: ChatCompletionRequest, t
     streams = await serving.start("chatcmpl", [prompt], params, req.priority)
     response_id = f"chatcmpl-{uuid.uuid4().hex}"
     if req.stream:
-        include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return sse_stream(_stream(serving, req, response_id, streams, len(prompt), num_top, include_usage,
-                                  timer, tool_parser))
+        return sse_stream(_stream(serving, req, response_id, streams, len(prompt), num_top, timer, tool_parser))
     return await _collect(serving, req, response_id, streams, len(prompt), num_top, timer, tool_parser)
 
 
@@ -171,13 +169,18 @@ def _usage(num_prompt_tokens: int, latest: dict[int, CompletionOutput]) -> Usage
                      total_tokens=num_prompt_tokens + completion_tokens)
 
 
-async def _stream(serving, req, response_id, streams, num_prompt_tokens, num_top, include_usage,
-                  timer, tool_parser) -> AsyncIterator[str]:
+async def _stream(serving, req, response_id, streams, num_prompt_tokens, num_top, timer,
+                  tool_parser) -> AsyncIterator[str]:
+    """The SSE chunks: each choice's role, its deltas and its finish; with continuous usage stats each
+    carries the usage so far (all choices' tokens), and with include_usage a last usage-only chunk."""
+    include_usage, continuous_usage = stream_usage(req.stream_options)
+    latest: dict[int, CompletionOutput] = {}
+
     def chunk(index: int, delta: DeltaMessage, logprobs=None, finish_reason=None) -> str:
         choice = ChatStreamChoice(index=index, delta=delta, logprobs=logprobs, finish_reason=finish_reason)
-        return sse(ChatCompletionChunk(id=response_id, model=serving.model_name, choices=[choice]))
+        usage = _usage(num_prompt_tokens, latest) if continuous_usage else None
+        return sse(ChatCompletionChunk(id=response_id, model=serving.model_name, choices=[choice], usage=usage))
 
-    latest: dict[int, CompletionOutput] = {}
     sent: dict[int, int] = {}
     choice_streams = {index: _ChoiceStream(serving.reasoning_parser, tool_parser) for index in range(req.n)}
     for index in range(req.n):

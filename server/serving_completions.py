@@ -8,7 +8,7 @@ from engine.outputs import CompletionOutput
 from server.errors import APIError
 from server.protocol import (CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse,
                              UsageInfo)
-from server.serving import Serving, check_fields, merge, sse, sse_stream
+from server.serving import Serving, check_fields, merge, sse, sse_stream, stream_usage
 
 
 def _prompts(serving: Serving, req: CompletionRequest) -> list[list[int]]:
@@ -86,8 +86,8 @@ async def create_completion(serving: Serving, req: CompletionRequest, timer_fact
     streams = await serving.start("cmpl", prompts, params, req.priority)
     response_id = f"cmpl-{uuid.uuid4().hex}"
     if req.stream:
-        include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return sse_stream(_stream(serving, response_id, streams, choices, prompts, include_usage, timer))
+        usage_flags = stream_usage(req.stream_options)
+        return sse_stream(_stream(serving, response_id, streams, choices, prompts, usage_flags, timer))
     return await _collect(serving, response_id, streams, choices, prompts, timer)
 
 
@@ -116,12 +116,17 @@ def _usage(prompts: list[list[int]], choices: _Choices) -> UsageInfo:
                      total_tokens=prompt_tokens + completion_tokens)
 
 
-async def _stream(serving, response_id, streams, choices: _Choices, prompts, include_usage,
+async def _stream(serving, response_id, streams, choices: _Choices, prompts, usage_flags: tuple[bool, bool],
                   timer) -> AsyncIterator[str]:
+    """The SSE chunks: echoed prompts, each choice's text deltas and finish; `usage_flags` (stream_usage):
+    a last usage-only chunk, and the usage so far (all choices' tokens) on every chunk."""
+    include_usage, continuous_usage = usage_flags
+
     def chunk(index: int, text: str, logprobs=None, finish_reason=None, stop_reason=None) -> str:
         choice = CompletionChoice(index=index, text=text, logprobs=logprobs, finish_reason=finish_reason,
                                   stop_reason=stop_reason)
-        return sse(CompletionResponse(id=response_id, model=serving.model_name, choices=[choice]))
+        usage = _usage(prompts, choices) if continuous_usage else None
+        return sse(CompletionResponse(id=response_id, model=serving.model_name, choices=[choice], usage=usage))
 
     if choices.echo:
         for index in range(len(prompts) * choices.n):
