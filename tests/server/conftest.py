@@ -1,6 +1,6 @@
 """Fixtures of the server tests: the tiny checkpoint (once per session), the offline reference engine, and
 what a test module's `server` fixture shares: start_server (the module's servers), the http / openai clients
-on its `server`, scripted answers and slow steps."""
+on its `server`, scripted answers, slow steps and the engine calls it makes."""
 from __future__ import annotations
 
 import contextlib
@@ -49,6 +49,20 @@ def client(server):
 def script(server, monkeypatch):
     """script(pieces): the test module's `server` answers every request with `pieces`, one token each step."""
     return lambda pieces: script_answers(monkeypatch, server, pieces)
+
+
+@pytest.fixture
+def engine_calls(server, monkeypatch) -> list[str]:
+    """The request ids the server hands to the engine during the test (add_request still runs)."""
+    calls: list[str] = []
+    add_request = server.async_engine.add_request
+
+    async def counting(request_id, prompt_ids, params, priority=0):
+        calls.append(request_id)
+        return await add_request(request_id, prompt_ids, params, priority)
+
+    monkeypatch.setattr(server.async_engine, "add_request", counting)
+    return calls
 
 
 @pytest.fixture

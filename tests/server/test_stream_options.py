@@ -24,20 +24,6 @@ def server(tiny_model_path, start_server):
     return start_server(engine_config(tiny_model_path))
 
 
-@pytest.fixture
-def engine_calls(server, monkeypatch) -> list[str]:
-    """The request ids the server hands to the engine during the test (add_request still runs)."""
-    calls: list[str] = []
-    add_request = server.async_engine.add_request
-
-    async def counting(request_id, prompt_ids, params, priority=0):
-        calls.append(request_id)
-        return await add_request(request_id, prompt_ids, params, priority)
-
-    monkeypatch.setattr(server.async_engine, "add_request", counting)
-    return calls
-
-
 def body(endpoint: str, **fields) -> dict:
     """A small greedy request of MAX_TOKENS tokens (EOS ignored) for `endpoint`, with `fields` on top."""
     base = {"model": MODEL_NAME, "max_tokens": MAX_TOKENS, "temperature": 0, "ignore_eos": True}

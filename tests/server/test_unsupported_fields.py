@@ -24,20 +24,6 @@ def server(tiny_model_path, start_server):
     return start_server(engine_config(tiny_model_path))
 
 
-@pytest.fixture
-def engine_calls(server, monkeypatch) -> list[str]:
-    """The request ids the server hands to the engine during the test (add_request still runs)."""
-    calls: list[str] = []
-    add_request = server.async_engine.add_request
-
-    async def counting(request_id, prompt_ids, params, priority=0):
-        calls.append(request_id)
-        return await add_request(request_id, prompt_ids, params, priority)
-
-    monkeypatch.setattr(server.async_engine, "add_request", counting)
-    return calls
-
-
 def post(http, endpoint: str, **body):
     """A small greedy request to /v1/chat/completions or /v1/completions with `body`'s extra fields."""
     if endpoint == "chat":
