@@ -23,6 +23,7 @@ from engine.model_runner import ModelRunner
 from engine.output_processor import OutputProcessor
 from engine.outputs import RequestOutput
 from engine.pending_step import PendingStep
+from engine.prompt_logprobs import PromptLogprobsResult
 from engine.request import Request, RequestStatus
 from engine.sampling_params import SamplingParams
 from kv_cache.block_manager import BlockManager
@@ -95,6 +96,7 @@ class LLMEngine:
         self.num_prompt_tokens = 0
         self.num_generation_tokens = 0
         self._pending: PendingStep | None = None
+        self._prompt_logprob_requests: set[Request] = set()     # prompt logprobs still to come
         torch.manual_seed(config.seed)
         _freeze_startup_heap()
 
@@ -126,11 +128,12 @@ class LLMEngine:
         children = []
         for i in range(params.n):
             child_id = request_id if params.n == 1 else f"{request_id}#{i}"
-            child_params = params if params.seed is None or i == 0 else dataclasses.replace(params, seed=params.seed + i)
-            req = Request(child_id, ids, child_params, self.eos_token_ids, priority=priority)
+            req = Request(child_id, ids, _child_params(params, i), self.eos_token_ids, priority=priority)
             if arrival_time is not None:
                 req.arrival_time = arrival_time
             children.append(req)
+        if children[0].prompt_logprobs is not None and not children[0].prompt_logprobs.done:
+            self._prompt_logprob_requests.add(children[0])
         self.outputs.add_group(request_id, prompt_text, ids, children, stream)
         self.num_prompt_tokens += len(ids) * params.n
         for req in children:
@@ -172,6 +175,7 @@ class LLMEngine:
         for request_id in request_ids:
             for req in self.outputs.pop_group(request_id):
                 self.scheduler.finish_request(req, RequestStatus.FINISHED_ABORTED)
+                self._prompt_logprob_requests.discard(req)
 
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished() or self._pending is not None
@@ -190,7 +194,7 @@ class LLMEngine:
         out = self.scheduler.schedule()
         launched = None
         if not out.is_empty:
-            launched = self.runner.launch(out)
+            launched = self.runner.launch(out, prompt_logprobs=bool(self._prompt_logprob_requests))
             for sched in out.scheduled:
                 if sched.samples:
                     sched.request.num_inflight += 1
@@ -209,6 +213,8 @@ class LLMEngine:
     def _finish(self, pending: PendingStep) -> list[RequestOutput]:
         """Take a launched step's tokens: append, check stops, detokenize, build outputs."""
         result = pending.result()
+        if result.prompt_logprobs:
+            self._take_prompt_logprobs(result.prompt_logprobs)
         progressed = self.scheduler.update_from_output(pending.out, result.sampled)
         self.num_generation_tokens += len(progressed)
         logprobs = {id(s.request): lp for s, lp in zip(pending.out.scheduled, result.logprobs) if lp is not None}
@@ -222,6 +228,16 @@ class LLMEngine:
                 self.outputs.pop_group(output.request_id)
         return outputs
 
+    def _take_prompt_logprobs(self, results: list[PromptLogprobsResult]) -> None:
+        """Append a step's prompt logprobs to their requests (before the step's tokens: a request's
+        outputs carry them complete)."""
+        for req, entries, ranks in results:
+            state = req.prompt_logprobs
+            state.entries += entries
+            state.ranks += ranks
+            if state.done:
+                self._prompt_logprob_requests.discard(req)
+
     def get_stats(self) -> EngineStats:
         bm = self.block_manager
         return EngineStats(
@@ -231,3 +247,11 @@ class LLMEngine:
             num_prompt_tokens=self.num_prompt_tokens, num_generation_tokens=self.num_generation_tokens,
             num_free_blocks=bm.num_free_blocks, num_total_blocks=bm.num_blocks)
 
+
+def _child_params(params: SamplingParams, index: int) -> SamplingParams:
+    """The params of sequence `index` of a request with n > 1: seed + index where a seed is given; the
+    prompt logprobs are computed by the first sequence only (its RequestOutput's are the group's)."""
+    if index == 0 or (params.seed is None and params.prompt_logprobs is None):
+        return params
+    seed = None if params.seed is None else params.seed + index
+    return dataclasses.replace(params, seed=seed, prompt_logprobs=None)

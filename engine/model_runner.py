@@ -16,6 +16,7 @@ from engine.config import EngineConfig, ModelConfig
 from engine.cuda_graph import CudaGraphRunner, capture_sizes, padded_size, prefill_capture_sizes
 from engine.input_prep import InflightTokens, InputPreparer, StepInputs
 from engine.pending_step import PendingStep
+from engine.prompt_logprobs import launch_prompt_logprobs
 from engine.request import Request
 from engine.sampler import Sampler
 from engine.sampling_metadata import SamplingMetadata
@@ -162,21 +163,23 @@ class ModelRunner:
         del scratch, hidden
 
     @torch.inference_mode()
-    def launch(self, out: SchedulerOutput) -> PendingStep:
-        """Prepare, run and sample one step without waiting for the GPU."""
+    def launch(self, out: SchedulerOutput, prompt_logprobs: bool = False) -> PendingStep:
+        """Prepare, run and sample one step without waiting for the GPU. prompt_logprobs: some request
+        may have prompt logprobs to compute (False skips looking for them)."""
         self.inputs.release(out.finished_request_ids + out.preempted_request_ids)
         hidden, step = self._forward(out)
+        prompt_step = launch_prompt_logprobs(self.model, hidden, out) if prompt_logprobs else None
         requests = [out.scheduled[i].request for i in step.sampling_rows]
         if not step.sampling_rows:
             self.inflight = None
-            return PendingStep(out, [], [], None, None, None)
+            return PendingStep(out, [], [], None, None, None, prompt_step)
         logits = self.model.compute_logits(hidden[step.logits_indices])
         meta = self._sampling_metadata(requests, logits.shape[-1])
         result = self.sampler(logits, meta)
         self.inflight = InflightTokens(result.sampled_token_ids,
                                        {r.request_id: k for k, r in enumerate(requests)})
         return PendingStep(out, step.sampling_rows, requests, result.sampled_token_ids,
-                           result.logprob_token_ids, result.logprobs)
+                           result.logprob_token_ids, result.logprobs, prompt_step)
 
     def _sampling_metadata(self, requests: list[Request], vocab_size: int) -> SamplingMetadata:
         """The step's sampling metadata; the last step's when it samples the same request objects in

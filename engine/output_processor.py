@@ -1,7 +1,8 @@
 """OutputProcessor: stop conditions, incremental detokenizing, and RequestOutputs per user request.
 
 A user request with n > 1 is a group of n sequences (Requests); its RequestOutput carries one
-CompletionOutput per sequence and is finished when all of them are.
+CompletionOutput per sequence and is finished when all of them are. A group that asked for prompt logprobs
+(its first sequence computes them) sends no output before they are complete, so every output carries them.
 """
 from __future__ import annotations
 
@@ -30,6 +31,9 @@ class _Group:
     prompt_token_ids: list[int]
     stream: bool = True             # False: one RequestOutput at the end, no per-step deltas
     sequences: list[_Sequence] = field(default_factory=list)
+    awaits_prompt_logprobs: bool = False
+    prompt_logprobs: list[dict[int, float] | None] | None = None      # once complete: None first
+    prompt_logprob_ranks: list[int | None] | None = None
 
 
 class OutputProcessor:
@@ -48,6 +52,7 @@ class OutputProcessor:
             seq = _Sequence(req, i, detok, stops)
             group.sequences.append(seq)
             self._sequences[req.request_id] = (group, seq)
+        group.awaits_prompt_logprobs = requests[0].prompt_logprobs is not None
         self.groups[request_id] = group
 
     def pop_group(self, request_id: str) -> list[Request]:
@@ -86,6 +91,8 @@ class OutputProcessor:
         groups: dict[str, _Group] = {}
         for req in progressed:
             group, _ = self._sequences[req.request_id]
+            if group.awaits_prompt_logprobs and not _take_prompt_logprobs(group):
+                continue
             if group.stream or all(s.request.is_finished for s in group.sequences):
                 groups[group.request_id] = group
         return [self._output(g) for g in groups.values()]
@@ -95,7 +102,8 @@ class OutputProcessor:
         first = group.sequences[0].request
         return RequestOutput(request_id=group.request_id, prompt=group.prompt,
                              prompt_token_ids=group.prompt_token_ids, outputs=completions,
-                             finished=all(c.finished for c in completions), num_cached_tokens=first.num_cached_tokens)
+                             finished=all(c.finished for c in completions), num_cached_tokens=first.num_cached_tokens,
+                             prompt_logprobs=group.prompt_logprobs, prompt_logprob_ranks=group.prompt_logprob_ranks)
 
     def _completion(self, seq: _Sequence) -> CompletionOutput:
         req = seq.request
@@ -110,6 +118,18 @@ class OutputProcessor:
             finish_reason=req.finish_reason, stop_reason=req.stop_reason,
             logprobs=list(req.output_logprobs) if req.sampling_params.logprobs is not None else None,
             text_delta=text_delta, token_ids_delta=token_delta)
+
+
+def _take_prompt_logprobs(group: _Group) -> bool:
+    """Whether the group's prompt logprobs are complete; once they are, its outputs' lists (vLLM's shape:
+    None for the first prompt token) are made, once."""
+    state = group.sequences[0].request.prompt_logprobs
+    if not state.done:
+        return False
+    group.prompt_logprobs = [None, *state.entries]
+    group.prompt_logprob_ranks = [None, *state.ranks]
+    group.awaits_prompt_logprobs = False
+    return True
 
 
 def _token_stop(req: Request, token: int, max_model_len: int) -> RequestStatus | None:

@@ -2,8 +2,8 @@
 
 A RequestOutput carries its cumulative text, token ids and logprobs; pickling them every step would
 cost O(length) per token. `pack_output` keeps the step's deltas (and the prompt once, in a request's
-first output); `OutputAssembler` on the other side appends them to what it already holds and hands
-out RequestOutputs equal to the engine's.
+first output, with its prompt logprobs: they are complete by then); `OutputAssembler` on the other side
+appends them to what it already holds and hands out RequestOutputs equal to the engine's.
 """
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from engine.outputs import CompletionOutput, RequestOutput
 
 # (index, text_delta, token_ids_delta, finish_reason, stop_reason, logprobs_delta or None)
 PackedCompletion = tuple
-# (request_id, (prompt, prompt_token_ids) or None, finished, num_cached_tokens, metrics, completions)
+# (request_id, (prompt, prompt_token_ids, prompt_logprobs, prompt_logprob_ranks) or None, finished,
+#  num_cached_tokens, metrics, completions)
 PackedOutput = tuple
 
 
@@ -25,7 +26,7 @@ def pack_output(out: RequestOutput, first: bool) -> PackedOutput:
         if c.logprobs is not None:
             logprobs = c.logprobs[len(c.token_ids) - len(c.token_ids_delta):]
         completions.append((c.index, c.text_delta, c.token_ids_delta, c.finish_reason, c.stop_reason, logprobs))
-    prompt = (out.prompt, out.prompt_token_ids) if first else None
+    prompt = (out.prompt, out.prompt_token_ids, out.prompt_logprobs, out.prompt_logprob_ranks) if first else None
     return (out.request_id, prompt, out.finished, out.num_cached_tokens, out.metrics, completions)
 
 
@@ -40,6 +41,8 @@ class _Sequence:
 class _Request:
     prompt: str | None
     prompt_token_ids: list[int]
+    prompt_logprobs: list[dict[int, float] | None] | None
+    prompt_logprob_ranks: list[int | None] | None
     sequences: dict[int, _Sequence] = field(default_factory=dict)
 
 
@@ -61,7 +64,8 @@ class OutputAssembler:
             del self._requests[request_id]
         return RequestOutput(request_id=request_id, prompt=state.prompt, prompt_token_ids=state.prompt_token_ids,
                              outputs=outputs, finished=finished, num_cached_tokens=num_cached_tokens,
-                             metrics=metrics)
+                             metrics=metrics, prompt_logprobs=state.prompt_logprobs,
+                             prompt_logprob_ranks=state.prompt_logprob_ranks)
 
     def forget(self, request_id: str) -> None:
         """Drop a request that will send nothing more (aborted)."""

@@ -26,6 +26,12 @@ class CompletionOutput:
 
 @dataclass
 class RequestOutput:
+    """One user request's state: its prompt and one CompletionOutput per sequence. prompt_logprobs
+    (SamplingParams.prompt_logprobs, vLLM's shape): one entry per prompt token, None for the first, then
+    {the prompt token: its logprob given the tokens before it, then the top prompt_logprobs tokens at
+    that position, most likely first}; prompt_logprob_ranks: each prompt token's rank there (1: the most
+    likely; None first). Both None when not asked for."""
+
     request_id: str
     prompt: str | None
     prompt_token_ids: list[int]
@@ -33,3 +39,5 @@ class RequestOutput:
     finished: bool
     num_cached_tokens: int = 0
     metrics: dict = field(default_factory=dict)
+    prompt_logprobs: list[dict[int, float] | None] | None = None
+    prompt_logprob_ranks: list[int | None] | None = None

@@ -2,36 +2,46 @@
 
 The runner starts non-blocking device-to-host copies of the sampled tokens (and logprobs) and records
 an event; `result()` waits for that event only. Meanwhile the engine can schedule and launch the next
-step, so the host's work overlaps the GPU's.
+step, so the host's work overlaps the GPU's. The step's prompt logprobs, when it computes any, travel
+with them (engine/prompt_logprobs.py).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from engine.request import Request
 from scheduler.output import SchedulerOutput
 
+if TYPE_CHECKING:
+    from engine.prompt_logprobs import PromptLogprobsResult, PromptLogprobsStep
+
 
 @dataclass
 class RunnerOutput:
-    """Per scheduled request: the sampled token (None while mid-prompt) and its logprobs if asked."""
+    """Per scheduled request: the sampled token (None while mid-prompt) and its logprobs if asked; the
+    prompt logprobs the step computed (per request that got some)."""
 
     sampled: list[int | None]
     logprobs: list[dict[int, float] | None]
+    prompt_logprobs: list[PromptLogprobsResult] = field(default_factory=list)
 
 
 class PendingStep:
     def __init__(self, out: SchedulerOutput, sampling_rows: list[int], requests: list[Request],
                  token_ids: torch.Tensor | None, logprob_ids: torch.Tensor | None,
-                 logprobs: torch.Tensor | None) -> None:
+                 logprobs: torch.Tensor | None, prompt_logprobs: PromptLogprobsStep | None = None) -> None:
         """token_ids [N] int64, logprob_ids / logprobs [N, K+1] (or None): device tensors of the
-        step's N sampling requests; copied to (pinned) host memory without blocking."""
+        step's N sampling requests; copied to (pinned) host memory without blocking. prompt_logprobs:
+        the step's, already on their way to the host."""
         self.out, self.sampling_rows, self.requests = out, sampling_rows, requests
+        self.prompt_logprobs = prompt_logprobs
         self.event = None
-        self._host = [_to_host(t) for t in (token_ids, logprob_ids, logprobs)]
-        if token_ids is not None and token_ids.is_cuda:
+        self._host = [to_host(t) for t in (token_ids, logprob_ids, logprobs)]
+        on_cuda = token_ids.is_cuda if token_ids is not None else prompt_logprobs is not None and prompt_logprobs.is_cuda
+        if on_cuda:
             self.event = torch.cuda.Event()
             self.event.record()
 
@@ -43,8 +53,9 @@ class PendingStep:
         sampled: list[int | None] = [None] * num
         logprobs: list[dict[int, float] | None] = [None] * num
         token_ids, lp_ids, lp_values = self._host
+        prompt_logprobs = self.prompt_logprobs.results() if self.prompt_logprobs is not None else []
         if token_ids is None:
-            return RunnerOutput(sampled, logprobs)
+            return RunnerOutput(sampled, logprobs, prompt_logprobs)
         tokens = token_ids.tolist()
         pairs = [list(zip(i, v)) for i, v in zip(lp_ids.tolist(), lp_values.tolist())] if lp_ids is not None else None
         for k, i in enumerate(self.sampling_rows):
@@ -52,10 +63,10 @@ class PendingStep:
             asked = self.requests[k].sampling_params.logprobs
             if pairs is not None and asked is not None:
                 logprobs[i] = dict(pairs[k][: asked + 1])
-        return RunnerOutput(sampled, logprobs)
+        return RunnerOutput(sampled, logprobs, prompt_logprobs)
 
 
-def _to_host(t: torch.Tensor | None) -> torch.Tensor | None:
+def to_host(t: torch.Tensor | None) -> torch.Tensor | None:
     if t is None or not t.is_cuda:
         return t
     host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)

@@ -21,6 +21,31 @@ class RequestStatus(enum.Enum):
         return self in (RequestStatus.FINISHED_STOPPED, RequestStatus.FINISHED_LENGTH, RequestStatus.FINISHED_ABORTED)
 
 
+@dataclass
+class PromptLogprobs:
+    """A request's prompt logprobs (SamplingParams.prompt_logprobs), gathered over its prompt's steps.
+
+    `entries[p]` is {prompt token p + 1: its logprob given tokens 0..p, then the top-k tokens at that
+    position, most likely first} and `ranks[p]` that prompt token's rank (1: the most likely), for p in
+    [0, num_positions), num_positions = prompt length - 1. `num_launched`: the positions that launched steps
+    compute (their results come back a step later with async scheduling); a recompute after preemption
+    skips them, and the prefix cache serves no more tokens than that while some are left.
+    """
+
+    num_positions: int
+    num_launched: int = 0
+    entries: list[dict[int, float]] = field(default_factory=list)
+    ranks: list[int] = field(default_factory=list)
+
+    @property
+    def all_launched(self) -> bool:
+        return self.num_launched >= self.num_positions
+
+    @property
+    def done(self) -> bool:
+        return len(self.entries) >= self.num_positions
+
+
 @dataclass(eq=False)
 class Request:
     """State of one sequence across steps.
@@ -28,7 +53,8 @@ class Request:
     `num_computed_tokens` counts tokens whose K/V are in the cache; the tokens still to compute are
     `all_token_ids[num_computed_tokens:]`. After preemption (recompute) it returns to 0 and the prompt
     plus the outputs so far are prefilled again. `priority` orders the waiting queue under the priority
-    scheduling policy (lower first, ties by `arrival_time`); 0 under fcfs.
+    scheduling policy (lower first, ties by `arrival_time`); 0 under fcfs. `prompt_logprobs` gathers
+    them when the sampling params ask for them.
     """
 
     request_id: str
@@ -49,6 +75,9 @@ class Request:
 
     def __post_init__(self) -> None:
         self.all_token_ids: list[int] = list(self.prompt_token_ids)
+        self.prompt_logprobs: PromptLogprobs | None = None
+        if self.sampling_params.prompt_logprobs is not None:
+            self.prompt_logprobs = PromptLogprobs(len(self.prompt_token_ids) - 1)
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -62,6 +91,16 @@ class Request:
     def num_tokens_with_inflight(self) -> int:
         """Known tokens plus those still being sampled: what the scheduler plans with."""
         return len(self.all_token_ids) + self.num_inflight
+
+    @property
+    def num_cacheable_tokens(self) -> int:
+        """Leading tokens the prefix cache may serve: all but the last (its logits are needed); while
+        prompt logprobs are left to compute, only those whose logprobs a step computes already (cached
+        tokens are never computed; vLLM skips the cache lookup for such requests)."""
+        state = self.prompt_logprobs
+        if state is not None and not state.all_launched:
+            return min(self.num_tokens - 1, state.num_launched)
+        return self.num_tokens - 1
 
     @property
     def will_finish_by_length(self) -> bool:

@@ -12,7 +12,9 @@ class SamplingParams:
 
     temperature 0 means greedy; top_k 0 or -1 means no top-k; top_p 1 and min_p 0 disable those.
     `stop` strings are matched on the decoded text and are not returned (unless
-    include_stop_str_in_output); `logprobs` asks for that many top alternatives per sampled token.
+    include_stop_str_in_output); `logprobs` asks for that many top alternatives per sampled token;
+    `prompt_logprobs` for each prompt token's logprob given the tokens before it, with that many top
+    alternatives (vLLM's; RequestOutput.prompt_logprobs).
     """
 
     n: int = 1
@@ -27,6 +29,7 @@ class SamplingParams:
     stop_token_ids: list[int] | None = None
     ignore_eos: bool = False
     logprobs: int | None = None
+    prompt_logprobs: int | None = None
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     repetition_penalty: float = 1.0
@@ -49,6 +52,8 @@ class SamplingParams:
             check(self.min_tokens <= self.max_tokens, "min_tokens", self.min_tokens,
                    f"must be <= max_tokens ({self.max_tokens})")
         check(self.logprobs is None or self.logprobs >= 0, "logprobs", self.logprobs, "must be >= 0")
+        check(self.prompt_logprobs is None or self.prompt_logprobs >= 0, "prompt_logprobs", self.prompt_logprobs,
+              "must be >= 0")
         check(-2 <= self.presence_penalty <= 2, "presence_penalty", self.presence_penalty, "must be in [-2, 2]")
         check(-2 <= self.frequency_penalty <= 2, "frequency_penalty", self.frequency_penalty, "must be in [-2, 2]")
         check(0 < self.repetition_penalty <= 2, "repetition_penalty", self.repetition_penalty, "must be in (0, 2]")

@@ -69,15 +69,16 @@ class BlockManager:
     def get_computed_blocks(self, request: Request) -> tuple[list[int], int]:
         """Longest run of cached full blocks that prefixes `request.all_token_ids`.
 
-        Leaves at least one token to compute (its logits are needed): at most
-        `(num_tokens - 1) // block_size` blocks are returned. Returns the block ids and the number
-        of tokens they cover. Changes no ref counts: pass the blocks to `allocate_slots` at once.
+        Leaves at least one token to compute (its logits are needed), and the tokens whose prompt
+        logprobs are still to compute: at most `request.num_cacheable_tokens // block_size` blocks are
+        returned. Returns the block ids and the number of tokens they cover. Changes no ref counts:
+        pass the blocks to `allocate_slots` at once.
         """
         if not self.enable_prefix_caching:
             return [], 0
         hashes = extend_block_hashes(self._hashes.setdefault(request.request_id, []),
                                      request.all_token_ids, self.block_size)
-        max_blocks = (request.num_tokens - 1) // self.block_size
+        max_blocks = request.num_cacheable_tokens // self.block_size
         block_ids = []
         for block_hash in hashes[:max_blocks]:
             block_id = self.pool.lookup(block_hash)

@@ -97,6 +97,23 @@ def test_mixed_step_graphs_equal_eager(bf16_checkpoint):
     assert len(mixed) >= 10, replayed
 
 
+def test_prompt_logprobs_with_graphs_equal_eager(bf16_checkpoint):
+    """Prompt logprobs read the hidden states of graph replays too (steps with prefill tokens padded
+    to 16-64 tokens under a 64-token budget, so prompts are chunked, async scheduling on): the eager
+    engine's, within float32 noise."""
+    kw = dict(max_num_seqs=16, dtype="float32", max_num_batched_tokens=64)
+    params = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True, prompt_logprobs=3)
+    eager = make_llm(bf16_checkpoint, "triton", enforce_eager=True, **kw).generate(batch(), params, use_tqdm=False)
+    llm = make_llm(bf16_checkpoint, "triton", **kw)
+    assert llm.engine.runner.graphs.prefill_sizes == [16, 32, 64]
+    got = llm.generate(batch(), params, use_tqdm=False)
+    for want, have in zip(eager, got):
+        assert len(have.prompt_logprobs) == len(have.prompt_token_ids) and have.prompt_logprobs[0] is None
+        for token, a, b in zip(have.prompt_token_ids[1:], want.prompt_logprobs[1:], have.prompt_logprobs[1:]):
+            assert next(iter(b)) == token and b[token] == pytest.approx(a[token], abs=1e-3)
+            assert max(b.values()) == pytest.approx(max(a.values()), abs=1e-3)
+
+
 @pytest.mark.parametrize("backend", ["triton", "flash_attn"])
 def test_backend_greedy_matches_torch_ref(bf16_checkpoint, backend):
     if backend == "flash_attn":
