@@ -45,8 +45,8 @@ class ResponseFormat(BaseModel):
     json_schema: dict[str, Any] | None = None
 
 
-# vLLM's request extras for what this engine cannot do: structured output (guided decoding) and prompt
-# logprobs; declared so that a request setting one (not null) is a 400 naming it (serving.check_fields)
+# vLLM's request extras for what this engine cannot do: structured output (guided decoding); declared so
+# that a request setting one (not null) is a 400 naming it (serving.check_fields)
 GUIDED_DECODING_FIELDS = ("guided_json", "guided_regex", "guided_choice", "guided_grammar",
                           "guided_decoding_backend", "structured_outputs")
 
@@ -84,13 +84,15 @@ class _SamplingFields(BaseModel):
     guided_grammar: Any = None
     guided_decoding_backend: Any = None
     structured_outputs: Any = None
-    prompt_logprobs: Any = None
+    # vLLM's extra: each prompt token's logprob and the top k (at most 20, as vLLM's max_logprobs); not
+    # with stream (serving.check_fields)
+    prompt_logprobs: int | None = Field(None, ge=0, le=20)
     priority: int = 0      # vLLM's extra: lower is scheduled earlier (--scheduling-policy priority; else 0)
 
 
 class CompletionRequest(_SamplingFields):
     prompt: str | list[str] | list[int] | list[list[int]]
-    max_tokens: int | None = Field(16, ge=1)
+    max_tokens: int | None = Field(16, ge=0)        # 0: only with echo, the prompt alone (vLLM's)
     logprobs: int | None = Field(None, ge=0, le=20)
     echo: bool = False
     best_of: int | None = None
@@ -181,12 +183,28 @@ class CompletionLogprobs(BaseModel):
     text_offset: list[int] = Field(default_factory=list)
 
 
-class CompletionChoice(BaseModel):
+class Logprob(BaseModel):
+    """vLLM's Logprob: one token of a prompt position (`prompt_logprobs`); rank 1 is the most likely."""
+
+    logprob: float
+    rank: int | None = None
+    decoded_token: str | None = None
+
+
+# vLLM's prompt_logprobs: one entry per prompt token, None for the first, token id -> Logprob
+PromptLogprobs = list[dict[int, Logprob] | None]
+
+
+class CompletionStreamChoice(BaseModel):
     index: int
     text: str
     logprobs: CompletionLogprobs | None = None
     finish_reason: str | None = None
     stop_reason: int | str | None = None
+
+
+class CompletionChoice(CompletionStreamChoice):
+    prompt_logprobs: PromptLogprobs | None = None       # vLLM's extra (not streamed)
 
 
 class CompletionResponse(BaseModel):
@@ -196,6 +214,10 @@ class CompletionResponse(BaseModel):
     model: str
     choices: list[CompletionChoice]
     usage: UsageInfo | None = None
+
+
+class CompletionStreamResponse(CompletionResponse):
+    choices: list[CompletionStreamChoice]
 
 
 class TopLogprob(BaseModel):
@@ -234,6 +256,7 @@ class ChatCompletionResponse(BaseModel):
     model: str
     choices: list[ChatChoice]
     usage: UsageInfo
+    prompt_logprobs: PromptLogprobs | None = None       # vLLM's extra (not streamed)
 
 
 class DeltaFunctionCall(BaseModel):

@@ -21,7 +21,7 @@ from scheduler.waiting_queue import check_priority
 from server.errors import APIError, from_value_error
 from server.metrics import ServerMetrics
 from server.options import ServerOptions
-from server.protocol import GUIDED_DECODING_FIELDS, ResponseFormat, StreamOptions
+from server.protocol import GUIDED_DECODING_FIELDS, Logprob, PromptLogprobs, ResponseFormat, StreamOptions
 
 _SAMPLING_FIELDS = tuple(f.name for f in fields(SamplingParams))
 _COPIED = ("n", "temperature", "top_p", "top_k", "min_p", "seed", "stop", "stop_token_ids", "presence_penalty",
@@ -57,12 +57,14 @@ class Serving:
         if name is not None and name != self.model_name:
             raise APIError(404, f"model {name!r} does not exist; this server serves {self.model_name!r}", "model")
 
-    def sampling_params(self, req, max_tokens: int, logprobs: int | None) -> SamplingParams:
+    def sampling_params(self, req, max_tokens: int, logprobs: int | None,
+                        prompt_logprobs: int | None = None) -> SamplingParams:
         """SamplingParams from the request's fields, the model's defaults for those it leaves unset; a rule
         it breaks becomes a 400 naming the field."""
         kwargs = dict(self.sampling_defaults)
         kwargs.update({name: getattr(req, name) for name in _COPIED if getattr(req, name) is not None})
-        kwargs.update(max_tokens=max_tokens, logprobs=logprobs, logit_bias=_logit_bias(req.logit_bias))
+        kwargs.update(max_tokens=max_tokens, logprobs=logprobs, prompt_logprobs=prompt_logprobs,
+                      logit_bias=_logit_bias(req.logit_bias))
         try:
             return SamplingParams(**kwargs)
         except ValueError as exc:
@@ -107,20 +109,33 @@ class Serving:
     def decode_token(self, token_id: int) -> str:
         return self.tokenizer.decode([token_id])
 
+    def prompt_logprobs(self, out: RequestOutput) -> PromptLogprobs | None:
+        """vLLM's prompt_logprobs of `out` (None where it has none): None for the first prompt token,
+        then {token id: Logprob} per prompt token, the prompt token first with its rank, then the top k."""
+        if out.prompt_logprobs is None:
+            return None
+        decoded: dict[int, str] = {}
+
+        def decode(token_id: int) -> str:
+            if token_id not in decoded:
+                decoded[token_id] = self.decode_token(token_id)
+            return decoded[token_id]
+        entries = zip(out.prompt_token_ids[1:], out.prompt_logprobs[1:], out.prompt_logprob_ranks[1:])
+        return [None] + [_ranked(entry, token, rank, decode) for token, entry, rank in entries]
+
 
 def check_fields(req) -> None:
     """Before anything reaches the engine: a 400 naming the field for what this engine cannot do
-    (a response_format other than text, vLLM's guided-decoding extras, prompt_logprobs) and for
-    stream_options without stream (vLLM's message); other unknown fields, stream_options' included,
-    are ignored, as vLLM does, with one warning naming them."""
+    (a response_format other than text, vLLM's guided-decoding extras), for prompt_logprobs above 0
+    with stream and for stream_options without stream (vLLM's messages); other unknown fields,
+    stream_options' included, are ignored, as vLLM does, with one warning naming them."""
     _check_response_format(req.response_format)
     for name in GUIDED_DECODING_FIELDS:
         if getattr(req, name) is not None:
             raise APIError(400, f"{name} is not supported: it needs structured output (guided decoding), which "
                                 f"this server does not support; drop {name}", name)
-    if req.prompt_logprobs is not None:
-        raise APIError(400, "prompt_logprobs is not supported: prompt logprobs are not computed; drop "
-                            "prompt_logprobs", "prompt_logprobs")
+    if req.prompt_logprobs and req.stream:
+        raise APIError(400, "`prompt_logprobs` are not available when `stream=True`.", "prompt_logprobs")
     if req.stream_options is not None and not req.stream:
         raise APIError(400, "Stream options can only be defined when `stream=True`.", "stream_options")
     ignored = _ignored_fields(req)
@@ -154,6 +169,19 @@ def _check_response_format(response_format: ResponseFormat | None) -> None:
     raise APIError(400, f"response_format type {response_format.type!r} needs structured output (guided "
                         "decoding), which this server does not support; drop response_format or use "
                         "{'type': 'text'}", "response_format")
+
+
+def _ranked(entry: dict[int, float], token: int, token_rank: int, decode) -> dict[int, Logprob]:
+    """One prompt position as vLLM's Logprobs: the prompt token with its rank, then the top k in the
+    engine's order (most likely first) ranked 1, 2, ..., passing over the prompt token's rank when it
+    is one of them."""
+    ranked = {token: Logprob(logprob=entry[token], rank=token_rank, decoded_token=decode(token))}
+    rank = 0
+    for token_id, logprob in entry.items():
+        if token_id != token:
+            rank += 2 if rank + 1 == token_rank else 1
+            ranked[token_id] = Logprob(logprob=logprob, rank=rank, decoded_token=decode(token_id))
+    return ranked
 
 
 def _logit_bias(bias: dict[str, float] | None) -> dict[int, float] | None:

@@ -101,7 +101,7 @@ async def create_chat_completion(serving: Serving, req: ChatCompletionRequest, t
     num_top = req.top_logprobs or 0
     if req.top_logprobs is not None and not req.logprobs:
         raise APIError(400, "top_logprobs needs logprobs to be true", "top_logprobs")
-    params = serving.sampling_params(req, max_tokens, num_top if req.logprobs else None)
+    params = serving.sampling_params(req, max_tokens, num_top if req.logprobs else None, req.prompt_logprobs)
     streams = await serving.start("chatcmpl", [prompt], params, req.priority)
     response_id = f"chatcmpl-{uuid.uuid4().hex}"
     if req.stream:
@@ -111,10 +111,13 @@ async def create_chat_completion(serving: Serving, req: ChatCompletionRequest, t
 
 async def _collect(serving, req, response_id, streams, num_prompt_tokens, num_top, timer, tool_parser):
     latest: dict[int, CompletionOutput] = {}
+    prompt_logprobs = None
     async for _, out in merge(streams):
         if any(c.token_ids_delta for c in out.outputs):
             timer.on_tokens()
         latest.update({c.index: c for c in out.outputs})
+        if out.finished:
+            prompt_logprobs = serving.prompt_logprobs(out)
     timer.finish()
     choices = []
     for i, c in sorted(latest.items()):
@@ -123,7 +126,7 @@ async def _collect(serving, req, response_id, streams, num_prompt_tokens, num_to
                                   finish_reason="tool_calls" if message.tool_calls else c.finish_reason,
                                   logprobs=_logprobs(serving, c, 0, num_top) if req.logprobs else None))
     return ChatCompletionResponse(id=response_id, model=serving.model_name, choices=choices,
-                                  usage=_usage(num_prompt_tokens, latest))
+                                  usage=_usage(num_prompt_tokens, latest), prompt_logprobs=prompt_logprobs)
 
 
 def _message(serving: Serving, text: str, tool_parser: ToolCallParser | None) -> ChatResponseMessage:

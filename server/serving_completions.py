@@ -4,10 +4,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 
-from engine.outputs import CompletionOutput
+from engine.outputs import CompletionOutput, RequestOutput
 from server.errors import APIError
 from server.protocol import (CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse,
-                             UsageInfo)
+                             CompletionStreamChoice, CompletionStreamResponse, UsageInfo)
 from server.serving import Serving, check_fields, merge, sse, sse_stream, stream_usage
 
 
@@ -30,40 +30,65 @@ def _check(req: CompletionRequest) -> None:
         raise APIError(400, f"best_of must be 1 (best_of > 1 is not supported), got {req.best_of}", "best_of")
     if req.suffix:
         raise APIError(400, "suffix is not supported", "suffix")
-    if req.echo and req.logprobs is not None:
-        raise APIError(400, "echo together with logprobs is not supported (prompt logprobs are not computed)",
-                       "echo")
+    if req.max_tokens == 0 and not req.echo:
+        raise APIError(400, "max_tokens must be at least 1 (0 only with echo: the prompt alone)", "max_tokens")
+
+
+def _engine_prompt_logprobs(req: CompletionRequest) -> int | None:
+    """The prompt logprobs the engine computes (vLLM's rule): prompt_logprobs, else with echo as many as
+    logprobs (the echoed prompt's tokens then lead the choice's logprobs)."""
+    if req.prompt_logprobs is not None:
+        return req.prompt_logprobs
+    return req.logprobs if req.echo else None
 
 
 class _Choices:
-    """Per-choice bookkeeping: what was sent so far (streaming) and the latest cumulative output."""
+    """Per-choice bookkeeping: what was sent so far (streaming), the latest cumulative output and each
+    prompt's latest RequestOutput. echo_only: max_tokens 0 with echo, the prompt alone is the answer."""
 
-    def __init__(self, serving: Serving, n: int, prompt_texts: list[str], echo: bool, want_logprobs: bool):
-        self.serving, self.n, self.echo, self.want_logprobs = serving, n, echo, want_logprobs
+    def __init__(self, serving: Serving, n: int, prompt_texts: list[str], echo: bool, num_logprobs: int | None,
+                 echo_only: bool = False):
+        self.serving, self.n, self.echo, self.num_logprobs = serving, n, echo, num_logprobs
+        self.want_logprobs, self.echo_only = num_logprobs is not None, echo_only
         self.prompt_texts = prompt_texts
         self.latest: dict[int, CompletionOutput] = {}
+        self.requests: dict[int, RequestOutput] = {}
+        self.echoed: set[int] = set()
         self.num_logprobs_sent: dict[int, int] = {}
         self.text_len: dict[int, int] = {}
 
     def index(self, prompt_idx: int, out: CompletionOutput) -> int:
         return prompt_idx * self.n + out.index
 
-    def logprobs(self, index: int, out: CompletionOutput, start: int) -> CompletionLogprobs | None:
-        """OpenAI completions logprobs of out's tokens from `start` on; text offsets continue the text."""
+    def logprobs(self, index: int, out: CompletionOutput | None, start: int,
+                 prompt: RequestOutput | None = None) -> CompletionLogprobs | None:
+        """OpenAI completions logprobs of out's tokens from `start` on, after the echoed `prompt`'s tokens
+        (None for the first one's logprob and top logprobs); text offsets continue the choice's tokens."""
         if not self.want_logprobs:
             return None
         result = CompletionLogprobs()
+        if prompt is not None:
+            self._append(result, index, prompt.prompt_token_ids, prompt.prompt_logprobs)
+        if out is not None:
+            self._append(result, index, out.token_ids[start:], (out.logprobs or [])[start:])
+        return result
+
+    def _append(self, result: CompletionLogprobs, index: int, token_ids: list[int],
+                logprobs: list[dict[int, float] | None]) -> None:
         offset = self.text_len.get(index, 0)
-        for token_id, top in zip(out.token_ids[start:], (out.logprobs or [])[start:]):
+        for token_id, top in zip(token_ids, logprobs):
             token = self.serving.decode_token(token_id)
             result.tokens.append(token)
-            result.token_logprobs.append(top.get(token_id))
-            result.top_logprobs.append({self.serving.decode_token(t): lp for t, lp in
-                                        sorted(top.items(), key=lambda kv: -kv[1])})
+            result.token_logprobs.append(None if top is None else top.get(token_id))
+            result.top_logprobs.append(None if top is None else self._top(top))
             result.text_offset.append(offset)
             offset += len(token)
         self.text_len[index] = offset
-        return result
+
+    def _top(self, top: dict[int, float]) -> dict[str, float]:
+        """The token and the top `logprobs` alternatives (a prompt position may hold more), most likely first."""
+        items = list(top.items())[:self.num_logprobs + 1]
+        return {self.serving.decode_token(t): lp for t, lp in sorted(items, key=lambda kv: -kv[1])}
 
 
 async def create_completion(serving: Serving, req: CompletionRequest, timer_factory) -> object:
@@ -77,12 +102,10 @@ async def create_completion(serving: Serving, req: CompletionRequest, timer_fact
         serving.default_max_tokens(p) for p in prompts)
     for ids in prompts:
         serving.check_prompt(ids, max_tokens)
-    params = serving.sampling_params(req, max_tokens, req.logprobs)
+    echo_only = max_tokens == 0         # the engine generates one token, which is not returned (vLLM's)
+    params = serving.sampling_params(req, max_tokens or 1, req.logprobs, _engine_prompt_logprobs(req))
     prompt_texts = [serving.tokenizer.decode(ids) for ids in prompts] if req.echo else [""] * len(prompts)
-    choices = _Choices(serving, req.n, prompt_texts, req.echo, req.logprobs is not None)
-    for i, text in enumerate(prompt_texts):
-        for k in range(req.n):
-            choices.text_len[i * req.n + k] = len(text)
+    choices = _Choices(serving, req.n, prompt_texts, req.echo, req.logprobs, echo_only)
     streams = await serving.start("cmpl", prompts, params, req.priority)
     response_id = f"cmpl-{uuid.uuid4().hex}"
     if req.stream:
@@ -95,15 +118,18 @@ async def _collect(serving, response_id, streams, choices: _Choices, prompts, ti
     async for prompt_idx, out in merge(streams):
         if any(c.token_ids_delta for c in out.outputs):
             timer.on_tokens()
+        choices.requests[prompt_idx] = out
         for comp in out.outputs:
             choices.latest[choices.index(prompt_idx, comp)] = comp
     timer.finish()
     result = []
+    prompt_logprobs = {i: serving.prompt_logprobs(out) for i, out in choices.requests.items()}
     for index in sorted(choices.latest):
-        comp = choices.latest[index]
-        prompt_text = choices.prompt_texts[index // choices.n]
-        result.append(CompletionChoice(index=index, text=prompt_text + comp.text,
-                                       logprobs=choices.logprobs(index, comp, 0),
+        comp, prompt_idx = choices.latest[index], index // choices.n
+        echoed = choices.requests[prompt_idx] if choices.echo else None
+        text = choices.prompt_texts[prompt_idx] + ("" if choices.echo_only else comp.text)
+        result.append(CompletionChoice(index=index, text=text, prompt_logprobs=prompt_logprobs[prompt_idx],
+                                       logprobs=choices.logprobs(index, None if choices.echo_only else comp, 0, echoed),
                                        finish_reason=comp.finish_reason, stop_reason=comp.stop_reason))
     return CompletionResponse(id=response_id, model=serving.model_name, choices=result,
                               usage=_usage(prompts, choices))
@@ -118,19 +144,17 @@ def _usage(prompts: list[list[int]], choices: _Choices) -> UsageInfo:
 
 async def _stream(serving, response_id, streams, choices: _Choices, prompts, usage_flags: tuple[bool, bool],
                   timer) -> AsyncIterator[str]:
-    """The SSE chunks: echoed prompts, each choice's text deltas and finish; `usage_flags` (stream_usage):
-    a last usage-only chunk, and the usage so far (all choices' tokens) on every chunk."""
+    """The SSE chunks: each choice's echoed prompt (with its logprobs, at the choice's first output), text
+    deltas and finish; `usage_flags` (stream_usage): a last usage-only chunk, and the usage so far (all
+    choices' tokens) on every chunk."""
     include_usage, continuous_usage = usage_flags
 
     def chunk(index: int, text: str, logprobs=None, finish_reason=None, stop_reason=None) -> str:
-        choice = CompletionChoice(index=index, text=text, logprobs=logprobs, finish_reason=finish_reason,
-                                  stop_reason=stop_reason)
+        choice = CompletionStreamChoice(index=index, text=text, logprobs=logprobs, finish_reason=finish_reason,
+                                        stop_reason=stop_reason)
         usage = _usage(prompts, choices) if continuous_usage else None
-        return sse(CompletionResponse(id=response_id, model=serving.model_name, choices=[choice], usage=usage))
+        return sse(CompletionStreamResponse(id=response_id, model=serving.model_name, choices=[choice], usage=usage))
 
-    if choices.echo:
-        for index in range(len(prompts) * choices.n):
-            yield chunk(index, choices.prompt_texts[index // choices.n])
     async for prompt_idx, out in merge(streams):
         if any(c.token_ids_delta for c in out.outputs):
             timer.on_tokens()
@@ -138,6 +162,14 @@ async def _stream(serving, response_id, streams, choices: _Choices, prompts, usa
             index = choices.index(prompt_idx, comp)
             sent = choices.num_logprobs_sent.get(index, 0)
             choices.latest[index] = comp
+            if choices.echo_only:               # one chunk, once its (unreturned) token is there
+                if comp.finished:
+                    yield chunk(index, choices.prompt_texts[prompt_idx], choices.logprobs(index, None, 0, out),
+                                comp.finish_reason, comp.stop_reason)
+                continue
+            if choices.echo and index not in choices.echoed:
+                choices.echoed.add(index)
+                yield chunk(index, choices.prompt_texts[prompt_idx], choices.logprobs(index, None, 0, out))
             if not (comp.text_delta or comp.finished or (choices.want_logprobs and len(comp.token_ids) > sent)):
                 continue
             choices.num_logprobs_sent[index] = len(comp.token_ids)
@@ -145,5 +177,5 @@ async def _stream(serving, response_id, streams, choices: _Choices, prompts, usa
                         comp.stop_reason)
     timer.finish()
     if include_usage:
-        yield sse(CompletionResponse(id=response_id, model=serving.model_name, choices=[],
-                                     usage=_usage(prompts, choices)))
+        yield sse(CompletionStreamResponse(id=response_id, model=serving.model_name, choices=[],
+                                           usage=_usage(prompts, choices)))

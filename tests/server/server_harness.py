@@ -140,11 +140,16 @@ def scripted_add_request(pieces: list[str]):
 
 def offline_generate(engine: LLMEngine, prompts: list, params: SamplingParams) -> list[list]:
     """Per prompt, the final CompletionOutputs of the synchronous engine (reference for the server)."""
+    return [out.outputs for out in offline_outputs(engine, prompts, params)]
+
+
+def offline_outputs(engine: LLMEngine, prompts: list, params: SamplingParams) -> list[RequestOutput]:
+    """Per prompt, the synchronous engine's final RequestOutput (prompt logprobs included)."""
     final = {}
     for i, prompt in enumerate(prompts):
         engine.add_request(f"ref-{i}", prompt, params)
     while engine.has_unfinished_requests():
         for out in engine.step():
             if out.finished:
-                final[out.request_id] = out.outputs
+                final[out.request_id] = out
     return [final[f"ref-{i}"] for i in range(len(prompts))]

@@ -15,7 +15,8 @@ from engine.engine_process import ProcessAsyncEngine
 from engine.outputs import CompletionOutput, RequestOutput
 from engine.output_wire import OutputAssembler, pack_output
 from engine.sampling_params import SamplingParams
-from server_harness import MODEL_NAME, ServerThread, engine_config, idle_stats, offline_generate, openai_client
+from server_harness import (MODEL_NAME, ServerThread, engine_config, idle_stats, offline_generate, offline_outputs,
+                            openai_client)
 
 MIXED = [SamplingParams(max_tokens=8, temperature=0),
          SamplingParams(max_tokens=8, temperature=0.8, seed=3, n=2, logprobs=2),
@@ -105,6 +106,20 @@ def test_the_priority_crosses_to_the_engine_process(process_engine):
 
     assert asyncio.run(run())[-1].finished
     assert process_engine.is_healthy()
+
+
+def test_prompt_logprobs_cross_from_the_engine_process(process_engine, reference_engine):
+    """Every streamed output carries the complete prompt logprobs (sent once, with the first), equal to
+    the offline engine's; n = 2 shares one list."""
+    params = SamplingParams(max_tokens=5, temperature=0, n=2, prompt_logprobs=2)
+    want = offline_outputs(reference_engine, ["prompt logprobs, please"], params)[0]
+    outs = asyncio.run(_collect(process_engine, "plp", "prompt logprobs, please", params))
+    assert len(outs) > 1 and outs[-1].finished
+    for out in outs:
+        assert out.prompt_logprob_ranks == want.prompt_logprob_ranks
+        assert [list(e or ()) for e in out.prompt_logprobs] == [list(e or ()) for e in want.prompt_logprobs]
+        for got, ref in zip(out.prompt_logprobs[1:], want.prompt_logprobs[1:]):
+            assert list(got.values()) == pytest.approx(list(ref.values()), abs=1e-4)
 
 
 async def _collect_with_priority(engine, request_id: str, prompt, params: SamplingParams, priority: int):

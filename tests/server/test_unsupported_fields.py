@@ -1,6 +1,7 @@
 """Request fields this engine cannot honour: response_format other than text (JSON mode, structured
-outputs), vLLM's guided-decoding extras and prompt_logprobs are a 400 naming the field, before anything
-reaches the engine; any other unknown field is ignored with one warning naming it (as vLLM does)."""
+outputs) and vLLM's guided-decoding extras are a 400 naming the field, before anything reaches the engine,
+and so are prompt_logprobs out of [0, 20] or above 0 with stream (vLLM's message); any other unknown
+field is ignored with one warning naming it (as vLLM does)."""
 from __future__ import annotations
 
 import logging
@@ -100,12 +101,33 @@ def test_null_extras_are_served_without_a_warning(http, engine_calls, caplog, en
     assert len(engine_calls) == 1
 
 
+@pytest.mark.parametrize("value", [-1, 21, "many", 1.5])
+@pytest.mark.parametrize("endpoint", ENDPOINTS)
+def test_bad_prompt_logprobs_are_400(http, engine_calls, endpoint, value):
+    assert_400(post(http, endpoint, prompt_logprobs=value), "prompt_logprobs", ("prompt_logprobs",))
+    assert engine_calls == []
+
+
+@pytest.mark.parametrize("endpoint", ENDPOINTS)
+def test_prompt_logprobs_with_stream_are_400_above_0(http, engine_calls, endpoint):
+    words = ("`prompt_logprobs` are not available when `stream=True`.",)
+    assert_400(post(http, endpoint, prompt_logprobs=1, stream=True), "prompt_logprobs", words)
+    assert engine_calls == []
+    resp = post(http, endpoint, prompt_logprobs=0, stream=True)        # vLLM serves 0 (and streams none)
+    assert resp.status_code == 200 and "prompt_logprobs" not in resp.text and resp.text.endswith("[DONE]\n\n")
+    assert len(engine_calls) == 1
+
+
 @pytest.mark.parametrize("value", [0, 5])
 @pytest.mark.parametrize("endpoint", ENDPOINTS)
-def test_prompt_logprobs_is_400(http, engine_calls, endpoint, value):
-    words = ("prompt_logprobs", "prompt logprobs are not computed")
-    assert_400(post(http, endpoint, prompt_logprobs=value), "prompt_logprobs", words)
-    assert engine_calls == []
+def test_prompt_logprobs_are_served(http, engine_calls, endpoint, value):
+    resp = post(http, endpoint, prompt_logprobs=value)
+    assert_served(resp)
+    body = resp.json()
+    prompt_logprobs = body["prompt_logprobs"] if endpoint == "chat" else body["choices"][0]["prompt_logprobs"]
+    assert prompt_logprobs[0] is None and len(prompt_logprobs) == body["usage"]["prompt_tokens"]
+    assert all(len(entry) in (value, value + 1) for entry in prompt_logprobs[1:])
+    assert len(engine_calls) == 1
 
 
 @pytest.mark.parametrize("endpoint", ENDPOINTS)
@@ -129,7 +151,7 @@ def test_deliberately_open_models_keep_their_extra_keys_without_a_warning(http, 
 
 def test_after_rejected_requests_the_server_still_serves(server, http, engine_calls):
     rejected = [post(http, "chat", response_format={"type": "json_object"}, stream=True),
-                post(http, "completions", guided_regex="a+"), post(http, "chat", prompt_logprobs=1)]
+                post(http, "completions", guided_regex="a+"), post(http, "chat", prompt_logprobs=1, stream=True)]
     assert [r.status_code for r in rejected] == [400, 400, 400]
     assert engine_calls == []
     stats = server.wait_idle()
