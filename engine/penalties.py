@@ -1,4 +1,5 @@
-"""Logit processors applied before sampling: logit bias, the min_tokens mask, and penalties.
+"""Logit processors applied before sampling: the allowed_token_ids mask, logit bias, the min_tokens mask, and
+penalties.
 
 Each takes logits `[N, V] float32` and the step's SamplingMetadata and returns logits of the same shape;
 the input tensor is never written (the first processor that runs makes the copy the rest write into).
@@ -11,10 +12,13 @@ from engine.sampling_metadata import SamplingMetadata
 
 
 def apply_logit_processors(logits: torch.Tensor, meta: SamplingMetadata) -> torch.Tensor:
-    """Logit bias, then the min_tokens mask, then penalties; returns `logits` itself when none applies."""
+    """The allowed_token_ids mask (first, as vLLM's), logit bias, the min_tokens mask, then penalties;
+    returns `logits` itself when none applies."""
     if meta.no_logit_processors:
         return logits
     logits = logits.clone()
+    if not meta.no_allowed_token_ids:
+        apply_allowed_token_ids_(logits, meta)
     if not meta.no_logit_bias:
         logits.index_put_((meta.logit_bias_rows, meta.logit_bias_token_ids), meta.logit_bias_values,
                           accumulate=True)
@@ -23,6 +27,15 @@ def apply_logit_processors(logits: torch.Tensor, meta: SamplingMetadata) -> torc
     if not meta.no_penalties:
         apply_penalties_(logits, meta)
     return logits
+
+
+def apply_allowed_token_ids_(logits: torch.Tensor, meta: SamplingMetadata) -> None:
+    """In place, on contiguous logits `[N, V]`: every logit of an allowed_rows row is -inf but its allowed
+    tokens'."""
+    flat = logits.view(-1)
+    kept = flat[meta.allowed_flat_ids]
+    logits.index_fill_(0, meta.allowed_rows, float("-inf"))
+    flat[meta.allowed_flat_ids] = kept
 
 
 def apply_penalties_(logits: torch.Tensor, meta: SamplingMetadata) -> None:

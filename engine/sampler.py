@@ -1,10 +1,11 @@
 """Sampler: logits -> one token per row, batched on the device with no host sync.
 
-Order: logit bias, min_tokens mask, penalties (engine/penalties.py); logprobs are taken here, before
-temperature. Greedy rows take the argmax. Random rows: divide by temperature, top-k, top-p, min-p, then
-the exponential race: argmax(probs / E) with E ~ Exponential(1) i.i.d. per token, which draws a token with
-probability proportional to probs. Rows with a seed draw E from their own generator, reseeded every step
-from (seed, step), so their tokens do not depend on the rest of the batch or on preemption.
+Order: the allowed_token_ids mask, logit bias, min_tokens mask, penalties (engine/penalties.py); logprobs are
+taken here, after those and before temperature. Greedy rows take the argmax. Random rows: divide by
+temperature, top-k, top-p, min-p, then the exponential race: argmax(probs / E) with E ~ Exponential(1)
+i.i.d. per token, which draws a token with probability proportional to probs. Rows with a seed draw E from
+their own generator, reseeded every step from (seed, step), so their tokens do not depend on the rest of
+the batch or on preemption.
 
 On CUDA (with triton) random rows instead go through one Triton kernel (engine/sampling_kernel.py): the
 Gumbel race argmax(logits / T + G) over the filtered logits, with min-p and greedy rows folded in, noise
@@ -35,8 +36,9 @@ KERNEL_ENABLED = os.environ.get("ENGINE_SAMPLING_KERNEL", "1") != "0"
 class SamplerOutput:
     """sampled_token_ids `[N] int64` on the logits' device. When some row asked for logprobs
     (K = max_num_logprobs): logprob_token_ids `[N, K+1] int64` (the sampled token first, then the top-K
-    tokens) and logprobs `[N, K+1] float32`: log-softmax of the logits after bias and penalties, before
-    temperature and filters. A row that asked for k < K uses the first k+1 columns."""
+    tokens) and logprobs `[N, K+1] float32`: log-softmax of the logits after the allowed_token_ids mask,
+    bias and penalties, before temperature and filters. A row that asked for k < K uses the first k+1
+    columns."""
 
     sampled_token_ids: torch.Tensor
     logprob_token_ids: torch.Tensor | None = None

@@ -4,7 +4,7 @@ Built once per step from the requests whose logits are sampled (row i = requests
 at their defaults for every row become `None` (and a flag), so the sampler skips that work entirely.
 The build is vectorized: one list comprehension over the batch packs the numeric settings into a single
 CPU tensor that is copied to the device once; only rows that use a rare feature (seed, logit_bias,
-min_tokens, logprobs, penalties) get any further per-request Python.
+allowed_token_ids, min_tokens, logprobs, penalties) get any further per-request Python.
 """
 from __future__ import annotations
 
@@ -35,12 +35,15 @@ class SamplingMetadata:
         penalties are zero); prompt_token_mask `[N, V] bool`: tokens in the prompt, only when some row
         has repetition_penalty != 1.
     logit_bias_rows / _token_ids `int64`, logit_bias_values `float32` `[num_entries]`: added to logits.
+    allowed_rows `[R] int64`: the rows with allowed_token_ids (their other logits become -inf);
+        allowed_flat_ids `[num_entries] int64`: `row * vocab_size + token` for each of their allowed tokens.
     min_tokens_rows / _token_ids `[num_entries] int64`: set to -inf (EOS / stop tokens too early).
     max_num_logprobs: largest `logprobs` asked in the batch (None: no row asked).
     seeds: `(row, seed, step)` for each random row with a seed; step = that request's
         num_output_tokens, so the noise depends only on (seed, step), never on the batch.
-    reusable: nothing here depends on the step (no penalties, seeds, min_tokens, logit_bias or
-        logprobs), so the next step may reuse it for the same requests in the same order.
+    reusable: nothing here depends on the step (no penalties, seeds, min_tokens, logit_bias,
+        allowed_token_ids or logprobs), so the next step may reuse it for the same requests in the same
+        order.
     """
 
     num_reqs: int
@@ -63,6 +66,8 @@ class SamplingMetadata:
     logit_bias_rows: torch.Tensor | None = None
     logit_bias_token_ids: torch.Tensor | None = None
     logit_bias_values: torch.Tensor | None = None
+    allowed_rows: torch.Tensor | None = None
+    allowed_flat_ids: torch.Tensor | None = None
     min_tokens_rows: torch.Tensor | None = None
     min_tokens_token_ids: torch.Tensor | None = None
     max_num_logprobs: int | None = None
@@ -78,13 +83,18 @@ class SamplingMetadata:
         return self.logit_bias_rows is None
 
     @property
+    def no_allowed_token_ids(self) -> bool:
+        return self.allowed_rows is None
+
+    @property
     def no_min_tokens(self) -> bool:
         return self.min_tokens_rows is None
 
     @property
     def no_logit_processors(self) -> bool:
-        """No logit bias, min_tokens mask or penalties: the logits reach sampling as the model gave them."""
-        return self.no_logit_bias and self.no_min_tokens and self.no_penalties
+        """No allowed_token_ids, logit bias, min_tokens mask or penalties: the logits reach sampling as
+        the model gave them."""
+        return self.no_logit_bias and self.no_min_tokens and self.no_penalties and self.no_allowed_token_ids
 
     @classmethod
     def from_requests(cls, requests: list[Request], vocab_size: int, device: torch.device) -> SamplingMetadata:
@@ -95,7 +105,8 @@ class SamplingMetadata:
         n = len(requests)
         packed = np.fromiter(chain.from_iterable(
             (sp.temperature, sp.top_p, sp.min_p, sp.presence_penalty, sp.frequency_penalty, sp.repetition_penalty,
-             sp.top_k, sp.seed is not None or sp.logprobs is not None or sp.min_tokens > 0 or bool(sp.logit_bias))
+             sp.top_k, sp.seed is not None or sp.logprobs is not None or sp.min_tokens > 0 or bool(sp.logit_bias)
+             or sp.allowed_token_ids is not None)
             for sp in sps), dtype=np.float32, count=n * _NUM_COLS)
         host = torch.from_numpy(packed).view(n, _NUM_COLS)
         greedy = host[:, _TEMP] == 0
@@ -163,12 +174,13 @@ def _flat_token_index(rows: list[int], token_lists: list[list[int]], vocab_size:
 
 def _add_rare_features(meta: SamplingMetadata, requests: list[Request], special: torch.Tensor,
                        greedy: torch.Tensor, device: torch.device) -> None:
-    """Seeds, logit_bias, the min_tokens mask and logprobs: Python only for rows that use them
-    (special `[N] float32` is 1 for those rows)."""
+    """Seeds, logit_bias, allowed_token_ids, the min_tokens mask and logprobs: Python only for rows that
+    use them (special `[N] float32` is 1 for those rows)."""
     special = special.nonzero().flatten().tolist()
     bias_rows, bias_ids, bias_vals, min_rows, min_ids = [], [], [], [], []
     greedy_list = greedy.tolist() if special else []
     max_lp = None
+    allowed: dict[int, list[int]] = {}
     for i in special:
         r = requests[i]
         sp = r.sampling_params
@@ -181,6 +193,8 @@ def _add_rare_features(meta: SamplingMetadata, requests: list[Request], special:
             if not 0 <= tok < meta.vocab_size:
                 raise ValueError(f"logit_bias token ids must be in [0, {meta.vocab_size}), got {tok}")
             bias_rows.append(i), bias_ids.append(tok), bias_vals.append(float(val))
+        if sp.allowed_token_ids is not None:
+            allowed[i] = sp.allowed_token_ids
         if r.num_output_tokens + r.num_inflight < sp.min_tokens:
             banned = set(sp.stop_token_ids or ()) | (set() if sp.ignore_eos else set(r.eos_token_ids))
             banned = sorted(t for t in banned if 0 <= t < meta.vocab_size)
@@ -193,7 +207,16 @@ def _add_rare_features(meta: SamplingMetadata, requests: list[Request], special:
     if min_rows:
         meta.min_tokens_rows = _to_device(torch.tensor(min_rows, dtype=torch.int64), device)
         meta.min_tokens_token_ids = _to_device(torch.tensor(min_ids, dtype=torch.int64), device)
+    if allowed:
+        _add_allowed_token_ids(meta, allowed, device)
 
+
+def _add_allowed_token_ids(meta: SamplingMetadata, allowed: dict[int, list[int]], device: torch.device) -> None:
+    """The allowed_token_ids tensors from {row: its allowed ids} (ids outside the vocabulary: ValueError;
+    LLMEngine.add_request has checked them already)."""
+    rows = list(allowed)
+    meta.allowed_rows = _to_device(torch.tensor(rows, dtype=torch.int64), device)
+    meta.allowed_flat_ids = _flat_token_index(rows, list(allowed.values()), meta.vocab_size, device)
 
 
 def _to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:

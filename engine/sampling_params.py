@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from engine.checks import check
+from engine.prompt_truncation import check_truncate_prompt_tokens
 
 
 @dataclass(frozen=True)
@@ -14,7 +15,10 @@ class SamplingParams:
     `stop` strings are matched on the decoded text and are not returned (unless
     include_stop_str_in_output); `logprobs` asks for that many top alternatives per sampled token;
     `prompt_logprobs` for each prompt token's logprob given the tokens before it, with that many top
-    alternatives (vLLM's; RequestOutput.prompt_logprobs).
+    alternatives (vLLM's; RequestOutput.prompt_logprobs). `allowed_token_ids`: only these tokens may be
+    sampled (the others' logits -inf before logprobs and sampling; ids checked against the vocabulary at
+    LLMEngine.add_request). `truncate_prompt_tokens`: keep only the prompt's last k tokens (-1: the last
+    max_model_len), applied at LLMEngine.add_request.
     """
 
     n: int = 1
@@ -34,6 +38,8 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     repetition_penalty: float = 1.0
     logit_bias: dict[int, float] | None = None
+    allowed_token_ids: list[int] | None = None
+    truncate_prompt_tokens: int | None = None
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
     extra: dict = field(default_factory=dict, compare=False, repr=False)
@@ -57,6 +63,12 @@ class SamplingParams:
         check(-2 <= self.presence_penalty <= 2, "presence_penalty", self.presence_penalty, "must be in [-2, 2]")
         check(-2 <= self.frequency_penalty <= 2, "frequency_penalty", self.frequency_penalty, "must be in [-2, 2]")
         check(0 < self.repetition_penalty <= 2, "repetition_penalty", self.repetition_penalty, "must be in (0, 2]")
+        if self.allowed_token_ids is not None:
+            check(len(self.allowed_token_ids) > 0, "allowed_token_ids", self.allowed_token_ids,
+                  "must not be empty")
+            ids_ok = all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in self.allowed_token_ids)
+            check(ids_ok, "allowed_token_ids", self.allowed_token_ids, "must be token ids (integers >= 0)")
+        check_truncate_prompt_tokens(self.truncate_prompt_tokens)
         if self.stop is not None:
             check(all(isinstance(s, str) and s for s in self.stop), "stop", self.stop, "must be non-empty strings")
 
@@ -72,4 +84,3 @@ class SamplingParams:
     @property
     def all_stop_token_ids(self) -> frozenset[int]:
         return frozenset(self.stop_token_ids or ())
-

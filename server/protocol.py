@@ -70,6 +70,8 @@ class _SamplingFields(BaseModel):
     frequency_penalty: float | None = None
     repetition_penalty: float | None = None
     logit_bias: dict[str, float] | None = None
+    allowed_token_ids: list[int] | None = None      # vLLM's extra: only these tokens may be sampled
+    truncate_prompt_tokens: int | None = None       # vLLM's extra: the prompt's last k tokens (-1: max_model_len)
     ignore_eos: bool = False
     min_tokens: int = Field(0, ge=0)
     skip_special_tokens: bool = True

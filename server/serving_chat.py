@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from engine.chat_template import render_chat
 from engine.outputs import CompletionOutput
 from server.errors import APIError
+from server.prompt_truncation import truncate_prompts
 from server.protocol import (ChatChoice, ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse,
                              ChatCompletionToolsParam, ChatLogprobs, ChatMessage, ChatResponseMessage,
                              ChatStreamChoice, DeltaMessage, TokenLogprob, TopLogprob, UsageInfo)
@@ -94,6 +95,7 @@ async def create_chat_completion(serving: Serving, req: ChatCompletionRequest, t
     check_fields(req)
     tool_parser = tool_call_parser(serving, req)
     prompt = chat_prompt_ids(serving, req.messages, True, req.chat_template_kwargs, req.tools)
+    prompt, = truncate_prompts([prompt], req.truncate_prompt_tokens, serving.max_model_len)
     max_tokens = req.max_completion_tokens or req.max_tokens
     serving.check_prompt(prompt, max_tokens, "messages")
     if max_tokens is None:

@@ -8,6 +8,7 @@ from engine.outputs import CompletionOutput, RequestOutput
 from server.errors import APIError
 from server.protocol import (CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse,
                              CompletionStreamChoice, CompletionStreamResponse, UsageInfo)
+from server.prompt_truncation import truncate_prompts
 from server.serving import Serving, check_fields, merge, sse, sse_stream, stream_usage
 
 
@@ -97,7 +98,7 @@ async def create_completion(serving: Serving, req: CompletionRequest, timer_fact
     serving.check_model(req.model)
     check_fields(req)
     _check(req)
-    prompts = _prompts(serving, req)
+    prompts = truncate_prompts(_prompts(serving, req), req.truncate_prompt_tokens, serving.max_model_len)
     max_tokens = req.max_tokens if req.max_tokens is not None else min(
         serving.default_max_tokens(p) for p in prompts)
     for ids in prompts:
