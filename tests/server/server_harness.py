@@ -153,3 +153,16 @@ def offline_outputs(engine: LLMEngine, prompts: list, params: SamplingParams) ->
             if out.finished:
                 final[out.request_id] = out
     return [final[f"ref-{i}"] for i in range(len(prompts))]
+
+
+def assert_400(resp: httpx.Response, param: str, *words: str) -> str:
+    """The OpenAI error shape of a 400 (invalid_request_error) naming `param`, its message holding each of
+    `words`; returns the message."""
+    assert resp.status_code == 400, resp.text
+    assert resp.headers["content-type"].startswith("application/json")
+    error = resp.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert (error["code"], error["type"], error["param"]) == (400, "invalid_request_error", param), error
+    for word in words:
+        assert word in error["message"], error["message"]
+    return error["message"]

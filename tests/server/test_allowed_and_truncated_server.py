@@ -9,7 +9,7 @@ import pytest
 from engine.chat_template import render_chat
 from engine.engine_process import ProcessAsyncEngine
 from engine.sampling_params import SamplingParams
-from server_harness import MODEL_NAME, ServerThread, engine_config, http_client, offline_generate
+from server_harness import MODEL_NAME, ServerThread, assert_400, engine_config, http_client, offline_generate
 
 ALLOWED = [7, 33, 101, 250]
 TEXT = "The quick brown fox jumps over the lazy dog"
@@ -42,14 +42,6 @@ def prompt_ids(engine, endpoint: str) -> list[int]:
     if endpoint == "chat":
         return render_chat(engine.tokenizer, MESSAGES)
     return engine.tokenizer.encode(TEXT)
-
-
-def assert_400(resp, param: str, message: str) -> None:
-    assert resp.status_code == 400, resp.text
-    error = resp.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"}
-    assert (error["code"], error["type"], error["param"]) == (400, "invalid_request_error", param), error
-    assert message in error["message"], error["message"]
 
 
 @pytest.mark.parametrize("endpoint", ENDPOINTS)

@@ -8,7 +8,7 @@ import openai
 import pytest
 
 from engine.engine_process import ProcessAsyncEngine
-from server_harness import MODEL_NAME, ServerThread, engine_config, http_client, openai_client
+from server_harness import MODEL_NAME, ServerThread, assert_400, engine_config, http_client, openai_client
 
 NOT_ENABLED = "Got priority {} but Priority scheduling is not enabled."
 ENDPOINTS = ["chat", "completions"]
@@ -58,14 +58,6 @@ def answer(resp) -> str:
     return choice["message"]["content"] if "message" in choice else choice["text"]
 
 
-def assert_400(resp, message: str, param: str = "priority") -> None:
-    assert resp.status_code == 400, resp.text
-    error = resp.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"}
-    assert (error["code"], error["type"], error["param"]) == (400, "invalid_request_error", param), error
-    assert message in error["message"], error["message"]
-
-
 @pytest.mark.parametrize("endpoint", ENDPOINTS)
 def test_priority_server_hands_the_priority_to_the_engine(http, server, monkeypatch, endpoint):
     seen = spy_priorities(monkeypatch, server)
@@ -99,7 +91,8 @@ def test_fcfs_server_refuses_a_priority_with_vllms_message(fcfs_http, fcfs_serve
                                                            stream):
     seen = spy_priorities(monkeypatch, fcfs_server)
     for priority in (1, -2):
-        assert_400(post(fcfs_http, endpoint, priority=priority, stream=stream), NOT_ENABLED.format(priority))
+        assert_400(post(fcfs_http, endpoint, priority=priority, stream=stream), "priority",
+                   NOT_ENABLED.format(priority))
     assert seen == []
     answer(post(fcfs_http, endpoint, priority=0))
     assert seen == [0]

@@ -10,7 +10,7 @@ import logging
 import openai
 import pytest
 
-from server_harness import MODEL_NAME, engine_config
+from server_harness import MODEL_NAME, assert_400, engine_config
 
 IGNORED = "The following fields were present in the request but ignored"
 ONLY_WITH_STREAM = "Stream options can only be defined when `stream=True`."
@@ -75,21 +75,12 @@ def assert_continuous_usage(chunks: list[dict], num_tokens: int) -> dict:
     return final
 
 
-def assert_400(resp) -> None:
-    """The OpenAI error shape of a 400 naming stream_options with vLLM's message."""
-    assert resp.status_code == 400, resp.text
-    error = resp.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"}
-    assert (error["code"], error["type"], error["param"]) == (400, "invalid_request_error", "stream_options")
-    assert error["message"] == ONLY_WITH_STREAM
-
-
 @pytest.mark.parametrize("options", [{"include_usage": True}, BOTH, {}], ids=["include_usage", "both", "empty"])
 @pytest.mark.parametrize("stream", [False, None], ids=["stream_false", "stream_absent"])
 @pytest.mark.parametrize("endpoint", ENDPOINTS)
 def test_stream_options_without_stream_is_400(server, http, engine_calls, endpoint, stream, options):
     fields = {"stream_options": options} if stream is None else {"stream_options": options, "stream": stream}
-    assert_400(http.post(url(endpoint), json=body(endpoint, **fields)))
+    assert assert_400(http.post(url(endpoint), json=body(endpoint, **fields)), "stream_options") == ONLY_WITH_STREAM
     assert engine_calls == []
     stats = server.wait_idle()
     assert stats.num_running == stats.num_waiting == 0

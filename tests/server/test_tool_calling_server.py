@@ -16,7 +16,7 @@ import pytest
 import engine.serve
 from engine import LLM, SamplingParams
 from engine.chat_template import render_chat
-from server_harness import MODEL_NAME, engine_config, http_client, openai_client, script_answers
+from server_harness import MODEL_NAME, engine_config, http_client, script_answers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOOLS = [{"type": "function", "function": {
