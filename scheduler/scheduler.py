@@ -77,7 +77,8 @@ class Scheduler:
         budget, preempted = self._schedule_running(out, budget)
         if not preempted:
             self._schedule_waiting(out, budget)
-        out.finished_request_ids, self._finished_ids = self._finished_ids, []
+        if out.scheduled:     # an empty output is never launched: its finished ids wait for the next step
+            out.finished_request_ids, self._finished_ids = self._finished_ids, []
         return out
 
     def _schedule_running(self, out: SchedulerOutput, budget: int) -> tuple[int, bool]:

@@ -52,3 +52,14 @@ def test_penalties_drain_the_overlap(qwen3_checkpoint):
     sync, _ = run(qwen3_checkpoint[0], False, penalties=True)
     overlapped, _ = run(qwen3_checkpoint[0], True, penalties=True)
     assert overlapped == sync
+
+
+def test_a_drained_engine_frees_every_block_table_row(qwen3_checkpoint):
+    """The last step's finished requests give back their rows although the engine then idles (a
+    penalty made it drain before scheduling nothing): more rounds than max_num_seqs has rows."""
+    llm = LLM(qwen3_checkpoint[0], device="cpu", dtype="float32", max_num_seqs=4, async_scheduling=True)
+    params = SamplingParams(temperature=0, max_tokens=3, frequency_penalty=0.5, ignore_eos=True)
+    for round_ in range(4):
+        outs = llm.generate([[5, 6, 7]] * 3, params, use_tqdm=False)
+        assert [len(o.outputs[0].token_ids) for o in outs] == [3] * 3, round_
+    assert len(llm.engine.runner.inputs.rows) == 3     # only the last round's, freed by the next step

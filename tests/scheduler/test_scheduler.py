@@ -120,7 +120,9 @@ def test_finish_frees_blocks_and_reports_id():
     total = bm.num_free_blocks
     s.finish_request(a, RequestStatus.FINISHED_ABORTED)
     assert bm.num_free_blocks > total and not s.has_unfinished()
-    assert s.schedule().finished_request_ids == ["a"]
+    assert s.schedule().finished_request_ids == []        # an empty step is not launched: the id waits
+    s.add_request(req("b", 10))
+    assert s.schedule().finished_request_ids == ["a"]     # the next launched step frees a's block-table row
 
 
 def test_is_decode_only_follows_the_step_and_no_request_runs_zero_tokens():
