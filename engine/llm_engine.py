@@ -24,6 +24,7 @@ from engine.output_processor import OutputProcessor
 from engine.outputs import RequestOutput
 from engine.pending_step import PendingStep
 from engine.prompt_logprobs import PromptLogprobsResult
+from engine.bad_words import bad_words_token_ids
 from engine.prompt_truncation import check_allowed_token_ids, truncate_prompt
 from engine.request import Request, RequestStatus
 from engine.sampling_params import SamplingParams
@@ -120,20 +121,23 @@ class LLMEngine:
         deltas or detokenizing: what the offline API wants). priority: lower is scheduled earlier under
         scheduling_policy "priority"; any other than 0 under "fcfs" is a ValueError (vLLM's message). The
         prompt's ids are cut to their last `truncate_prompt_tokens` (the outputs' prompt_token_ids are
-        those; the prompt text stays whole) and allowed_token_ids are checked against the vocabulary."""
+        those; the prompt text stays whole), allowed_token_ids are checked against the vocabulary and
+        bad_words tokenized."""
         check_priority(priority, self.config.scheduling_policy)
         if request_id in self.outputs.groups:
             raise ValueError(f"request id {request_id!r} is already in use")
         prompt_text, ids = self._tokenize(prompt)
         ids = truncate_prompt(ids, params.truncate_prompt_tokens, self.max_model_len)
         check_allowed_token_ids(params.allowed_token_ids, self.model_config.vocab_size)
+        bad_words = bad_words_token_ids(params.bad_words, self.tokenizer, self.model_config.vocab_size)
         params = self._fill_max_tokens(params, len(ids))
         if self.config.max_queue_len is not None and len(self.scheduler.waiting) >= self.config.max_queue_len:
             raise QueueFullError(f"the waiting queue is full ({self.config.max_queue_len} requests); retry later")
         children = []
         for i in range(params.n):
             child_id = request_id if params.n == 1 else f"{request_id}#{i}"
-            req = Request(child_id, ids, _child_params(params, i), self.eos_token_ids, priority=priority)
+            req = Request(child_id, ids, _child_params(params, i), self.eos_token_ids, priority=priority,
+                          bad_words_token_ids=bad_words)
             if arrival_time is not None:
                 req.arrival_time = arrival_time
             children.append(req)

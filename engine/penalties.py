@@ -1,5 +1,5 @@
-"""Logit processors applied before sampling: the allowed_token_ids mask, logit bias, the min_tokens mask, and
-penalties.
+"""Logit processors applied before sampling: the allowed_token_ids mask, logit bias, the banned tokens
+(min_tokens, bad_words) and penalties.
 
 Each takes logits `[N, V] float32` and the step's SamplingMetadata and returns logits of the same shape;
 the input tensor is never written (the first processor that runs makes the copy the rest write into).
@@ -12,8 +12,8 @@ from engine.sampling_metadata import SamplingMetadata
 
 
 def apply_logit_processors(logits: torch.Tensor, meta: SamplingMetadata) -> torch.Tensor:
-    """The allowed_token_ids mask (first, as vLLM's), logit bias, the min_tokens mask, then penalties;
-    returns `logits` itself when none applies."""
+    """The allowed_token_ids mask (first, as vLLM's), logit bias, the banned tokens (min_tokens, bad_words),
+    then penalties; returns `logits` itself when none applies."""
     if meta.no_logit_processors:
         return logits
     logits = logits.clone()
@@ -22,8 +22,8 @@ def apply_logit_processors(logits: torch.Tensor, meta: SamplingMetadata) -> torc
     if not meta.no_logit_bias:
         logits.index_put_((meta.logit_bias_rows, meta.logit_bias_token_ids), meta.logit_bias_values,
                           accumulate=True)
-    if not meta.no_min_tokens:
-        logits[meta.min_tokens_rows, meta.min_tokens_token_ids] = float("-inf")
+    if not meta.no_banned_tokens:
+        logits[meta.banned_rows, meta.banned_token_ids] = float("-inf")
     if not meta.no_penalties:
         apply_penalties_(logits, meta)
     return logits

@@ -54,7 +54,8 @@ class Request:
     `all_token_ids[num_computed_tokens:]`. After preemption (recompute) it returns to 0 and the prompt
     plus the outputs so far are prefilled again. `priority` orders the waiting queue under the priority
     scheduling policy (lower first, ties by `arrival_time`); 0 under fcfs. `prompt_logprobs` gathers
-    them when the sampling params ask for them.
+    them when the sampling params ask for them. `bad_words_token_ids`: the params' bad_words as token-id
+    sequences (engine/bad_words.py; tokenized once by LLMEngine.add_request).
     """
 
     request_id: str
@@ -63,6 +64,7 @@ class Request:
     eos_token_ids: tuple[int, ...] = ()
     arrival_time: float = field(default_factory=time.monotonic)
     priority: int = 0
+    bad_words_token_ids: tuple[tuple[int, ...], ...] = ()
     output_token_ids: list[int] = field(default_factory=list)
     output_logprobs: list[dict[int, float]] = field(default_factory=list)
     num_computed_tokens: int = 0

@@ -1,11 +1,11 @@
 """Sampler: logits -> one token per row, batched on the device with no host sync.
 
-Order: the allowed_token_ids mask, logit bias, min_tokens mask, penalties (engine/penalties.py); logprobs are
-taken here, after those and before temperature. Greedy rows take the argmax. Random rows: divide by
-temperature, top-k, top-p, min-p, then the exponential race: argmax(probs / E) with E ~ Exponential(1)
-i.i.d. per token, which draws a token with probability proportional to probs. Rows with a seed draw E from
-their own generator, reseeded every step from (seed, step), so their tokens do not depend on the rest of
-the batch or on preemption.
+Order: the allowed_token_ids mask, logit bias, banned tokens (min_tokens, bad_words), penalties
+(engine/penalties.py); logprobs are taken here, after those and before temperature. Greedy rows take
+the argmax. Random rows: divide by temperature, top-k, top-p, min-p, then the exponential race:
+argmax(probs / E) with E ~ Exponential(1) i.i.d. per token, which draws a token with probability
+proportional to probs. Rows with a seed draw E from their own generator, reseeded every step from
+(seed, step), so their tokens do not depend on the rest of the batch or on preemption.
 
 On CUDA (with triton) random rows instead go through one Triton kernel (engine/sampling_kernel.py): the
 Gumbel race argmax(logits / T + G) over the filtered logits, with min-p and greedy rows folded in, noise

@@ -4,7 +4,7 @@ Built once per step from the requests whose logits are sampled (row i = requests
 at their defaults for every row become `None` (and a flag), so the sampler skips that work entirely.
 The build is vectorized: one list comprehension over the batch packs the numeric settings into a single
 CPU tensor that is copied to the device once; only rows that use a rare feature (seed, logit_bias,
-allowed_token_ids, min_tokens, logprobs, penalties) get any further per-request Python.
+allowed_token_ids, min_tokens, bad_words, logprobs, penalties) get any further per-request Python.
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from itertools import chain
 import numpy as np
 import torch
 
+from engine.bad_words import banned_token_ids
 from engine.request import Request
 
 # Columns of the packed per-row settings tensor.
@@ -37,7 +38,8 @@ class SamplingMetadata:
     logit_bias_rows / _token_ids `int64`, logit_bias_values `float32` `[num_entries]`: added to logits.
     allowed_rows `[R] int64`: the rows with allowed_token_ids (their other logits become -inf);
         allowed_flat_ids `[num_entries] int64`: `row * vocab_size + token` for each of their allowed tokens.
-    min_tokens_rows / _token_ids `[num_entries] int64`: set to -inf (EOS / stop tokens too early).
+    banned_rows / _token_ids `[num_entries] int64`: set to -inf (EOS / stop tokens before min_tokens,
+        the bad_words tokens that would end a bad word).
     max_num_logprobs: largest `logprobs` asked in the batch (None: no row asked).
     seeds: `(row, seed, step)` for each random row with a seed; step = that request's
         num_output_tokens, so the noise depends only on (seed, step), never on the batch.
@@ -68,8 +70,8 @@ class SamplingMetadata:
     logit_bias_values: torch.Tensor | None = None
     allowed_rows: torch.Tensor | None = None
     allowed_flat_ids: torch.Tensor | None = None
-    min_tokens_rows: torch.Tensor | None = None
-    min_tokens_token_ids: torch.Tensor | None = None
+    banned_rows: torch.Tensor | None = None
+    banned_token_ids: torch.Tensor | None = None
     max_num_logprobs: int | None = None
     seeds: list[tuple[int, int, int]] = field(default_factory=list)
     reusable: bool = False
@@ -87,14 +89,14 @@ class SamplingMetadata:
         return self.allowed_rows is None
 
     @property
-    def no_min_tokens(self) -> bool:
-        return self.min_tokens_rows is None
+    def no_banned_tokens(self) -> bool:
+        return self.banned_rows is None
 
     @property
     def no_logit_processors(self) -> bool:
-        """No allowed_token_ids, logit bias, min_tokens mask or penalties: the logits reach sampling as
+        """No allowed_token_ids, logit bias, banned tokens or penalties: the logits reach sampling as
         the model gave them."""
-        return self.no_logit_bias and self.no_min_tokens and self.no_penalties and self.no_allowed_token_ids
+        return self.no_logit_bias and self.no_banned_tokens and self.no_penalties and self.no_allowed_token_ids
 
     @classmethod
     def from_requests(cls, requests: list[Request], vocab_size: int, device: torch.device) -> SamplingMetadata:
@@ -106,7 +108,7 @@ class SamplingMetadata:
         packed = np.fromiter(chain.from_iterable(
             (sp.temperature, sp.top_p, sp.min_p, sp.presence_penalty, sp.frequency_penalty, sp.repetition_penalty,
              sp.top_k, sp.seed is not None or sp.logprobs is not None or sp.min_tokens > 0 or bool(sp.logit_bias)
-             or sp.allowed_token_ids is not None)
+             or sp.allowed_token_ids is not None or sp.bad_words is not None)
             for sp in sps), dtype=np.float32, count=n * _NUM_COLS)
         host = torch.from_numpy(packed).view(n, _NUM_COLS)
         greedy = host[:, _TEMP] == 0
@@ -174,10 +176,10 @@ def _flat_token_index(rows: list[int], token_lists: list[list[int]], vocab_size:
 
 def _add_rare_features(meta: SamplingMetadata, requests: list[Request], special: torch.Tensor,
                        greedy: torch.Tensor, device: torch.device) -> None:
-    """Seeds, logit_bias, allowed_token_ids, the min_tokens mask and logprobs: Python only for rows that
-    use them (special `[N] float32` is 1 for those rows)."""
+    """Seeds, logit_bias, allowed_token_ids, the banned tokens (min_tokens, bad_words) and logprobs: Python
+    only for rows that use them (special `[N] float32` is 1 for those rows)."""
     special = special.nonzero().flatten().tolist()
-    bias_rows, bias_ids, bias_vals, min_rows, min_ids = [], [], [], [], []
+    bias_rows, bias_ids, bias_vals, ban_rows, ban_ids = [], [], [], [], []
     greedy_list = greedy.tolist() if special else []
     max_lp = None
     allowed: dict[int, list[int]] = {}
@@ -198,15 +200,18 @@ def _add_rare_features(meta: SamplingMetadata, requests: list[Request], special:
         if r.num_output_tokens + r.num_inflight < sp.min_tokens:
             banned = set(sp.stop_token_ids or ()) | (set() if sp.ignore_eos else set(r.eos_token_ids))
             banned = sorted(t for t in banned if 0 <= t < meta.vocab_size)
-            min_rows.extend([i] * len(banned)), min_ids.extend(banned)
+            ban_rows.extend([i] * len(banned)), ban_ids.extend(banned)
+        if r.bad_words_token_ids:
+            banned = banned_token_ids(r.bad_words_token_ids, r.output_token_ids)
+            ban_rows.extend([i] * len(banned)), ban_ids.extend(banned)
     meta.max_num_logprobs = max_lp
     if bias_rows:
         meta.logit_bias_rows = _to_device(torch.tensor(bias_rows, dtype=torch.int64), device)
         meta.logit_bias_token_ids = _to_device(torch.tensor(bias_ids, dtype=torch.int64), device)
         meta.logit_bias_values = _to_device(torch.tensor(bias_vals, dtype=torch.float32), device)
-    if min_rows:
-        meta.min_tokens_rows = _to_device(torch.tensor(min_rows, dtype=torch.int64), device)
-        meta.min_tokens_token_ids = _to_device(torch.tensor(min_ids, dtype=torch.int64), device)
+    if ban_rows:
+        meta.banned_rows = _to_device(torch.tensor(ban_rows, dtype=torch.int64), device)
+        meta.banned_token_ids = _to_device(torch.tensor(ban_ids, dtype=torch.int64), device)
     if allowed:
         _add_allowed_token_ids(meta, allowed, device)
 

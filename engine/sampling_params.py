@@ -18,7 +18,8 @@ class SamplingParams:
     alternatives (vLLM's; RequestOutput.prompt_logprobs). `allowed_token_ids`: only these tokens may be
     sampled (the others' logits -inf before logprobs and sampling; ids checked against the vocabulary at
     LLMEngine.add_request). `truncate_prompt_tokens`: keep only the prompt's last k tokens (-1: the last
-    max_model_len), applied at LLMEngine.add_request.
+    max_model_len), applied at LLMEngine.add_request. `bad_words`: words never to generate (vLLM's: the
+    last token of a word is banned while the output ends with its other tokens; engine/bad_words.py).
     """
 
     n: int = 1
@@ -40,13 +41,15 @@ class SamplingParams:
     logit_bias: dict[int, float] | None = None
     allowed_token_ids: list[int] | None = None
     truncate_prompt_tokens: int | None = None
+    bad_words: list[str] | None = None
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
     extra: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        if isinstance(self.stop, str):
-            object.__setattr__(self, "stop", [self.stop])
+        for name in ("stop", "bad_words"):
+            if isinstance(getattr(self, name), str):
+                object.__setattr__(self, name, [getattr(self, name)])
         check(self.n >= 1, "n", self.n, "must be at least 1")
         check(self.temperature >= 0, "temperature", self.temperature, "must be >= 0")
         check(0 < self.top_p <= 1, "top_p", self.top_p, "must be in (0, 1]")
@@ -71,11 +74,15 @@ class SamplingParams:
         check_truncate_prompt_tokens(self.truncate_prompt_tokens)
         if self.stop is not None:
             check(all(isinstance(s, str) and s for s in self.stop), "stop", self.stop, "must be non-empty strings")
+        if self.bad_words is not None:
+            check(all(isinstance(w, str) and w.strip() for w in self.bad_words), "bad_words", self.bad_words,
+                  "must be strings with a character other than whitespace")
 
     @property
     def uses_output_history(self) -> bool:
-        """Penalties read every token generated so far, so they cannot run a step ahead."""
-        return self.presence_penalty != 0 or self.frequency_penalty != 0 or self.repetition_penalty != 1
+        """Penalties and bad words read every token generated so far, so they cannot run a step ahead."""
+        return (self.presence_penalty != 0 or self.frequency_penalty != 0 or self.repetition_penalty != 1
+                or bool(self.bad_words))
 
     @property
     def greedy(self) -> bool:

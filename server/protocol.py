@@ -72,6 +72,7 @@ class _SamplingFields(BaseModel):
     logit_bias: dict[str, float] | None = None
     allowed_token_ids: list[int] | None = None      # vLLM's extra: only these tokens may be sampled
     truncate_prompt_tokens: int | None = None       # vLLM's extra: the prompt's last k tokens (-1: max_model_len)
+    bad_words: list[str] | None = None              # vLLM's extra: words never to generate
     ignore_eos: bool = False
     min_tokens: int = Field(0, ge=0)
     skip_special_tokens: bool = True

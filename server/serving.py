@@ -26,7 +26,7 @@ from server.protocol import GUIDED_DECODING_FIELDS, Logprob, PromptLogprobs, Res
 _SAMPLING_FIELDS = tuple(f.name for f in fields(SamplingParams))
 _COPIED = ("n", "temperature", "top_p", "top_k", "min_p", "seed", "stop", "stop_token_ids", "presence_penalty",
            "frequency_penalty", "repetition_penalty", "ignore_eos", "min_tokens", "skip_special_tokens",
-           "include_stop_str_in_output", "allowed_token_ids", "truncate_prompt_tokens")
+           "include_stop_str_in_output", "allowed_token_ids", "truncate_prompt_tokens", "bad_words")
 DONE = "data: [DONE]\n\n"
 logger = logging.getLogger(__name__)
 

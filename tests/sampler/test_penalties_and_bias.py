@@ -69,7 +69,7 @@ def test_penalties_and_bias_match_reference():
 def test_defaults_skip_all_processing():
     reqs = [make_request(SamplingParams(), [1, 2], [3]) for _ in range(4)]
     meta = SamplingMetadata.from_requests(reqs, 10, CPU)
-    assert meta.no_penalties and meta.no_logit_bias and meta.no_min_tokens and meta.no_top_k_top_p
+    assert meta.no_penalties and meta.no_logit_bias and meta.no_banned_tokens and meta.no_top_k_top_p
     logits = torch.randn(4, 10)
     assert apply_logit_processors(logits, meta) is logits
 
