@@ -13,11 +13,11 @@ from typing import Protocol, Sequence
 TokenSequences = tuple[tuple[int, ...], ...]
 
 
-class _Encoder(Protocol):
+class Encoder(Protocol):
     def encode(self, text: str, add_special_tokens: bool = ...) -> list[int]: ...
 
 
-def bad_words_token_ids(words: Sequence[str] | None, tokenizer: _Encoder, vocab_size: int) -> TokenSequences:
+def bad_words_token_ids(words: Sequence[str] | None, tokenizer: Encoder, vocab_size: int) -> TokenSequences:
     """The token-id sequences to ban for `words` (None or empty: none). A token id outside
     [0, vocab_size) is a ValueError naming the field (the tokenizer knows more tokens than the model)."""
     sequences: list[tuple[int, ...]] = []

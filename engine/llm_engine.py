@@ -17,6 +17,7 @@ from transformers import GenerationConfig
 
 from attention.backend import dtype_name
 from attention.selector import select_backend
+from engine.bad_words import bad_words_token_ids
 from engine.config import EngineConfig, ModelConfig
 from engine.generation_defaults import default_sampling_fields, load_generation_config
 from engine.model_runner import ModelRunner
@@ -24,10 +25,10 @@ from engine.output_processor import OutputProcessor
 from engine.outputs import RequestOutput
 from engine.pending_step import PendingStep
 from engine.prompt_logprobs import PromptLogprobsResult
-from engine.bad_words import bad_words_token_ids
 from engine.prompt_truncation import check_allowed_token_ids, truncate_prompt
 from engine.request import Request, RequestStatus
 from engine.sampling_params import SamplingParams
+from engine.structured_outputs import ChoiceConstraint
 from kv_cache.block_manager import BlockManager
 from models.loader import load_tokenizer, resolve_model
 from scheduler.scheduler import Scheduler, SchedulerConfig
@@ -122,7 +123,7 @@ class LLMEngine:
         scheduling_policy "priority"; any other than 0 under "fcfs" is a ValueError (vLLM's message). The
         prompt's ids are cut to their last `truncate_prompt_tokens` (the outputs' prompt_token_ids are
         those; the prompt text stays whole), allowed_token_ids are checked against the vocabulary and
-        bad_words tokenized."""
+        bad_words and structured_outputs choices tokenized."""
         check_priority(priority, self.config.scheduling_policy)
         if request_id in self.outputs.groups:
             raise ValueError(f"request id {request_id!r} is already in use")
@@ -130,6 +131,7 @@ class LLMEngine:
         ids = truncate_prompt(ids, params.truncate_prompt_tokens, self.max_model_len)
         check_allowed_token_ids(params.allowed_token_ids, self.model_config.vocab_size)
         bad_words = bad_words_token_ids(params.bad_words, self.tokenizer, self.model_config.vocab_size)
+        choice = self._choice_constraint(params)
         params = self._fill_max_tokens(params, len(ids))
         if self.config.max_queue_len is not None and len(self.scheduler.waiting) >= self.config.max_queue_len:
             raise QueueFullError(f"the waiting queue is full ({self.config.max_queue_len} requests); retry later")
@@ -137,7 +139,7 @@ class LLMEngine:
         for i in range(params.n):
             child_id = request_id if params.n == 1 else f"{request_id}#{i}"
             req = Request(child_id, ids, _child_params(params, i), self.eos_token_ids, priority=priority,
-                          bad_words_token_ids=bad_words)
+                          bad_words_token_ids=bad_words, choice=choice)
             if arrival_time is not None:
                 req.arrival_time = arrival_time
             children.append(req)
@@ -147,6 +149,12 @@ class LLMEngine:
         self.num_prompt_tokens += len(ids) * params.n
         for req in children:
             self.scheduler.add_request(req)
+
+    def _choice_constraint(self, params: SamplingParams) -> ChoiceConstraint | None:
+        so = params.structured_outputs
+        if so is None:
+            return None
+        return ChoiceConstraint.build(so.choice, self.tokenizer, self.model_config.vocab_size, self.eos_token_ids)
 
     def _tokenize(self, prompt: str | list[int]) -> tuple[str | None, list[int]]:
         if isinstance(prompt, str):

@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 
 from engine.sampling_params import SamplingParams
+from engine.structured_outputs import ChoiceConstraint
 
 
 class RequestStatus(enum.Enum):
@@ -55,7 +56,8 @@ class Request:
     plus the outputs so far are prefilled again. `priority` orders the waiting queue under the priority
     scheduling policy (lower first, ties by `arrival_time`); 0 under fcfs. `prompt_logprobs` gathers
     them when the sampling params ask for them. `bad_words_token_ids`: the params' bad_words as token-id
-    sequences (engine/bad_words.py; tokenized once by LLMEngine.add_request).
+    sequences (engine/bad_words.py; tokenized once by LLMEngine.add_request); `choice`: the token table of
+    the params' structured_outputs choices (engine/structured_outputs.py), built there too.
     """
 
     request_id: str
@@ -65,6 +67,7 @@ class Request:
     arrival_time: float = field(default_factory=time.monotonic)
     priority: int = 0
     bad_words_token_ids: tuple[tuple[int, ...], ...] = ()
+    choice: ChoiceConstraint | None = None
     output_token_ids: list[int] = field(default_factory=list)
     output_logprobs: list[dict[int, float]] = field(default_factory=list)
     num_computed_tokens: int = 0

@@ -4,7 +4,8 @@ Built once per step from the requests whose logits are sampled (row i = requests
 at their defaults for every row become `None` (and a flag), so the sampler skips that work entirely.
 The build is vectorized: one list comprehension over the batch packs the numeric settings into a single
 CPU tensor that is copied to the device once; only rows that use a rare feature (seed, logit_bias,
-allowed_token_ids, min_tokens, bad_words, logprobs, penalties) get any further per-request Python.
+allowed_token_ids, structured choices, min_tokens, bad_words, logprobs, penalties) get any further
+per-request Python.
 """
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ class SamplingMetadata:
         penalties are zero); prompt_token_mask `[N, V] bool`: tokens in the prompt, only when some row
         has repetition_penalty != 1.
     logit_bias_rows / _token_ids `int64`, logit_bias_values `float32` `[num_entries]`: added to logits.
-    allowed_rows `[R] int64`: the rows with allowed_token_ids (their other logits become -inf);
+    allowed_rows `[R] int64`: the rows with allowed_token_ids or a structured choice (their other logits
+        become -inf);
         allowed_flat_ids `[num_entries] int64`: `row * vocab_size + token` for each of their allowed tokens.
     banned_rows / _token_ids `[num_entries] int64`: set to -inf (EOS / stop tokens before min_tokens,
         the bad_words tokens that would end a bad word).
@@ -107,9 +109,7 @@ class SamplingMetadata:
         n = len(requests)
         packed = np.fromiter(chain.from_iterable(
             (sp.temperature, sp.top_p, sp.min_p, sp.presence_penalty, sp.frequency_penalty, sp.repetition_penalty,
-             sp.top_k, sp.seed is not None or sp.logprobs is not None or sp.min_tokens > 0 or bool(sp.logit_bias)
-             or sp.allowed_token_ids is not None or sp.bad_words is not None)
-            for sp in sps), dtype=np.float32, count=n * _NUM_COLS)
+             sp.top_k, sp.uses_rare_features) for sp in sps), dtype=np.float32, count=n * _NUM_COLS)
         host = torch.from_numpy(packed).view(n, _NUM_COLS)
         greedy = host[:, _TEMP] == 0
         num_greedy = int(greedy.sum())
@@ -197,6 +197,8 @@ def _add_rare_features(meta: SamplingMetadata, requests: list[Request], special:
             bias_rows.append(i), bias_ids.append(tok), bias_vals.append(float(val))
         if sp.allowed_token_ids is not None:
             allowed[i] = sp.allowed_token_ids
+        elif r.choice is not None:
+            allowed[i] = r.choice.allowed(r.output_token_ids)
         if r.num_output_tokens + r.num_inflight < sp.min_tokens:
             banned = set(sp.stop_token_ids or ()) | (set() if sp.ignore_eos else set(r.eos_token_ids))
             banned = sorted(t for t in banned if 0 <= t < meta.vocab_size)

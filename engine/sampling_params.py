@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 
 from engine.checks import check
 from engine.prompt_truncation import check_truncate_prompt_tokens
+from engine.structured_outputs import StructuredOutputsParams
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,8 @@ class SamplingParams:
     LLMEngine.add_request). `truncate_prompt_tokens`: keep only the prompt's last k tokens (-1: the last
     max_model_len), applied at LLMEngine.add_request. `bad_words`: words never to generate (vLLM's: the
     last token of a word is banned while the output ends with its other tokens; engine/bad_words.py).
+    `structured_outputs`: vLLM's StructuredOutputsParams (or its dict); only `choice` is supported (the
+    answer is one of those strings; engine/structured_outputs.py).
     """
 
     n: int = 1
@@ -42,9 +45,13 @@ class SamplingParams:
     allowed_token_ids: list[int] | None = None
     truncate_prompt_tokens: int | None = None
     bad_words: list[str] | None = None
+    structured_outputs: StructuredOutputsParams | None = None
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
     extra: dict = field(default_factory=dict, compare=False, repr=False)
+    # a seed, logprobs, min_tokens, logit_bias, allowed_token_ids, bad_words or structured_outputs: the
+    # sampling metadata needs Python for this request's row (set at construction)
+    uses_rare_features: bool = field(init=False, compare=False, repr=False, default=False)
 
     def __post_init__(self) -> None:
         for name in ("stop", "bad_words"):
@@ -72,6 +79,16 @@ class SamplingParams:
             ids_ok = all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in self.allowed_token_ids)
             check(ids_ok, "allowed_token_ids", self.allowed_token_ids, "must be token ids (integers >= 0)")
         check_truncate_prompt_tokens(self.truncate_prompt_tokens)
+        if isinstance(self.structured_outputs, dict):
+            object.__setattr__(self, "structured_outputs", StructuredOutputsParams.from_dict(self.structured_outputs))
+        if self.structured_outputs is not None:
+            check(isinstance(self.structured_outputs, StructuredOutputsParams), "structured_outputs",
+                  self.structured_outputs, "must be a StructuredOutputsParams (or its dict)")
+            check(self.allowed_token_ids is None, "structured_outputs", self.structured_outputs,
+                  "cannot be combined with allowed_token_ids")
+        object.__setattr__(self, "uses_rare_features", (
+            self.seed is not None or self.logprobs is not None or self.min_tokens > 0 or bool(self.logit_bias)
+            or self.allowed_token_ids is not None or self.bad_words is not None or self.structured_outputs is not None))
         if self.stop is not None:
             check(all(isinstance(s, str) and s for s in self.stop), "stop", self.stop, "must be non-empty strings")
         if self.bad_words is not None:
@@ -80,9 +97,10 @@ class SamplingParams:
 
     @property
     def uses_output_history(self) -> bool:
-        """Penalties and bad words read every token generated so far, so they cannot run a step ahead."""
+        """Penalties, bad words and structured outputs read every token generated so far, so they cannot
+        run a step ahead."""
         return (self.presence_penalty != 0 or self.frequency_penalty != 0 or self.repetition_penalty != 1
-                or bool(self.bad_words))
+                or bool(self.bad_words) or self.structured_outputs is not None)
 
     @property
     def greedy(self) -> bool:

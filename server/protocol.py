@@ -25,19 +25,20 @@ class ErrorResponse(BaseModel):
 
 
 class StreamOptions(BaseModel):
-    """`stream_options` (only with stream true, see serving.check_fields). include_usage: a last chunk with
-    the usage; vLLM's continuous_usage_stats: usage on every chunk that carries choices too (see
-    serving.stream_usage). Unknown keys are kept in `model_extra`, logged as ignored."""
+    """`stream_options` (only with stream true, see request_fields.check_fields). include_usage: a last
+    chunk with the usage; vLLM's continuous_usage_stats: usage on every chunk that carries choices too
+    (see request_fields.stream_usage). Unknown keys are kept in `model_extra`, logged as ignored."""
 
     model_config = ConfigDict(extra="allow")
 
-    include_usage: bool | None = None      # unset: as continuous_usage_stats (see serving.stream_usage)
+    include_usage: bool | None = None      # unset: as continuous_usage_stats (see request_fields.stream_usage)
     continuous_usage_stats: bool = False
 
 
 class ResponseFormat(BaseModel):
     """`response_format`: {"type": "text"} is plain generation; "json_object" / "json_schema" (JSON mode,
-    structured outputs) need guided decoding, which this engine has not (400, see serving.check_fields)."""
+    structured outputs) need a grammar engine, which this engine has not (400, see
+    request_fields.check_fields)."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -45,10 +46,10 @@ class ResponseFormat(BaseModel):
     json_schema: dict[str, Any] | None = None
 
 
-# vLLM's request extras for what this engine cannot do: structured output (guided decoding); declared so
-# that a request setting one (not null) is a 400 naming it (serving.check_fields)
-GUIDED_DECODING_FIELDS = ("guided_json", "guided_regex", "guided_choice", "guided_grammar",
-                          "guided_decoding_backend", "structured_outputs")
+# vLLM's request extras for what this engine cannot do: guided decoding by a grammar; declared so that a
+# request setting one (not null) is a 400 naming it (request_fields.check_fields). guided_choice and
+# structured_outputs {"choice": [...]} are served (request_fields.structured_outputs).
+GUIDED_DECODING_FIELDS = ("guided_json", "guided_regex", "guided_grammar", "guided_decoding_backend")
 
 
 class _SamplingFields(BaseModel):
@@ -88,7 +89,7 @@ class _SamplingFields(BaseModel):
     guided_decoding_backend: Any = None
     structured_outputs: Any = None
     # vLLM's extra: each prompt token's logprob and the top k (at most 20, as vLLM's max_logprobs); not
-    # with stream (serving.check_fields)
+    # with stream (request_fields.check_fields)
     prompt_logprobs: int | None = Field(None, ge=0, le=20)
     priority: int = 0      # vLLM's extra: lower is scheduled earlier (--scheduling-policy priority; else 0)
 

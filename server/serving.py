@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import fields
@@ -21,14 +20,14 @@ from scheduler.waiting_queue import check_priority
 from server.errors import APIError, from_value_error
 from server.metrics import ServerMetrics
 from server.options import ServerOptions
-from server.protocol import GUIDED_DECODING_FIELDS, Logprob, PromptLogprobs, ResponseFormat, StreamOptions
+from server.protocol import Logprob, PromptLogprobs
+from server.request_fields import logit_bias, structured_outputs
 
 _SAMPLING_FIELDS = tuple(f.name for f in fields(SamplingParams))
 _COPIED = ("n", "temperature", "top_p", "top_k", "min_p", "seed", "stop", "stop_token_ids", "presence_penalty",
            "frequency_penalty", "repetition_penalty", "ignore_eos", "min_tokens", "skip_special_tokens",
            "include_stop_str_in_output", "allowed_token_ids", "truncate_prompt_tokens", "bad_words")
 DONE = "data: [DONE]\n\n"
-logger = logging.getLogger(__name__)
 
 
 class Serving:
@@ -64,7 +63,7 @@ class Serving:
         kwargs = dict(self.sampling_defaults)
         kwargs.update({name: getattr(req, name) for name in _COPIED if getattr(req, name) is not None})
         kwargs.update(max_tokens=max_tokens, logprobs=logprobs, prompt_logprobs=prompt_logprobs,
-                      logit_bias=_logit_bias(req.logit_bias))
+                      logit_bias=logit_bias(req.logit_bias), structured_outputs=structured_outputs(req))
         try:
             return SamplingParams(**kwargs)
         except ValueError as exc:
@@ -124,53 +123,6 @@ class Serving:
         return [None] + [_ranked(entry, token, rank, decode) for token, entry, rank in entries]
 
 
-def check_fields(req) -> None:
-    """Before anything reaches the engine: a 400 naming the field for what this engine cannot do
-    (a response_format other than text, vLLM's guided-decoding extras), for prompt_logprobs above 0
-    with stream and for stream_options without stream (vLLM's messages); other unknown fields,
-    stream_options' included, are ignored, as vLLM does, with one warning naming them."""
-    _check_response_format(req.response_format)
-    for name in GUIDED_DECODING_FIELDS:
-        if getattr(req, name) is not None:
-            raise APIError(400, f"{name} is not supported: it needs structured output (guided decoding), which "
-                                f"this server does not support; drop {name}", name)
-    if req.prompt_logprobs and req.stream:
-        raise APIError(400, "`prompt_logprobs` are not available when `stream=True`.", "prompt_logprobs")
-    if req.stream_options is not None and not req.stream:
-        raise APIError(400, "Stream options can only be defined when `stream=True`.", "stream_options")
-    ignored = _ignored_fields(req)
-    if ignored:
-        logger.warning("The following fields were present in the request but ignored: %s", ignored)
-
-
-def _ignored_fields(req) -> set[str]:
-    """The request's unknown fields, and stream_options' unknown keys as "stream_options.<key>"."""
-    names = set(req.model_extra or ())
-    if req.stream_options is not None and req.stream_options.model_extra:
-        names.update(f"stream_options.{key}" for key in req.stream_options.model_extra)
-    return names
-
-
-def stream_usage(options: StreamOptions | None) -> tuple[bool, bool]:
-    """(a last, usage-only chunk; usage on every chunk that carries choices) for a stream's options. As
-    vLLM's should_include_usage, continuous_usage_stats needs include_usage; an unset include_usage
-    follows continuous_usage_stats (vLLM defaults it to true, so `{"continuous_usage_stats": true}` alone
-    gives both, while `{}` keeps OpenAI's meaning: no usage)."""
-    if options is None:
-        return False, False
-    include = options.continuous_usage_stats if options.include_usage is None else options.include_usage
-    return include, include and options.continuous_usage_stats
-
-
-def _check_response_format(response_format: ResponseFormat | None) -> None:
-    """{"type": "text"} (or none) is plain generation; any other type needs guided decoding: 400."""
-    if response_format is None or response_format.type == "text":
-        return
-    raise APIError(400, f"response_format type {response_format.type!r} needs structured output (guided "
-                        "decoding), which this server does not support; drop response_format or use "
-                        "{'type': 'text'}", "response_format")
-
-
 def _ranked(entry: dict[int, float], token: int, token_rank: int, decode) -> dict[int, Logprob]:
     """One prompt position as vLLM's Logprobs: the prompt token with its rank, then the top k in the
     engine's order (most likely first) ranked 1, 2, ..., passing over the prompt token's rank when it
@@ -182,16 +134,6 @@ def _ranked(entry: dict[int, float], token: int, token_rank: int, decode) -> dic
             rank += 2 if rank + 1 == token_rank else 1
             ranked[token_id] = Logprob(logprob=logprob, rank=rank, decoded_token=decode(token_id))
     return ranked
-
-
-def _logit_bias(bias: dict[str, float] | None) -> dict[int, float] | None:
-    if bias is None:
-        return None
-    try:
-        return {int(k): float(v) for k, v in bias.items()}
-    except ValueError as exc:
-        raise APIError(400, f"logit_bias keys must be token ids (integers), got {list(bias)[:4]}",
-                       "logit_bias") from exc
 
 
 def _engine_error(exc: BaseException) -> BaseException:

@@ -13,7 +13,8 @@ from server.protocol import (ChatChoice, ChatCompletionChunk, ChatCompletionRequ
                              ChatCompletionToolsParam, ChatLogprobs, ChatMessage, ChatResponseMessage,
                              ChatStreamChoice, DeltaMessage, TokenLogprob, TopLogprob, UsageInfo)
 from server.reasoning import ReasoningStream, split_reasoning
-from server.serving import Serving, check_fields, merge, sse, sse_stream, stream_usage
+from server.request_fields import check_fields, stream_usage
+from server.serving import Serving, merge, sse, sse_stream
 from server.tool_calls import ToolCallParser, tool_call_messages
 from server.tool_parsers import TOOL_CALL_PARSERS
 

@@ -9,7 +9,8 @@ from server.errors import APIError
 from server.protocol import (CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse,
                              CompletionStreamChoice, CompletionStreamResponse, UsageInfo)
 from server.prompt_truncation import truncate_prompts
-from server.serving import Serving, check_fields, merge, sse, sse_stream, stream_usage
+from server.request_fields import check_fields, stream_usage
+from server.serving import Serving, merge, sse, sse_stream
 
 
 def _prompts(serving: Serving, req: CompletionRequest) -> list[list[int]]:

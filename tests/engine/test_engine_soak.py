@@ -12,6 +12,7 @@ from engine.sampling_params import SamplingParams
 
 ALLOWED = [3, 17, 40, 63, 99]
 MAX_NUM_SEQS = 6
+CHOICES = ["yes", "no way"]
 
 
 def random_params(rng: random.Random) -> SamplingParams:
@@ -19,12 +20,14 @@ def random_params(rng: random.Random) -> SamplingParams:
     base = dict(temperature=rng.choice([0, 0.8]), seed=rng.randrange(100), max_tokens=rng.randint(1, 24),
                 ignore_eos=rng.random() < 0.7)
     feature = rng.choice(["plain", "penalty", "bad_words", "allowed", "logprobs", "prompt_logprobs", "min_tokens",
-                          "n", "stop", "bias"])
+                          "n", "stop", "bias", "choice"])
     extra = {"plain": {}, "penalty": dict(repetition_penalty=1.3, frequency_penalty=0.4),
              "bad_words": dict(bad_words=["ab", "c"]), "allowed": dict(allowed_token_ids=ALLOWED),
              "logprobs": dict(logprobs=2), "prompt_logprobs": dict(prompt_logprobs=1),
              "min_tokens": dict(min_tokens=base["max_tokens"]), "n": dict(n=2), "stop": dict(stop=["e", "x"]),
-             "bias": dict(logit_bias={5: 3.0})}[feature]
+             "bias": dict(logit_bias={5: 3.0}), "choice": dict(structured_outputs={"choice": CHOICES})}[feature]
+    if feature == "choice":
+        base["ignore_eos"] = False
     return SamplingParams(**base, **extra)
 
 
@@ -37,6 +40,8 @@ def check_answer(engine: LLMEngine, params: SamplingParams, output) -> None:
         if params.bad_words:
             text = engine.tokenizer.decode(ids)
             assert "ab" not in text and "c" not in text, text
+        if params.structured_outputs is not None:
+            assert seq.text in CHOICES if seq.finish_reason == "stop" else any(c.startswith(seq.text) for c in CHOICES)
         if params.min_tokens:
             assert len(ids) == params.max_tokens
         if params.logprobs is not None:

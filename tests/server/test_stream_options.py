@@ -181,7 +181,7 @@ def ignored_warnings(caplog) -> list[str]:
 @pytest.mark.parametrize("endpoint", ENDPOINTS)
 def test_unknown_stream_options_key_is_warned_once(http, caplog, endpoint):
     options = {"include_usage": True, "continuous_usage_stats": False, "foo_bar": 1}
-    with caplog.at_level(logging.WARNING, logger="server.serving"):
+    with caplog.at_level(logging.WARNING, logger="server.request_fields"):
         chunks = stream_chunks(http, endpoint, stream_options=options, top_level_extra=2)
     assert chunks[-1]["usage"]["completion_tokens"] == MAX_TOKENS
     warnings = ignored_warnings(caplog)
@@ -192,6 +192,6 @@ def test_unknown_stream_options_key_is_warned_once(http, caplog, endpoint):
 
 @pytest.mark.parametrize("endpoint", ENDPOINTS)
 def test_known_stream_options_are_not_warned(http, caplog, endpoint):
-    with caplog.at_level(logging.WARNING, logger="server.serving"):
+    with caplog.at_level(logging.WARNING, logger="server.request_fields"):
         stream_chunks(http, endpoint, stream_options=BOTH)
     assert ignored_warnings(caplog) == []

@@ -1,5 +1,5 @@
 """Request fields this engine cannot honour: response_format other than text (JSON mode, structured
-outputs) and vLLM's guided-decoding extras are a 400 naming the field, before anything reaches the engine,
+outputs) and vLLM's grammar-guided extras are a 400 naming the field, before anything reaches the engine,
 and so are prompt_logprobs out of [0, 20] or above 0 with stream (vLLM's message); any other unknown
 field is ignored with one warning naming it (as vLLM does)."""
 from __future__ import annotations
@@ -14,9 +14,8 @@ from server_harness import MODEL_NAME, assert_400, engine_config
 IGNORED = "The following fields were present in the request but ignored"
 SCHEMA = {"name": "answer", "schema": {"type": "object", "properties": {"a": {"type": "string"}}}}
 FORMATS = [{"type": "json_object"}, {"type": "json_schema", "json_schema": SCHEMA}, {"type": "structural_tag"}]
-EXTRAS = [("guided_json", {"type": "object"}), ("guided_regex", "[a-z]+"), ("guided_choice", ["yes", "no"]),
-          ("guided_grammar", 'root ::= "a"'), ("guided_decoding_backend", "xgrammar"),
-          ("structured_outputs", {"json": {"type": "object"}})]
+EXTRAS = [("guided_json", {"type": "object"}), ("guided_regex", "[a-z]+"), ("guided_grammar", 'root ::= "a"'),
+          ("guided_decoding_backend", "xgrammar")]
 ENDPOINTS = ["chat", "completions"]
 
 
@@ -82,8 +81,8 @@ def test_guided_decoding_extras_are_400_naming_the_field(http, engine_calls, end
 
 @pytest.mark.parametrize("endpoint", ENDPOINTS)
 def test_null_extras_are_served_without_a_warning(http, engine_calls, caplog, endpoint):
-    nulls = {name: None for name, _ in EXTRAS}
-    with caplog.at_level(logging.WARNING, logger="server.serving"):
+    nulls = {name: None for name in [name for name, _ in EXTRAS] + ["guided_choice", "structured_outputs"]}
+    with caplog.at_level(logging.WARNING, logger="server.request_fields"):
         assert_served(post(http, endpoint, prompt_logprobs=None, **nulls))
     assert IGNORED not in caplog.text
     assert len(engine_calls) == 1
@@ -120,7 +119,7 @@ def test_prompt_logprobs_are_served(http, engine_calls, endpoint, value):
 
 @pytest.mark.parametrize("endpoint", ENDPOINTS)
 def test_unknown_field_is_served_with_one_warning_naming_it(http, engine_calls, caplog, endpoint):
-    with caplog.at_level(logging.WARNING, logger="server.serving"):
+    with caplog.at_level(logging.WARNING, logger="server.request_fields"):
         assert_served(post(http, endpoint, foo=1, bar_baz={"x": 1}))
     warnings = [r.getMessage() for r in caplog.records if IGNORED in r.getMessage()]
     assert len(warnings) == 1, warnings
@@ -132,7 +131,7 @@ def test_deliberately_open_models_keep_their_extra_keys_without_a_warning(http, 
     """Messages with extra keys and tool functions with extra fields (e.g. strict) stay accepted."""
     tools = [{"type": "function", "function": {"name": "f", "strict": True, "parameters": {"type": "object"}}}]
     messages = [{"role": "user", "content": "hi", "metadata": {"k": "v"}}]
-    with caplog.at_level(logging.WARNING, logger="server.serving"):
+    with caplog.at_level(logging.WARNING, logger="server.request_fields"):
         assert_served(post(http, "chat", messages=messages, tools=tools, tool_choice="none"))
     assert IGNORED not in caplog.text
 

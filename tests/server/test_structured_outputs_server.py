@@ -1,0 +1,89 @@
+"""vLLM's structured outputs on /v1/completions and /v1/chat/completions, the choice kind: structured_outputs
+{"choice": [...]} and the older guided_choice extra answer as the offline engine does (one of the choices),
+through the engine's thread and its process, streamed too; the other kinds, unknown keys, bad choice lists
+and both fields at once are a 400 naming the field, before anything reaches the engine."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from engine.chat_template import render_chat
+from engine.engine_process import ProcessAsyncEngine
+from engine.sampling_params import SamplingParams
+from engine.structured_outputs import StructuredOutputsParams
+from server_harness import MODEL_NAME, ServerThread, assert_400, engine_config, http_client, offline_generate
+
+CHOICES = ["yes", "no", "maybe so"]
+TEXT = "Is the sky blue?"
+MESSAGES = [{"role": "user", "content": TEXT}]
+ENDPOINTS = ["chat", "completions"]
+FIELDS = {"structured_outputs": {"choice": CHOICES}, "guided_choice": CHOICES}
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_path, start_server):
+    return start_server(engine_config(tiny_model_path))
+
+
+def post(http, endpoint: str, **body):
+    base = {"model": MODEL_NAME, "max_tokens": 16, "temperature": 1.0, "seed": 5}
+    if endpoint == "chat":
+        return http.post("/v1/chat/completions", json={**base, "messages": MESSAGES, **body})
+    return http.post("/v1/completions", json={**base, "prompt": TEXT, **body})
+
+
+def text_of(resp) -> str:
+    assert resp.status_code == 200, resp.text
+    choice = resp.json()["choices"][0]
+    assert choice["finish_reason"] == "stop"
+    return choice["message"]["content"] if "message" in choice else choice["text"]
+
+
+@pytest.mark.parametrize("field", list(FIELDS))
+@pytest.mark.parametrize("endpoint", ENDPOINTS)
+def test_answer_is_the_offline_engines_choice(http, reference_engine, endpoint, field):
+    ids = render_chat(reference_engine.tokenizer, MESSAGES) if endpoint == "chat" else \
+        reference_engine.tokenizer.encode(TEXT)
+    params = SamplingParams(max_tokens=16, temperature=1.0, seed=5,
+                            structured_outputs=StructuredOutputsParams(choice=CHOICES))
+    want = offline_generate(reference_engine, [ids], params)[0][0].text
+    assert want in CHOICES
+    assert text_of(post(http, endpoint, **{field: FIELDS[field]})) == want
+
+
+@pytest.mark.parametrize("endpoint", ENDPOINTS)
+def test_streamed_answer_adds_up_to_a_choice(http, endpoint):
+    whole = text_of(post(http, endpoint, guided_choice=CHOICES))
+    resp = post(http, endpoint, guided_choice=CHOICES, stream=True)
+    assert resp.status_code == 200
+    chunks = [json.loads(line[6:]) for line in resp.text.splitlines() if line.startswith("data: {")]
+    deltas = [c["choices"][0]["delta"].get("content") if endpoint == "chat" else c["choices"][0]["text"]
+              for c in chunks if c["choices"]]
+    assert "".join(d for d in deltas if d) == whole
+
+
+@pytest.mark.parametrize("endpoint", ENDPOINTS)
+@pytest.mark.parametrize("body, param, message", [
+    (dict(structured_outputs={"json": {"type": "object"}}), "structured_outputs",
+     "structured_outputs.json is not supported"),
+    (dict(structured_outputs={"regex": "a+"}), "structured_outputs", "structured_outputs.regex is not supported"),
+    (dict(structured_outputs={"choices": ["a"]}), "structured_outputs", "unknown keys ['choices']"),
+    (dict(structured_outputs=["a"]), "structured_outputs", "must be an object"),
+    (dict(structured_outputs={"choice": []}), "structured_outputs", "structured_outputs.choice must be a non-empty"),
+    (dict(guided_choice=["a", ""]), "guided_choice", "structured_outputs.choice must be a non-empty"),
+    (dict(guided_choice="yes"), "guided_choice", "structured_outputs.choice must be a non-empty"),
+    (dict(guided_choice=["a"], structured_outputs={"choice": ["b"]}), "guided_choice", "not both"),
+    (dict(guided_choice=["a"], allowed_token_ids=[5]), "structured_outputs", "cannot be combined with allowed"),
+])
+def test_bad_values_are_400_naming_the_field(http, engine_calls, endpoint, body, param, message):
+    assert_400(post(http, endpoint, **body), param, message)
+    assert engine_calls == []
+
+
+def test_through_the_engine_process(tiny_model_path, http):
+    with ServerThread(engine_config(tiny_model_path), engine_cls=ProcessAsyncEngine) as process_server:
+        with http_client(process_server) as process_http:
+            for endpoint in ENDPOINTS:
+                assert text_of(post(process_http, endpoint, guided_choice=CHOICES)) == \
+                    text_of(post(http, endpoint, guided_choice=CHOICES))
