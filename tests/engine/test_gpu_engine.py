@@ -114,6 +114,28 @@ def test_prompt_logprobs_with_graphs_equal_eager(bf16_checkpoint):
             assert max(b.values()) == pytest.approx(max(a.values()), abs=1e-3)
 
 
+def test_constrained_requests_with_graphs_equal_eager(bf16_checkpoint):
+    """Requests whose sampling reads their last token (bad_words, a structured choice, penalties) make
+    the engine drain between steps; beside plain seeded ones, in rounds that idle in between (more rounds
+    than block-table rows), graphs give the eager engine's answers (float32), and the answers keep their
+    rules."""
+    choices = ["yes", "no way"]
+    base = dict(max_tokens=12, temperature=1.0)
+    params = [SamplingParams(seed=1, bad_words=["a", "bc"], ignore_eos=True, **base),
+              SamplingParams(seed=2, structured_outputs={"choice": choices}, **base),
+              SamplingParams(seed=3, repetition_penalty=1.4, ignore_eos=True, **base),
+              SamplingParams(seed=4, ignore_eos=True, **base)]
+    kw = dict(max_num_seqs=8, dtype="float32")
+    runs = []
+    for eager in (True, False):
+        llm = make_llm(bf16_checkpoint, "triton", enforce_eager=eager, **kw)
+        runs.append([[o.outputs[0] for o in llm.generate(batch(r)[:4], params, use_tqdm=False)] for r in range(4)])
+    for eager, graphs in zip(*runs):
+        assert [o.token_ids for o in graphs] == [o.token_ids for o in eager]
+        assert "a" not in graphs[0].text and "bc" not in graphs[0].text
+        assert graphs[1].text in choices or graphs[1].finish_reason == "length"
+
+
 @pytest.mark.parametrize("backend", ["triton", "flash_attn"])
 def test_backend_greedy_matches_torch_ref(bf16_checkpoint, backend):
     if backend == "flash_attn":

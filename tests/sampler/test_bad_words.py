@@ -13,6 +13,8 @@ from engine.sampling_metadata import SamplingMetadata
 from engine.sampling_params import SamplingParams
 
 VOCAB = 64
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+KERNEL = [False, True] if torch.cuda.is_available() else [False]     # the Triton sampling kernel: CUDA only here
 
 
 class TableEncoder:
@@ -69,22 +71,24 @@ def request_with(params: SamplingParams, bad: tuple = (), output: list[int] = ()
     return req
 
 
+@pytest.mark.parametrize("use_kernel", KERNEL)
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
-def test_sampler_never_picks_a_banned_token_and_other_rows_do_not_change(temperature):
+def test_sampler_never_picks_a_banned_token_and_other_rows_do_not_change(temperature, use_kernel):
     gen = torch.Generator().manual_seed(0)
     bad = ((40,), (7, 8), (1, 2, 3))
     params = SamplingParams(temperature=temperature, seed=3, bad_words=["stand-in"])
     for trial in range(20):
         logits = torch.randn(3, VOCAB, generator=gen)
         logits[:, [40, 8, 3]] = 30.0                 # the likeliest by far; row 0 bans 40 and 8, row 1 40 and 3
+        logits = logits.to(DEVICE)
         requests = [request_with(params, bad, output=[9, 7]), request_with(params, bad, output=[1, 2]),
                     request_with(SamplingParams(temperature=temperature, seed=3), output=[1, 2])]
-        meta = SamplingMetadata.from_requests(requests, VOCAB, torch.device("cpu"))
+        meta = SamplingMetadata.from_requests(requests, VOCAB, DEVICE)
         assert not meta.reusable
-        picked = Sampler(use_kernel=False)(logits, meta).sampled_token_ids.tolist()
+        picked = Sampler(use_kernel=use_kernel)(logits, meta).sampled_token_ids.tolist()
         assert picked[:2] == [3, 8], (trial, picked)     # each row's one candidate left unbanned
-        alone = SamplingMetadata.from_requests(requests[2:], VOCAB, torch.device("cpu"))
-        assert picked[2] == Sampler(use_kernel=False)(logits[2:], alone).sampled_token_ids.item()
+        alone = SamplingMetadata.from_requests(requests[2:], VOCAB, DEVICE)
+        assert picked[2] == Sampler(use_kernel=use_kernel)(logits[2:], alone).sampled_token_ids.item()
 
 
 def test_bad_words_need_the_output_history_and_are_validated():

@@ -13,6 +13,8 @@ from engine.sampling_params import SamplingParams
 from engine.structured_outputs import ChoiceConstraint, StructuredOutputsParams
 
 VOCAB = 64
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+KERNEL = [False, True] if torch.cuda.is_available() else [False]     # the Triton sampling kernel: CUDA only here
 EOS = (0, 1)
 
 
@@ -77,8 +79,9 @@ def test_params_from_dict_and_in_sampling_params():
         SamplingParams(structured_outputs=StructuredOutputsParams(choice=["x"]), allowed_token_ids=[3])
 
 
+@pytest.mark.parametrize("use_kernel", KERNEL)
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
-def test_sampler_draws_only_what_leads_to_a_choice(temperature):
+def test_sampler_draws_only_what_leads_to_a_choice(temperature, use_kernel):
     constraint = ChoiceConstraint.build(["5 6", "5 6 7", "8 9"], ListEncoder(), VOCAB, EOS)
     params = SamplingParams(temperature=temperature, structured_outputs=StructuredOutputsParams(choice=["stand-in"]))
     gen = torch.Generator().manual_seed(0)
@@ -87,6 +90,6 @@ def test_sampler_draws_only_what_leads_to_a_choice(temperature):
             req = Request("r", [2, 3], params, eos_token_ids=EOS, choice=constraint)
             for token in output:
                 req.append_output_token(token)
-            meta = SamplingMetadata.from_requests([req], VOCAB, torch.device("cpu"))
-            logits = torch.randn(1, VOCAB, generator=gen) * 4
-            assert Sampler(use_kernel=False)(logits, meta).sampled_token_ids.item() in expected
+            meta = SamplingMetadata.from_requests([req], VOCAB, DEVICE)
+            logits = (torch.randn(1, VOCAB, generator=gen) * 4).to(DEVICE)
+            assert Sampler(use_kernel=use_kernel)(logits, meta).sampled_token_ids.item() in expected
