@@ -3,7 +3,7 @@ stream; the answer's thinking (--reasoning-parser) and tool calls (--tool-call-p
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 
 from engine.chat_template import render_chat
 from engine.outputs import CompletionOutput
@@ -129,7 +129,7 @@ async def _collect(serving, req, response_id, streams, num_prompt_tokens, num_to
                                   finish_reason="tool_calls" if message.tool_calls else c.finish_reason,
                                   logprobs=_logprobs(serving, c, 0, num_top) if req.logprobs else None))
     return ChatCompletionResponse(id=response_id, model=serving.model_name, choices=choices,
-                                  usage=_usage(num_prompt_tokens, latest), prompt_logprobs=prompt_logprobs)
+                                  usage=_usage(num_prompt_tokens, latest.values()), prompt_logprobs=prompt_logprobs)
 
 
 def _message(serving: Serving, text: str, tool_parser: ToolCallParser | None) -> ChatResponseMessage:
@@ -169,8 +169,9 @@ class _ChoiceStream:
         return "tool_calls" if self.tools is not None and self.tools.num_calls else comp.finish_reason
 
 
-def _usage(num_prompt_tokens: int, latest: dict[int, CompletionOutput]) -> UsageInfo:
-    completion_tokens = sum(len(c.token_ids) for c in latest.values())
+def _usage(num_prompt_tokens: int, outputs: Iterable[CompletionOutput]) -> UsageInfo:
+    """The usage of a prompt and `outputs` (all choices for a response; one for vLLM's per-chunk usage)."""
+    completion_tokens = sum(len(c.token_ids) for c in outputs)
     return UsageInfo(prompt_tokens=num_prompt_tokens, completion_tokens=completion_tokens,
                      total_tokens=num_prompt_tokens + completion_tokens)
 
@@ -178,13 +179,14 @@ def _usage(num_prompt_tokens: int, latest: dict[int, CompletionOutput]) -> Usage
 async def _stream(serving, req, response_id, streams, num_prompt_tokens, num_top, timer,
                   tool_parser) -> AsyncIterator[str]:
     """The SSE chunks: each choice's role, its deltas and its finish; with continuous usage stats each
-    carries the usage so far (all choices' tokens), and with include_usage a last usage-only chunk."""
+    carries its choice's usage so far (as vLLM's), and with include_usage a last usage-only chunk (all
+    choices' tokens)."""
     include_usage, continuous_usage = stream_usage(req.stream_options)
     latest: dict[int, CompletionOutput] = {}
 
     def chunk(index: int, delta: DeltaMessage, logprobs=None, finish_reason=None) -> str:
         choice = ChatStreamChoice(index=index, delta=delta, logprobs=logprobs, finish_reason=finish_reason)
-        usage = _usage(num_prompt_tokens, latest) if continuous_usage else None
+        usage = _usage(num_prompt_tokens, [latest[index]] if index in latest else []) if continuous_usage else None
         return sse(ChatCompletionChunk(id=response_id, model=serving.model_name, choices=[choice], usage=usage))
 
     sent: dict[int, int] = {}
@@ -208,4 +210,4 @@ async def _stream(serving, req, response_id, streams, num_prompt_tokens, num_top
     timer.finish()
     if include_usage:
         yield sse(ChatCompletionChunk(id=response_id, model=serving.model_name, choices=[],
-                                      usage=_usage(num_prompt_tokens, latest)))
+                                      usage=_usage(num_prompt_tokens, latest.values())))

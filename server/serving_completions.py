@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 
 from engine.outputs import CompletionOutput, RequestOutput
 from server.errors import APIError
@@ -134,12 +134,13 @@ async def _collect(serving, response_id, streams, choices: _Choices, prompts, ti
                                        logprobs=choices.logprobs(index, None if choices.echo_only else comp, 0, echoed),
                                        finish_reason=comp.finish_reason, stop_reason=comp.stop_reason))
     return CompletionResponse(id=response_id, model=serving.model_name, choices=result,
-                              usage=_usage(prompts, choices))
+                              usage=_usage(prompts, choices.latest.values()))
 
 
-def _usage(prompts: list[list[int]], choices: _Choices) -> UsageInfo:
+def _usage(prompts: list[list[int]], outputs: Iterable[CompletionOutput]) -> UsageInfo:
+    """The usage of `prompts` and `outputs` (all for a response; one choice's for vLLM's per-chunk usage)."""
     prompt_tokens = sum(len(p) for p in prompts)
-    completion_tokens = sum(len(c.token_ids) for c in choices.latest.values())
+    completion_tokens = sum(len(c.token_ids) for c in outputs)
     return UsageInfo(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                      total_tokens=prompt_tokens + completion_tokens)
 
@@ -147,14 +148,15 @@ def _usage(prompts: list[list[int]], choices: _Choices) -> UsageInfo:
 async def _stream(serving, response_id, streams, choices: _Choices, prompts, usage_flags: tuple[bool, bool],
                   timer) -> AsyncIterator[str]:
     """The SSE chunks: each choice's echoed prompt (with its logprobs, at the choice's first output), text
-    deltas and finish; `usage_flags` (stream_usage): a last usage-only chunk, and the usage so far (all
-    choices' tokens) on every chunk."""
+    deltas and finish; `usage_flags` (stream_usage): a last usage-only chunk (all prompts and choices),
+    and on every chunk its choice's usage so far (its prompt and tokens, as vLLM's)."""
     include_usage, continuous_usage = usage_flags
 
     def chunk(index: int, text: str, logprobs=None, finish_reason=None, stop_reason=None) -> str:
         choice = CompletionStreamChoice(index=index, text=text, logprobs=logprobs, finish_reason=finish_reason,
                                         stop_reason=stop_reason)
-        usage = _usage(prompts, choices) if continuous_usage else None
+        latest = choices.latest.get(index)
+        usage = _usage([prompts[index // choices.n]], [latest] if latest else []) if continuous_usage else None
         return sse(CompletionStreamResponse(id=response_id, model=serving.model_name, choices=[choice], usage=usage))
 
     async for prompt_idx, out in merge(streams):
@@ -180,4 +182,4 @@ async def _stream(serving, response_id, streams, choices: _Choices, prompts, usa
     timer.finish()
     if include_usage:
         yield sse(CompletionStreamResponse(id=response_id, model=serving.model_name, choices=[],
-                                           usage=_usage(prompts, choices)))
+                                           usage=_usage(prompts, choices.latest.values())))

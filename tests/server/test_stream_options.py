@@ -1,6 +1,6 @@
 """`stream_options` as vLLM handles it: only with stream true (else a 400 naming it, before the engine sees
-the request); vLLM's continuous_usage_stats puts the usage so far (all choices' tokens) on every chunk that
-carries choices, the last usage-only chunk still following include_usage; unknown keys inside it are
+the request); vLLM's continuous_usage_stats puts its choice's usage so far on every chunk that carries
+choices, the last usage-only chunk still following include_usage; unknown keys inside it are
 ignored with the same warning as unknown request fields."""
 from __future__ import annotations
 
@@ -58,20 +58,20 @@ def chunk_tokens(chunk: dict) -> int:
 
 
 def assert_continuous_usage(chunks: list[dict], num_tokens: int) -> dict:
-    """Every chunk with choices carries the usage so far: completion_tokens grow by each chunk's tokens and
-    end at `num_tokens`, equal to the last usage-only chunk's; that usage."""
+    """Every chunk with choices carries its choice's usage so far (vLLM's): completion_tokens grow by each
+    chunk's tokens; the choices' ends add up to `num_tokens`, the last usage-only chunk's; that usage."""
     *with_choices, last = chunks
     assert last["choices"] == [] and last["usage"] is not None
-    final, so_far = last["usage"], 0
+    final, so_far = last["usage"], {}
     for chunk in with_choices:
         assert len(chunk["choices"]) == 1 and chunk["usage"] is not None, chunk
-        so_far += chunk_tokens(chunk)
+        index = chunk["choices"][0]["index"]
+        so_far[index] = so_far.get(index, 0) + chunk_tokens(chunk)
         usage = chunk["usage"]
         assert usage["prompt_tokens"] == final["prompt_tokens"]
-        assert usage["completion_tokens"] == so_far, (chunk, so_far)
+        assert usage["completion_tokens"] == so_far[index], (chunk, so_far)
         assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
-    assert so_far == final["completion_tokens"] == num_tokens
-    assert with_choices[-1]["usage"] == final
+    assert sum(so_far.values()) == final["completion_tokens"] == num_tokens
     return final
 
 
@@ -113,6 +113,7 @@ def test_continuous_usage_on_every_chunk(http, endpoint):
     logprobs = {"logprobs": True} if endpoint == "chat" else {"logprobs": 1}
     chunks = stream_chunks(http, endpoint, stream_options=BOTH, **logprobs)
     final = assert_continuous_usage(chunks, MAX_TOKENS)
+    assert chunks[-2]["usage"] == final          # one choice: its usage is the response's
     plain = http.post(url(endpoint), json=body(endpoint)).json()["usage"]
     assert final == plain
     if endpoint == "chat":     # the role chunk comes before any token
@@ -121,11 +122,20 @@ def test_continuous_usage_on_every_chunk(http, endpoint):
 
 
 @pytest.mark.parametrize("endpoint", ENDPOINTS)
-def test_continuous_usage_with_n_2_counts_every_choice(http, endpoint):
+def test_continuous_usage_with_n_2_counts_each_choice(http, endpoint):
     logprobs = {"logprobs": True} if endpoint == "chat" else {"logprobs": 1}
     chunks = stream_chunks(http, endpoint, stream_options=BOTH, n=2, **logprobs)
     assert_continuous_usage(chunks, 2 * MAX_TOKENS)
     assert {chunk["choices"][0]["index"] for chunk in chunks[:-1]} == {0, 1}
+
+
+def test_continuous_usage_of_several_prompts_counts_each_choices_prompt(http):
+    prompts = ["hi", "a longer prompt of more bytes"]           # the byte tokenizer: one token a byte
+    chunks = stream_chunks(http, "completions", prompt=prompts, n=2, stream_options=BOTH)
+    for chunk in chunks[:-1]:
+        assert chunk["usage"]["prompt_tokens"] == len(prompts[chunk["choices"][0]["index"] // 2])
+    assert chunks[-1]["usage"]["prompt_tokens"] == sum(map(len, prompts))
+    assert chunks[-1]["usage"]["completion_tokens"] == 4 * MAX_TOKENS
 
 
 @pytest.mark.parametrize("endpoint", ENDPOINTS)
