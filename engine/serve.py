@@ -1,4 +1,5 @@
-"""`python -m engine.serve --model M`: the OpenAI-compatible HTTP server (uvicorn) with vLLM-style flags."""
+"""`python -m engine.serve M` (or `--model M`): the OpenAI-compatible HTTP server (uvicorn) with vLLM-style
+flags."""
 from __future__ import annotations
 
 import argparse
@@ -18,7 +19,9 @@ logger = logging.getLogger("engine.serve")
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m engine.serve", description=__doc__)
-    p.add_argument("--model", required=True, help="preset:NAME, a local folder or a hub id")
+    p.add_argument("model_tag", nargs="?", default=None, metavar="MODEL",
+                   help="preset:NAME, a local folder or a hub id (as `vllm serve MODEL`; or --model)")
+    p.add_argument("--model", default=None, help="the same as MODEL")
     p.add_argument("--tokenizer", default=None)
     p.add_argument("--revision", default=None)
     p.add_argument("--host", default="127.0.0.1")
@@ -65,10 +68,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def model_from_args(args: argparse.Namespace) -> str:
+    """The model, given as MODEL or --model (one of them; both only when they agree, as vLLM)."""
+    if args.model_tag and args.model and args.model_tag != args.model:
+        raise ValueError(f"the model is given twice, as {args.model_tag!r} and --model {args.model!r}; give one")
+    model = args.model_tag or args.model
+    if not model:
+        raise ValueError("name the model to serve: python -m engine.serve MODEL (preset:NAME, a folder or a hub id)")
+    return model
+
+
 def config_from_args(args: argparse.Namespace) -> EngineConfig:
     """EngineConfig from the parsed flags; raises ValueError naming the bad field."""
     return EngineConfig(
-        model=args.model, tokenizer=args.tokenizer, revision=args.revision, dtype=args.dtype, device=args.device,
+        model=model_from_args(args), tokenizer=args.tokenizer, revision=args.revision, dtype=args.dtype, device=args.device,
         block_size=args.block_size, max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens, num_kv_blocks=args.num_kv_blocks,
         gpu_memory_utilization=args.gpu_memory_utilization, enable_prefix_caching=args.enable_prefix_caching,

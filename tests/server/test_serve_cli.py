@@ -32,6 +32,20 @@ def test_flags_map_to_engine_config():
     assert (defaults.host, defaults.port, defaults.enable_prefix_caching) == ("127.0.0.1", 8000, True)
 
 
+def test_the_model_is_positional_as_vllm_serve_or_a_flag():
+    assert config_from_args(build_parser().parse_args(["preset:tiny-qwen3"])).model == "preset:tiny-qwen3"
+    assert config_from_args(build_parser().parse_args(["m", "--model", "m", "--port", "9"])).model == "m"
+    for argv, message in ((["a", "--model", "b"], "the model is given twice"), ([], "name the model to serve")):
+        with pytest.raises(ValueError, match=message):
+            config_from_args(build_parser().parse_args(argv))
+
+
+def test_no_model_exits_2_saying_how_to_name_it():
+    proc = subprocess.run([sys.executable, "-m", "engine.serve", "--port", "8001"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and "python -m engine.serve MODEL" in proc.stderr
+
+
 @pytest.mark.parametrize("flags,field", [(["--max-num-seqs", "0"], "max_num_seqs"), (["--dtype", "fp7"], "dtype"),
                                          (["--gpu-memory-utilization", "1.5"], "gpu_memory_utilization")])
 def test_invalid_flags_exit_2_naming_the_field(flags, field):
