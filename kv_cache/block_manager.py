@@ -10,7 +10,8 @@ How the scheduler uses it, per request:
 3. When the request finishes, is aborted (also while waiting) or is preempted: `free(request)`.
 
 Prefix-cache stats (`num_prefix_queries` / `num_prefix_hits`, in tokens) count once per successful
-admission, in `allocate_slots` (a failed admission that is retried next step is not counted twice).
+admission, in `allocate_slots` (a failed admission that is retried next step is not counted twice); an
+admission that may not read the cache (prompt logprobs left to compute) is no query, as in vLLM.
 """
 from __future__ import annotations
 
@@ -143,7 +144,8 @@ class BlockManager:
         held = list(computed_blocks)
         self._blocks[rid] = held
         self._num_registered[rid] = len(held)
-        if self.enable_prefix_caching:
+        logprobs = request.prompt_logprobs
+        if self.enable_prefix_caching and (logprobs is None or logprobs.all_launched):
             self.num_prefix_queries += request.num_tokens
             self.num_prefix_hits += len(held) * self.block_size
         return held

@@ -64,6 +64,21 @@ def test_prefix_hit_for_second_request_counts_tokens():
     assert mgr.prefix_cache_hit_rate == pytest.approx(12 / 29)
 
 
+def test_an_admission_that_may_not_read_the_cache_is_no_query():
+    """Prompt logprobs left to compute keep the request off the cache, and out of its stats (vLLM's)."""
+    mgr = BlockManager(16, BS)
+    tokens = list(range(3 * BS))
+    assert _admit(mgr, _req("a", tokens)) == 0
+    b = Request("b", tokens, SamplingParams(max_tokens=4, prompt_logprobs=1))
+    assert _admit(mgr, b) == 0
+    assert (mgr.num_prefix_queries, mgr.num_prefix_hits) == (3 * BS, 0)
+    b.prompt_logprobs.num_launched = b.prompt_logprobs.num_positions      # all computed: a later admission reads
+    mgr.free(b)
+    b.num_computed_tokens = 0
+    assert _admit(mgr, b) == 2 * BS
+    assert (mgr.num_prefix_queries, mgr.num_prefix_hits) == (6 * BS, 2 * BS)
+
+
 def test_full_prompt_hit_leaves_one_token_to_compute():
     rng = random.Random(1)
     for num_tokens in (2 * BS, 2 * BS + 1, 3 * BS - 1):
