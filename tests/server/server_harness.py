@@ -13,6 +13,7 @@ import transformers
 import uvicorn
 
 from engine.async_engine import AsyncEngine
+from engine.chat_template import render_chat
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
 from engine.outputs import CompletionOutput, RequestOutput
@@ -166,3 +167,25 @@ def assert_400(resp: httpx.Response, param: str, *words: str) -> str:
     for word in words:
         assert word in error["message"], error["message"]
     return error["message"]
+
+
+def post_to(http: httpx.Client, endpoint: str, text: str, **body) -> httpx.Response:
+    """POST `body` to /v1/chat/completions ("chat", `text` as the one user message) or /v1/completions
+    ("completions", `text` as the prompt)."""
+    if endpoint == "chat":
+        return http.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": text}], **body})
+    return http.post("/v1/completions", json={"prompt": text, **body})
+
+
+def first_text(resp: httpx.Response) -> str:
+    """The first choice's text of a 200 answer, chat or completions."""
+    assert resp.status_code == 200, resp.text
+    choice = resp.json()["choices"][0]
+    return choice["message"]["content"] if "message" in choice else choice["text"]
+
+
+def posted_prompt_ids(tokenizer, endpoint: str, text: str) -> list[int]:
+    """The prompt ids of post_to's request: the chat template's rendering of the one message, or the text's."""
+    if endpoint == "chat":
+        return render_chat(tokenizer, [{"role": "user", "content": text}])
+    return tokenizer.encode(text)

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import pytest
 
-from engine.chat_template import render_chat
 from engine.engine_process import ProcessAsyncEngine
 from engine.sampling_params import SamplingParams
-from server_harness import MODEL_NAME, ServerThread, assert_400, engine_config, http_client, offline_generate
+from server_harness import (MODEL_NAME, ServerThread, assert_400, engine_config, first_text, http_client,
+                            offline_generate, post_to, posted_prompt_ids)
 
 ALLOWED = [7, 33, 101, 250]
 TEXT = "The quick brown fox jumps over the lazy dog"
-MESSAGES = [{"role": "user", "content": TEXT}]
 ENDPOINTS = ["chat", "completions"]
 
 
@@ -25,28 +24,17 @@ def server(tiny_model_path, start_server):
 def post(http, endpoint: str, **body):
     """A request of 6 tokens (greedy unless `body` says otherwise) with `body`'s extra fields."""
     base = {"model": MODEL_NAME, "max_tokens": 6, "temperature": 0, "ignore_eos": True}
-    if endpoint == "chat":
-        return http.post("/v1/chat/completions", json={**base, "messages": MESSAGES, **body})
-    return http.post("/v1/completions", json={**base, "prompt": TEXT, **body})
+    return post_to(http, endpoint, TEXT, **{**base, **body})
 
 
 def answer(resp) -> tuple[str, int]:
     """(the first choice's text, the prompt's token count)."""
-    assert resp.status_code == 200, resp.text
-    body = resp.json()
-    choice = body["choices"][0]
-    return choice["message"]["content"] if "message" in choice else choice["text"], body["usage"]["prompt_tokens"]
-
-
-def prompt_ids(engine, endpoint: str) -> list[int]:
-    if endpoint == "chat":
-        return render_chat(engine.tokenizer, MESSAGES)
-    return engine.tokenizer.encode(TEXT)
+    return first_text(resp), resp.json()["usage"]["prompt_tokens"]
 
 
 @pytest.mark.parametrize("endpoint", ENDPOINTS)
 def test_allowed_token_ids_answer_is_the_offline_engines(http, reference_engine, endpoint):
-    ids = prompt_ids(reference_engine, endpoint)
+    ids = posted_prompt_ids(reference_engine.tokenizer, endpoint, TEXT)
     for extra in (dict(temperature=0), dict(temperature=1.0, seed=5)):
         params = SamplingParams(max_tokens=6, ignore_eos=True, allowed_token_ids=ALLOWED, **extra)
         want = offline_generate(reference_engine, [ids], params)[0][0]
@@ -56,7 +44,7 @@ def test_allowed_token_ids_answer_is_the_offline_engines(http, reference_engine,
 
 @pytest.mark.parametrize("endpoint", ENDPOINTS)
 def test_truncated_prompt_answers_as_its_last_tokens(http, reference_engine, endpoint):
-    ids = prompt_ids(reference_engine, endpoint)
+    ids = posted_prompt_ids(reference_engine.tokenizer, endpoint, TEXT)
     want = offline_generate(reference_engine, [ids[-5:]], SamplingParams(temperature=0, max_tokens=6,
                                                                           ignore_eos=True))[0][0]
     assert answer(post(http, endpoint, truncate_prompt_tokens=5)) == (want.text, 5)

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from engine.chat_template import render_chat
 from engine.engine_process import ProcessAsyncEngine
 from engine.sampling_params import SamplingParams
-from server_harness import MODEL_NAME, ServerThread, assert_400, engine_config, http_client, offline_generate
+from server_harness import (MODEL_NAME, ServerThread, assert_400, engine_config, first_text, http_client,
+                            offline_generate, post_to, posted_prompt_ids)
 
 LETTERS = [ord(c) for c in "abc"]             # the tiny model's byte tokenizer: one token per letter
 TEXT = "The quick brown fox"
-MESSAGES = [{"role": "user", "content": TEXT}]
 ENDPOINTS = ["chat", "completions"]
 
 
@@ -25,27 +24,18 @@ def post(http, endpoint: str, **body):
     """12 tokens of the letters a-c (seeded temperature 1 unless `body` says otherwise)."""
     base = {"model": MODEL_NAME, "max_tokens": 12, "temperature": 1.0, "seed": 3, "ignore_eos": True,
             "allowed_token_ids": LETTERS}
-    if endpoint == "chat":
-        return http.post("/v1/chat/completions", json={**base, "messages": MESSAGES, **body})
-    return http.post("/v1/completions", json={**base, "prompt": TEXT, **body})
-
-
-def text_of(resp) -> str:
-    assert resp.status_code == 200, resp.text
-    choice = resp.json()["choices"][0]
-    return choice["message"]["content"] if "message" in choice else choice["text"]
+    return post_to(http, endpoint, TEXT, **{**base, **body})
 
 
 @pytest.mark.parametrize("endpoint", ENDPOINTS)
 def test_answer_is_the_offline_engines_and_holds_no_bad_word(http, reference_engine, endpoint):
-    ids = render_chat(reference_engine.tokenizer, MESSAGES) if endpoint == "chat" else \
-        reference_engine.tokenizer.encode(TEXT)
-    plain = text_of(post(http, endpoint))
+    ids = posted_prompt_ids(reference_engine.tokenizer, endpoint, TEXT)
+    plain = first_text(post(http, endpoint))
     words = [plain[2:4], "c"]                           # a word the plain answer holds, and a letter
     params = SamplingParams(max_tokens=12, temperature=1.0, seed=3, ignore_eos=True, allowed_token_ids=LETTERS,
                             bad_words=words)
     want = offline_generate(reference_engine, [ids], params)[0][0].text
-    got = text_of(post(http, endpoint, bad_words=words))
+    got = first_text(post(http, endpoint, bad_words=words))
     assert got == want and words[0] not in got and "c" not in got and got != plain
 
 
@@ -64,4 +54,4 @@ def test_through_the_engine_process(tiny_model_path, http):
         with http_client(process_server) as process_http:
             for endpoint in ENDPOINTS:
                 extras = dict(bad_words=["ab", "c"])
-                assert text_of(post(process_http, endpoint, **extras)) == text_of(post(http, endpoint, **extras))
+                assert first_text(post(process_http, endpoint, **extras)) == first_text(post(http, endpoint, **extras))

@@ -8,15 +8,14 @@ import json
 
 import pytest
 
-from engine.chat_template import render_chat
 from engine.engine_process import ProcessAsyncEngine
 from engine.sampling_params import SamplingParams
 from engine.structured_outputs import StructuredOutputsParams
-from server_harness import MODEL_NAME, ServerThread, assert_400, engine_config, http_client, offline_generate
+from server_harness import (MODEL_NAME, ServerThread, assert_400, engine_config, first_text, http_client,
+                            offline_generate, post_to, posted_prompt_ids)
 
 CHOICES = ["yes", "no", "maybe so"]
 TEXT = "Is the sky blue?"
-MESSAGES = [{"role": "user", "content": TEXT}]
 ENDPOINTS = ["chat", "completions"]
 FIELDS = {"structured_outputs": {"choice": CHOICES}, "guided_choice": CHOICES}
 
@@ -27,24 +26,21 @@ def server(tiny_model_path, start_server):
 
 
 def post(http, endpoint: str, **body):
-    base = {"model": MODEL_NAME, "max_tokens": 16, "temperature": 1.0, "seed": 5}
-    if endpoint == "chat":
-        return http.post("/v1/chat/completions", json={**base, "messages": MESSAGES, **body})
-    return http.post("/v1/completions", json={**base, "prompt": TEXT, **body})
+    return post_to(http, endpoint, TEXT, **{"model": MODEL_NAME, "max_tokens": 16, "temperature": 1.0, "seed": 5,
+                                            **body})
 
 
 def text_of(resp) -> str:
-    assert resp.status_code == 200, resp.text
-    choice = resp.json()["choices"][0]
-    assert choice["finish_reason"] == "stop"
-    return choice["message"]["content"] if "message" in choice else choice["text"]
+    """The first choice's text, which ended on EOS."""
+    text = first_text(resp)
+    assert resp.json()["choices"][0]["finish_reason"] == "stop"
+    return text
 
 
 @pytest.mark.parametrize("field", list(FIELDS))
 @pytest.mark.parametrize("endpoint", ENDPOINTS)
 def test_answer_is_the_offline_engines_choice(http, reference_engine, endpoint, field):
-    ids = render_chat(reference_engine.tokenizer, MESSAGES) if endpoint == "chat" else \
-        reference_engine.tokenizer.encode(TEXT)
+    ids = posted_prompt_ids(reference_engine.tokenizer, endpoint, TEXT)
     params = SamplingParams(max_tokens=16, temperature=1.0, seed=5,
                             structured_outputs=StructuredOutputsParams(choice=CHOICES))
     want = offline_generate(reference_engine, [ids], params)[0][0].text
