@@ -195,11 +195,10 @@ def _add_rare_features(meta: SamplingMetadata, requests: list[Request], special:
             if not 0 <= tok < meta.vocab_size:
                 raise ValueError(f"logit_bias token ids must be in [0, {meta.vocab_size}), got {tok}")
             bias_rows.append(i), bias_ids.append(tok), bias_vals.append(float(val))
-        if sp.allowed_token_ids is not None:
-            allowed[i] = sp.allowed_token_ids
-        elif r.choice is not None:
-            allowed[i] = r.choice.allowed(r.output_token_ids)
-        if r.num_output_tokens + r.num_inflight < sp.min_tokens:
+        ids = _allowed_ids(r)
+        if ids is not None:
+            allowed[i] = ids
+        if r.choice is None and r.num_output_tokens + r.num_inflight < sp.min_tokens:
             banned = set(sp.stop_token_ids or ()) | (set() if sp.ignore_eos else set(r.eos_token_ids))
             banned = sorted(t for t in banned if 0 <= t < meta.vocab_size)
             ban_rows.extend([i] * len(banned)), ban_ids.extend(banned)
@@ -216,6 +215,20 @@ def _add_rare_features(meta: SamplingMetadata, requests: list[Request], special:
         meta.banned_token_ids = _to_device(torch.tensor(ban_ids, dtype=torch.int64), device)
     if allowed:
         _add_allowed_token_ids(meta, allowed, device)
+
+
+def _allowed_ids(request: Request) -> list[int] | None:
+    """A row's allowed tokens: its allowed_token_ids, its structured choice's next tokens, or the tokens
+    both allow (the choice's alone where they share none); None: any token. A choice's end (EOS) is
+    never held back by min_tokens (the caller skips that ban for such rows)."""
+    sp = request.sampling_params
+    if request.choice is None:
+        return sp.allowed_token_ids
+    ids = request.choice.allowed(request.output_token_ids)
+    if sp.allowed_token_ids is not None:
+        both = set(sp.allowed_token_ids)
+        ids = [t for t in ids if t in both] or ids
+    return ids
 
 
 def _add_allowed_token_ids(meta: SamplingMetadata, allowed: dict[int, list[int]], device: torch.device) -> None:

@@ -84,16 +84,15 @@ class SamplingParams:
         if self.structured_outputs is not None:
             check(isinstance(self.structured_outputs, StructuredOutputsParams), "structured_outputs",
                   self.structured_outputs, "must be a StructuredOutputsParams (or its dict)")
-            check(self.allowed_token_ids is None, "structured_outputs", self.structured_outputs,
-                  "cannot be combined with allowed_token_ids")
         object.__setattr__(self, "uses_rare_features", (
             self.seed is not None or self.logprobs is not None or self.min_tokens > 0 or bool(self.logit_bias)
-            or self.allowed_token_ids is not None or self.bad_words is not None or self.structured_outputs is not None))
+            or self.allowed_token_ids is not None or bool(self.bad_words) or self.structured_outputs is not None))
         if self.stop is not None:
             check(all(isinstance(s, str) and s for s in self.stop), "stop", self.stop, "must be non-empty strings")
         if self.bad_words is not None:
-            check(all(isinstance(w, str) and w.strip() for w in self.bad_words), "bad_words", self.bad_words,
-                  "must be strings with a character other than whitespace")
+            words_ok = isinstance(self.bad_words, (list, tuple)) and all(isinstance(w, str) and w.strip()
+                                                                         for w in self.bad_words)
+            check(words_ok, "bad_words", self.bad_words, "must be strings with a character other than whitespace")
 
     @property
     def uses_output_history(self) -> bool:

@@ -69,9 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def model_from_args(args: argparse.Namespace) -> str:
-    """The model, given as MODEL or --model (one of them; both only when they agree, as vLLM)."""
+    """The model, given as MODEL or --model (MODEL wins where both are given, as in vLLM, with a warning)."""
     if args.model_tag and args.model and args.model_tag != args.model:
-        raise ValueError(f"the model is given twice, as {args.model_tag!r} and --model {args.model!r}; give one")
+        logger.warning("serving %r, the MODEL argument; --model %r is ignored", args.model_tag, args.model)
     model = args.model_tag or args.model
     if not model:
         raise ValueError("name the model to serve: python -m engine.serve MODEL (preset:NAME, a folder or a hub id)")

@@ -22,7 +22,9 @@ _UNSUPPORTED = ("json", "regex", "grammar", "json_object", "structural_tag")
 @dataclass(frozen=True)
 class StructuredOutputsParams:
     """SamplingParams.structured_outputs, as vLLM's: `choice` (a non-empty list of non-empty strings) is
-    supported; setting one of the other kinds is a ValueError that names it."""
+    supported; setting one of the other kinds is a ValueError that names it. vLLM's options for grammars
+    (disable_fallback, disable_any_whitespace, disable_additional_properties, whitespace_pattern) are
+    accepted and change nothing for a choice."""
 
     choice: list[str] | None = None
     json: Any = None
@@ -30,6 +32,10 @@ class StructuredOutputsParams:
     grammar: str | None = None
     json_object: bool | None = None
     structural_tag: str | None = None
+    disable_fallback: bool = False
+    disable_any_whitespace: bool = False
+    disable_additional_properties: bool = False
+    whitespace_pattern: str | None = None
 
     def __post_init__(self) -> None:
         for name in _UNSUPPORTED:
@@ -49,7 +55,8 @@ class StructuredOutputsParams:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(value) - known)
         if unknown:
-            raise ValueError(f"structured_outputs has unknown keys {unknown}; this engine supports only 'choice'")
+            raise ValueError(f"structured_outputs has unknown keys {unknown}; this engine supports 'choice' (and "
+                             "accepts vLLM's grammar options)")
         return cls(**{k: v for k, v in value.items() if v is not None})
 
 
@@ -70,7 +77,7 @@ class ChoiceConstraint:
         sequences = [tuple(tokenizer.encode(c, add_special_tokens=False)) for c in choices]
         bad = sorted({t for seq in sequences for t in seq if not 0 <= t < vocab_size})
         if bad or not all(sequences):
-            raise ValueError(f"structured_outputs.choice must tokenize to token ids in [0, {vocab_size}), got "
+            raise ValueError(f"structured_outputs choices must tokenize to token ids in [0, {vocab_size}), got "
                              f"{bad[:5] or 'an empty choice'}")
         table: dict[tuple[int, ...], set[int]] = {}
         for seq in sequences:

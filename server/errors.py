@@ -33,10 +33,10 @@ class APIError(Exception):
 
 
 def from_value_error(exc: ValueError, fields: tuple[str, ...] = (), default: str | None = None) -> APIError:
-    """A 400 from a ValueError whose message starts with the field name ("<field> <rule>, got X");
-    `default` names the field when the message names none of `fields`."""
+    """A 400 from a ValueError whose message starts with the field name ("<field> <rule>, got X", or
+    "<field>.<key> ..."); `default` names the field when the message names none of `fields`."""
     message = str(exc)
-    first = message.split(" ", 1)[0].strip("'\":,")
+    first = message.split(" ", 1)[0].strip("'\":,").split(".")[0]      # "structured_outputs.json ..." too
     return APIError(400, message, first if first in fields else default)
 
 

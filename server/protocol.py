@@ -48,8 +48,9 @@ class ResponseFormat(BaseModel):
 
 # vLLM's request extras for what this engine cannot do: guided decoding by a grammar; declared so that a
 # request setting one (not null) is a 400 naming it (request_fields.check_fields). guided_choice and
-# structured_outputs {"choice": [...]} are served (request_fields.structured_outputs).
-GUIDED_DECODING_FIELDS = ("guided_json", "guided_regex", "guided_grammar", "guided_decoding_backend")
+# structured_outputs {"choice": [...]} are served (request_fields.structured_outputs);
+# guided_decoding_backend is accepted and changes nothing.
+GUIDED_DECODING_FIELDS = ("guided_json", "guided_regex", "guided_grammar")
 
 
 class _SamplingFields(BaseModel):

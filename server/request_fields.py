@@ -13,17 +13,17 @@ logger = logging.getLogger(__name__)
 
 
 def structured_outputs(req) -> StructuredOutputsParams | None:
-    """vLLM's structured_outputs ({"choice": [...]}) or its older guided_choice extra (not both); another
-    kind or a bad choice list is a 400 naming the field."""
-    if req.guided_choice is not None and req.structured_outputs is not None:
-        raise APIError(400, "set structured_outputs or guided_choice, not both", "guided_choice")
-    name = "guided_choice" if req.guided_choice is not None else "structured_outputs"
+    """vLLM's structured_outputs ({"choice": [...]}) or its older guided_choice extra (structured_outputs wins
+    where both are set, as in vLLM); another kind or a bad choice list is a 400 naming the field."""
     try:
-        if req.guided_choice is not None:
-            return StructuredOutputsParams(choice=req.guided_choice)
-        return None if req.structured_outputs is None else StructuredOutputsParams.from_dict(req.structured_outputs)
+        if req.structured_outputs is not None:
+            if req.guided_choice is not None:
+                logger.warning("guided_choice is ignored: the request sets structured_outputs too")
+            return StructuredOutputsParams.from_dict(req.structured_outputs)
+        return None if req.guided_choice is None else StructuredOutputsParams(choice=req.guided_choice)
     except (ValueError, TypeError) as exc:
-        raise APIError(400, str(exc), name) from exc
+        raise APIError(400, str(exc), "structured_outputs" if req.structured_outputs is not None
+                       else "guided_choice") from exc
 
 
 def check_fields(req) -> None:

@@ -124,7 +124,7 @@ async def _collect(serving, req, response_id, streams, num_prompt_tokens, num_to
     timer.finish()
     choices = []
     for i, c in sorted(latest.items()):
-        message = _message(serving, c.text, tool_parser)
+        message = _message(_reasoning_parser(serving, req), c.text, tool_parser)
         choices.append(ChatChoice(index=i, message=message, stop_reason=c.stop_reason,
                                   finish_reason="tool_calls" if message.tool_calls else c.finish_reason,
                                   logprobs=_logprobs(serving, c, 0, num_top) if req.logprobs else None))
@@ -132,12 +132,20 @@ async def _collect(serving, req, response_id, streams, num_prompt_tokens, num_to
                                   usage=_usage(num_prompt_tokens, latest.values()), prompt_logprobs=prompt_logprobs)
 
 
-def _message(serving: Serving, text: str, tool_parser: ToolCallParser | None) -> ChatResponseMessage:
+def _reasoning_parser(serving: Serving, req: ChatCompletionRequest) -> str | None:
+    """The server's reasoning parser, but none for a structured choice: the choice starts at the first
+    token (the model does not think first; vLLM lets it, then applies the choice), so it is all content."""
+    if req.structured_outputs is not None or req.guided_choice is not None:
+        return None
+    return serving.reasoning_parser
+
+
+def _message(reasoning_parser: str | None, text: str, tool_parser: ToolCallParser | None) -> ChatResponseMessage:
     """The answer's message: all content, or with a reasoning parser its thinking apart, and with a
     `tool_parser` the tool calls out of the content (finish_reason "tool_calls" where there are any)."""
     reasoning, content = None, text
-    if serving.reasoning_parser is not None:
-        split = split_reasoning(serving.reasoning_parser, text)
+    if reasoning_parser is not None:
+        split = split_reasoning(reasoning_parser, text)
         reasoning, content = split.reasoning or None, split.content
     calls = []
     if tool_parser is not None:
@@ -190,7 +198,7 @@ async def _stream(serving, req, response_id, streams, num_prompt_tokens, num_top
         return sse(ChatCompletionChunk(id=response_id, model=serving.model_name, choices=[choice], usage=usage))
 
     sent: dict[int, int] = {}
-    choice_streams = {index: _ChoiceStream(serving.reasoning_parser, tool_parser) for index in range(req.n)}
+    choice_streams = {index: _ChoiceStream(_reasoning_parser(serving, req), tool_parser) for index in range(req.n)}
     for index in range(req.n):
         yield chunk(index, DeltaMessage(role="assistant", content=""))
     async for _, out in merge(streams):

@@ -63,3 +63,12 @@ def test_requests_without_a_choice_are_unchanged_beside_them(llm):
 def test_chat_answers_with_a_choice(llm):
     out = llm.chat([{"role": "user", "content": "Is it raining?"}], choice_params(temperature=0), use_tqdm=False)
     assert out[0].outputs[0].text in CHOICES
+
+
+def test_min_tokens_never_hold_back_a_choices_end_and_allowed_ids_narrow_it(llm):
+    out = llm.generate(PROMPTS, [choice_params(temperature=0, min_tokens=6),
+                                 choice_params(temperature=1.0, seed=1, min_tokens=6),
+                                 choice_params(temperature=0, allowed_token_ids=[ord(c) for c in "mabe so"]),
+                                 choice_params(temperature=0, allowed_token_ids=[7])], use_tqdm=False)
+    texts = [o.outputs[0].text for o in out]
+    assert texts[0] in CHOICES and texts[1] in CHOICES and texts[2] == "maybe so" and texts[3] in CHOICES

@@ -95,6 +95,7 @@ def test_bad_words_need_the_output_history_and_are_validated():
     assert SamplingParams(bad_words=["x"]).uses_output_history
     assert not SamplingParams(bad_words=None).uses_output_history
     assert SamplingParams(bad_words="word").bad_words == ["word"]
-    for value in (["ok", ""], ["   "], [3]):
+    assert not SamplingParams(bad_words=[]).uses_rare_features           # no words: nothing per step
+    for value in (["ok", ""], ["   "], [3], 5):
         with pytest.raises(ValueError, match="bad_words must be strings with a character other than whitespace"):
             SamplingParams(bad_words=value)

@@ -6,6 +6,7 @@ import random
 import pytest
 import torch
 
+from engine.penalties import apply_logit_processors
 from engine.request import Request
 from engine.sampler import Sampler
 from engine.sampling_metadata import SamplingMetadata
@@ -48,7 +49,7 @@ def test_a_choice_that_prefixes_another_may_end_or_go_on():
     assert constraint.allowed([]) == [5, 8]
     assert constraint.allowed([5, 6]) == [0, 1, 7]
     assert constraint.allowed([5, 6, 7]) == [0, 1]
-    with pytest.raises(ValueError, match=r"structured_outputs.choice must tokenize to token ids in \[0, 64\)"):
+    with pytest.raises(ValueError, match=r"structured_outputs choices must tokenize to token ids in \[0, 64\)"):
         ChoiceConstraint.build(["5 99"], ListEncoder(), VOCAB, EOS)
 
 
@@ -73,10 +74,29 @@ def test_params_from_dict_and_in_sampling_params():
         StructuredOutputsParams.from_dict({"choice": ["x"], "choices": ["y"]})
     with pytest.raises(ValueError, match="must be an object"):
         StructuredOutputsParams.from_dict(["x"])
+    options = {"disable_fallback": True, "disable_any_whitespace": True, "whitespace_pattern": " "}
+    assert StructuredOutputsParams.from_dict({"choice": ["x"], **options}).choice == ["x"]   # vLLM's options
     params = SamplingParams(structured_outputs={"choice": ["x"]})
     assert params.structured_outputs == StructuredOutputsParams(choice=["x"]) and params.uses_output_history
-    with pytest.raises(ValueError, match="structured_outputs cannot be combined with allowed_token_ids"):
-        SamplingParams(structured_outputs=StructuredOutputsParams(choice=["x"]), allowed_token_ids=[3])
+
+
+def choice_request(constraint: ChoiceConstraint, output: list[int], **params) -> Request:
+    params = SamplingParams(structured_outputs=StructuredOutputsParams(choice=["stand-in"]), **params)
+    req = Request("r", [2, 3], params, eos_token_ids=EOS, choice=constraint)
+    for token in output:
+        req.append_output_token(token)
+    return req
+
+
+def test_allowed_token_ids_narrow_a_choice_and_min_tokens_never_hold_back_its_end():
+    constraint = ChoiceConstraint.build(["5 6", "8 9"], ListEncoder(), VOCAB, EOS)
+    rows = [choice_request(constraint, [], allowed_token_ids=[8, 30]),     # both allow 8
+            choice_request(constraint, [], allowed_token_ids=[30]),        # none in common: the choice's
+            choice_request(constraint, [5, 6], min_tokens=5)]              # the choice ends: EOS stays allowed
+    meta = SamplingMetadata.from_requests(rows, VOCAB, DEVICE)
+    logits = torch.zeros(3, VOCAB, device=DEVICE)
+    allowed = torch.isfinite(apply_logit_processors(logits, meta)).cpu()
+    assert [row.nonzero().flatten().tolist() for row in allowed] == [[8], [5, 8], list(EOS)]
 
 
 @pytest.mark.parametrize("use_kernel", KERNEL)

@@ -7,6 +7,7 @@ import time
 import httpx
 import pytest
 
+from server.errors import from_value_error
 from server_harness import API_KEY, MODEL_NAME, engine_config, http_client
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -130,3 +131,12 @@ def test_full_queue_is_429(server, http, slow_steps):
     assert waiting_result["resp"].json()["usage"]["completion_tokens"] >= 1
     stats = server.wait_idle()
     assert stats.num_free_blocks == stats.num_total_blocks
+
+
+def test_value_errors_name_the_field_their_message_starts_with():
+    fields = ("structured_outputs", "bad_words")
+    for message, param in (("structured_outputs choices must tokenize to ...", "structured_outputs"),
+                           ("structured_outputs.json is not supported: ...", "structured_outputs"),
+                           ("bad_words must be strings ...", "bad_words"), ("the prompt is too long", "prompt")):
+        error = from_value_error(ValueError(message), fields, default="prompt")
+        assert (error.status, error.param, error.message) == (400, param, message)

@@ -14,8 +14,7 @@ from server_harness import MODEL_NAME, assert_400, engine_config
 IGNORED = "The following fields were present in the request but ignored"
 SCHEMA = {"name": "answer", "schema": {"type": "object", "properties": {"a": {"type": "string"}}}}
 FORMATS = [{"type": "json_object"}, {"type": "json_schema", "json_schema": SCHEMA}, {"type": "structural_tag"}]
-EXTRAS = [("guided_json", {"type": "object"}), ("guided_regex", "[a-z]+"), ("guided_grammar", 'root ::= "a"'),
-          ("guided_decoding_backend", "xgrammar")]
+EXTRAS = [("guided_json", {"type": "object"}), ("guided_regex", "[a-z]+"), ("guided_grammar", 'root ::= "a"')]
 ENDPOINTS = ["chat", "completions"]
 
 
@@ -81,7 +80,8 @@ def test_guided_decoding_extras_are_400_naming_the_field(http, engine_calls, end
 
 @pytest.mark.parametrize("endpoint", ENDPOINTS)
 def test_null_extras_are_served_without_a_warning(http, engine_calls, caplog, endpoint):
-    nulls = {name: None for name in [name for name, _ in EXTRAS] + ["guided_choice", "structured_outputs"]}
+    nulls = {name: None for name in [name for name, _ in EXTRAS] + ["guided_choice", "structured_outputs",
+                                                                     "guided_decoding_backend"]}
     with caplog.at_level(logging.WARNING, logger="server.request_fields"):
         assert_served(post(http, endpoint, prompt_logprobs=None, **nulls))
     assert IGNORED not in caplog.text
