@@ -11,7 +11,9 @@ How the scheduler uses it, per request:
 
 Prefix-cache stats (`num_prefix_queries` / `num_prefix_hits`, in tokens) count once per successful
 admission, in `allocate_slots` (a failed admission that is retried next step is not counted twice); an
-admission that may not read the cache (prompt logprobs left to compute) is no query, as in vLLM.
+admission that may not read the cache (prompt logprobs left to compute) is no query. vLLM counts no
+request with prompt logprobs; here the other sequences of such a request with n > 1, and a readmission
+after preemption, read the cache and count.
 """
 from __future__ import annotations
 
