@@ -30,7 +30,8 @@ class EngineConfig:
     generation_config "auto" takes the model's generation_config.json sampling fields as the requests'
     defaults, "vllm" keeps the engine's, a folder reads the file there (engine.generation_defaults).
     scheduling_policy "fcfs" serves requests in arrival order; "priority" by their priority (lower
-    first, ties by arrival), as vLLM's --scheduling-policy (scheduler.waiting_queue).
+    first, ties by arrival), as vLLM's --scheduling-policy (scheduler.waiting_queue). max_logprobs: the
+    most `logprobs` / `prompt_logprobs` a request may ask for (vLLM's; 20, OpenAI's cap; -1: no cap).
     """
 
     model: str
@@ -56,6 +57,7 @@ class EngineConfig:
     kv_cache_dtype: str = "auto"
     generation_config: str = "auto"
     scheduling_policy: str = "fcfs"
+    max_logprobs: int = 20
 
     def __post_init__(self) -> None:
         check(bool(self.model), "model", self.model, "must name a preset, a local folder or a hub id")
@@ -83,6 +85,7 @@ class EngineConfig:
               f"must be one of {SCHEDULING_POLICIES}")
         check(self.max_queue_len is None or self.max_queue_len > 0, "max_queue_len", self.max_queue_len,
                "must be positive")
+        check(self.max_logprobs >= -1, "max_logprobs", self.max_logprobs, "must be >= 0, or -1 for no cap")
 
     def torch_device(self) -> torch.device:
         if self.device == "auto":

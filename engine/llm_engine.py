@@ -130,6 +130,7 @@ class LLMEngine:
         prompt_text, ids = self._tokenize(prompt)
         ids = truncate_prompt(ids, params.truncate_prompt_tokens, self.max_model_len)
         check_allowed_token_ids(params.allowed_token_ids, self.model_config.vocab_size)
+        params.check_max_logprobs(self.config.max_logprobs)
         bad_words = bad_words_token_ids(params.bad_words, self.tokenizer, self.model_config.vocab_size)
         choice = self._choice_constraint(params)
         params = self._fill_max_tokens(params, len(ids))

@@ -94,6 +94,14 @@ class SamplingParams:
                                                                          for w in self.bad_words)
             check(words_ok, "bad_words", self.bad_words, "must be strings with a character other than whitespace")
 
+    def check_max_logprobs(self, max_logprobs: int) -> None:
+        """vLLM's ValueErrors (its messages) when logprobs or prompt_logprobs ask for more than
+        `max_logprobs` (EngineConfig.max_logprobs; -1: no cap)."""
+        for kind, value in (("sample", self.logprobs), ("prompt", self.prompt_logprobs)):
+            if max_logprobs != -1 and value is not None and value > max_logprobs:
+                raise ValueError(f"Requested {kind} logprobs of {value}, which is greater than max allowed: "
+                                 f"{max_logprobs}")
+
     @property
     def uses_output_history(self) -> bool:
         """Penalties, bad words and structured outputs read every token generated so far, so they cannot

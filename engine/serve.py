@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     p.add_argument("--num-kv-blocks", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-logprobs", type=int, default=20,
+                   help="the most logprobs / top_logprobs / prompt_logprobs a request may ask for (-1: no cap)")
     p.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--enable-chunked-prefill", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--engine-process", action=argparse.BooleanOptionalAction, default=True,
@@ -88,7 +90,8 @@ def config_from_args(args: argparse.Namespace) -> EngineConfig:
         enable_chunked_prefill=args.enable_chunked_prefill, enforce_eager=args.enforce_eager,
         attention_backend=args.attention_backend, seed=args.seed, load_format=args.load_format,
         max_queue_len=args.max_queue_len, kv_cache_dtype=args.kv_cache_dtype,
-        generation_config=args.generation_config, scheduling_policy=args.scheduling_policy)
+        generation_config=args.generation_config, scheduling_policy=args.scheduling_policy,
+        max_logprobs=args.max_logprobs)
 
 
 def main(argv: list[str] | None = None) -> None:

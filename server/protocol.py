@@ -89,16 +89,16 @@ class _SamplingFields(BaseModel):
     guided_grammar: Any = None
     guided_decoding_backend: Any = None
     structured_outputs: Any = None
-    # vLLM's extra: each prompt token's logprob and the top k (at most 20, as vLLM's max_logprobs); not
+    # vLLM's extra: each prompt token's logprob and the top k (at most the engine's max_logprobs); not
     # with stream (request_fields.check_fields)
-    prompt_logprobs: int | None = Field(None, ge=0, le=20)
+    prompt_logprobs: int | None = Field(None, ge=0)
     priority: int = 0      # vLLM's extra: lower is scheduled earlier (--scheduling-policy priority; else 0)
 
 
 class CompletionRequest(_SamplingFields):
     prompt: str | list[str] | list[int] | list[list[int]]
     max_tokens: int | None = Field(16, ge=0)        # 0: only with echo, the prompt alone (vLLM's)
-    logprobs: int | None = Field(None, ge=0, le=20)
+    logprobs: int | None = Field(None, ge=0)         # at most the engine's max_logprobs
     echo: bool = False
     best_of: int | None = None
     suffix: str | None = None
@@ -167,7 +167,7 @@ class ChatCompletionRequest(_SamplingFields):
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
-    top_logprobs: int | None = Field(None, ge=0, le=20)
+    top_logprobs: int | None = Field(None, ge=0)     # at most the engine's max_logprobs
     chat_template_kwargs: dict[str, Any] | None = None
     tools: list[ChatCompletionToolsParam] | None = None
     # None (left out): "auto" when tools are given, else "none" (OpenAI's default); see serving_chat

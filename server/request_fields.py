@@ -81,3 +81,13 @@ def logit_bias(bias: dict[str, float] | None) -> dict[int, float] | None:
     except ValueError as exc:
         raise APIError(400, f"logit_bias keys must be token ids (integers), got {list(bias)[:4]}",
                        "logit_bias") from exc
+
+
+def check_logprob_caps(req, max_logprobs: int) -> None:
+    """A 400 naming the field (vLLM's message) where logprobs (completions), top_logprobs (chat) or
+    prompt_logprobs ask for more than the engine's max_logprobs (-1: no cap)."""
+    for name, kind in (("logprobs", "sample"), ("top_logprobs", "sample"), ("prompt_logprobs", "prompt")):
+        value = getattr(req, name, None)
+        if max_logprobs != -1 and isinstance(value, int) and not isinstance(value, bool) and value > max_logprobs:
+            raise APIError(400, f"Requested {kind} logprobs of {value}, which is greater than max allowed: "
+                                f"{max_logprobs}", name)

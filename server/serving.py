@@ -21,7 +21,7 @@ from server.errors import APIError, from_value_error
 from server.metrics import ServerMetrics
 from server.options import ServerOptions
 from server.protocol import Logprob, PromptLogprobs
-from server.request_fields import logit_bias, structured_outputs
+from server.request_fields import check_logprob_caps, logit_bias, structured_outputs
 
 _SAMPLING_FIELDS = tuple(f.name for f in fields(SamplingParams))
 _COPIED = ("n", "temperature", "top_p", "top_k", "min_p", "seed", "stop", "stop_token_ids", "presence_penalty",
@@ -45,6 +45,7 @@ class Serving:
         self.tokenizer = async_engine.tokenizer
         self.model_name = served_model_name
         self.max_model_len = async_engine.max_model_len
+        self.max_logprobs: int = async_engine.config.max_logprobs
         self.metrics = metrics
         # the model's generation_config.json defaults: max_tokens apart (default_max_tokens), each is
         # used where the request leaves its field unset
@@ -60,6 +61,7 @@ class Serving:
                         prompt_logprobs: int | None = None) -> SamplingParams:
         """SamplingParams from the request's fields, the model's defaults for those it leaves unset; a rule
         it breaks becomes a 400 naming the field."""
+        check_logprob_caps(req, self.max_logprobs)
         kwargs = dict(self.sampling_defaults)
         kwargs.update({name: getattr(req, name) for name in _COPIED if getattr(req, name) is not None})
         kwargs.update(max_tokens=max_tokens, logprobs=logprobs, prompt_logprobs=prompt_logprobs,

@@ -75,7 +75,8 @@ def test_completions_with_max_tokens_null_get_the_models_max_tokens(server, seen
 
 
 def _serving(defaults: dict, max_model_len: int = 20) -> Serving:
-    engine = SimpleNamespace(tokenizer=None, max_model_len=max_model_len, default_sampling_fields=defaults)
+    engine = SimpleNamespace(tokenizer=None, max_model_len=max_model_len, default_sampling_fields=defaults,
+                             config=SimpleNamespace(max_logprobs=20))
     return Serving(engine, MODEL_NAME, metrics=None)
 
 
