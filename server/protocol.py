@@ -89,9 +89,7 @@ class _SamplingFields(BaseModel):
     guided_grammar: Any = None
     guided_decoding_backend: Any = None
     structured_outputs: Any = None
-    # vLLM's extra: each prompt token's logprob and the top k (at most the engine's max_logprobs); not
-    # with stream (request_fields.check_fields)
-    prompt_logprobs: int | None = Field(None, ge=0)
+    prompt_logprobs: int | None = Field(None, ge=0)   # vLLM's extra: at most max_logprobs, not with stream
     priority: int = 0      # vLLM's extra: lower is scheduled earlier (--scheduling-policy priority; else 0)
 
 
