@@ -1,8 +1,9 @@
 """A random soak of the server: waves of concurrent chat and completion requests, streamed or not, with
 the sampling extras at random (bad_words, guided_choice, logprobs, n = 2, stop, penalties,
 allowed_token_ids, prompt_logprobs), some streams dropped by their client mid-way, a KV pool small
-enough to preempt. After every wave the engine is idle with every block free and no more block-table
-rows than max_num_seqs held; every answer that was read whole keeps its request's rules."""
+enough to preempt; the engine on the server's thread and in its own process. After every wave the engine
+is idle with every block free (and, on the thread, no more block-table rows than max_num_seqs held);
+every answer that was read whole keeps its request's rules."""
 from __future__ import annotations
 
 import asyncio
@@ -12,6 +13,8 @@ import random
 import httpx
 import pytest
 
+from engine.async_engine import AsyncEngine
+from engine.engine_process import ProcessAsyncEngine
 from server_harness import MODEL_NAME, engine_config
 
 CHOICES = ["yes", "no way"]
@@ -22,10 +25,10 @@ FEATURES = {"plain": {}, "bad_words": {"bad_words": ["a", "e"]}, "choice": {"gui
             "allowed": {"allowed_token_ids": [ord(c) for c in "xyz"]}, "prompt_logprobs": {"prompt_logprobs": 1}}
 
 
-@pytest.fixture(scope="module")
-def server(tiny_model_path, start_server):
+@pytest.fixture(scope="module", params=[AsyncEngine, ProcessAsyncEngine], ids=["thread", "process"])
+def server(request, tiny_model_path, start_server):
     return start_server(engine_config(tiny_model_path, num_kv_blocks=24, max_num_seqs=MAX_NUM_SEQS,
-                                      max_num_batched_tokens=64))
+                                      max_num_batched_tokens=64), engine_cls=request.param)
 
 
 def random_request(rng: random.Random) -> tuple[str, str, dict]:
@@ -79,7 +82,7 @@ async def call(client: httpx.AsyncClient, endpoint: str, feature: str, body: dic
 
 def test_random_waves_leave_the_engine_clean(server):
     rng = random.Random(5)
-    engine = server.async_engine.engine
+    engine = getattr(server.async_engine, "engine", None)       # the thread engine's LLMEngine
 
     async def wave():
         async with httpx.AsyncClient(base_url=server.base_url, timeout=60) as client:
@@ -92,5 +95,5 @@ def test_random_waves_leave_the_engine_clean(server):
         stats = server.wait_idle()
         assert stats.num_running == stats.num_waiting == 0, number
         assert stats.num_free_blocks == stats.num_total_blocks, number
-        assert len(engine.runner.inputs.rows) <= MAX_NUM_SEQS
+        assert engine is None or len(engine.runner.inputs.rows) <= MAX_NUM_SEQS
     assert server.stats().num_preemptions > 0
