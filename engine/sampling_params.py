@@ -98,9 +98,9 @@ class SamplingParams:
         """vLLM's ValueErrors (its messages) when logprobs or prompt_logprobs ask for more than
         `max_logprobs` (EngineConfig.max_logprobs; -1: no cap)."""
         for kind, value in (("sample", self.logprobs), ("prompt", self.prompt_logprobs)):
-            if max_logprobs != -1 and value is not None and value > max_logprobs:
-                raise ValueError(f"Requested {kind} logprobs of {value}, which is greater than max allowed: "
-                                 f"{max_logprobs}")
+            message = over_max_logprobs(kind, value, max_logprobs)
+            if message is not None:
+                raise ValueError(message)
 
     @property
     def uses_output_history(self) -> bool:
@@ -116,3 +116,11 @@ class SamplingParams:
     @property
     def all_stop_token_ids(self) -> frozenset[int]:
         return frozenset(self.stop_token_ids or ())
+
+
+def over_max_logprobs(kind: str, value: int | None, max_logprobs: int) -> str | None:
+    """vLLM's message where `value` ("sample" or "prompt" logprobs) asks for more than `max_logprobs`
+    (-1: no cap); None where it does not."""
+    if max_logprobs == -1 or value is None or value <= max_logprobs:
+        return None
+    return f"Requested {kind} logprobs of {value}, which is greater than max allowed: {max_logprobs}"

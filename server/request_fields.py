@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 
+from engine.sampling_params import over_max_logprobs
 from engine.structured_outputs import StructuredOutputsParams
 from server.errors import APIError
 from server.protocol import GUIDED_DECODING_FIELDS, ResponseFormat, StreamOptions
@@ -88,6 +89,8 @@ def check_logprob_caps(req, max_logprobs: int) -> None:
     prompt_logprobs ask for more than the engine's max_logprobs (-1: no cap)."""
     for name, kind in (("logprobs", "sample"), ("top_logprobs", "sample"), ("prompt_logprobs", "prompt")):
         value = getattr(req, name, None)
-        if max_logprobs != -1 and isinstance(value, int) and not isinstance(value, bool) and value > max_logprobs:
-            raise APIError(400, f"Requested {kind} logprobs of {value}, which is greater than max allowed: "
-                                f"{max_logprobs}", name)
+        if isinstance(value, bool):                  # chat's logprobs: a flag, its count is top_logprobs
+            continue
+        message = over_max_logprobs(kind, value, max_logprobs)
+        if message is not None:
+            raise APIError(400, message, name)
