@@ -52,6 +52,9 @@ class SamplingParams:
     # a seed, logprobs, min_tokens, logit_bias, allowed_token_ids, bad_words or structured_outputs: the
     # sampling metadata needs Python for this request's row (set at construction)
     uses_rare_features: bool = field(init=False, compare=False, repr=False, default=False)
+    # penalties, bad words and structured outputs read every token generated so far, so they cannot run a
+    # step ahead (set at construction; the engine reads it for every running request each step)
+    uses_output_history: bool = field(init=False, compare=False, repr=False, default=False)
 
     def __post_init__(self) -> None:
         for name in ("stop", "bad_words"):
@@ -87,6 +90,9 @@ class SamplingParams:
         object.__setattr__(self, "uses_rare_features", (
             self.seed is not None or self.logprobs is not None or self.min_tokens > 0 or bool(self.logit_bias)
             or self.allowed_token_ids is not None or bool(self.bad_words) or self.structured_outputs is not None))
+        object.__setattr__(self, "uses_output_history", (
+            self.presence_penalty != 0 or self.frequency_penalty != 0 or self.repetition_penalty != 1
+            or bool(self.bad_words) or self.structured_outputs is not None))
         if self.stop is not None:
             check(all(isinstance(s, str) and s for s in self.stop), "stop", self.stop, "must be non-empty strings")
         if self.bad_words is not None:
@@ -101,13 +107,6 @@ class SamplingParams:
             message = over_max_logprobs(kind, value, max_logprobs)
             if message is not None:
                 raise ValueError(message)
-
-    @property
-    def uses_output_history(self) -> bool:
-        """Penalties, bad words and structured outputs read every token generated so far, so they cannot
-        run a step ahead."""
-        return (self.presence_penalty != 0 or self.frequency_penalty != 0 or self.repetition_penalty != 1
-                or bool(self.bad_words) or self.structured_outputs is not None)
 
     @property
     def greedy(self) -> bool:
