@@ -6,6 +6,8 @@ from dataclasses import dataclass
 import torch
 
 from engine.checks import check
+from models.hf_overrides import HfOverrides, check_hf_overrides
+from models.layers.rotary import derived_max_model_len
 from scheduler.waiting_queue import SCHEDULING_POLICIES
 
 _DTYPES = {"float32": torch.float32, "float": torch.float32, "float16": torch.float16, "half": torch.float16,
@@ -32,6 +34,8 @@ class EngineConfig:
     scheduling_policy "fcfs" serves requests in arrival order; "priority" by their priority (lower
     first, ties by arrival), as vLLM's --scheduling-policy (scheduler.waiting_queue). max_logprobs: the
     most `logprobs` / `prompt_logprobs` a request may ask for (vLLM's; 20, OpenAI's cap; -1: no cap).
+    hf_overrides: fields of the checkpoint's config to change, e.g. a yarn rope for a longer context
+    (vLLM's; models.hf_overrides).
     """
 
     model: str
@@ -58,6 +62,7 @@ class EngineConfig:
     generation_config: str = "auto"
     scheduling_policy: str = "fcfs"
     max_logprobs: int = 20
+    hf_overrides: HfOverrides | None = None
 
     def __post_init__(self) -> None:
         check(bool(self.model), "model", self.model, "must name a preset, a local folder or a hub id")
@@ -86,6 +91,7 @@ class EngineConfig:
         check(self.max_queue_len is None or self.max_queue_len > 0, "max_queue_len", self.max_queue_len,
                "must be positive")
         check(self.max_logprobs >= -1, "max_logprobs", self.max_logprobs, "must be >= 0, or -1 for no cap")
+        check_hf_overrides(self.hf_overrides)
 
     def torch_device(self) -> torch.device:
         if self.device == "auto":
@@ -108,7 +114,8 @@ class EngineConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The architecture facts the engine needs, read from a Hugging Face config."""
+    """The architecture facts the engine needs, read from a Hugging Face config. derived_max_model_len:
+    the longest context its positions cover (models.layers.rotary.derived_max_model_len)."""
 
     architecture: str
     num_layers: int
@@ -117,7 +124,7 @@ class ModelConfig:
     num_kv_heads: int
     head_size: int
     vocab_size: int
-    max_position_embeddings: int
+    derived_max_model_len: int
     eos_token_ids: tuple[int, ...]
     checkpoint_dtype: torch.dtype | None
 
@@ -136,6 +143,22 @@ class ModelConfig:
         return cls(architecture=archs[0], num_layers=hf_config.num_hidden_layers, hidden_size=hf_config.hidden_size,
                    num_heads=num_heads, num_kv_heads=getattr(hf_config, "num_key_value_heads", None) or num_heads,
                    head_size=head_size, vocab_size=hf_config.vocab_size,
-                   max_position_embeddings=getattr(hf_config, "max_position_embeddings", 2048),
+                   derived_max_model_len=derived_max_model_len(hf_config),
                    eos_token_ids=eos_ids, checkpoint_dtype=dtype)
 
+
+
+def checked_max_model_len(max_model_len: int | None, derived: int) -> int:
+    """The engine's max_model_len: the one asked for, else the model's derived length. More than
+    the model's positions cover is refused (as vLLM does unless told otherwise): those positions were
+    never trained, and the rotary table ends at `derived`."""
+    if max_model_len is None:
+        return derived
+    if max_model_len > derived:
+        raise ValueError(
+            f"max_model_len={max_model_len} is more than this model's positions cover ({derived}: "
+            f"max_position_embeddings, stretched by any rope scaling in its config); lower max_model_len, "
+            f"or extend the context with rope scaling, e.g. hf_overrides={{'rope_parameters': {{'rope_type': "
+            f"'yarn', 'factor': 4.0, 'original_max_position_embeddings': {derived}}}}} "
+            f"(--hf-overrides on the server), where the model supports it")
+    return max_model_len

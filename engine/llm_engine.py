@@ -18,7 +18,7 @@ from transformers import GenerationConfig
 from attention.backend import dtype_name
 from attention.selector import select_backend
 from engine.bad_words import bad_words_token_ids
-from engine.config import EngineConfig, ModelConfig
+from engine.config import EngineConfig, ModelConfig, checked_max_model_len
 from engine.generation_defaults import default_sampling_fields, load_generation_config
 from engine.model_runner import ModelRunner
 from engine.output_processor import OutputProcessor
@@ -69,12 +69,12 @@ def _freeze_startup_heap() -> None:
 class LLMEngine:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
-        resolved = resolve_model(config.model, config.revision, config.load_format)
+        resolved = resolve_model(config.model, config.revision, config.load_format, config.hf_overrides)
         self.tokenizer = load_tokenizer(resolved, config.tokenizer)
         self.model_config = mc = ModelConfig.from_hf_config(resolved.hf_config)
         self.device = config.torch_device()
         self.dtype = config.torch_dtype(mc.checkpoint_dtype, self.device)
-        self.max_model_len = config.max_model_len or mc.max_position_embeddings
+        self.max_model_len = checked_max_model_len(config.max_model_len, mc.derived_max_model_len)
         generation_config = load_generation_config(resolved.path)     # read once: EOS ids and sampling defaults
         self.eos_token_ids = self._eos_ids(mc, generation_config)
         # the model's sampling defaults (generation_config.json) for requests that leave a field unset

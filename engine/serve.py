@@ -3,6 +3,7 @@ flags."""
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -29,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--served-model-name", default=None, help="model name clients send (default: --model)")
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (env ENGINE_API_KEY)")
     p.add_argument("--max-model-len", type=int, default=None)
+    p.add_argument("--hf-overrides", type=json_object, default=None,
+                   help="JSON object of config.json fields to change, e.g. '{\"rope_parameters\": {\"rope_type\": "
+                        "\"yarn\", \"factor\": 4.0, \"original_max_position_embeddings\": 32768}}'")
     p.add_argument("--max-num-seqs", type=int, default=256)
     p.add_argument("--max-num-batched-tokens", type=int, default=None)
     p.add_argument("--chat-template", default=None,
@@ -70,6 +74,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def json_object(text: str) -> dict:
+    """argparse type: a JSON object (argparse reports the ValueError as an invalid value)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({exc})") from exc
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"must be a JSON object {{...}}, got {text}")
+    return value
+
+
 def model_from_args(args: argparse.Namespace) -> str:
     """The model, given as MODEL or --model (MODEL wins where both are given, as in vLLM, with a warning)."""
     if args.model_tag and args.model and args.model_tag != args.model:
@@ -91,7 +106,7 @@ def config_from_args(args: argparse.Namespace) -> EngineConfig:
         attention_backend=args.attention_backend, seed=args.seed, load_format=args.load_format,
         max_queue_len=args.max_queue_len, kv_cache_dtype=args.kv_cache_dtype,
         generation_config=args.generation_config, scheduling_policy=args.scheduling_policy,
-        max_logprobs=args.max_logprobs)
+        max_logprobs=args.max_logprobs, hf_overrides=args.hf_overrides)
 
 
 def main(argv: list[str] | None = None) -> None:

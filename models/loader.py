@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoTokenizer, PretrainedConfig
 
+from models.hf_overrides import HfOverrides, apply_hf_overrides
 from models.layers.norm import RMSNorm
 from models.presets import get_preset, preset_names
 from models.registry import get_model_class
@@ -39,20 +40,25 @@ class ResolvedModel:
     is_preset: bool
 
 
-def resolve_model(model: str, revision: str | None = None, load_format: str = "auto") -> ResolvedModel:
-    """`preset:NAME`, a local folder with config.json, or a Hugging Face hub id (downloaded).
+def resolve_model(model: str, revision: str | None = None, load_format: str = "auto",
+                  hf_overrides: HfOverrides | None = None) -> ResolvedModel:
+    """`preset:NAME`, a local folder with config.json, or a Hugging Face hub id (downloaded), its
+    config changed by `hf_overrides` (models.hf_overrides) if given.
 
     For a hub id only config, tokenizer and safetensors files are fetched (only config and
     tokenizer with load_format="dummy"). Raises ValueError with what to pass instead on failure.
     """
     if model.startswith(PRESET_PREFIX):
-        return ResolvedModel(get_preset(model[len(PRESET_PREFIX):]), None, True)
-    if os.path.isdir(model):
+        config, path = get_preset(model[len(PRESET_PREFIX):]), None
+    elif os.path.isdir(model):
         if not os.path.isfile(os.path.join(model, "config.json")):
             raise ValueError(f"model folder {model!r} has no config.json")
-        return ResolvedModel(AutoConfig.from_pretrained(model), os.path.abspath(model), False)
-    path = _download(model, revision, load_format)
-    return ResolvedModel(AutoConfig.from_pretrained(path), path, False)
+        path = os.path.abspath(model)
+        config = AutoConfig.from_pretrained(path)
+    else:
+        path = _download(model, revision, load_format)
+        config = AutoConfig.from_pretrained(path)
+    return ResolvedModel(apply_hf_overrides(config, hf_overrides), path, path is None)
 
 
 def _download(repo_id: str, revision: str | None, load_format: str) -> str:

@@ -54,7 +54,7 @@ def test_bench_flag_reaches_the_engine_arguments():
 def test_fp8_block_takes_half_the_bytes_of_bf16():
     from engine.kv_sizing import bytes_per_block
     mc = ModelConfig(architecture="Qwen3ForCausalLM", num_layers=28, hidden_size=1024, num_heads=16,
-                     num_kv_heads=8, head_size=128, vocab_size=151936, max_position_embeddings=40960,
+                     num_kv_heads=8, head_size=128, vocab_size=151936, derived_max_model_len=40960,
                      eos_token_ids=(1,), checkpoint_dtype=torch.bfloat16)
     bf16 = bytes_per_block(mc, 16, torch.bfloat16)
     assert bf16 == 2 * 28 * 16 * 8 * 128 * 2

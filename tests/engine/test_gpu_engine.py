@@ -170,3 +170,26 @@ def test_fp8_kv_cache_skips_flash_attn_and_matches_torch_ref(bf16_checkpoint):
                 break
     with pytest.raises(ValueError, match="Backends that can: triton, torch_ref"):
         make_llm(bf16_checkpoint, "flash_attn", kv_cache_dtype="fp8")
+
+
+def test_yarn_context_matches_transformers(bf16_checkpoint):
+    """A yarn rope from hf_overrides (context 256 -> 1024) through the fused rope kernels and graphs:
+    greedy tokens equal transformers' on the same config, prompts of up to 700 tokens, float32."""
+    overrides = {"max_position_embeddings": 256,
+                 "rope_parameters": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 256}}
+    llm = make_llm(bf16_checkpoint, "triton", max_num_seqs=16, dtype="float32", hf_overrides=overrides)
+    assert llm.engine.max_model_len == 1024
+    config = transformers.AutoConfig.from_pretrained(bf16_checkpoint)
+    config.max_position_embeddings = 256
+    config.rope_parameters = {**config.rope_parameters, **overrides["rope_parameters"]}
+    hf_model = transformers.AutoModelForCausalLM.from_pretrained(bf16_checkpoint, config=config,
+                                                                 dtype=torch.float32).cuda().eval()
+    for prompt, out in zip(batch(), greedy(llm)):
+        ids = torch.tensor([prompt], device="cuda")
+        ref = hf_model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=NUM_NEW, do_sample=False,
+                                eos_token_id=None, pad_token_id=0, output_scores=True, return_dict_in_generate=True)
+        for k, want in enumerate(ref.sequences[0, len(prompt):].tolist()):
+            if out.token_ids[k] != want:        # only at a near-tie of transformers' own logits (tf32 dots)
+                top = ref.scores[k][0].float().log_softmax(-1).topk(2).values
+                assert top[0] - top[1] < NEAR_TIE, f"prompt of {len(prompt)} tokens diverged at token {k}"
+                break

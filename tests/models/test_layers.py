@@ -38,7 +38,7 @@ def test_rope_reads_old_style_config():
     plain = SimpleNamespace(rope_theta=1234.0, rope_scaling=None, max_position_embeddings=16)
     assert rope_parameters(plain) == {"rope_type": "default", "rope_theta": 1234.0}
     with pytest.raises(ValueError, match="rope_type"):
-        rope_parameters(SimpleNamespace(rope_scaling={"rope_type": "yarn", "factor": 4.0}))
+        rope_parameters(SimpleNamespace(rope_scaling={"rope_type": "dynamic", "factor": 4.0}))
 
 
 def test_rope_bfloat16_keeps_float32_cache():

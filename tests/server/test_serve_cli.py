@@ -47,7 +47,9 @@ def test_no_model_exits_2_saying_how_to_name_it():
 
 
 @pytest.mark.parametrize("flags,field", [(["--max-num-seqs", "0"], "max_num_seqs"), (["--dtype", "fp7"], "dtype"),
-                                         (["--gpu-memory-utilization", "1.5"], "gpu_memory_utilization")])
+                                         (["--gpu-memory-utilization", "1.5"], "gpu_memory_utilization"),
+                                         (["--hf-overrides", "{rope"], "--hf-overrides: not valid JSON"),
+                                         (["--hf-overrides", "[1]"], "--hf-overrides: must be a JSON object")])
 def test_invalid_flags_exit_2_naming_the_field(flags, field):
     proc = subprocess.run([sys.executable, "-m", "engine.serve", "--model", "preset:tiny-qwen3", *flags],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -66,11 +68,31 @@ def test_an_engine_that_cannot_start_exits_2_saying_why(engine_flag):
     assert "fewer than one request of max_model_len=128" in proc.stderr
 
 
+def test_hf_overrides_flag_maps_to_engine_config():
+    overrides = '{"rope_parameters": {"rope_type": "yarn", "factor": 4.0}, "max_position_embeddings": 64}'
+    config = config_from_args(build_parser().parse_args(["m", "--hf-overrides", overrides]))
+    assert config.hf_overrides == {"rope_parameters": {"rope_type": "yarn", "factor": 4.0},
+                                   "max_position_embeddings": 64}
+
+
+def test_max_model_len_past_the_positions_exits_2_naming_hf_overrides():
+    """The engine's start-up refuses it in its own process; the server passes the message on."""
+    proc = subprocess.run([sys.executable, "-m", "engine.serve", "preset:tiny-qwen3", "--device", "cpu",
+                           "--dtype", "float32", "--max-model-len", "4096", "--num-kv-blocks", "512"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "max_model_len=4096 is more than this model's positions cover (2048" in proc.stderr
+    assert "--hf-overrides" in proc.stderr
+
+
 def test_serve_process_answers_with_env_api_key():
+    """Also takes --hf-overrides (a yarn rope: the context doubles to 256) into the engine's process."""
     port = free_port()
     env = dict(os.environ, ENGINE_API_KEY="cli-secret")
+    overrides = ('{"max_position_embeddings": 128, "rope_parameters": {"rope_type": "yarn", "factor": 2.0, '
+                 '"original_max_position_embeddings": 128}}')
     cmd = [sys.executable, "-m", "engine.serve", "--model", "preset:tiny-qwen3", "--port", str(port),
-           "--served-model-name", "cli-model", "--max-model-len", "128", "--num-kv-blocks", "32", "--device", "cpu",
+           "--served-model-name", "cli-model", "--hf-overrides", overrides, "--num-kv-blocks", "32", "--device", "cpu",
            "--dtype", "float32", "--log-level", "warning"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
@@ -87,7 +109,8 @@ def test_serve_process_answers_with_env_api_key():
             time.sleep(0.2)
         auth = {"Authorization": "Bearer cli-secret"}
         assert httpx.get(f"{base}/v1/models").status_code == 401
-        assert httpx.get(f"{base}/v1/models", headers=auth).json()["data"][0]["id"] == "cli-model"
+        card = httpx.get(f"{base}/v1/models", headers=auth).json()["data"][0]
+        assert (card["id"], card["max_model_len"]) == ("cli-model", 256)
         resp = httpx.post(f"{base}/v1/completions", headers=auth, timeout=60,
                           json={"model": "cli-model", "prompt": "hi", "max_tokens": 3, "ignore_eos": True})
         assert resp.status_code == 200 and resp.json()["usage"]["completion_tokens"] == 3

@@ -1,0 +1,36 @@
+"""max_model_len against the model's positions, and a context extended with yarn through hf_overrides
+(LLM(..., hf_overrides=...)), greedy against transformers on the same overridden config."""
+import pytest
+import torch
+import transformers
+
+from engine import LLM, SamplingParams
+from models.hf_overrides import apply_hf_overrides
+from tests.engine.test_generate_parity import hf_greedy
+
+YARN = {"max_position_embeddings": 96,
+        "rope_parameters": {"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 96}}
+
+
+def test_max_model_len_past_the_positions_is_refused(qwen3_checkpoint):
+    path, hf_model = qwen3_checkpoint
+    limit = hf_model.config.max_position_embeddings
+    with pytest.raises(ValueError, match=rf"max_model_len={limit + 1} is more than .*\({limit}.*hf_overrides"):
+        LLM(path, device="cpu", dtype="float32", max_model_len=limit + 1)
+    with pytest.raises(ValueError, match="max_model_len=97 is more than .*hf_overrides"):
+        LLM(path, device="cpu", dtype="float32", max_model_len=97, hf_overrides={"max_position_embeddings": 96})
+
+
+def test_yarn_context_matches_transformers(qwen3_checkpoint):
+    path, _ = qwen3_checkpoint
+    llm = LLM(path, device="cpu", dtype="float32", hf_overrides=YARN, max_num_batched_tokens=64)
+    assert llm.engine.max_model_len == 192                      # original 96 x factor 2, the default
+    config = apply_hf_overrides(transformers.AutoConfig.from_pretrained(path), YARN)
+    hf_model = transformers.AutoModelForCausalLM.from_pretrained(path, config=config).eval()
+    gen = torch.Generator().manual_seed(4)
+    batch = [torch.randint(3, config.vocab_size, (n,), generator=gen).tolist() for n in (150, 90)]
+    params = SamplingParams(temperature=0, max_tokens=32, ignore_eos=True)
+    got = [o.outputs[0].token_ids for o in llm.generate(batch, params, use_tqdm=False)]
+    assert got == [hf_greedy(hf_model, p) for p in batch]         # positions up to 181, past the original 96
+    with pytest.raises(ValueError, match="max_model_len=192"):
+        llm.generate([batch[0]], SamplingParams(max_tokens=50), use_tqdm=False)
