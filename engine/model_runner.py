@@ -139,7 +139,8 @@ class ModelRunner:
             raise ValueError(
                 f"the KV cache holds {max(num_blocks, 0) * self.block_size} tokens ({max(num_blocks, 0)} blocks of "
                 f"{self.block_size}), fewer than one request of max_model_len={self.max_model_len} needs: lower "
-                "max_model_len, or raise gpu_memory_utilization / num_kv_blocks / cpu_kv_cache_gib")
+                f"max_model_len (to at most {max(num_blocks, 0) * self.block_size} here), or raise "
+                "gpu_memory_utilization / num_kv_blocks / cpu_kv_cache_gib")
         logger.info("KV cache: %d blocks x %d tokens = %d tokens, %s, %.2f GiB (%s)", num_blocks, self.block_size,
                     num_blocks * self.block_size, dtype_name(self.kv_cache_dtype),
                     num_blocks * block_bytes / 2**30, why)

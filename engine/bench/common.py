@@ -11,6 +11,11 @@ import torch
 
 from attention.backend import dtype_name
 from engine.config import KV_CACHE_DTYPES
+from models.layers.rotary import derived_max_model_len
+from models.loader import resolve_model
+
+
+DEFAULT_MAX_MODEL_LEN = 4096    # room for the workloads' longest request; keeps block tables and graphs small
 
 
 def add_engine_args(parser: argparse.ArgumentParser) -> None:
@@ -21,7 +26,8 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
                         help="auto: the model dtype; fp8 / fp8_e4m3: float8_e4m3fn, scale 1.0 (not flash_attn)")
     parser.add_argument("--attention-backend", default=None)
     parser.add_argument("--max-num-seqs", type=int, default=256)
-    parser.add_argument("--max-model-len", type=int, default=4096)
+    parser.add_argument("--max-model-len", type=int, default=None,
+                        help=f"default: {DEFAULT_MAX_MODEL_LEN}, or the model's own length where that is shorter")
     parser.add_argument("--max-num-batched-tokens", type=int, default=None)
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     parser.add_argument("--block-size", type=int, default=None)
@@ -35,11 +41,15 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
 def engine_kwargs(args: argparse.Namespace) -> dict:
     return dict(load_format=args.load_format, dtype=args.dtype, kv_cache_dtype=args.kv_cache_dtype,
                 attention_backend=args.attention_backend,
-                max_num_seqs=args.max_num_seqs, max_model_len=args.max_model_len,
+                max_num_seqs=args.max_num_seqs, max_model_len=args.max_model_len or _default_max_model_len(args),
                 max_num_batched_tokens=args.max_num_batched_tokens,
                 gpu_memory_utilization=args.gpu_memory_utilization, block_size=args.block_size,
                 enforce_eager=args.enforce_eager, enable_prefix_caching=not args.no_prefix_caching, seed=args.seed,
                 async_scheduling=not args.no_async_scheduling)
+
+
+def _default_max_model_len(args: argparse.Namespace) -> int:
+    return min(DEFAULT_MAX_MODEL_LEN, derived_max_model_len(resolve_model(args.model, None, args.load_format).hf_config))
 
 
 def kv_cache_dtype_name(llm) -> str:

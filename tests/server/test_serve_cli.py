@@ -49,7 +49,10 @@ def test_no_model_exits_2_saying_how_to_name_it():
 @pytest.mark.parametrize("flags,field", [(["--max-num-seqs", "0"], "max_num_seqs"), (["--dtype", "fp7"], "dtype"),
                                          (["--gpu-memory-utilization", "1.5"], "gpu_memory_utilization"),
                                          (["--hf-overrides", "{rope"], "--hf-overrides: not valid JSON"),
-                                         (["--hf-overrides", "[1]"], "--hf-overrides: must be a JSON object")])
+                                         (["--hf-overrides", "[1]"], "--hf-overrides: must be a JSON object"),
+                                         (["--max-model-len", "2.5k7"], "--max-model-len: must be an integer"),
+                                         (["--max-model-len", "1.0001k"], "must come to a whole number"),
+                                         (["--tensor-parallel-size", "2"], "tensor_parallel_size")])
 def test_invalid_flags_exit_2_naming_the_field(flags, field):
     proc = subprocess.run([sys.executable, "-m", "engine.serve", "--model", "preset:tiny-qwen3", *flags],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -65,7 +68,19 @@ def test_an_engine_that_cannot_start_exits_2_saying_why(engine_flag):
                            "--dtype", "float32", "--max-model-len", "128", "--block-size", "16", "--num-kv-blocks",
                            "2", engine_flag], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
-    assert "fewer than one request of max_model_len=128" in proc.stderr
+    assert "fewer than one request of max_model_len=128 needs: lower max_model_len (to at most 32 here)" in proc.stderr
+
+
+@pytest.mark.parametrize("text,tokens", [("32768", 32768), ("32k", 32000), ("32K", 32768), ("25.6k", 25600),
+                                         ("1M", 1048576)])
+def test_max_model_len_takes_vllm_human_readable_sizes(text, tokens):
+    assert config_from_args(build_parser().parse_args(["m", "--max-model-len", text])).max_model_len == tokens
+
+
+def test_vllm_flags_for_remote_code_and_one_gpu_map_to_engine_config():
+    config = config_from_args(build_parser().parse_args(["m", "--trust-remote-code", "-tp", "1"]))
+    assert config.trust_remote_code
+    assert not config_from_args(build_parser().parse_args(["m"])).trust_remote_code
 
 
 def test_hf_overrides_flag_maps_to_engine_config():
