@@ -1,6 +1,8 @@
 """create_app: the FastAPI application of the OpenAI-compatible server around one engine client."""
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 
 from fastapi import FastAPI, Request
@@ -19,6 +21,7 @@ from server.protocol_utility import (DetokenizeRequest, DetokenizeResponse, Mode
 from server.serving import Serving, api_error, until_disconnect
 from server.serving_chat import chat_prompt_ids, create_chat_completion
 from server.serving_completions import create_completion
+from server.stats_logger import StatsLogger, interval_from_env
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +34,8 @@ def create_app(async_engine: EngineClient, served_model_name: str | None = None,
     name = served_model_name or async_engine.config.model
     metrics = ServerMetrics(async_engine, name)
     serving = Serving(async_engine, name, metrics, options)
-    app = FastAPI(title="engine OpenAI-compatible server")
+    log_stats = not (options and options.disable_log_stats)
+    app = FastAPI(title="engine OpenAI-compatible server", lifespan=_stats_lifespan(async_engine) if log_stats else None)
     app.state.serving = serving
     app.state.metrics = metrics
     _add_error_handlers(app)
@@ -39,6 +43,20 @@ def create_app(async_engine: EngineClient, served_model_name: str | None = None,
     if api_key:
         app.add_middleware(APIKeyMiddleware, api_key=api_key)
     return app
+
+
+def _stats_lifespan(async_engine: EngineClient):
+    """While the app serves, a task logs the engine's stats line every interval (vLLM's)."""
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI):
+        task = asyncio.create_task(StatsLogger(async_engine).run(interval_from_env()))
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    return lifespan
 
 
 def _add_error_handlers(app: FastAPI) -> None:

@@ -13,12 +13,14 @@ class ServerOptions:
     """chat_template: a Jinja string used instead of the tokenizer's (--chat-template; None: the
     tokenizer's). reasoning_parser: puts chat answers' thinking in `reasoning_content`
     (--reasoning-parser). tool_call_parser: the format of the model's tool calls (--tool-call-parser),
-    parsed where enable_auto_tool_choice (--enable-auto-tool-choice) lets tool_choice be "auto"."""
+    parsed where enable_auto_tool_choice (--enable-auto-tool-choice) lets tool_choice be "auto".
+    disable_log_stats (--disable-log-stats): no periodic engine line in the log (server/stats_logger.py)."""
 
     chat_template: str | None = None
     reasoning_parser: str | None = None
     tool_call_parser: str | None = None
     enable_auto_tool_choice: bool = False
+    disable_log_stats: bool = False
 
     def __post_init__(self) -> None:
         check(self.reasoning_parser in (None, *REASONING_PARSERS), "--reasoning-parser", self.reasoning_parser,
