@@ -35,7 +35,9 @@ class EngineConfig:
     first, ties by arrival), as vLLM's --scheduling-policy (scheduler.waiting_queue). max_logprobs: the
     most `logprobs` / `prompt_logprobs` a request may ask for (vLLM's; 20, OpenAI's cap; -1: no cap).
     hf_overrides: fields of the checkpoint's config to change, e.g. a yarn rope for a longer context
-    (vLLM's; models.hf_overrides).
+    (vLLM's; models.hf_overrides). trust_remote_code: let transformers run config and tokenizer code
+    shipped with the checkpoint (vLLM's; the architecture must still be one this engine implements).
+    tensor_parallel_size: accepted for vLLM's scripts; only 1.
     """
 
     model: str
@@ -63,6 +65,8 @@ class EngineConfig:
     scheduling_policy: str = "fcfs"
     max_logprobs: int = 20
     hf_overrides: HfOverrides | None = None
+    trust_remote_code: bool = False
+    tensor_parallel_size: int = 1
 
     def __post_init__(self) -> None:
         check(bool(self.model), "model", self.model, "must name a preset, a local folder or a hub id")
@@ -92,6 +96,8 @@ class EngineConfig:
                "must be positive")
         check(self.max_logprobs >= -1, "max_logprobs", self.max_logprobs, "must be >= 0, or -1 for no cap")
         check_hf_overrides(self.hf_overrides)
+        check(self.tensor_parallel_size == 1, "tensor_parallel_size", self.tensor_parallel_size,
+              "must be 1: this engine runs a model on one GPU")
 
     def torch_device(self) -> torch.device:
         if self.device == "auto":

@@ -69,8 +69,9 @@ def _freeze_startup_heap() -> None:
 class LLMEngine:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
-        resolved = resolve_model(config.model, config.revision, config.load_format, config.hf_overrides)
-        self.tokenizer = load_tokenizer(resolved, config.tokenizer)
+        resolved = resolve_model(config.model, config.revision, config.load_format, config.hf_overrides,
+                                 config.trust_remote_code)
+        self.tokenizer = load_tokenizer(resolved, config.tokenizer, config.trust_remote_code)
         self.model_config = mc = ModelConfig.from_hf_config(resolved.hf_config)
         self.device = config.torch_device()
         self.dtype = config.torch_dtype(mc.checkpoint_dtype, self.device)

@@ -3,6 +3,7 @@ flags."""
 from __future__ import annotations
 
 import argparse
+import decimal
 import json
 import logging
 import os
@@ -25,11 +26,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="the same as MODEL")
     p.add_argument("--tokenizer", default=None)
     p.add_argument("--revision", default=None)
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="let transformers run config / tokenizer code shipped with the checkpoint")
+    p.add_argument("--tensor-parallel-size", "-tp", type=int, default=1,
+                   help="GPUs per model: only 1 (this engine runs a model on one GPU)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--served-model-name", default=None, help="model name clients send (default: --model)")
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (env ENGINE_API_KEY)")
-    p.add_argument("--max-model-len", type=int, default=None)
+    p.add_argument("--max-model-len", type=human_int, default=None,
+                   help="context length in tokens; k / m suffixes count thousands / millions, K / M 1024 / 1024^2")
     p.add_argument("--hf-overrides", type=json_object, default=None,
                    help="JSON object of config.json fields to change, e.g. '{\"rope_parameters\": {\"rope_type\": "
                         "\"yarn\", \"factor\": 4.0, \"original_max_position_embeddings\": 32768}}'")
@@ -70,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine-process", action=argparse.BooleanOptionalAction, default=True,
                    help="run the engine in its own process (default; HTTP and the model's steps then do not "
                         "share one GIL), or on a thread of the server's process")
+    p.add_argument("--disable-log-stats", action="store_true",
+                   help="no periodic engine line (throughput, queue, KV-cache usage) in the log")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     return p
 
@@ -83,6 +91,23 @@ def json_object(text: str) -> dict:
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f"must be a JSON object {{...}}, got {text}")
     return value
+
+
+_SUFFIXES = {"k": 1000, "m": 1000**2, "g": 1000**3, "K": 1024, "M": 1024**2, "G": 1024**3}
+
+
+def human_int(text: str) -> int:
+    """argparse type as vLLM's: '32768', '32k' (32,000), '32K' (32,768), '25.6k' (25,600)."""
+    number, scale = (text[:-1], _SUFFIXES[text[-1]]) if text and text[-1] in _SUFFIXES else (text, 1)
+    try:
+        value = decimal.Decimal(number) * scale
+    except decimal.InvalidOperation:
+        value = decimal.Decimal("NaN")
+    if not value.is_finite():
+        raise argparse.ArgumentTypeError(f"must be an integer, optionally with k, m, g, K, M or G, got {text!r}")
+    if value != value.to_integral_value():
+        raise argparse.ArgumentTypeError(f"must come to a whole number of tokens, got {text!r}")
+    return int(value)
 
 
 def model_from_args(args: argparse.Namespace) -> str:
@@ -106,7 +131,8 @@ def config_from_args(args: argparse.Namespace) -> EngineConfig:
         attention_backend=args.attention_backend, seed=args.seed, load_format=args.load_format,
         max_queue_len=args.max_queue_len, kv_cache_dtype=args.kv_cache_dtype,
         generation_config=args.generation_config, scheduling_policy=args.scheduling_policy,
-        max_logprobs=args.max_logprobs, hf_overrides=args.hf_overrides)
+        max_logprobs=args.max_logprobs, hf_overrides=args.hf_overrides, trust_remote_code=args.trust_remote_code,
+        tensor_parallel_size=args.tensor_parallel_size)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -115,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         config = config_from_args(args)
         options = ServerOptions(load_chat_template(args.chat_template), args.reasoning_parser,
-                                args.tool_call_parser, args.enable_auto_tool_choice)
+                                args.tool_call_parser, args.enable_auto_tool_choice, args.disable_log_stats)
     except ValueError as exc:
         parser.error(str(exc))          # exits with status 2
     if not 0 < args.port < 65536:

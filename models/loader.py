@@ -41,9 +41,11 @@ class ResolvedModel:
 
 
 def resolve_model(model: str, revision: str | None = None, load_format: str = "auto",
-                  hf_overrides: HfOverrides | None = None) -> ResolvedModel:
+                  hf_overrides: HfOverrides | None = None, trust_remote_code: bool = False) -> ResolvedModel:
     """`preset:NAME`, a local folder with config.json, or a Hugging Face hub id (downloaded), its
-    config changed by `hf_overrides` (models.hf_overrides) if given.
+    config changed by `hf_overrides` (models.hf_overrides) if given. trust_remote_code goes to
+    transformers' AutoConfig (a config class shipped with the checkpoint; the architecture must still be
+    one of models.registry's).
 
     For a hub id only config, tokenizer and safetensors files are fetched (only config and
     tokenizer with load_format="dummy"). Raises ValueError with what to pass instead on failure.
@@ -54,10 +56,10 @@ def resolve_model(model: str, revision: str | None = None, load_format: str = "a
         if not os.path.isfile(os.path.join(model, "config.json")):
             raise ValueError(f"model folder {model!r} has no config.json")
         path = os.path.abspath(model)
-        config = AutoConfig.from_pretrained(path)
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     else:
         path = _download(model, revision, load_format)
-        config = AutoConfig.from_pretrained(path)
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     return ResolvedModel(apply_hf_overrides(config, hf_overrides), path, path is None)
 
 
@@ -77,14 +79,14 @@ def _download(repo_id: str, revision: str | None, load_format: str) -> str:
     return path
 
 
-def load_tokenizer(resolved: ResolvedModel, tokenizer: str | None = None):
+def load_tokenizer(resolved: ResolvedModel, tokenizer: str | None = None, trust_remote_code: bool = False):
     """The tokenizer: `tokenizer` if given (a folder or hub id), the built-in byte tokenizer for
     presets, else the checkpoint's own (AutoTokenizer)."""
     if tokenizer is not None:
-        return AutoTokenizer.from_pretrained(tokenizer)
+        return AutoTokenizer.from_pretrained(tokenizer, trust_remote_code=trust_remote_code)
     if resolved.is_preset or resolved.path is None:
         return byte_tokenizer()
-    return AutoTokenizer.from_pretrained(resolved.path)
+    return AutoTokenizer.from_pretrained(resolved.path, trust_remote_code=trust_remote_code)
 
 
 @contextmanager

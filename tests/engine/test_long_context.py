@@ -1,5 +1,6 @@
-"""max_model_len against the model's positions, and a context extended with yarn through hf_overrides
-(LLM(..., hf_overrides=...)), greedy against transformers on the same overridden config."""
+"""max_model_len against the model's positions, a context extended with yarn through hf_overrides
+(LLM(..., hf_overrides=...)) greedy against transformers on the same overridden config, and vLLM's engine
+args checked at construction."""
 import pytest
 import torch
 import transformers
@@ -34,3 +35,10 @@ def test_yarn_context_matches_transformers(qwen3_checkpoint):
     assert got == [hf_greedy(hf_model, p) for p in batch]         # positions up to 181, past the original 96
     with pytest.raises(ValueError, match="max_model_len=192"):
         llm.generate([batch[0]], SamplingParams(max_tokens=50), use_tqdm=False)
+
+
+@pytest.mark.parametrize("field,value,rule", [("hf_overrides", [1], "hf_overrides must be a dict"),
+                                              ("tensor_parallel_size", 2, "must be 1: this engine runs a model on one")])
+def test_vllm_engine_args_are_checked_at_construction(field, value, rule):
+    with pytest.raises(ValueError, match=rule):
+        LLM("preset:tiny-qwen3", **{field: value})
