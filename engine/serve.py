@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="GPUs per model: only 1 (this engine runs a model on one GPU)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--served-model-name", default=None, help="model name clients send (default: --model)")
+    p.add_argument("--served-model-name", nargs="+", default=None,
+                   help="the model name(s) clients send, any of them (default: the model); the first is the main one")
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (env ENGINE_API_KEY)")
     p.add_argument("--max-model-len", type=human_int, default=None,
                    help="context length in tokens; k / m suffixes count thousands / millions, K / M 1024 / 1024^2")
@@ -163,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     app = create_app(async_engine, args.served_model_name, api_key, options)
     logger.info("serving %s as %r on http://%s:%d (API key %s)", config.model,
-                args.served_model_name or config.model, args.host, args.port, "required" if api_key else "off")
+                args.served_model_name or [config.model], args.host, args.port, "required" if api_key else "off")
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     finally:

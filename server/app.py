@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -26,14 +27,16 @@ from server.stats_logger import StatsLogger, interval_from_env
 logger = logging.getLogger(__name__)
 
 
-def create_app(async_engine: EngineClient, served_model_name: str | None = None,
+def create_app(async_engine: EngineClient, served_model_name: str | Sequence[str] | None = None,
                api_key: str | None = None, options: ServerOptions | None = None) -> FastAPI:
-    """The app serving `async_engine` under `served_model_name` (default: the configured model);
-    with `api_key`, every route but /health and /metrics needs `Authorization: Bearer <api_key>`;
+    """The app serving `async_engine` under `served_model_name` (default: the configured model): one
+    name or several, which requests may use alike, each response carrying the name its request used;
+    the first is the main one (the metrics' label, the name of a request that gives none). With `api_key`, every route but /health and /metrics needs `Authorization: Bearer <api_key>`;
     `options`: the chat template and the reasoning and tool-call parsers (server/options.py)."""
-    name = served_model_name or async_engine.config.model
-    metrics = ServerMetrics(async_engine, name)
-    serving = Serving(async_engine, name, metrics, options)
+    names = (served_model_name,) if isinstance(served_model_name, str) else tuple(served_model_name or ())
+    names = names or (async_engine.config.model,)
+    metrics = ServerMetrics(async_engine, names[0])
+    serving = Serving(async_engine, names, metrics, options)
     log_stats = not (options and options.disable_log_stats)
     app = FastAPI(title="engine OpenAI-compatible server", lifespan=_stats_lifespan(async_engine) if log_stats else None)
     app.state.serving = serving
@@ -102,7 +105,7 @@ def _add_routes(app: FastAPI, serving: Serving, metrics: ServerMetrics) -> None:
 
     @app.get("/v1/models")
     async def models() -> ModelList:
-        return ModelList(data=[ModelCard(id=serving.model_name, max_model_len=serving.max_model_len)])
+        return ModelList(data=[ModelCard(id=name, max_model_len=serving.max_model_len) for name in serving.model_names])
 
     @app.get("/health")
     async def health() -> Response:

@@ -8,6 +8,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import fields
+from typing import NamedTuple
 
 from fastapi import Request
 from pydantic import BaseModel
@@ -30,11 +31,18 @@ _COPIED = ("n", "temperature", "top_p", "top_k", "min_p", "seed", "stop", "stop_
 DONE = "data: [DONE]\n\n"
 
 
+class ResponseHead(NamedTuple):
+    """What every response and stream chunk of one request carries: its id and the model name."""
+
+    id: str
+    model: str
+
+
 class Serving:
     """Binds the engine, the served model name, the metrics and the server's options (chat template,
     reasoning and tool-call parsers: ServerOptions) for the endpoint handlers."""
 
-    def __init__(self, async_engine: EngineClient, served_model_name: str, metrics: ServerMetrics,
+    def __init__(self, async_engine: EngineClient, served_model_names: tuple[str, ...], metrics: ServerMetrics,
                  options: ServerOptions | None = None) -> None:
         options = options or ServerOptions()
         self.engine = async_engine
@@ -43,7 +51,8 @@ class Serving:
         self.tool_call_parser = options.tool_call_parser
         self.auto_tool_choice = options.enable_auto_tool_choice    # tool_choice "auto" parses the answers' calls
         self.tokenizer = async_engine.tokenizer
-        self.model_name = served_model_name
+        self.model_names = served_model_names      # requests may name any; the first is the main one
+        self.model_name = served_model_names[0]
         self.max_model_len = async_engine.max_model_len
         self.max_logprobs: int = async_engine.config.max_logprobs
         self.metrics = metrics
@@ -53,9 +62,15 @@ class Serving:
         self.model_max_tokens: int | None = defaults.pop("max_tokens", None)
         self.sampling_defaults = defaults
 
-    def check_model(self, name: str | None) -> None:
-        if name is not None and name != self.model_name:
-            raise APIError(404, f"model {name!r} does not exist; this server serves {self.model_name!r}", "model")
+    def check_model(self, name: str | None) -> str:
+        """The model name the response carries: the request's (one of the served names; else a 404), or
+        the first served name where the request names none (as vLLM's)."""
+        if name is None:
+            return self.model_name
+        if name not in self.model_names:
+            served = ", ".join(repr(n) for n in self.model_names)
+            raise APIError(404, f"model {name!r} does not exist; this server serves {served}", "model")
+        return name
 
     def sampling_params(self, req, max_tokens: int, logprobs: int | None,
                         prompt_logprobs: int | None = None) -> SamplingParams:

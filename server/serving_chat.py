@@ -14,7 +14,7 @@ from server.protocol import (ChatChoice, ChatCompletionChunk, ChatCompletionRequ
                              ChatStreamChoice, DeltaMessage, TokenLogprob, TopLogprob, UsageInfo)
 from server.reasoning import ReasoningStream, split_reasoning
 from server.request_fields import check_fields, stream_usage
-from server.serving import Serving, merge, sse, sse_stream
+from server.serving import ResponseHead, Serving, merge, sse, sse_stream
 from server.tool_calls import ToolCallParser, tool_call_messages
 from server.tool_parsers import TOOL_CALL_PARSERS
 
@@ -92,7 +92,7 @@ def _logprobs(serving: Serving, out: CompletionOutput, start: int, num_top: int)
 async def create_chat_completion(serving: Serving, req: ChatCompletionRequest, timer_factory) -> object:
     """Validate, admit and return either a ChatCompletionResponse or an async iterator of SSE strings."""
     timer = timer_factory()     # latencies count from arrival
-    serving.check_model(req.model)
+    model = serving.check_model(req.model)
     check_fields(req)
     tool_parser = tool_call_parser(serving, req)
     prompt = chat_prompt_ids(serving, req.messages, True, req.chat_template_kwargs, req.tools)
@@ -106,13 +106,13 @@ async def create_chat_completion(serving: Serving, req: ChatCompletionRequest, t
         raise APIError(400, "top_logprobs needs logprobs to be true", "top_logprobs")
     params = serving.sampling_params(req, max_tokens, num_top if req.logprobs else None, req.prompt_logprobs)
     streams = await serving.start("chatcmpl", [prompt], params, req.priority)
-    response_id = f"chatcmpl-{uuid.uuid4().hex}"
+    head = ResponseHead(f"chatcmpl-{uuid.uuid4().hex}", model)
     if req.stream:
-        return sse_stream(_stream(serving, req, response_id, streams, len(prompt), num_top, timer, tool_parser))
-    return await _collect(serving, req, response_id, streams, len(prompt), num_top, timer, tool_parser)
+        return sse_stream(_stream(serving, req, head, streams, len(prompt), num_top, timer, tool_parser))
+    return await _collect(serving, req, head, streams, len(prompt), num_top, timer, tool_parser)
 
 
-async def _collect(serving, req, response_id, streams, num_prompt_tokens, num_top, timer, tool_parser):
+async def _collect(serving, req, head, streams, num_prompt_tokens, num_top, timer, tool_parser):
     latest: dict[int, CompletionOutput] = {}
     prompt_logprobs = None
     async for _, out in merge(streams):
@@ -128,7 +128,7 @@ async def _collect(serving, req, response_id, streams, num_prompt_tokens, num_to
         choices.append(ChatChoice(index=i, message=message, stop_reason=c.stop_reason,
                                   finish_reason="tool_calls" if message.tool_calls else c.finish_reason,
                                   logprobs=_logprobs(serving, c, 0, num_top) if req.logprobs else None))
-    return ChatCompletionResponse(id=response_id, model=serving.model_name, choices=choices,
+    return ChatCompletionResponse(id=head.id, model=head.model, choices=choices,
                                   usage=_usage(num_prompt_tokens, latest.values()), prompt_logprobs=prompt_logprobs)
 
 
@@ -184,7 +184,7 @@ def _usage(num_prompt_tokens: int, outputs: Iterable[CompletionOutput]) -> Usage
                      total_tokens=num_prompt_tokens + completion_tokens)
 
 
-async def _stream(serving, req, response_id, streams, num_prompt_tokens, num_top, timer,
+async def _stream(serving, req, head, streams, num_prompt_tokens, num_top, timer,
                   tool_parser) -> AsyncIterator[str]:
     """The SSE chunks: each choice's role, its deltas and its finish; with continuous usage stats each
     carries its choice's usage so far (as vLLM's), and with include_usage a last usage-only chunk (all
@@ -195,7 +195,7 @@ async def _stream(serving, req, response_id, streams, num_prompt_tokens, num_top
     def chunk(index: int, delta: DeltaMessage, logprobs=None, finish_reason=None) -> str:
         choice = ChatStreamChoice(index=index, delta=delta, logprobs=logprobs, finish_reason=finish_reason)
         usage = _usage(num_prompt_tokens, [latest[index]] if index in latest else []) if continuous_usage else None
-        return sse(ChatCompletionChunk(id=response_id, model=serving.model_name, choices=[choice], usage=usage))
+        return sse(ChatCompletionChunk(id=head.id, model=head.model, choices=[choice], usage=usage))
 
     sent: dict[int, int] = {}
     choice_streams = {index: _ChoiceStream(_reasoning_parser(serving, req), tool_parser) for index in range(req.n)}
@@ -217,5 +217,5 @@ async def _stream(serving, req, response_id, streams, num_prompt_tokens, num_top
                 yield chunk(comp.index, DeltaMessage(), finish_reason=choice_streams[comp.index].finish_reason(comp))
     timer.finish()
     if include_usage:
-        yield sse(ChatCompletionChunk(id=response_id, model=serving.model_name, choices=[],
+        yield sse(ChatCompletionChunk(id=head.id, model=head.model, choices=[],
                                       usage=_usage(num_prompt_tokens, latest.values())))

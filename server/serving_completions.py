@@ -10,7 +10,7 @@ from server.protocol import (CompletionChoice, CompletionLogprobs, CompletionReq
                              CompletionStreamChoice, CompletionStreamResponse, UsageInfo)
 from server.prompt_truncation import truncate_prompts
 from server.request_fields import check_fields, stream_usage
-from server.serving import Serving, merge, sse, sse_stream
+from server.serving import ResponseHead, Serving, merge, sse, sse_stream
 
 
 def _prompts(serving: Serving, req: CompletionRequest) -> list[list[int]]:
@@ -96,7 +96,7 @@ class _Choices:
 async def create_completion(serving: Serving, req: CompletionRequest, timer_factory) -> object:
     """Validate, admit and return either a CompletionResponse or an async iterator of SSE strings."""
     timer = timer_factory()     # latencies count from arrival
-    serving.check_model(req.model)
+    model = serving.check_model(req.model)
     check_fields(req)
     _check(req)
     prompts = truncate_prompts(_prompts(serving, req), req.truncate_prompt_tokens, serving.max_model_len)
@@ -109,14 +109,14 @@ async def create_completion(serving: Serving, req: CompletionRequest, timer_fact
     prompt_texts = [serving.tokenizer.decode(ids) for ids in prompts] if req.echo else [""] * len(prompts)
     choices = _Choices(serving, req.n, prompt_texts, req.echo, req.logprobs, echo_only)
     streams = await serving.start("cmpl", prompts, params, req.priority)
-    response_id = f"cmpl-{uuid.uuid4().hex}"
+    head = ResponseHead(f"cmpl-{uuid.uuid4().hex}", model)
     if req.stream:
         usage_flags = stream_usage(req.stream_options)
-        return sse_stream(_stream(serving, response_id, streams, choices, prompts, usage_flags, timer))
-    return await _collect(serving, response_id, streams, choices, prompts, timer)
+        return sse_stream(_stream(serving, head, streams, choices, prompts, usage_flags, timer))
+    return await _collect(serving, head, streams, choices, prompts, timer)
 
 
-async def _collect(serving, response_id, streams, choices: _Choices, prompts, timer) -> CompletionResponse:
+async def _collect(serving, head, streams, choices: _Choices, prompts, timer) -> CompletionResponse:
     async for prompt_idx, out in merge(streams):
         if any(c.token_ids_delta for c in out.outputs):
             timer.on_tokens()
@@ -133,7 +133,7 @@ async def _collect(serving, response_id, streams, choices: _Choices, prompts, ti
         result.append(CompletionChoice(index=index, text=text, prompt_logprobs=prompt_logprobs[prompt_idx],
                                        logprobs=choices.logprobs(index, None if choices.echo_only else comp, 0, echoed),
                                        finish_reason=comp.finish_reason, stop_reason=comp.stop_reason))
-    return CompletionResponse(id=response_id, model=serving.model_name, choices=result,
+    return CompletionResponse(id=head.id, model=head.model, choices=result,
                               usage=_usage(prompts, choices.latest.values()))
 
 
@@ -145,7 +145,7 @@ def _usage(prompts: list[list[int]], outputs: Iterable[CompletionOutput]) -> Usa
                      total_tokens=prompt_tokens + completion_tokens)
 
 
-async def _stream(serving, response_id, streams, choices: _Choices, prompts, usage_flags: tuple[bool, bool],
+async def _stream(serving, head, streams, choices: _Choices, prompts, usage_flags: tuple[bool, bool],
                   timer) -> AsyncIterator[str]:
     """The SSE chunks: each choice's echoed prompt (with its logprobs, at the choice's first output), text
     deltas and finish; `usage_flags` (stream_usage): a last usage-only chunk (all prompts and choices),
@@ -157,7 +157,7 @@ async def _stream(serving, response_id, streams, choices: _Choices, prompts, usa
                                         stop_reason=stop_reason)
         latest = choices.latest.get(index)
         usage = _usage([prompts[index // choices.n]], [latest] if latest else []) if continuous_usage else None
-        return sse(CompletionStreamResponse(id=response_id, model=serving.model_name, choices=[choice], usage=usage))
+        return sse(CompletionStreamResponse(id=head.id, model=head.model, choices=[choice], usage=usage))
 
     async for prompt_idx, out in merge(streams):
         if any(c.token_ids_delta for c in out.outputs):
@@ -181,5 +181,5 @@ async def _stream(serving, response_id, streams, choices: _Choices, prompts, usa
                         comp.stop_reason)
     timer.finish()
     if include_usage:
-        yield sse(CompletionStreamResponse(id=response_id, model=serving.model_name, choices=[],
+        yield sse(CompletionStreamResponse(id=head.id, model=head.model, choices=[],
                                            usage=_usage(prompts, choices.latest.values())))

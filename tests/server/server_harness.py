@@ -58,11 +58,11 @@ class ServerThread:
     """The real app under uvicorn on 127.0.0.1:<free port>, in a background thread."""
 
     def __init__(self, config: EngineConfig, api_key: str | None = None, engine_cls=AsyncEngine,
-                 **app_options) -> None:
+                 served_model_name: str | list[str] = MODEL_NAME, **app_options) -> None:
         """app_options: the server's options (ServerOptions' fields: chat_template, reasoning_parser,
-        tool_call_parser, enable_auto_tool_choice)."""
+        tool_call_parser, enable_auto_tool_choice, disable_log_stats)."""
         self.async_engine = engine_cls(config)
-        app = create_app(self.async_engine, MODEL_NAME, api_key, ServerOptions(**app_options))
+        app = create_app(self.async_engine, served_model_name, api_key, ServerOptions(**app_options))
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))

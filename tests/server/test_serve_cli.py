@@ -77,10 +77,11 @@ def test_max_model_len_takes_vllm_human_readable_sizes(text, tokens):
     assert config_from_args(build_parser().parse_args(["m", "--max-model-len", text])).max_model_len == tokens
 
 
-def test_vllm_flags_for_remote_code_and_one_gpu_map_to_engine_config():
+def test_vllm_flags_for_remote_code_one_gpu_and_model_names():
     config = config_from_args(build_parser().parse_args(["m", "--trust-remote-code", "-tp", "1"]))
     assert config.trust_remote_code
     assert not config_from_args(build_parser().parse_args(["m"])).trust_remote_code
+    assert build_parser().parse_args(["m", "--served-model-name", "a", "b"]).served_model_name == ["a", "b"]
 
 
 def test_hf_overrides_flag_maps_to_engine_config():
