@@ -16,6 +16,7 @@ LOAD_FORMATS = ("auto", "safetensors", "dummy")
 # KV-cache dtypes (vLLM's --kv-cache-dtype names): "auto" stores K/V in the model's dtype; "fp8" and
 # "fp8_e4m3" store float8_e4m3fn with a per-tensor scale of 1.0 (what vLLM does when a checkpoint
 # carries no KV scales): a plain cast, so K/V must stay within e4m3's range of +-448.
+AUTO_MAX_MODEL_LEN = -1     # max_model_len -1 (vLLM's "auto"): the longest the model and the KV cache allow
 KV_CACHE_DTYPES = {"auto": None, "fp8": torch.float8_e4m3fn, "fp8_e4m3": torch.float8_e4m3fn}
 
 
@@ -25,6 +26,8 @@ class EngineConfig:
 
     dtype "auto" takes the checkpoint's dtype on CUDA (bfloat16 if it says float32) and float32 on
     the CPU. async_scheduling overlaps the host's work for the next step with the GPU's current one.
+    max_model_len None takes the model's length (derived from its config as vLLM does), -1 (vLLM's
+    "auto") that or what the KV cache holds where less; more than the model's length is refused.
     block_size None takes what the chosen attention backend needs. num_kv_blocks None sizes
     the cache from gpu_memory_utilization on CUDA, or from cpu_kv_cache_gib on the CPU.
     kv_cache_dtype "auto" stores K/V in the model's dtype; "fp8" / "fp8_e4m3" in float8_e4m3fn
@@ -75,8 +78,8 @@ class EngineConfig:
         check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "device", self.device,
                "must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
         check(self.block_size is None or self.block_size > 0, "block_size", self.block_size, "must be positive")
-        check(self.max_model_len is None or self.max_model_len > 0, "max_model_len", self.max_model_len,
-               "must be positive")
+        check(self.max_model_len in (None, AUTO_MAX_MODEL_LEN) or self.max_model_len > 0, "max_model_len",
+              self.max_model_len, "must be positive, or -1 for the longest the KV cache holds")
         check(self.max_num_seqs > 0, "max_num_seqs", self.max_num_seqs, "must be positive")
         check(self.max_num_batched_tokens is None or self.max_num_batched_tokens > 0, "max_num_batched_tokens",
                self.max_num_batched_tokens, "must be positive")
@@ -158,13 +161,13 @@ def checked_max_model_len(max_model_len: int | None, derived: int) -> int:
     """The engine's max_model_len: the one asked for, else the model's derived length. More than
     the model's positions cover is refused (as vLLM does unless told otherwise): those positions were
     never trained, and the rotary table ends at `derived`."""
-    if max_model_len is None:
-        return derived
+    if max_model_len in (None, AUTO_MAX_MODEL_LEN):
+        return derived          # auto: the model runner lowers it to what the KV cache holds
     if max_model_len > derived:
         raise ValueError(
             f"max_model_len={max_model_len} is more than this model's positions cover ({derived}: "
-            f"max_position_embeddings, stretched by any rope scaling in its config); lower max_model_len, "
-            f"or extend the context with rope scaling, e.g. hf_overrides={{'rope_parameters': {{'rope_type': "
-            f"'yarn', 'factor': 4.0, 'original_max_position_embeddings': {derived}}}}} "
-            f"(--hf-overrides on the server), where the model supports it")
+            f"max_position_embeddings, stretched by any rope scaling in its config); lower max_model_len, or, "
+            f"where the model card says the model takes it, extend the context with rope scaling through "
+            f"hf_overrides (--hf-overrides on the server), e.g. for Qwen3 {{'rope_parameters': {{'rope_type': "
+            f"'yarn', 'factor': 4.0, 'original_max_position_embeddings': 32768}}}}")
     return max_model_len

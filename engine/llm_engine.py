@@ -92,6 +92,7 @@ class LLMEngine:
         load_format = "dummy" if resolved.is_preset else config.load_format
         self.runner = ModelRunner(config, mc, resolved.hf_config, resolved.path, load_format, choice, self.device,
                                   self.dtype, self.max_model_len, budget)
+        self.max_model_len = self.runner.max_model_len     # lowered to the KV cache's length by max_model_len -1
         self.block_manager = BlockManager(self.runner.num_blocks, choice.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(SchedulerConfig(config.max_num_seqs, budget, self.max_model_len,
                                                    config.enable_chunked_prefill, config.scheduling_policy),

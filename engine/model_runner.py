@@ -12,7 +12,7 @@ from attention.forward_context import set_forward_context
 from attention.layer import bind_attention_layers
 from attention.selector import BackendChoice
 from engine import kv_sizing
-from engine.config import EngineConfig, ModelConfig
+from engine.config import AUTO_MAX_MODEL_LEN, EngineConfig, ModelConfig
 from engine.cuda_graph import CudaGraphRunner, capture_sizes, padded_size, prefill_capture_sizes
 from engine.input_prep import InflightTokens, InputPreparer, StepInputs
 from engine.pending_step import PendingStep
@@ -44,19 +44,37 @@ class ModelRunner:
         self.max_model_len = max_model_len
         self.max_num_batched_tokens = max_num_batched_tokens
         self.model = build_model(hf_config, model_path, load_format, dtype, device)
-        mc = model_config
-        self.builder = self.backend.get_builder_cls()(mc.num_heads, mc.num_kv_heads, mc.head_size, self.block_size,
-                                                      config.max_num_seqs, max_model_len, device)
+        self.builder = self._make_builder()
         self.num_blocks = self._size_kv_cache()
+        if config.max_model_len == AUTO_MAX_MODEL_LEN:
+            self._fit_max_model_len()
         self.kv_caches = self._allocate_kv_cache(self.num_blocks)
         bind_attention_layers(self.model, self.backend.get_impl_cls(), self.kv_caches)
-        self.inputs = InputPreparer(config.max_num_seqs, max_model_len, max_num_batched_tokens, self.block_size, device)
+        self.inputs = InputPreparer(config.max_num_seqs, self.max_model_len, max_num_batched_tokens, self.block_size,
+                                    device)
         self.sampler = Sampler()
         self._last_sampling: tuple[list[Request], SamplingMetadata] | None = None
         self.inflight: InflightTokens | None = None     # the last launched step's sampled tokens
         self.graphs = self._capture_graphs() if self._use_graphs() else None
         self._warm_up_logits()
         self._warm_up_sampling()
+
+    def _make_builder(self):
+        mc = self.model_config
+        return self.backend.get_builder_cls()(mc.num_heads, mc.num_kv_heads, mc.head_size, self.block_size,
+                                              self.config.max_num_seqs, self.max_model_len, self.device)
+
+    def _fit_max_model_len(self) -> None:
+        """max_model_len -1 (vLLM's "auto"): the model's length, or what the KV cache holds where less."""
+        held = self.num_blocks * self.block_size
+        if held < self.max_model_len:
+            logger.warning("max_model_len auto: %d tokens, what the KV cache holds (the model's positions cover %d)",
+                           held, self.max_model_len)
+            self.max_model_len = held
+            self.builder = self._make_builder()
+        else:
+            logger.info("max_model_len auto: %d tokens, the model's length (the KV cache holds %d)",
+                        self.max_model_len, held)
 
     @torch.inference_mode()
     def _warm_up_logits(self) -> None:
@@ -134,7 +152,7 @@ class ModelRunner:
         else:
             self._profile_run()
             num_blocks, why = kv_sizing.num_blocks_cuda(self.config, block_bytes, self.device)
-        min_blocks = -(-self.max_model_len // self.block_size)
+        min_blocks = 1 if self.config.max_model_len == AUTO_MAX_MODEL_LEN else -(-self.max_model_len // self.block_size)
         if num_blocks < min_blocks:
             raise ValueError(
                 f"the KV cache holds {max(num_blocks, 0) * self.block_size} tokens ({max(num_blocks, 0)} blocks of "

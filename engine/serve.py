@@ -7,6 +7,7 @@ import decimal
 import json
 import logging
 import os
+import re
 import sys
 
 from engine.chat_template import load_chat_template
@@ -36,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the model name(s) clients send, any of them (default: the model); the first is the main one")
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (env ENGINE_API_KEY)")
     p.add_argument("--max-model-len", type=human_int, default=None,
-                   help="context length in tokens; k / m suffixes count thousands / millions, K / M 1024 / 1024^2")
+                   help="context length in tokens; k / m suffixes count thousands / millions, K / M 1024 / 1024^2; "
+                        "auto or -1: the model's length, or what the KV cache holds where less")
     p.add_argument("--hf-overrides", type=json_object, default=None,
                    help="JSON object of config.json fields to change, e.g. '{\"rope_parameters\": {\"rope_type\": "
                         "\"yarn\", \"factor\": 4.0, \"original_max_position_embeddings\": 32768}}'")
@@ -94,18 +96,27 @@ def json_object(text: str) -> dict:
     return value
 
 
-_SUFFIXES = {"k": 1000, "m": 1000**2, "g": 1000**3, "K": 1024, "M": 1024**2, "G": 1024**3}
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)([kmgKMG])")
+_SCALES = {"k": 1000, "m": 1000**2, "g": 1000**3, "K": 1024, "M": 1024**2, "G": 1024**3}
 
 
 def human_int(text: str) -> int:
-    """argparse type as vLLM's: '32768', '32k' (32,000), '32K' (32,768), '25.6k' (25,600)."""
-    number, scale = (text[:-1], _SUFFIXES[text[-1]]) if text and text[-1] in _SUFFIXES else (text, 1)
-    try:
-        value = decimal.Decimal(number) * scale
-    except decimal.InvalidOperation:
-        value = decimal.Decimal("NaN")
-    if not value.is_finite():
-        raise argparse.ArgumentTypeError(f"must be an integer, optionally with k, m, g, K, M or G, got {text!r}")
+    """argparse type as vLLM's: '32768', '32k' (32,000), '32K' (32,768), '25.6k' (25,600; no decimals
+    with K / M / G); 'auto' is -1."""
+    if text == "auto":
+        return -1
+    match = _SIZE.fullmatch(text)
+    if match is None:
+        try:
+            return int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, optionally with k, m, g, K, M or G, or auto; "
+                                             f"got {text!r}") from None
+    number, suffix = match.groups()
+    if suffix.isupper() and "." in number:
+        raise argparse.ArgumentTypeError(f"no decimals with {suffix} (a power of 1024): did you mean "
+                                         f"{number}{suffix.lower()}?")
+    value = decimal.Decimal(number) * _SCALES[suffix]
     if value != value.to_integral_value():
         raise argparse.ArgumentTypeError(f"must come to a whole number of tokens, got {text!r}")
     return int(value)

@@ -26,7 +26,8 @@ def interval_from_env() -> float:
 
 class StatsLogger:
     """Reads `async_engine.stats` (EngineStats) each interval and writes one line while the engine
-    works; an interval with no tokens after another such interval writes nothing (vLLM logs it at debug)."""
+    works; an idle interval (no tokens, nothing running or waiting) after another writes nothing (vLLM
+    logs it at debug)."""
 
     def __init__(self, async_engine: Any, clock: Callable[[], float] = time.monotonic) -> None:
         self.async_engine = async_engine
@@ -55,6 +56,10 @@ class StatsLogger:
         """Log every `interval_s` seconds until cancelled."""
         while True:
             await asyncio.sleep(interval_s)
-            text = self.line()
+            try:
+                text = self.line()
+            except Exception:  # noqa: BLE001 - a bad snapshot must not end the logging (or the shutdown)
+                logger.exception("engine stats line failed")
+                continue
             if text is not None:
                 logger.info(text)

@@ -193,3 +193,13 @@ def test_yarn_context_matches_transformers(bf16_checkpoint):
                 top = ref.scores[k][0].float().log_softmax(-1).topk(2).values
                 assert top[0] - top[1] < NEAR_TIE, f"prompt of {len(prompt)} tokens diverged at token {k}"
                 break
+
+
+def test_auto_max_model_len_with_graphs_equals_eager(bf16_checkpoint):
+    """max_model_len -1 with a KV cache of 1,024 tokens (the model's positions cover 2,048): the
+    attention builder and its graph buffers are made again for 1,024; greedy tokens equal eager's."""
+    kw = dict(max_num_seqs=16, dtype="float32", max_model_len=-1, num_kv_blocks=64)
+    llm = make_llm(bf16_checkpoint, "triton", **kw)
+    assert llm.engine.max_model_len == 64 * 16 and llm.engine.runner.graphs is not None
+    eager = greedy(make_llm(bf16_checkpoint, "triton", enforce_eager=True, **kw))
+    assert [c.token_ids for c in greedy(llm)] == [c.token_ids for c in eager]

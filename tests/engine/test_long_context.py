@@ -42,3 +42,18 @@ def test_yarn_context_matches_transformers(qwen3_checkpoint):
 def test_vllm_engine_args_are_checked_at_construction(field, value, rule):
     with pytest.raises(ValueError, match=rule):
         LLM("preset:tiny-qwen3", **{field: value})
+
+
+def test_auto_max_model_len_is_what_the_kv_cache_holds(qwen3_checkpoint):
+    """max_model_len -1 (vLLM's "auto"): the model's length, lowered to the KV cache's where that is less."""
+    path, hf_model = qwen3_checkpoint
+    small = LLM(path, device="cpu", dtype="float32", max_model_len=-1, num_kv_blocks=20, block_size=16)
+    assert small.engine.max_model_len == 20 * 16
+    params = SamplingParams(temperature=0, max_tokens=30, ignore_eos=True)
+    assert len(small.generate([[5] * 290], params, use_tqdm=False)[0].outputs[0].token_ids) == 30
+    with pytest.raises(ValueError, match="exceeds max_model_len=320"):
+        small.generate([[5] * 300], params, use_tqdm=False)
+    roomy = LLM(path, device="cpu", dtype="float32", max_model_len=-1, num_kv_blocks=1000, block_size=16)
+    assert roomy.engine.max_model_len == hf_model.config.max_position_embeddings
+    with pytest.raises(ValueError, match="max_model_len must be positive, or -1"):
+        LLM(path, max_model_len=-2)

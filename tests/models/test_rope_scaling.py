@@ -70,6 +70,14 @@ def test_overrides_merge_into_the_config():
     assert params["rope_theta"] == 1000000.0                      # kept from the checkpoint's rope
     assert config.max_position_embeddings == 1000 and config.new_field == [1]
     assert derived_max_model_len(config) == 4000                  # original defaults to max_position
+    theta = apply_hf_overrides(get_preset("qwen3-8b"), {"rope_theta": 5e5, "partial_rotary_factor": 0.5})
+    assert rope_parameters(theta)["rope_theta"] == 5e5 and get_rope(theta, 128).rotary_dim == 64
+    switched = apply_hf_overrides(get_preset("llama-3.1-8b"), {"rope_scaling": {"rope_type": "yarn", "factor": 2.0}})
+    params = rope_parameters(switched)
+    assert "low_freq_factor" not in params and params["rope_theta"] == 500000.0     # llama3's keys are gone
+    assert derived_max_model_len(switched) == 2 * 131072
+    unscaled = apply_hf_overrides(get_preset("llama-3.1-8b"), {"rope_scaling": None})
+    assert rope_parameters(unscaled) == {"rope_type": "default", "rope_theta": 500000.0}
     called = apply_hf_overrides(get_preset("qwen3-8b"), lambda c: setattr(c, "num_hidden_layers", 3) or c)
     assert called.num_hidden_layers == 3
     for bad in ([1], {1: 2}, "rope"):

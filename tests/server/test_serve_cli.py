@@ -52,6 +52,7 @@ def test_no_model_exits_2_saying_how_to_name_it():
                                          (["--hf-overrides", "[1]"], "--hf-overrides: must be a JSON object"),
                                          (["--max-model-len", "2.5k7"], "--max-model-len: must be an integer"),
                                          (["--max-model-len", "1.0001k"], "must come to a whole number"),
+                                         (["--max-model-len", "1.5K"], "no decimals with K"),
                                          (["--tensor-parallel-size", "2"], "tensor_parallel_size")])
 def test_invalid_flags_exit_2_naming_the_field(flags, field):
     proc = subprocess.run([sys.executable, "-m", "engine.serve", "--model", "preset:tiny-qwen3", *flags],
@@ -72,7 +73,7 @@ def test_an_engine_that_cannot_start_exits_2_saying_why(engine_flag):
 
 
 @pytest.mark.parametrize("text,tokens", [("32768", 32768), ("32k", 32000), ("32K", 32768), ("25.6k", 25600),
-                                         ("1M", 1048576)])
+                                         ("1M", 1048576), ("auto", -1), ("-1", -1)])
 def test_max_model_len_takes_vllm_human_readable_sizes(text, tokens):
     assert config_from_args(build_parser().parse_args(["m", "--max-model-len", text])).max_model_len == tokens
 

@@ -2,6 +2,7 @@
 silence while idle, and the line in a running server's log (off with disable_log_stats)."""
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from types import SimpleNamespace
@@ -56,3 +57,26 @@ def test_server_logs_the_line_while_it_works(tmp_path, monkeypatch, caplog, disa
     else:
         assert any("Avg generation throughput" in line for line in lines), lines
         assert "Running: 0 reqs, Waiting: 0 reqs" in lines[-1]
+
+
+def test_a_failing_read_is_logged_and_the_logging_goes_on(caplog):
+    class Flaky:
+        reads = 0
+
+        @property
+        def stats(self):
+            self.reads += 1
+            if self.reads == 2:
+                raise RuntimeError("snapshot lost")
+            return snapshot(generation=self.reads)
+
+    async def run_a_while():
+        task = asyncio.create_task(StatsLogger(Flaky()).run(0.01))
+        await asyncio.sleep(0.1)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    caplog.set_level(logging.INFO, logger="engine.stats")
+    asyncio.run(run_a_while())
+    messages = [r.getMessage() for r in caplog.records if r.name == "engine.stats"]
+    assert messages[0] == "engine stats line failed" and len(messages) > 2
