@@ -70,13 +70,15 @@ class LLM:
     def chat(self, messages: list[dict] | Sequence[list[dict]], sampling_params: SamplingParams |
              Sequence[SamplingParams] | None = None, use_tqdm: bool = True, chat_template: str | None = None,
              add_generation_prompt: bool = True, chat_template_kwargs: dict | None = None,
-             tools: list[dict] | None = None, priority: Sequence[int] | None = None) -> list[RequestOutput]:
+             tools: list[dict] | None = None, priority: Sequence[int] | None = None,
+             continue_final_message: bool = False) -> list[RequestOutput]:
         """Generate a reply to each conversation; outputs come back in conversation order (vLLM's signature).
 
         messages: one conversation (a list of {"role", "content"} dicts) or a list of conversations. Each is
         rendered with the chat template (`chat_template`, a Jinja string, else the tokenizer's; with
         `chat_template_kwargs` as extra template variables and `tools`, OpenAI-shaped tool dicts, as its
-        `tools`) and tokenized, then generated as `generate()` does with `sampling_params` (None: the
+        `tools`; with `continue_final_message` and add_generation_prompt=False the last message is left
+        open for the model to go on with) and tokenized, then generated as `generate()` does with `sampling_params` (None: the
         model's defaults) and `priority` (one int per conversation). The replies' tool calls are not
         parsed (the server's --tool-call-parser does).
         """
@@ -85,7 +87,7 @@ class LLM:
             return []
         tokenizer = self.get_tokenizer()
         prompts = [render_chat(tokenizer, conversation, add_generation_prompt, chat_template, chat_template_kwargs,
-                               tools) for conversation in conversations]
+                               tools, continue_final_message) for conversation in conversations]
         return self.generate(prompts, sampling_params, use_tqdm, priority)
 
     def _run(self, ids: list[str], use_tqdm: bool) -> list[RequestOutput]:

@@ -123,7 +123,8 @@ def _add_routes(app: FastAPI, serving: Serving, metrics: ServerMetrics) -> None:
         if (body.prompt is None) == (body.messages is None):
             raise APIError(400, "give exactly one of prompt or messages", "prompt")
         if body.messages is not None:
-            tokens = chat_prompt_ids(serving, body.messages, body.add_generation_prompt, tools=body.tools)
+            tokens = chat_prompt_ids(serving, body.messages, body.add_generation_prompt, tools=body.tools,
+                                     continue_final_message=body.continue_final_message)
         else:
             tokens = serving.tokenizer.encode(body.prompt, add_special_tokens=body.add_special_tokens)
         return TokenizeResponse(tokens=tokens, count=len(tokens), max_model_len=serving.max_model_len)

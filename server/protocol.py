@@ -167,6 +167,8 @@ class ChatCompletionRequest(_SamplingFields):
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0)     # at most the engine's max_logprobs
     chat_template_kwargs: dict[str, Any] | None = None
+    add_generation_prompt: bool = True          # vLLM's extras: render the assistant's header, or else
+    continue_final_message: bool = False        # leave the last (assistant) message open for the model
     tools: list[ChatCompletionToolsParam] | None = None
     # None (left out): "auto" when tools are given, else "none" (OpenAI's default); see serving_chat
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None

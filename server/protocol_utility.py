@@ -29,6 +29,7 @@ class TokenizeRequest(BaseModel):
     tools: list[ChatCompletionToolsParam] | None = None     # with messages: rendered as chat requests do
     add_special_tokens: bool = True
     add_generation_prompt: bool = True
+    continue_final_message: bool = False
 
 
 class TokenizeResponse(BaseModel):

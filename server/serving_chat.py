@@ -42,15 +42,15 @@ def _message_dict(message: ChatMessage) -> dict:
 
 
 def chat_prompt_ids(serving: Serving, messages: list[ChatMessage], add_generation_prompt: bool = True,
-                    template_kwargs: dict | None = None,
-                    tools: list[ChatCompletionToolsParam] | None = None) -> list[int]:
+                    template_kwargs: dict | None = None, tools: list[ChatCompletionToolsParam] | None = None,
+                    continue_final_message: bool = False) -> list[int]:
     """The server's chat template (--chat-template, else the tokenizer's) rendered with the messages and
     the tools (the template's `tools`, as vLLM passes them) and tokenized; its errors are the request's 400."""
     conversation = [_message_dict(m) for m in messages]
     tool_dicts = None if tools is None else [tool.model_dump() for tool in tools]
     try:
         return render_chat(serving.tokenizer, conversation, add_generation_prompt, serving.chat_template,
-                           template_kwargs, tool_dicts)
+                           template_kwargs, tool_dicts, continue_final_message)
     except ValueError as exc:
         raise APIError(400, str(exc), "messages") from exc
 
@@ -95,7 +95,8 @@ async def create_chat_completion(serving: Serving, req: ChatCompletionRequest, t
     model = serving.check_model(req.model)
     check_fields(req)
     tool_parser = tool_call_parser(serving, req)
-    prompt = chat_prompt_ids(serving, req.messages, True, req.chat_template_kwargs, req.tools)
+    prompt = chat_prompt_ids(serving, req.messages, req.add_generation_prompt, req.chat_template_kwargs, req.tools,
+                             req.continue_final_message)
     prompt, = truncate_prompts([prompt], req.truncate_prompt_tokens, serving.max_model_len)
     max_tokens = req.max_completion_tokens or req.max_tokens
     serving.check_prompt(prompt, max_tokens, "messages")

@@ -104,3 +104,15 @@ def test_load_chat_template_file_inline_and_bad_value(tmp_path):
     for bad in (str(tmp_path / "missing.jinja"), "chatml", str(tmp_path)):
         with pytest.raises(ValueError, match="--chat-template must be a file path or a Jinja template string"):
             load_chat_template(bad)
+
+
+def test_continue_final_message_leaves_the_last_message_open(llm):
+    conversation = HELLO + [{"role": "assistant", "content": "General Kenobi"}]
+    out = llm.chat(conversation, GREEDY, use_tqdm=False, add_generation_prompt=False,
+                   continue_final_message=True)[0]
+    tok = llm.get_tokenizer()
+    text = tok.apply_chat_template(conversation, tokenize=False, continue_final_message=True)
+    assert out.prompt_token_ids == tok.encode(text, add_special_tokens=False)
+    assert tok.decode(out.prompt_token_ids).endswith("<|im_start|>assistant\nGeneral Kenobi")
+    with pytest.raises(ValueError, match="Cannot set both `continue_final_message` and `add_generation_prompt`"):
+        llm.chat(conversation, GREEDY, use_tqdm=False, continue_final_message=True)
