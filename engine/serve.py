@@ -79,10 +79,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine-process", action=argparse.BooleanOptionalAction, default=True,
                    help="run the engine in its own process (default; HTTP and the model's steps then do not "
                         "share one GIL), or on a thread of the server's process")
+    for name, what in (("origins", "origins"), ("methods", "HTTP methods"), ("headers", "request headers")):
+        p.add_argument(f"--allowed-{name}", type=json_list, default=["*"],
+                       help=f"JSON list of the {what} browsers may use (CORS; default [\"*\"]: any)")
+    p.add_argument("--allow-credentials", action="store_true", help="CORS: allow credentials")
     p.add_argument("--disable-log-stats", action="store_true",
                    help="no periodic engine line (throughput, queue, KV-cache usage) in the log")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     return p
+
+
+def json_list(text: str) -> list:
+    """argparse type: a JSON list of strings."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({exc})") from exc
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise argparse.ArgumentTypeError(f'must be a JSON list of strings, e.g. ["http://localhost:3000"], got {text}')
+    return value
 
 
 def json_object(text: str) -> dict:
@@ -152,8 +167,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         config = config_from_args(args)
-        options = ServerOptions(load_chat_template(args.chat_template), args.reasoning_parser,
-                                args.tool_call_parser, args.enable_auto_tool_choice, args.disable_log_stats)
+        options = ServerOptions(
+            load_chat_template(args.chat_template), args.reasoning_parser, args.tool_call_parser,
+            args.enable_auto_tool_choice, args.disable_log_stats, allowed_origins=tuple(args.allowed_origins),
+            allowed_methods=tuple(args.allowed_methods), allowed_headers=tuple(args.allowed_headers),
+            allow_credentials=args.allow_credentials)
     except ValueError as exc:
         parser.error(str(exc))          # exits with status 2
     if not 0 < args.port < 65536:

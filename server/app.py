@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -31,20 +32,25 @@ def create_app(async_engine: EngineClient, served_model_name: str | Sequence[str
                api_key: str | None = None, options: ServerOptions | None = None) -> FastAPI:
     """The app serving `async_engine` under `served_model_name` (default: the configured model): one
     name or several, which requests may use alike, each response carrying the name its request used;
-    the first is the main one (the metrics' label, the name of a request that gives none). With `api_key`, every route but /health and /metrics needs `Authorization: Bearer <api_key>`;
-    `options`: the chat template and the reasoning and tool-call parsers (server/options.py)."""
+    the first is the main one (the metrics' label, the name of a request that gives none). With
+    `api_key`, every route but /health and /metrics needs `Authorization: Bearer <api_key>`. `options`:
+    the server's own settings (server/options.py: chat template, parsers, stats line, CORS)."""
+    options = options or ServerOptions()
     names = (served_model_name,) if isinstance(served_model_name, str) else tuple(served_model_name or ())
     names = names or (async_engine.config.model,)
     metrics = ServerMetrics(async_engine, names[0])
     serving = Serving(async_engine, names, metrics, options)
-    log_stats = not (options and options.disable_log_stats)
-    app = FastAPI(title="engine OpenAI-compatible server", lifespan=_stats_lifespan(async_engine) if log_stats else None)
+    lifespan = None if options.disable_log_stats else _stats_lifespan(async_engine)
+    app = FastAPI(title="engine OpenAI-compatible server", lifespan=lifespan)
     app.state.serving = serving
     app.state.metrics = metrics
     _add_error_handlers(app)
     _add_routes(app, serving, metrics)
     if api_key:
         app.add_middleware(APIKeyMiddleware, api_key=api_key)
+    app.add_middleware(CORSMiddleware, allow_origins=options.allowed_origins,    # outermost: it answers preflights
+                       allow_methods=options.allowed_methods, allow_headers=options.allowed_headers,
+                       allow_credentials=options.allow_credentials)
     return app
 
 

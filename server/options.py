@@ -14,18 +14,28 @@ class ServerOptions:
     tokenizer's). reasoning_parser: puts chat answers' thinking in `reasoning_content`
     (--reasoning-parser). tool_call_parser: the format of the model's tool calls (--tool-call-parser),
     parsed where enable_auto_tool_choice (--enable-auto-tool-choice) lets tool_choice be "auto".
-    disable_log_stats (--disable-log-stats): no periodic engine line in the log (server/stats_logger.py)."""
+    disable_log_stats (--disable-log-stats): no periodic engine line in the log (server/stats_logger.py).
+    allowed_origins, allowed_methods, allowed_headers, allow_credentials: the CORS policy browsers are
+    told (vLLM's flags and defaults: any origin, method and header; no credentials)."""
 
     chat_template: str | None = None
     reasoning_parser: str | None = None
     tool_call_parser: str | None = None
     enable_auto_tool_choice: bool = False
     disable_log_stats: bool = False
+    allowed_origins: tuple[str, ...] = ("*",)
+    allowed_methods: tuple[str, ...] = ("*",)
+    allowed_headers: tuple[str, ...] = ("*",)
+    allow_credentials: bool = False
 
     def __post_init__(self) -> None:
         check(self.reasoning_parser in (None, *REASONING_PARSERS), "--reasoning-parser", self.reasoning_parser,
               f"must be one of {REASONING_PARSERS}")
         check(self.tool_call_parser in (None, *TOOL_CALL_PARSERS), "--tool-call-parser", self.tool_call_parser,
               f"must be one of {tuple(TOOL_CALL_PARSERS)}")
+        for name in ("allowed_origins", "allowed_methods", "allowed_headers"):
+            value = getattr(self, name)
+            check(isinstance(value, tuple) and all(isinstance(v, str) for v in value), f"--{name.replace('_', '-')}",
+                  value, "must be a list of strings")
         check(not self.enable_auto_tool_choice or self.tool_call_parser is not None, "--enable-auto-tool-choice",
               self.tool_call_parser, "requires --tool-call-parser")

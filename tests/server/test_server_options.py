@@ -8,6 +8,8 @@ from server.options import ServerOptions
     (dict(reasoning_parser="o1"), "--reasoning-parser must be one of ('qwen3', 'deepseek_r1'), got 'o1'"),
     (dict(tool_call_parser="mistral"), "--tool-call-parser must be one of ('hermes', 'llama3_json'), got 'mistral'"),
     (dict(enable_auto_tool_choice=True), "--enable-auto-tool-choice requires --tool-call-parser"),
+    (dict(allowed_origins="*"), "--allowed-origins must be a list of strings, got '*'"),
+    (dict(allowed_headers=("a", 1)), "--allowed-headers must be a list of strings"),
 ])
 def test_bad_options_are_refused_naming_the_flag(kwargs, says):
     with pytest.raises(ValueError, match=says.replace("(", r"\(").replace(")", r"\)")):
