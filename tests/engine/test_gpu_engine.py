@@ -44,8 +44,8 @@ def greedy(llm: LLM, logprobs=None):
 def make_llm(path, backend, **kw):
     """A small engine; KV blocks fixed so several engines fit side by side in one test process."""
     block_size = 256 if backend in ("flash_attn", "torch_ref") else 16
-    return LLM(path, attention_backend=backend, block_size=block_size, num_kv_blocks=16 * 256 // block_size * 8,
-               **kw)
+    return LLM(path, attention_backend=backend, block_size=block_size,
+               **{"num_kv_blocks": 16 * 256 // block_size * 8, **kw})
 
 
 def test_graphs_equal_eager(bf16_checkpoint):
