@@ -89,23 +89,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def json_list(text: str) -> list:
-    """argparse type: a JSON list of strings."""
+def _json(text: str):
     try:
-        value = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise argparse.ArgumentTypeError(f"not valid JSON ({exc})") from exc
+
+
+def json_list(text: str) -> list:
+    """argparse type: a JSON list of strings."""
+    value = _json(text)
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise argparse.ArgumentTypeError(f'must be a JSON list of strings, e.g. ["http://localhost:3000"], got {text}')
     return value
 
 
 def json_object(text: str) -> dict:
-    """argparse type: a JSON object (argparse reports the ValueError as an invalid value)."""
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"not valid JSON ({exc})") from exc
+    """argparse type: a JSON object (argparse reports the ArgumentTypeError as an invalid value)."""
+    value = _json(text)
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f"must be a JSON object {{...}}, got {text}")
     return value

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import torch
 import transformers
+from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
 
 from attention.backend import CommonAttentionMetadata
 from attention.backends.torch_ref import TorchRefBackend, TorchRefImpl
 from attention.forward_context import set_forward_context
 from attention.layer import bind_attention_layers
+from models.layers import get_rope
 from models.presets import get_preset
 
 BLOCK_SIZE = 4
@@ -76,6 +78,21 @@ def hf_logits(hf_model: torch.nn.Module, prompt: list[int]) -> torch.Tensor:
     """Reference logits [len(prompt), V] float32 from transformers, one prompt at a time."""
     with torch.no_grad():
         return hf_model(torch.tensor([prompt])).logits[0].float()
+
+
+def assert_rope_matches_transformers(config, max_position: int, num: int = 9, tol: float = 1e-5) -> None:
+    """Our rope (get_rope) against transformers' LlamaRotaryEmbedding (any rope type it knows) on
+    `num` random positions below `max_position`, for 2 query heads and 1 KV head."""
+    head_size = config.head_dim
+    gen = torch.Generator().manual_seed(0)
+    positions = torch.randint(0, max_position, (num,), generator=gen)
+    q, k = torch.randn(num, 2 * head_size, generator=gen), torch.randn(num, head_size, generator=gen)
+    ours_q, ours_k = get_rope(config, head_size)(positions, q, k)
+    cos, sin = LlamaRotaryEmbedding(config)(q, positions[None])
+    ref_q, ref_k = apply_rotary_pos_emb(q.view(1, num, 2, head_size).transpose(1, 2),
+                                        k.view(1, num, 1, head_size).transpose(1, 2), cos, sin)
+    torch.testing.assert_close(ours_q, ref_q.transpose(1, 2).reshape(num, -1), rtol=tol, atol=tol)
+    torch.testing.assert_close(ours_k, ref_k.transpose(1, 2).reshape(num, -1), rtol=tol, atol=tol)
 
 
 def max_rel_err(ours: torch.Tensor, ref: torch.Tensor) -> float:

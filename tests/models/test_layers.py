@@ -5,28 +5,17 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
 
 from models.layers import MergedColumnParallelLinear, QKVParallelLinear, RMSNorm, RowParallelLinear, get_rope
 from models.layers.rotary import rope_parameters
 from models.presets import get_preset
+from tests.models.helpers import assert_rope_matches_transformers
 
 
 @pytest.mark.parametrize("preset", ["tiny-llama", "llama-3.1-8b", "qwen3-8b"])
 def test_rope_matches_transformers(preset):
     config = get_preset(preset)
-    head_size = config.head_dim
-    rope = get_rope(config, head_size)
-    gen = torch.Generator().manual_seed(0)
-    positions = torch.randint(0, min(config.max_position_embeddings, 100_000), (9,), generator=gen)
-    q = torch.randn(9, 2 * head_size, generator=gen)
-    k = torch.randn(9, head_size, generator=gen)
-    ours_q, ours_k = rope(positions, q, k)
-    cos, sin = LlamaRotaryEmbedding(config)(q, positions[None])
-    ref_q, ref_k = apply_rotary_pos_emb(q.view(1, 9, 2, head_size).transpose(1, 2),
-                                        k.view(1, 9, 1, head_size).transpose(1, 2), cos, sin)
-    torch.testing.assert_close(ours_q, ref_q.transpose(1, 2).reshape(9, -1), rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(ours_k, ref_k.transpose(1, 2).reshape(9, -1), rtol=1e-5, atol=1e-5)
+    assert_rope_matches_transformers(config, min(config.max_position_embeddings, 100_000))
 
 
 def test_rope_reads_old_style_config():

@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers
-from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
 
 from models.hf_overrides import apply_hf_overrides, check_hf_overrides
 from models.layers import get_rope
 from models.layers.rotary import derived_max_model_len, rope_parameters
 from models.loader import build_model, resolve_model
 from models.presets import get_preset
-from tests.models.helpers import PagedRunner, hf_logits, make_checkpoint, max_rel_err
+from tests.models.helpers import (PagedRunner, assert_rope_matches_transformers, hf_logits, make_checkpoint,
+                                  max_rel_err)
 
 YARN_QWEN = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}
 SCALINGS = [
@@ -34,17 +34,7 @@ def scaled_qwen3_8b(scaling: dict):
 @pytest.mark.parametrize("scaling", SCALINGS, ids=lambda s: "-".join(f"{v}" for v in s.values()))
 def test_scaled_rope_matches_transformers(scaling):
     config = scaled_qwen3_8b(scaling)
-    head_size = config.head_dim
-    rope = get_rope(config, head_size)
-    gen = torch.Generator().manual_seed(0)
-    positions = torch.randint(0, derived_max_model_len(config), (11,), generator=gen)
-    q, k = torch.randn(11, 2 * head_size, generator=gen), torch.randn(11, head_size, generator=gen)
-    ours_q, ours_k = rope(positions, q, k)
-    cos, sin = LlamaRotaryEmbedding(config)(q, positions[None])
-    ref_q, ref_k = apply_rotary_pos_emb(q.view(1, 11, 2, head_size).transpose(1, 2),
-                                        k.view(1, 11, 1, head_size).transpose(1, 2), cos, sin)
-    torch.testing.assert_close(ours_q, ref_q.transpose(1, 2).reshape(11, -1), rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(ours_k, ref_k.transpose(1, 2).reshape(11, -1), rtol=1e-4, atol=1e-4)
+    assert_rope_matches_transformers(config, derived_max_model_len(config), num=11, tol=1e-4)
 
 
 def test_derived_max_model_len_follows_vllm():
