@@ -156,7 +156,6 @@ class ModelConfig:
                    eos_token_ids=eos_ids, checkpoint_dtype=dtype)
 
 
-
 def checked_max_model_len(max_model_len: int | None, derived: int) -> int:
     """The engine's max_model_len: the one asked for, else the model's derived length. More than
     the model's positions cover is refused (as vLLM does unless told otherwise): those positions were

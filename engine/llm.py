@@ -78,9 +78,9 @@ class LLM:
         rendered with the chat template (`chat_template`, a Jinja string, else the tokenizer's; with
         `chat_template_kwargs` as extra template variables and `tools`, OpenAI-shaped tool dicts, as its
         `tools`; with `continue_final_message` and add_generation_prompt=False the last message is left
-        open for the model to go on with) and tokenized, then generated as `generate()` does with `sampling_params` (None: the
-        model's defaults) and `priority` (one int per conversation). The replies' tool calls are not
-        parsed (the server's --tool-call-parser does).
+        open for the model to go on with) and tokenized, then generated as `generate()` does with
+        `sampling_params` (None: the model's defaults) and `priority` (one int per conversation). The
+        replies' tool calls are not parsed (the server's --tool-call-parser does).
         """
         conversations = [messages] if messages and isinstance(messages[0], dict) else list(messages)
         if not conversations:

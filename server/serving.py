@@ -39,7 +39,7 @@ class ResponseHead(NamedTuple):
 
 
 class Serving:
-    """Binds the engine, the served model name, the metrics and the server's options (chat template,
+    """Binds the engine, the served model names, the metrics and the server's options (chat template,
     reasoning and tool-call parsers: ServerOptions) for the endpoint handlers."""
 
     def __init__(self, async_engine: EngineClient, served_model_names: tuple[str, ...], metrics: ServerMetrics,

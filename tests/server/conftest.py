@@ -1,5 +1,5 @@
 """Fixtures of the server tests: the tiny checkpoint (once per session), the offline reference engine, and
-what a test module's `server` fixture shares: start_server (the module's servers), the http / openai clients
+the default `server` of a test module (one per module; a module may define its own), and what it shares: start_server (the module's servers), the http / openai clients
 on its `server`, scripted answers, slow steps and the engine calls it makes."""
 from __future__ import annotations
 
@@ -30,6 +30,13 @@ def start_server():
     options) started now and stopped when the test module ends; a module's `server` fixture returns one."""
     with contextlib.ExitStack() as stack:
         yield lambda config, **kwargs: stack.enter_context(ServerThread(config, **kwargs))
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_path, start_server):
+    """The test module's server unless it defines its own: the tiny checkpoint, the engine on a thread of
+    the server's process, default options."""
+    return start_server(engine_config(tiny_model_path))
 
 
 @pytest.fixture(scope="module")

@@ -16,11 +16,6 @@ TEXT = "The quick brown fox jumps over the lazy dog"
 ENDPOINTS = ["chat", "completions"]
 
 
-@pytest.fixture(scope="module")
-def server(tiny_model_path, start_server):
-    return start_server(engine_config(tiny_model_path))
-
-
 def post(http, endpoint: str, **body):
     """A request of 6 tokens (greedy unless `body` says otherwise) with `body`'s extra fields."""
     base = {"model": MODEL_NAME, "max_tokens": 6, "temperature": 0, "ignore_eos": True}

@@ -15,11 +15,6 @@ TEXT = "The quick brown fox"
 ENDPOINTS = ["chat", "completions"]
 
 
-@pytest.fixture(scope="module")
-def server(tiny_model_path, start_server):
-    return start_server(engine_config(tiny_model_path))
-
-
 def post(http, endpoint: str, **body):
     """12 tokens of the letters a-c (seeded temperature 1 unless `body` says otherwise)."""
     base = {"model": MODEL_NAME, "max_tokens": 12, "temperature": 1.0, "seed": 3, "ignore_eos": True,

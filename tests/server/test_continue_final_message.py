@@ -2,18 +2,11 @@
 left open and the model goes on with it, as transformers renders it; both at once is vLLM's 400."""
 from __future__ import annotations
 
-import pytest
-
 from engine.sampling_params import SamplingParams
-from server_harness import MODEL_NAME, engine_config, offline_generate
+from server_harness import MODEL_NAME, offline_generate
 
 MESSAGES = [{"role": "user", "content": "Name a colour"}, {"role": "assistant", "content": "Sure: the colour"}]
 OPEN = {"add_generation_prompt": False, "continue_final_message": True}
-
-
-@pytest.fixture(scope="module")
-def server(tiny_model_path, start_server):
-    return start_server(engine_config(tiny_model_path))
 
 
 def expected_ids(server) -> list[int]:

@@ -14,11 +14,6 @@ ASKS = [("completions", {"logprobs": 21}, "logprobs", "sample"),
         ("chat", {"prompt_logprobs": 21}, "prompt_logprobs", "prompt")]
 
 
-@pytest.fixture(scope="module")
-def server(tiny_model_path, start_server):
-    return start_server(engine_config(tiny_model_path))
-
-
 @pytest.mark.parametrize("endpoint, fields, param, kind", ASKS)
 def test_above_the_cap_is_400_naming_the_field(http, engine_calls, endpoint, fields, param, kind):
     resp = post_to(http, endpoint, "hi", **BASE, **fields)

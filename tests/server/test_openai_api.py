@@ -4,14 +4,9 @@ from __future__ import annotations
 import pytest
 
 from engine.sampling_params import SamplingParams
-from server_harness import MODEL_NAME, engine_config, http_client, offline_generate
+from server_harness import MODEL_NAME, http_client, offline_generate
 
 PROMPTS = ["Hello, my name is", "The capital of France", "1 2 3 4"]
-
-
-@pytest.fixture(scope="module")
-def server(tiny_model_path, start_server):
-    return start_server(engine_config(tiny_model_path))
 
 
 def test_models_lists_served_name(client):

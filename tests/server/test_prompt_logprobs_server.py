@@ -11,15 +11,10 @@ import pytest
 
 from engine.chat_template import render_chat
 from engine.sampling_params import SamplingParams
-from server_harness import MODEL_NAME, engine_config, offline_outputs
+from server_harness import MODEL_NAME, offline_outputs
 
 PROMPTS = ["The quick brown fox", "1 2 3 4 5"]
 ATOL = 1e-4
-
-
-@pytest.fixture(scope="module")
-def server(tiny_model_path, start_server):
-    return start_server(engine_config(tiny_model_path))
 
 
 def reference(engine, prompts, **kw):

@@ -10,18 +10,13 @@ import logging
 import openai
 import pytest
 
-from server_harness import MODEL_NAME, assert_400, engine_config
+from server_harness import MODEL_NAME, assert_400
 
 IGNORED = "The following fields were present in the request but ignored"
 ONLY_WITH_STREAM = "Stream options can only be defined when `stream=True`."
 ENDPOINTS = ["chat", "completions"]
 BOTH = {"include_usage": True, "continuous_usage_stats": True}
 MAX_TOKENS = 6
-
-
-@pytest.fixture(scope="module")
-def server(tiny_model_path, start_server):
-    return start_server(engine_config(tiny_model_path))
 
 
 def body(endpoint: str, **fields) -> dict:

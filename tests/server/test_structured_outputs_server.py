@@ -21,11 +21,6 @@ ENDPOINTS = ["chat", "completions"]
 FIELDS = {"structured_outputs": {"choice": CHOICES}, "guided_choice": CHOICES}
 
 
-@pytest.fixture(scope="module")
-def server(tiny_model_path, start_server):
-    return start_server(engine_config(tiny_model_path))
-
-
 def post(http, endpoint: str, **body):
     return post_to(http, endpoint, TEXT, **{"model": MODEL_NAME, "max_tokens": 16, "temperature": 1.0, "seed": 5,
                                             **body})

@@ -9,18 +9,13 @@ import logging
 import openai
 import pytest
 
-from server_harness import MODEL_NAME, assert_400, engine_config
+from server_harness import MODEL_NAME, assert_400
 
 IGNORED = "The following fields were present in the request but ignored"
 SCHEMA = {"name": "answer", "schema": {"type": "object", "properties": {"a": {"type": "string"}}}}
 FORMATS = [{"type": "json_object"}, {"type": "json_schema", "json_schema": SCHEMA}, {"type": "structural_tag"}]
 EXTRAS = [("guided_json", {"type": "object"}), ("guided_regex", "[a-z]+"), ("guided_grammar", 'root ::= "a"')]
 ENDPOINTS = ["chat", "completions"]
-
-
-@pytest.fixture(scope="module")
-def server(tiny_model_path, start_server):
-    return start_server(engine_config(tiny_model_path))
 
 
 def post(http, endpoint: str, **body):
