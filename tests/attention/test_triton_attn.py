@@ -260,6 +260,21 @@ def test_decode_kernel_applies_qk_norm_rope(monkeypatch, min_split_len, rotary_d
     assert torch.equal(kv_cache, ref_cache)
 
 
+@pytest.mark.parametrize("min_split_len", [16, 4096])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_decode_own_token_at_tile_edges(monkeypatch, min_split_len, dtype):
+    """The decode kernel stores the step's own K/V and attends to it: right when it is a request's
+    only token, when it starts a new key tile (cached lengths 32, 64 and 128 are multiples of both
+    BLOCK_N) and inside one, split or not."""
+    monkeypatch.setitem(triton_attn.SPLIT_POLICY, "min_split_len", min_split_len)
+    batch = make_batch([1] * 5, [0, 32, 64, 128, 5], num_heads=4, num_kv_heads=2, head_size=64, block_size=16,
+                       dtype=dtype, device=DEVICE, num_pad_tokens=1, seed=21)
+    builder = TritonAttnBackend.get_builder_cls()(4, 2, 64, 16, 8, 4096, DEVICE)
+    if DEVICE == "cpu":
+        assert (builder.build(batch.common).num_splits > 1) == (min_split_len == 16)
+    assert_matches_reference(TritonAttnBackend, batch, builder=builder)
+
+
 def test_empty_splits_leave_no_partial_output(monkeypatch):
     """With more splits than a context has tiles (graphs size them for max_model_len), the empty
     splits only write lse = -inf and the merge never reads their partial output (NaN here)."""
