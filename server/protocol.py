@@ -1,5 +1,5 @@
 """Pydantic models of the OpenAI-compatible API: requests, responses, stream chunks and errors (the
-utility routes' models are in server/protocol_utility.py).
+utility routes' models are in server/protocol_utility.py, the tool calls' in server/protocol_tools.py).
 
 Requests check types and simple ranges here; the sampling rules themselves are checked once, by
 SamplingParams, and its ValueError becomes a 400 as well (see serving.py).
@@ -7,10 +7,11 @@ SamplingParams, and its ValueError becomes a 400 as well (see serving.py).
 from __future__ import annotations
 
 import time
-import uuid
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from server.protocol_tools import ChatCompletionToolsParam, DeltaToolCall, NamedToolChoice, ToolCall
 
 
 class ErrorInfo(BaseModel):
@@ -100,54 +101,6 @@ class CompletionRequest(_SamplingFields):
     echo: bool = False
     best_of: int | None = None
     suffix: str | None = None
-
-
-def tool_call_id() -> str:
-    """A new tool call's id: "call_" and 32 hex digits."""
-    return f"call_{uuid.uuid4().hex}"
-
-
-class FunctionCall(BaseModel):
-    """A call the model made: the function's name and its arguments as a JSON string (OpenAI's shape)."""
-
-    name: str
-    arguments: str
-
-
-class ToolCall(BaseModel):
-    """One tool call of an assistant message, in an answer or in a request's history."""
-
-    id: str = Field(default_factory=tool_call_id)
-    type: Literal["function"] = "function"
-    function: FunctionCall
-
-
-class FunctionDefinition(BaseModel):
-    """A tool's function as the request describes it; other fields (e.g. strict) pass to the template too."""
-
-    model_config = ConfigDict(extra="allow")
-
-    name: str
-    description: str | None = None
-    parameters: dict[str, Any] | None = None
-
-
-class ChatCompletionToolsParam(BaseModel):
-    """One entry of `tools`: {"type": "function", "function": {...}}."""
-
-    type: Literal["function"] = "function"
-    function: FunctionDefinition
-
-
-class NamedFunction(BaseModel):
-    name: str
-
-
-class NamedToolChoice(BaseModel):
-    """`tool_choice` naming one function: {"type": "function", "function": {"name": ...}}."""
-
-    type: Literal["function"] = "function"
-    function: NamedFunction
 
 
 class ChatMessage(BaseModel):
@@ -262,20 +215,6 @@ class ChatCompletionResponse(BaseModel):
     choices: list[ChatChoice]
     usage: UsageInfo
     prompt_logprobs: PromptLogprobs | None = None       # vLLM's extra (not streamed)
-
-
-class DeltaFunctionCall(BaseModel):
-    name: str | None = None
-    arguments: str | None = None
-
-
-class DeltaToolCall(BaseModel):
-    """A streamed tool call: `index` counts the choice's calls; here each is sent whole in one delta."""
-
-    index: int
-    id: str | None = None
-    type: Literal["function"] | None = None
-    function: DeltaFunctionCall | None = None
 
 
 class DeltaMessage(BaseModel):

@@ -6,7 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from server.protocol import ChatCompletionToolsParam, ChatMessage
+from server.protocol import ChatMessage
+from server.protocol_tools import ChatCompletionToolsParam
 
 
 class ModelCard(BaseModel):

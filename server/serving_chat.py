@@ -10,8 +10,9 @@ from engine.outputs import CompletionOutput
 from server.errors import APIError
 from server.prompt_truncation import truncate_prompts
 from server.protocol import (ChatChoice, ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse,
-                             ChatCompletionToolsParam, ChatLogprobs, ChatMessage, ChatResponseMessage,
-                             ChatStreamChoice, DeltaMessage, TokenLogprob, TopLogprob, UsageInfo)
+                             ChatLogprobs, ChatMessage, ChatResponseMessage, ChatStreamChoice, DeltaMessage,
+                             TokenLogprob, TopLogprob, UsageInfo)
+from server.protocol_tools import ChatCompletionToolsParam
 from server.reasoning import ReasoningStream, split_reasoning
 from server.request_fields import check_fields, stream_usage
 from server.serving import ResponseHead, Serving, merge, sse, sse_stream

@@ -12,7 +12,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from server.protocol import DeltaFunctionCall, DeltaToolCall, FunctionCall, ToolCall, tool_call_id
+from server.protocol_tools import DeltaFunctionCall, DeltaToolCall, FunctionCall, ToolCall, tool_call_id
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 
-from server.protocol import FunctionCall
+from server.protocol_tools import FunctionCall
 from server.reasoning import partial_tag_len
 from server.tool_calls import ToolCallParser, ToolCallSplit, ToolCallStream, function_call
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 
-from server.protocol import FunctionCall
+from server.protocol_tools import FunctionCall
 from server.tool_calls import ToolCallParser, ToolCallSplit, ToolCallStream, function_call
 
 PYTHON_TAG = "<|python_tag|>"

@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from server.protocol import FunctionCall
+from server.protocol_tools import FunctionCall
 from server.tool_calls import ToolCallSplit, tool_call_messages
 from server.tool_parser_hermes import HERMES, extract_tool_calls
 from tool_parser_checks import assert_stream_equals_whole, random_cuts, run_stream

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from server.protocol import FunctionCall
+from server.protocol_tools import FunctionCall
 from server.tool_calls import ToolCallSplit, tool_call_messages
 from server.tool_parser_llama3_json import LLAMA3_JSON, PYTHON_TAG, extract_tool_calls
 from tool_parser_checks import assert_stream_equals_whole, random_cuts, run_stream

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from server.protocol import FunctionCall
+from server.protocol_tools import FunctionCall
 from server.tool_calls import ToolCallParser
 
 
