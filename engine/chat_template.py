@@ -17,7 +17,7 @@ def render_chat(tokenizer, conversation: list[dict], add_generation_prompt: bool
     to text (`chat_template` overrides the tokenizer's; `chat_template_kwargs` are extra template variables;
     `tools`, OpenAI-shaped tool dicts, is the template's `tools` variable), then tokenized without adding
     special tokens (the template writes them). Assistant messages' tool calls reach the template with their
-    JSON-string arguments parsed into dicts (see `_template_message`). continue_final_message (vLLM's):
+    JSON-string arguments parsed into dicts and content parts joined (see `_template_message`). continue_final_message (vLLM's):
     the last message is left open, its end-of-turn cut, for the model to go on with it (instead of
     add_generation_prompt's new assistant turn). Raises ValueError saying what to change when there is no
     template, the conversation is malformed, both of those are asked for, or the template fails."""
@@ -31,8 +31,9 @@ def render_chat(tokenizer, conversation: list[dict], add_generation_prompt: bool
     kwargs = dict(chat_template_kwargs or {})
     if tools is not None:
         kwargs["tools"] = tools
+    messages = [_template_message(m) for m in conversation]
     try:
-        text = tokenizer.apply_chat_template([_template_message(m) for m in conversation],
+        text = tokenizer.apply_chat_template(messages,
                                              chat_template=chat_template, tokenize=False,
                                              add_generation_prompt=add_generation_prompt,
                                              continue_final_message=continue_final_message, **kwargs)
@@ -41,11 +42,28 @@ def render_chat(tokenizer, conversation: list[dict], add_generation_prompt: bool
     return tokenizer.encode(text, add_special_tokens=False)
 
 
+def message_text(content):
+    """A message's content as text: a list of OpenAI content parts ({"type": "text", "text": ...}) joined
+    with newlines, as vLLM joins them for text-only templates; anything else as it is. Raises ValueError
+    for a part of another type (this engine reads text only)."""
+    if not isinstance(content, list):
+        return content
+    texts = []
+    for part in content:
+        kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+        if kind != "text":
+            raise ValueError(f"only text content parts are supported, got {kind!r}")
+        texts.append(str(part.get("text", "")))
+    return "\n".join(texts)
+
+
 def _template_message(message: dict) -> dict:
-    """`message` as the template reads it: each tool call's `function.arguments`, a JSON string in OpenAI's
-    shape, becomes the parsed value (templates such as Qwen's print `arguments | tojson` unless it is a
-    string; vLLM parses it too); missing or empty arguments become {}, a string that is not JSON stays.
-    The caller's dicts are not changed."""
+    """`message` as the template reads it: content parts joined (`message_text`), and each tool call's
+    `function.arguments`, a JSON string in OpenAI's shape, becomes the parsed value (templates such as
+    Qwen's print `arguments | tojson` unless it is a string; vLLM parses it too); missing or empty
+    arguments become {}, a string that is not JSON stays. The caller's dicts are not changed."""
+    if isinstance(message.get("content"), list):
+        message = {**message, "content": message_text(message["content"])}
     calls = message.get("tool_calls")
     if not isinstance(calls, list):
         return message

@@ -122,6 +122,7 @@ class ChatCompletionRequest(_SamplingFields):
     chat_template_kwargs: dict[str, Any] | None = None
     add_generation_prompt: bool = True          # vLLM's extras: render the assistant's header, or else
     continue_final_message: bool = False        # leave the last (assistant) message open for the model
+    echo: bool = False          # vLLM's extra: the answer starts with the last message's text if it has its role
     tools: list[ChatCompletionToolsParam] | None = None
     # None (left out): "auto" when tools are given, else "none" (OpenAI's default); see serving_chat
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None

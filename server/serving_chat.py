@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Iterable
 
-from engine.chat_template import render_chat
+from engine.chat_template import message_text, render_chat
 from engine.outputs import CompletionOutput
 from server.errors import APIError
 from server.prompt_truncation import truncate_prompts
@@ -23,15 +23,11 @@ AUTO_NEEDS_FLAGS = '"auto" tool choice requires --enable-auto-tool-choice and --
 
 
 def _message_dict(message: ChatMessage) -> dict:
-    """A message as the chat template expects it; content parts of type "text" are joined."""
-    content = message.content
-    if isinstance(content, list):
-        texts = []
-        for part in content:
-            if part.get("type") != "text":
-                raise APIError(400, f"only text content parts are supported, got {part.get('type')!r}", "messages")
-            texts.append(str(part.get("text", "")))
-        content = "".join(texts)
+    """A message as the chat template expects it; content parts of type "text" are joined (message_text)."""
+    try:
+        content = message_text(message.content)
+    except ValueError as exc:
+        raise APIError(400, str(exc), "messages") from exc
     out = {"role": message.role, "content": content or ""}
     if message.name:
         out["name"] = message.name
@@ -124,14 +120,33 @@ async def _collect(serving, req, head, streams, num_prompt_tokens, num_top, time
         if out.finished:
             prompt_logprobs = serving.prompt_logprobs(out)
     timer.finish()
-    choices = []
+    choices, role = [], _response_role(req)
+    echo = _echo_text(req, role)
     for i, c in sorted(latest.items()):
         message = _message(_reasoning_parser(serving, req), c.text, tool_parser)
+        message.role = role
+        if echo:
+            message.content = echo + (message.content or "")
         choices.append(ChatChoice(index=i, message=message, stop_reason=c.stop_reason,
                                   finish_reason="tool_calls" if message.tool_calls else c.finish_reason,
                                   logprobs=_logprobs(serving, c, 0, num_top) if req.logprobs else None))
     return ChatCompletionResponse(id=head.id, model=head.model, choices=choices,
                                   usage=_usage(num_prompt_tokens, latest.values()), prompt_logprobs=prompt_logprobs)
+
+
+def _response_role(req: ChatCompletionRequest) -> str:
+    """The answer's role, as vLLM's: "assistant" after the template's generation prompt, else the last
+    message's role (the model goes on with that message)."""
+    return "assistant" if req.add_generation_prompt else req.messages[-1].role
+
+
+def _echo_text(req: ChatCompletionRequest, role: str) -> str:
+    """vLLM's `echo`: the text the answer starts with, the last message's when it has the answer's role
+    (as with continue_final_message); else ""."""
+    last = req.messages[-1]
+    if not req.echo or last.role != role:
+        return ""
+    return _message_dict(last)["content"]
 
 
 def _reasoning_parser(serving: Serving, req: ChatCompletionRequest) -> str | None:
@@ -201,8 +216,12 @@ async def _stream(serving, req, head, streams, num_prompt_tokens, num_top, timer
 
     sent: dict[int, int] = {}
     choice_streams = {index: _ChoiceStream(_reasoning_parser(serving, req), tool_parser) for index in range(req.n)}
+    role = _response_role(req)
+    echo = _echo_text(req, role)
     for index in range(req.n):
-        yield chunk(index, DeltaMessage(role="assistant", content=""))
+        yield chunk(index, DeltaMessage(role=role, content=""))
+    for index in range(req.n if echo else 0):
+        yield chunk(index, DeltaMessage(content=echo))
     async for _, out in merge(streams):
         if any(c.token_ids_delta for c in out.outputs):
             timer.on_tokens()

@@ -116,3 +116,14 @@ def test_continue_final_message_leaves_the_last_message_open(llm):
     assert tok.decode(out.prompt_token_ids).endswith("<|im_start|>assistant\nGeneral Kenobi")
     with pytest.raises(ValueError, match="Cannot set both `continue_final_message` and `add_generation_prompt`"):
         llm.chat(conversation, GREEDY, use_tqdm=False, continue_final_message=True)
+
+
+def test_content_parts_are_joined_by_newlines(llm):
+    """A message's content as OpenAI text parts renders as vLLM renders it for a text template: the parts
+    joined by newlines; another part type is a ValueError naming it."""
+    parts = [{"role": "user", "content": [{"type": "text", "text": "Hello"}, {"type": "text", "text": "there"}]}]
+    out = llm.chat(parts, GREEDY, use_tqdm=False)[0]
+    assert out.prompt_token_ids == by_hand(llm, [{"role": "user", "content": "Hello\nthere"}])
+    image = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x.png"}}]}]
+    with pytest.raises(ValueError, match="only text content parts are supported, got 'image_url'"):
+        llm.chat(image, GREEDY, use_tqdm=False)
