@@ -1,14 +1,17 @@
 """Sampler: logits -> one token per row, batched on the device with no host sync.
 
-Order: the allowed_token_ids mask, logit bias, banned tokens (min_tokens, bad_words), penalties
-(engine/penalties.py); logprobs are taken here, after those and before temperature. Greedy rows take
-the argmax. Random rows: divide by temperature, top-k, top-p, min-p, then the exponential race:
-argmax(probs / E) with E ~ Exponential(1) i.i.d. per token, which draws a token with probability
-proportional to probs. Rows with a seed draw E from their own generator, reseeded every step from
-(seed, step), so their tokens do not depend on the rest of the batch or on preemption.
+Order, as vLLM V1's: logprobs first, vLLM's default "raw_logprobs" (log_softmax of the model's logits,
+before anything changes them); then the allowed_token_ids mask, logit bias, banned tokens (min_tokens,
+bad_words), penalties (engine/penalties.py). Greedy rows take the argmax. Random rows: divide by
+temperature, min-p (on the scaled logits, so top-p works on the distribution renormalised after it),
+top-k, top-p, then the exponential race: argmax(probs / E) with E ~ Exponential(1) i.i.d. per token,
+which draws a token with probability proportional to probs. Rows with a seed draw E from their own
+generator, reseeded every step from (seed, step), so their tokens do not depend on the rest of the batch
+or on preemption.
 
 On CUDA (with triton) random rows instead go through one Triton kernel (engine/sampling_kernel.py): the
-Gumbel race argmax(logits / T + G) over the filtered logits, with min-p and greedy rows folded in, noise
+Gumbel race argmax(logits / T + G) over the filtered logits, with greedy rows folded in (and min-p where
+the batch has no top-k / top-p: then nothing follows it, so the kernel's min-p is vLLM's), noise
 from in-kernel Philox keyed per row: seed_for_step(seed, step) for seeded rows, a fresh draw from the
 default torch generator (on the device) for the others. ENGINE_SAMPLING_KERNEL=0 keeps the torch path.
 """
@@ -36,9 +39,9 @@ KERNEL_ENABLED = os.environ.get("ENGINE_SAMPLING_KERNEL", "1") != "0"
 class SamplerOutput:
     """sampled_token_ids `[N] int64` on the logits' device. When some row asked for logprobs
     (K = max_num_logprobs): logprob_token_ids `[N, K+1] int64` (the sampled token first, then the top-K
-    tokens) and logprobs `[N, K+1] float32`: log-softmax of the logits after the allowed_token_ids mask,
-    bias and penalties, before temperature and filters. A row that asked for k < K uses the first k+1
-    columns."""
+    tokens) and logprobs `[N, K+1] float32`: log-softmax of the raw logits (vLLM's "raw_logprobs": before
+    the allowed_token_ids mask, bias, banned tokens, penalties, temperature and filters). A row that
+    asked for k < K uses the first k+1 columns."""
 
     sampled_token_ids: torch.Tensor
     logprob_token_ids: torch.Tensor | None = None
@@ -79,10 +82,10 @@ class Sampler:
             raise ValueError(f"logits must be [num_reqs={meta.num_reqs}, V], got {tuple(logits.shape)}")
         if logits.dtype != torch.float32 and not self._reads_16bit(logits, meta):
             logits = logits.float()
-        logits = apply_logit_processors(logits, meta)
         logprobs = None
-        if meta.max_num_logprobs is not None:
+        if meta.max_num_logprobs is not None:                     # raw: before every processor
             logprobs = torch.log_softmax(logits, dim=-1, dtype=torch.float32)
+        logits = apply_logit_processors(logits, meta)
         if meta.all_greedy:
             sampled = logits.argmax(dim=-1)
         elif self._kernel_for(logits):
@@ -126,16 +129,13 @@ class Sampler:
         return sorted(rows_of_chunk)
 
     def _sample_random(self, logits: torch.Tensor, meta: SamplingMetadata) -> torch.Tensor:
-        """Temperature, top-k, top-p, min-p, then the exponential race. Returns `[N] int64`."""
+        """Temperature, min-p, top-k, top-p, then the exponential race. Returns `[N] int64`."""
         logits = logits / meta.temperature.unsqueeze(1)
-        if not meta.no_top_k_top_p:
-            if meta.top_p is not None and meta.top_k_all_rows:
-                logits = apply_top_p_within_top_k(logits, meta.top_k, meta.max_top_k, meta.top_p)
-            else:
-                logits = apply_top_k_top_p(logits, meta.top_k, meta.max_top_k, meta.top_p)
-        probs = logits.softmax(dim=-1)
         if meta.min_p is not None:
-            apply_min_p_(probs, meta.min_p)
+            apply_min_p_(logits, meta.min_p)
+        if not meta.no_top_k_top_p:
+            logits = _top_k_top_p(logits, meta)
+        probs = logits.softmax(dim=-1)
         noise = torch.empty_like(probs).exponential_()
         if meta.seeds:
             gen = self._generator(probs.device)
@@ -146,17 +146,18 @@ class Sampler:
         return probs.div_(noise).argmax(dim=-1)
 
     def _sample_kernel(self, logits: torch.Tensor, meta: SamplingMetadata) -> torch.Tensor:
-        """Top-k / top-p in torch when used, then one Gumbel-race kernel (min-p, temperature and greedy
-        rows inside). Returns `[N] int64`."""
-        temperature = meta.temperature
+        """One Gumbel-race kernel (temperature, greedy rows and, without top-k / top-p, min-p inside);
+        where the batch has top-k / top-p: temperature, min-p, top-k, top-p in torch first (vLLM's order),
+        and the kernel gets min_p None. Returns `[N] int64`."""
+        temperature, min_p = meta.temperature, meta.min_p
         if not meta.no_top_k_top_p:
             logits = logits / temperature.unsqueeze(1)
             temperature = None
-            if meta.top_p is not None and meta.top_k_all_rows:
-                logits = apply_top_p_within_top_k(logits, meta.top_k, meta.max_top_k, meta.top_p)
-            else:
-                logits = apply_top_k_top_p(logits, meta.top_k, meta.max_top_k, meta.top_p)
-        return _kernel().gumbel_sample(logits, row_keys(meta, logits.device), temperature, meta.min_p,
+            if min_p is not None:
+                apply_min_p_(logits, min_p)
+                min_p = None
+            logits = _top_k_top_p(logits, meta)
+        return _kernel().gumbel_sample(logits, row_keys(meta, logits.device), temperature, min_p,
                                        meta.greedy_mask)
 
     def _generator(self, device: torch.device) -> torch.Generator:
@@ -222,11 +223,19 @@ def apply_top_p_within_top_k(logits: torch.Tensor, top_k: torch.Tensor, max_top_
     return torch.full_like(logits, float("-inf")).scatter_(1, ids, values)
 
 
-def apply_min_p_(probs: torch.Tensor, min_p: torch.Tensor) -> None:
-    """In place: zero the probs `[N, V]` below min_p `[N]` times the row's largest prob (no renorm
-    needed: the exponential race is scale-free)."""
-    threshold = probs.amax(dim=-1, keepdim=True) * min_p.unsqueeze(1)
-    probs.masked_fill_(probs < threshold, 0.0)
+def _top_k_top_p(logits: torch.Tensor, meta: SamplingMetadata) -> torch.Tensor:
+    """The batch's top-k / top-p on temperature-scaled logits `[N, V] float32` (new tensor)."""
+    if meta.top_p is not None and meta.top_k_all_rows:
+        return apply_top_p_within_top_k(logits, meta.top_k, meta.max_top_k, meta.top_p)
+    return apply_top_k_top_p(logits, meta.top_k, meta.max_top_k, meta.top_p)
+
+
+def apply_min_p_(logits: torch.Tensor, min_p: torch.Tensor) -> None:
+    """In place, on temperature-scaled logits `[N, V] float32`: -inf where the token's prob is below
+    min_p `[N]` (0: off) times the row's largest prob, i.e. where logit < row max + log(min_p) (vLLM V1's
+    MinPLogitsProcessor, run after temperature and before top-k / top-p). The row's max always stays."""
+    threshold = logits.amax(dim=-1, keepdim=True) + min_p.log().unsqueeze(1)     # log(0) = -inf: keep all
+    logits.masked_fill_(logits < threshold, float("-inf"))
 
 
 def gather_logprobs(logprobs: torch.Tensor, sampled: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -40,8 +40,8 @@ class SamplingMetadata:
     allowed_rows `[R] int64`: the rows with allowed_token_ids or a structured choice (their other logits
         become -inf);
         allowed_flat_ids `[num_entries] int64`: `row * vocab_size + token` for each of their allowed tokens.
-    banned_rows / _token_ids `[num_entries] int64`: set to -inf (EOS / stop tokens before min_tokens,
-        the bad_words tokens that would end a bad word).
+    banned_rows / _token_ids `[num_entries] int64`: set to -inf (the EOS ids and stop_token_ids before
+        min_tokens, even with ignore_eos, as vLLM; the bad_words tokens that would end a bad word).
     max_num_logprobs: largest `logprobs` asked in the batch (None: no row asked).
     seeds: `(row, seed, step)` for each random row with a seed; step = that request's
         num_output_tokens, so the noise depends only on (seed, step), never on the batch.
@@ -199,7 +199,8 @@ def _add_rare_features(meta: SamplingMetadata, requests: list[Request], special:
         if ids is not None:
             allowed[i] = ids
         if r.choice is None and r.num_output_tokens + r.num_inflight < sp.min_tokens:
-            banned = set(sp.stop_token_ids or ()) | (set() if sp.ignore_eos else set(r.eos_token_ids))
+            # every end-of-sequence id, ignore_eos or not (vLLM's _all_stop_token_ids)
+            banned = set(sp.stop_token_ids or ()) | set(r.eos_token_ids)
             banned = sorted(t for t in banned if 0 <= t < meta.vocab_size)
             ban_rows.extend([i] * len(banned)), ban_ids.extend(banned)
         if r.bad_words_token_ids:

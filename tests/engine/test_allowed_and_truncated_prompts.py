@@ -43,7 +43,15 @@ def test_a_single_allowed_token_is_the_whole_answer(llm):
     out = llm.generate(PROMPTS[:2], SamplingParams(temperature=1.0, max_tokens=5, ignore_eos=True, logprobs=2,
                                                    allowed_token_ids=[42]), use_tqdm=False)
     assert token_ids(out) == [[42] * 5] * 2
-    assert all(step[42] == pytest.approx(0.0) for o in out for step in o.outputs[0].logprobs)
+    # logprobs are raw (vLLM's raw_logprobs, before the mask): 42's logprob given the tokens before it, as
+    # the prompt logprobs of the prompt followed by the five 42s compute it
+    for o in out:
+        n = len(o.prompt_token_ids)
+        ref = llm.generate([{"prompt_token_ids": o.prompt_token_ids + [42] * 5}],
+                           SamplingParams(temperature=0, max_tokens=1, prompt_logprobs=0), use_tqdm=False)[0]
+        want = [entry[42] for entry in ref.prompt_logprobs[n:]]
+        assert [step[42] for step in o.outputs[0].logprobs] == pytest.approx(want, abs=1e-4)
+        assert max(want) < -0.1                         # not the masked distribution's 0.0
 
 
 def test_truncated_prompt_generates_as_its_last_tokens(llm):

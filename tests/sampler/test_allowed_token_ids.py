@@ -1,6 +1,6 @@
 """SamplingParams.allowed_token_ids in the Sampler: rows that use it sample only their allowed tokens (greedy
-and random, torch path and kernel path), their logprobs are taken after the mask (as logit_bias's), and the
-other rows of the batch sample exactly what they sample without those rows' mask.
+and random, torch path and kernel path), their logprobs are the raw logits' (vLLM's raw_logprobs: taken before
+the mask), and the other rows of the batch sample exactly what they sample without those rows' mask.
 
 Without a GPU the kernel path runs in Triton's interpreter (see test_sampling_kernel.py)."""
 import os
@@ -64,17 +64,20 @@ def test_random_row_draws_every_allowed_token_and_no_other():
     assert set(drawn) == set(ALLOWED)
 
 
-def test_logprobs_are_taken_after_the_mask():
+@pytest.mark.parametrize("use_kernel", [False, True])
+def test_logprobs_are_raw_taken_before_the_mask(use_kernel):
+    """The sampled (allowed) token's logprob and the top 3 are log_softmax of the raw logits (float64
+    reference), the disallowed best tokens included."""
     logits = torch.randn(2, VOCAB, generator=torch.Generator().manual_seed(1)).to(DEVICE)
-    params = [SamplingParams(temperature=0, logprobs=3, allowed_token_ids=ALLOWED), SamplingParams(logprobs=3)]
-    out = sample(logits, params, use_kernel=False)
+    logits[:, 0] = 6.0                                  # the best token is not allowed
+    params = [SamplingParams(temperature=0, logprobs=3, allowed_token_ids=ALLOWED),
+              SamplingParams(temperature=1.0, seed=2, logprobs=3, allowed_token_ids=ALLOWED)]
+    out = sample(logits, params, use_kernel)
     ids, logprobs = out.logprob_token_ids.cpu(), out.logprobs.cpu()
-    expected = torch.log_softmax(logits[0, ALLOWED].double().cpu(), dim=-1)
-    by_id = dict(zip(ids[0].tolist(), logprobs[0].tolist()))
-    assert set(by_id) <= set(ALLOWED)
-    for token, value in by_id.items():
-        assert value == pytest.approx(expected[ALLOWED.index(token)].item(), abs=1e-5)
-    torch.testing.assert_close(logprobs[1, 1:], torch.log_softmax(logits[1].cpu(), -1).topk(3).values)
+    raw = torch.log_softmax(logits.double().cpu(), dim=-1)
+    assert ids[0, 0] == max(ALLOWED, key=lambda t: logits[0, t].item()) and ids[1, 0].item() in ALLOWED
+    assert torch.equal(ids[:, 1:], raw.topk(3, dim=-1).indices) and (ids[:, 1] == 0).all()
+    torch.testing.assert_close(logprobs, raw.gather(1, ids).float(), rtol=1e-5, atol=1e-5)
 
 
 def test_metadata_only_for_rows_that_use_it():

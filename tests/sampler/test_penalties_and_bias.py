@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import random
 
+import pytest
 import torch
 
 from engine.penalties import apply_logit_processors
@@ -29,7 +30,7 @@ def reference_processed(logits: torch.Tensor, reqs: list[Request]) -> torch.Tens
         for tok, val in (sp.logit_bias or {}).items():
             out[i, tok] += val
         if r.num_output_tokens < sp.min_tokens:
-            banned = set(sp.stop_token_ids or ()) | (set() if sp.ignore_eos else set(r.eos_token_ids))
+            banned = set(sp.stop_token_ids or ()) | set(r.eos_token_ids)     # ignore_eos or not (vLLM)
             for tok in banned:
                 out[i, tok] = float("-inf")
         for tok in range(out.shape[1]):
@@ -58,6 +59,7 @@ def test_penalties_and_bias_match_reference():
         SamplingParams(repetition_penalty=0.6, frequency_penalty=-1.1, presence_penalty=1.3,
                        logit_bias={3: 4.0, 39: -7.5}),
         SamplingParams(logit_bias={0: 1.0}, min_tokens=5, stop_token_ids=[11]),
+        SamplingParams(min_tokens=16, ignore_eos=True, stop_token_ids=[13]),
     ]
     reqs = [make_request(p, random_tokens(12, vocab), random_tokens(15, vocab), eos=(2,)) for p in params]
     logits = torch.randn(len(reqs), vocab) * 3
@@ -84,7 +86,24 @@ def test_min_tokens_masks_eos_and_stop_tokens_until_reached():
     out = Sampler()(logits, SamplingMetadata.from_requests(reqs, vocab, CPU)).sampled_token_ids.tolist()
     assert out[0] not in (eos, stop) and out[1] not in (eos, stop)
     assert out[2] == eos                                  # min_tokens reached: EOS allowed again
-    assert out[3] == eos                                  # ignore_eos: EOS is never masked by min_tokens
+    assert out[3] != eos                                  # ignore_eos: EOS is still banned by min_tokens
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_min_tokens_bans_every_eos_id_even_with_ignore_eos(temperature):
+    """vLLM bans all end-of-sequence ids (EOS ids and stop_token_ids) for the first min_tokens outputs,
+    ignore_eos or not: logits that strongly favour the two EOS ids and the stop token, step by step."""
+    vocab, eos, stop = 16, (3, 7), 11
+    logits = torch.zeros(1, vocab)
+    logits[0, [*eos, stop]] = 30.0
+    params = SamplingParams(temperature=temperature, seed=1, min_tokens=4, ignore_eos=True,
+                            stop_token_ids=[stop])
+    req = make_request(params, [1], [], eos=eos)
+    for _ in range(6):
+        meta = SamplingMetadata.from_requests([req], vocab, CPU)
+        req.append_output_token(Sampler()(logits, meta).sampled_token_ids.item())
+    assert not set(req.output_token_ids[:4]) & {*eos, stop}, req.output_token_ids
+    assert set(req.output_token_ids[4:]) <= {*eos, stop}     # then EOS is allowed again (ignore_eos)
 
 
 def test_min_tokens_random_rows_never_draw_eos():

@@ -26,12 +26,15 @@ def sample(logits: torch.Tensor, requests: list[Request]):
 
 
 def reference_probs(logits_row: torch.Tensor, p: SamplingParams) -> np.ndarray:
-    """float64 reference: temperature, top-k, top-p (smallest prefix reaching p), min-p, renormalized."""
+    """float64 reference in vLLM V1's order: temperature, min-p (on the scaled distribution), top-k, then
+    top-p (smallest prefix reaching p) on what is left renormalized."""
     x = logits_row.double().numpy() / p.temperature
-    keep = np.ones_like(x, dtype=bool)
+    probs = np.exp(x - x.max())
+    probs /= probs.sum()
+    keep = probs >= p.min_p * probs.max()
     if p.top_k > 0:
         keep &= x >= np.sort(x)[::-1][p.top_k - 1]
-    probs = np.where(keep, np.exp(x - x[keep].max()), 0.0)
+    probs = np.where(keep, probs, 0.0)
     probs /= probs.sum()
     if p.top_p < 1:
         order = np.argsort(-probs)
@@ -39,9 +42,6 @@ def reference_probs(logits_row: torch.Tensor, p: SamplingParams) -> np.ndarray:
         nucleus = np.zeros_like(keep)
         nucleus[order[mass_before < p.top_p]] = True
         probs = np.where(nucleus, probs, 0.0)
-        probs /= probs.sum()
-    if p.min_p > 0:
-        probs = np.where(probs >= p.min_p * probs.max(), probs, 0.0)
         probs /= probs.sum()
     return probs
 
@@ -74,6 +74,8 @@ def test_greedy_ties_take_lowest_index():
     SamplingParams(temperature=1.2, top_p=0.7),
     SamplingParams(temperature=1.0, min_p=0.15),
     SamplingParams(temperature=0.7, top_k=8, top_p=0.8, min_p=0.05),
+    SamplingParams(temperature=0.9, top_p=0.8, min_p=0.2),
+    SamplingParams(temperature=0.6, top_k=6, min_p=0.1),
     SamplingParams(temperature=1.5),
 ])
 def test_filtered_sampling_support_and_distribution(params):
@@ -133,21 +135,46 @@ def test_different_seeds_and_steps_differ():
     assert len(set(by_seed[0])) > 1                     # the step changes the noise
 
 
-def test_logprobs_match_float64_reference():
+def test_min_p_is_applied_before_top_p():
+    """vLLM V1: min-p on the temperature-scaled distribution, then top-p on what min-p left. Probs
+    [.5, .3, .12, .08], min_p .2 (drops .08), top_p .85 on [.543, .326, .130]: tokens 0 and 1 at
+    [.625, .375]; top-p first (the old order) drew token 2 at .130."""
+    probs = torch.tensor([0.5, 0.3, 0.12, 0.08], dtype=torch.float64)
+    params = SamplingParams(temperature=1.0, top_p=0.85, min_p=0.2)
+    expected = reference_probs(probs.log(), params)
+    np.testing.assert_allclose(expected, [0.625, 0.375, 0, 0], atol=1e-12)
+    torch.manual_seed(12)
+    draws = 20000
+    logits = probs.log().float().expand(draws, 4).contiguous()
+    tokens = sample(logits, [make_request(params) for _ in range(draws)]).sampled_token_ids.numpy()
+    freq = np.bincount(tokens, minlength=4) / draws
+    assert freq[2] == freq[3] == 0
+    assert abs(freq[0] - 0.625) <= 5 * np.sqrt(0.625 * 0.375 / draws), freq
+
+
+def test_logprobs_are_raw_logits_float64_reference():
+    """vLLM's raw_logprobs: log_softmax of the logits as the model gave them, before logit_bias, the
+    allowed_token_ids mask, min_tokens bans, penalties, temperature and filters."""
     torch.manual_seed(2)
     vocab = 64
-    logits = torch.randn(4, vocab) * 3
-    params = [SamplingParams(temperature=0.5, top_k=4, logprobs=5), SamplingParams(temperature=0, logprobs=2),
-              SamplingParams(logprobs=0, logit_bias={7: 2.5}), SamplingParams(temperature=2.0)]
-    out = sample(logits, [make_request(p) for p in params])
-    assert out.logprob_token_ids.shape == (4, 6) and out.logprobs.shape == (4, 6)
-    biased = logits.double().clone()
-    biased[2, 7] += 2.5
-    ref = torch.log_softmax(biased, dim=-1)             # before temperature and filters
+    logits = torch.randn(6, vocab) * 3
+    logits[2, 7] = logits[2].max() - 0.5                 # the bias makes 7 the top token after processing
+    params = [SamplingParams(temperature=0.5, top_k=4, min_p=0.1, logprobs=5),
+              SamplingParams(temperature=0, logprobs=2),
+              SamplingParams(logprobs=0, logit_bias={7: 2.5}),
+              SamplingParams(temperature=2.0),
+              SamplingParams(temperature=0, logprobs=5, allowed_token_ids=[1, 2, 3], repetition_penalty=1.8),
+              SamplingParams(temperature=0.8, top_p=0.5, logprobs=3, min_tokens=2, stop_token_ids=[9],
+                             frequency_penalty=1.5, presence_penalty=0.5)]
+    reqs = [make_request(p, num_output_tokens=3) for p in params]
+    out = sample(logits, reqs)
+    assert out.logprob_token_ids.shape == (6, 6) and out.logprobs.shape == (6, 6)
+    ref = torch.log_softmax(logits.double(), dim=-1)      # the raw logits
     assert torch.equal(out.logprob_token_ids[:, 0], out.sampled_token_ids)
     assert torch.equal(out.logprob_token_ids[:, 1:], ref.topk(5, dim=-1).indices)
     expected = ref.gather(1, out.logprob_token_ids).float()
     torch.testing.assert_close(out.logprobs, expected, rtol=1e-5, atol=1e-5)
+    assert out.sampled_token_ids[4].item() in (1, 2, 3) and out.logprobs[4, 0] < ref[4].max()
 
 
 def test_logprobs_capped_at_vocab():

@@ -227,3 +227,30 @@ def test_sampler_reads_bfloat16_logits_as_their_float32_values(monkeypatch):
         got = sample(logits, reqs)
         assert (torch.bfloat16 in upcasts) == upcast
         assert torch.equal(got, sample(logits.float(), reqs))
+
+
+def test_sampler_kernel_path_applies_min_p_before_top_p():
+    """vLLM V1's order on the kernel path: probs [.5, .3, .12, .08], min_p .2 then top_p .85 -> tokens 0
+    and 1 at [.625, .375] (top-p first, the old order, drew token 2 at .130: ~39 of these 300 rows)."""
+    draws = 300
+    probs = torch.tensor([0.5, 0.3, 0.12, 0.08], dtype=torch.float64)
+    logits = probs.log().float().expand(draws, 4).contiguous().to(DEVICE)
+    reqs = [make_request(SamplingParams(temperature=1.0, top_p=0.85, min_p=0.2)) for _ in range(draws)]
+    torch.manual_seed(13)
+    out = sample(logits, reqs).numpy()
+    assert _chi_square_p(out, np.array([0.625, 0.375, 0.0, 0.0])) > 1e-3
+
+
+def test_kernel_gets_min_p_only_without_top_k_top_p(monkeypatch):
+    """Without top-k / top-p the kernel applies min-p itself (the fast path, same result); with them,
+    min-p runs in torch before top-k / top-p and the kernel gets min_p None."""
+    from engine import sampling_kernel
+
+    seen = []
+    original = sampling_kernel.gumbel_sample
+    monkeypatch.setattr(sampling_kernel, "gumbel_sample", lambda logits, keys, temperature, min_p, *a:
+                        seen.append(min_p) or original(logits, keys, temperature, min_p, *a))
+    logits = torch.randn(2, 64, generator=torch.Generator().manual_seed(14)).to(DEVICE)
+    sample(logits, [make_request(SamplingParams(min_p=0.2)), make_request(SamplingParams())])
+    sample(logits, [make_request(SamplingParams(min_p=0.2)), make_request(SamplingParams(top_p=0.9))])
+    assert seen[0] is not None and seen[0].tolist() == pytest.approx([0.2, 0.0]) and seen[1] is None
