@@ -13,14 +13,14 @@ NO_TEMPLATE = ("this model's tokenizer has no chat template; pass chat_template=
 def render_chat(tokenizer, conversation: list[dict], add_generation_prompt: bool = True,
                 chat_template: str | None = None, chat_template_kwargs: dict | None = None,
                 tools: list[dict] | None = None, continue_final_message: bool = False) -> list[int]:
-    """The prompt ids of one conversation (a list of {"role", "content"} dicts): the chat template rendered
-    to text (`chat_template` overrides the tokenizer's; `chat_template_kwargs` are extra template variables;
-    `tools`, OpenAI-shaped tool dicts, is the template's `tools` variable), then tokenized without adding
-    special tokens (the template writes them). Assistant messages' tool calls reach the template with their
-    JSON-string arguments parsed into dicts and content parts joined (see `_template_message`). continue_final_message (vLLM's):
-    the last message is left open, its end-of-turn cut, for the model to go on with it (instead of
-    add_generation_prompt's new assistant turn). Raises ValueError saying what to change when there is no
-    template, the conversation is malformed, both of those are asked for, or the template fails."""
+    """The prompt ids of one conversation (a list of {"role", "content"} dicts): the chat template rendered to text
+    (`chat_template` overrides the tokenizer's; `chat_template_kwargs` are extra template variables; `tools`,
+    OpenAI-shaped tool dicts, is the template's `tools` variable), then tokenized without adding special tokens (the
+    template writes them). Assistant messages' tool calls reach the template with their JSON-string arguments parsed
+    into dicts and content parts joined (see `_template_message`). continue_final_message (vLLM's): the last message
+    is left open, its end-of-turn cut, for the model to go on with it (instead of add_generation_prompt's new
+    assistant turn). Raises ValueError saying what to change when there is no template, the conversation is
+    malformed, both of those are asked for, or the template fails."""
     if not isinstance(conversation, list) or not all(isinstance(m, dict) for m in conversation):
         raise ValueError("a conversation must be a list of {'role': ..., 'content': ...} dicts, got "
                          f"{type(conversation).__name__}: {str(conversation)[:80]}")

@@ -25,7 +25,7 @@ from engine.output_processor import OutputProcessor
 from engine.outputs import RequestOutput
 from engine.pending_step import PendingStep
 from engine.prompt_logprobs import PromptLogprobsResult
-from engine.prompt_truncation import check_allowed_token_ids, truncate_prompt
+from engine.prompt_truncation import check_allowed_token_ids, check_logit_bias, truncate_prompt
 from engine.request import Request, RequestStatus
 from engine.sampling_params import SamplingParams
 from engine.structured_outputs import ChoiceConstraint
@@ -124,7 +124,7 @@ class LLMEngine:
         deltas or detokenizing: what the offline API wants). priority: lower is scheduled earlier under
         scheduling_policy "priority"; any other than 0 under "fcfs" is a ValueError (vLLM's message). The
         prompt's ids are cut to their last `truncate_prompt_tokens` (the outputs' prompt_token_ids are
-        those; the prompt text stays whole), allowed_token_ids are checked against the vocabulary and
+        those; the prompt text stays whole), allowed_token_ids and logit_bias are checked against the vocabulary and
         bad_words and structured_outputs choices tokenized."""
         check_priority(priority, self.config.scheduling_policy)
         if request_id in self.outputs.groups:
@@ -132,6 +132,8 @@ class LLMEngine:
         prompt_text, ids = self._tokenize(prompt)
         ids = truncate_prompt(ids, params.truncate_prompt_tokens, self.max_model_len)
         check_allowed_token_ids(params.allowed_token_ids, self.model_config.vocab_size)
+        check_logit_bias(params.logit_bias, self.model_config.vocab_size)
+        params = params.with_vocab_logprobs(self.model_config.vocab_size)
         params.check_max_logprobs(self.config.max_logprobs)
         bad_words = bad_words_token_ids(params.bad_words, self.tokenizer, self.model_config.vocab_size)
         choice = self._choice_constraint(params)

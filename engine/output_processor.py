@@ -47,7 +47,8 @@ class OutputProcessor:
         group = _Group(request_id, prompt, prompt_token_ids, stream)
         for i, req in enumerate(requests):
             sp = req.sampling_params
-            detok = IncrementalDetokenizer(self.tokenizer, req.prompt_token_ids, sp.skip_special_tokens)
+            detok = IncrementalDetokenizer(self.tokenizer, req.prompt_token_ids, sp.skip_special_tokens,
+                                           sp.spaces_between_special_tokens)
             stops = StopStringChecker(sp.stop, sp.include_stop_str_in_output) if sp.stop else None
             seq = _Sequence(req, i, detok, stops)
             group.sequences.append(seq)
@@ -63,22 +64,29 @@ class OutputProcessor:
             self._sequences.pop(seq.request.request_id, None)
         return [seq.request for seq in group.sequences]
 
-    def process_token(self, req: Request, logprobs: dict[int, float] | None, max_model_len: int) -> RequestStatus | None:
+    def process_token(self, req: Request, logprobs: dict[int, float] | None,
+                      max_model_len: int) -> RequestStatus | None:
         """Take the request's newest token: logprobs, text, stop checks. Returns a finished status or None."""
         group, seq = self._sequences[req.request_id]
         if logprobs is not None:
             req.output_logprobs.append(logprobs)
         token = req.output_token_ids[-1]
         status = _token_stop(req, token, max_model_len)
+        sp = req.sampling_params
+        # vLLM's: the EOS or stop token that ended the sequence is not in its text unless asked for
+        stop_token = status is RequestStatus.FINISHED_STOPPED and not sp.include_stop_str_in_output
         if not group.stream and seq.stops is None:
             if status is not None:              # nobody reads the text before the end: decode once
-                seq.text = seq.detokenizer.append(req.output_token_ids) + seq.detokenizer.flush()
+                ids = req.output_token_ids[:-1] if stop_token else req.output_token_ids
+                seq.text = seq.detokenizer.append(ids) + seq.detokenizer.flush()
             return status
-        delta = seq.detokenizer.append([token])
+        delta = seq.detokenizer.append([] if stop_token else [token])
         if status is not None:
             delta += seq.detokenizer.flush()
         seq.text += delta
-        if seq.stops is not None and status is not RequestStatus.FINISHED_STOPPED:
+        # vLLM's: stop strings are looked for only once the output is past min_tokens
+        past_min_tokens = req.num_output_tokens > sp.min_tokens
+        if seq.stops is not None and status is not RequestStatus.FINISHED_STOPPED and past_min_tokens:
             match = seq.stops.check(seq.text, len(delta))
             if match is not None:
                 stop_str, keep = match

@@ -1,5 +1,6 @@
-"""vLLM's `truncate_prompt_tokens` and the vocabulary check of `allowed_token_ids`: what LLMEngine.add_request
-(and the server, before its own prompt checks) does to a request's prompt ids and allowed ids."""
+"""vLLM's `truncate_prompt_tokens` and the vocabulary checks of `allowed_token_ids` and `logit_bias`: what
+LLMEngine.add_request (and the server, before its own prompt checks) does to a request's prompt ids and
+allowed ids, and refuses before the request is queued."""
 from __future__ import annotations
 
 from engine.checks import check
@@ -30,3 +31,11 @@ def check_allowed_token_ids(allowed_token_ids: list[int] | None, vocab_size: int
     bad = [t for t in allowed_token_ids or () if not 0 <= t < vocab_size]
     if bad:
         raise ValueError(f"allowed_token_ids must be token ids in [0, {vocab_size}), got {bad[:5]}")
+
+
+def check_logit_bias(logit_bias: dict[int, float] | None, vocab_size: int) -> None:
+    """vLLM's ValueError (its message) unless every logit_bias key is a token id in [0, vocab_size)."""
+    bad = [t for t in logit_bias or () if not 0 <= t < vocab_size]
+    if bad:
+        raise ValueError(f"token_id(s) {bad} in logit_bias contain out-of-vocab token ids. "
+                         f"Vocabulary size: {vocab_size}")

@@ -1,28 +1,35 @@
 """SamplingParams: how one request picks tokens and when it stops; validated at construction."""
 from __future__ import annotations
 
+import dataclasses
+import logging
+import math
 from dataclasses import dataclass, field
 
 from engine.checks import check
 from engine.prompt_truncation import check_truncate_prompt_tokens
 from engine.structured_outputs import StructuredOutputsParams
 
+logger = logging.getLogger(__name__)
+MIN_TEMPERATURE = 1e-2     # vLLM's _MAX_TEMP: a temperature in (0, this) is raised to this
+
 
 @dataclass(frozen=True)
 class SamplingParams:
     """Per-request sampling and stopping settings (the names and defaults vLLM users know).
 
-    temperature 0 means greedy; top_k 0 or -1 means no top-k; top_p 1 and min_p 0 disable those.
-    `stop` strings are matched on the decoded text and are not returned (unless
-    include_stop_str_in_output); `logprobs` asks for that many top alternatives per sampled token;
-    `prompt_logprobs` for each prompt token's logprob given the tokens before it, with that many top
-    alternatives (vLLM's; RequestOutput.prompt_logprobs). `allowed_token_ids`: only these tokens may be
-    sampled (the others' logits -inf before logprobs and sampling; ids checked against the vocabulary at
-    LLMEngine.add_request). `truncate_prompt_tokens`: keep only the prompt's last k tokens (-1: the last
-    max_model_len), applied at LLMEngine.add_request. `bad_words`: words never to generate (vLLM's: the
-    last token of a word is banned while the output ends with its other tokens; engine/bad_words.py).
-    `structured_outputs`: vLLM's StructuredOutputsParams (or its dict); only `choice` is supported (the
-    answer is one of those strings; engine/structured_outputs.py).
+    temperature 0 means greedy (then n must be 1), one in (0, 0.01) is raised to 0.01 with a warning (vLLM's rules);
+    top_k 0 or -1 means no top-k; top_p 1 and min_p 0 disable those; seed -1 is no seed. `stop` strings are matched
+    on the decoded text and are not returned (unless include_stop_str_in_output); `logprobs` asks for that many top
+    alternatives per sampled token; `prompt_logprobs` for each prompt token's logprob given the tokens before it,
+    with that many top alternatives (vLLM's; RequestOutput.prompt_logprobs); -1 for either: the whole vocabulary.
+    `allowed_token_ids`: only these tokens may be sampled (the others' logits -inf before sampling; logprobs stay
+    the model's raw ones, as vLLM's; ids checked against the vocabulary at LLMEngine.add_request).
+    `truncate_prompt_tokens`: keep only the prompt's last k tokens (-1: the last max_model_len), applied at
+    LLMEngine.add_request. `bad_words`: words never to generate (vLLM's: the last token of a word is banned while
+    the output ends with its other tokens; engine/bad_words.py). `structured_outputs`: vLLM's
+    StructuredOutputsParams (or its dict); only `choice` is supported (the answer is one of those strings;
+    engine/structured_outputs.py).
     """
 
     n: int = 1
@@ -47,6 +54,7 @@ class SamplingParams:
     bad_words: list[str] | None = None
     structured_outputs: StructuredOutputsParams | None = None
     skip_special_tokens: bool = True
+    spaces_between_special_tokens: bool = True
     include_stop_str_in_output: bool = False
     extra: dict = field(default_factory=dict, compare=False, repr=False)
     # a seed, logprobs, min_tokens, logit_bias, allowed_token_ids, bad_words or structured_outputs: the
@@ -61,21 +69,34 @@ class SamplingParams:
             if isinstance(getattr(self, name), str):
                 object.__setattr__(self, name, [getattr(self, name)])
         check(self.n >= 1, "n", self.n, "must be at least 1")
-        check(self.temperature >= 0, "temperature", self.temperature, "must be >= 0")
+        check(math.isfinite(self.temperature) and 0 <= self.temperature <= 2, "temperature", self.temperature,
+              "must be in [0, 2]")
+        if 0 < self.temperature < MIN_TEMPERATURE:     # vLLM's: lower ones overflow the softmax
+            logger.warning("temperature %s is less than %s, which may cause numerical errors nan or inf in "
+                           "tensors. We have maxed it out to %s.", self.temperature, MIN_TEMPERATURE,
+                           MIN_TEMPERATURE)
+            object.__setattr__(self, "temperature", MIN_TEMPERATURE)
+        if self.seed == -1:                             # vLLM's: -1 is no seed
+            object.__setattr__(self, "seed", None)
+        check(self.temperature > 0 or self.n == 1, "n", self.n, "must be 1 when using greedy sampling")
         check(0 < self.top_p <= 1, "top_p", self.top_p, "must be in (0, 1]")
-        check(self.top_k == -1 or self.top_k >= 0, "top_k", self.top_k, "must be -1, 0 (disabled) or a positive integer")
+        check(self.top_k == -1 or self.top_k >= 0, "top_k", self.top_k,
+              "must be -1, 0 (disabled) or a positive integer")
         check(0 <= self.min_p <= 1, "min_p", self.min_p, "must be in [0, 1]")
         check(self.max_tokens is None or self.max_tokens >= 1, "max_tokens", self.max_tokens, "must be at least 1")
         check(self.min_tokens >= 0, "min_tokens", self.min_tokens, "must be >= 0")
         if self.max_tokens is not None:
             check(self.min_tokens <= self.max_tokens, "min_tokens", self.min_tokens,
                    f"must be <= max_tokens ({self.max_tokens})")
-        check(self.logprobs is None or self.logprobs >= 0, "logprobs", self.logprobs, "must be >= 0")
-        check(self.prompt_logprobs is None or self.prompt_logprobs >= 0, "prompt_logprobs", self.prompt_logprobs,
-              "must be >= 0")
+        for name in ("logprobs", "prompt_logprobs"):     # -1: the whole vocabulary (vLLM's)
+            value = getattr(self, name)
+            check(value is None or value >= -1, name, value, "must be non-negative or -1")
         check(-2 <= self.presence_penalty <= 2, "presence_penalty", self.presence_penalty, "must be in [-2, 2]")
         check(-2 <= self.frequency_penalty <= 2, "frequency_penalty", self.frequency_penalty, "must be in [-2, 2]")
-        check(0 < self.repetition_penalty <= 2, "repetition_penalty", self.repetition_penalty, "must be in (0, 2]")
+        check(math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0, "repetition_penalty",
+              self.repetition_penalty, "must be a finite number greater than zero")
+        if self.logit_bias:
+            object.__setattr__(self, "logit_bias", _int_keys(self.logit_bias))
         if self.allowed_token_ids is not None:
             check(len(self.allowed_token_ids) > 0, "allowed_token_ids", self.allowed_token_ids,
                   "must not be empty")
@@ -100,6 +121,11 @@ class SamplingParams:
                                                                          for w in self.bad_words)
             check(words_ok, "bad_words", self.bad_words, "must be strings with a character other than whitespace")
 
+    def with_vocab_logprobs(self, vocab_size: int) -> SamplingParams:
+        """These params with logprobs / prompt_logprobs -1 (vLLM's: the whole vocabulary) as vocab_size."""
+        changes = {name: vocab_size for name in ("logprobs", "prompt_logprobs") if getattr(self, name) == -1}
+        return dataclasses.replace(self, **changes) if changes else self
+
     def check_max_logprobs(self, max_logprobs: int) -> None:
         """vLLM's ValueErrors (its messages) when logprobs or prompt_logprobs ask for more than
         `max_logprobs` (EngineConfig.max_logprobs; -1: no cap)."""
@@ -123,3 +149,14 @@ def over_max_logprobs(kind: str, value: int | None, max_logprobs: int) -> str | 
     if max_logprobs == -1 or value is None or value <= max_logprobs:
         return None
     return f"Requested {kind} logprobs of {value}, which is greater than max allowed: {max_logprobs}"
+
+
+def _int_keys(logit_bias: dict) -> dict[int, float]:
+    """logit_bias with its keys as ints (token ids may come as strings, as in JSON); a key that is no
+    integer, or a bias that is not a finite number, is a ValueError naming the field."""
+    try:
+        out = {int(token): float(bias) for token, bias in logit_bias.items()}
+    except (TypeError, ValueError):
+        raise ValueError(f"logit_bias keys must be token ids (integers), got {list(logit_bias)[:4]}") from None
+    check(all(math.isfinite(bias) for bias in out.values()), "logit_bias", logit_bias, "values must be finite")
+    return out

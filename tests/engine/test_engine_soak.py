@@ -24,11 +24,12 @@ def random_params(rng: random.Random) -> SamplingParams:
     extra = {"plain": {}, "penalty": dict(repetition_penalty=1.3, frequency_penalty=0.4),
              "bad_words": dict(bad_words=["ab", "c"]), "allowed": dict(allowed_token_ids=ALLOWED),
              "logprobs": dict(logprobs=2), "prompt_logprobs": dict(prompt_logprobs=1),
-             "min_tokens": dict(min_tokens=base["max_tokens"]), "n": dict(n=2), "stop": dict(stop=["e", "x"]),
+             "min_tokens": dict(min_tokens=base["max_tokens"]), "n": dict(n=2, temperature=0.8),   # greedy: n = 1
+             "stop": dict(stop=["e", "x"]),
              "bias": dict(logit_bias={5: 3.0}), "choice": dict(structured_outputs={"choice": CHOICES})}[feature]
     if feature == "choice":
         base["ignore_eos"] = False
-    return SamplingParams(**base, **extra)
+    return SamplingParams(**{**base, **extra})
 
 
 def check_answer(engine: LLMEngine, params: SamplingParams, output) -> None:

@@ -2,6 +2,7 @@
 import pytest
 
 from engine import LLM, SamplingParams
+from engine.detokenizer import IncrementalDetokenizer
 
 
 @pytest.fixture(scope="module")
@@ -61,12 +62,31 @@ def test_stop_token_ids_and_stop_strings(llm):
     out = greedy(llm, "xyz", stop_token_ids=[stop_tok])
     assert out.token_ids == base.token_ids[:first + 1] and out.finish_reason == "stop"
     assert out.stop_reason == stop_tok
+    tok = llm.get_tokenizer()
+    # vLLM's: the stop token's text is left out unless include_stop_str_in_output (decoded at the end,
+    # or step by step where a stop string is looked for too)
+    for extra in ({}, {"stop": ["\x00never"]}):
+        out = greedy(llm, "xyz", stop_token_ids=[stop_tok], **extra)
+        assert out.text == tok.decode(base.token_ids[:first])
+        kept = greedy(llm, "xyz", stop_token_ids=[stop_tok], include_stop_str_in_output=True, **extra)
+        assert kept.text == tok.decode(base.token_ids[:first + 1])
     stop_str = base.text[3:5]
     out = greedy(llm, "xyz", stop=[stop_str])
     assert out.finish_reason == "stop" and out.stop_reason == stop_str
     assert out.text == base.text[:base.text.index(stop_str)]
     kept = greedy(llm, "xyz", stop=[stop_str], include_stop_str_in_output=True)
     assert kept.text == base.text[:base.text.index(stop_str) + len(stop_str)]
+
+
+def test_stop_strings_wait_for_min_tokens(llm):
+    """vLLM's: a stop string is looked for only in text that comes after the first min_tokens tokens."""
+    base = greedy(llm, "abc", max_tokens=12)       # "))PPPP...": ")" twice, then not again
+    stop_str = base.text[0]
+    assert greedy(llm, "abc", stop=[stop_str]).text == ""
+    late = greedy(llm, "abc", stop=[stop_str], min_tokens=2)
+    assert late.text == base.text and late.finish_reason == "length"
+    detok = IncrementalDetokenizer(llm.get_tokenizer(), llm.get_tokenizer().encode("abc"))
+    assert detok.append(base.token_ids[:2]) == stop_str * 2 and stop_str not in detok.append(base.token_ids[2:])
 
 
 def test_eos_and_min_tokens(llm):
@@ -115,6 +135,18 @@ def test_bad_prompts_are_rejected(llm, prompt, match):
     with pytest.raises(ValueError, match=match):
         llm.generate([prompt] if prompt != [] else [[]], SamplingParams(max_tokens=4), use_tqdm=False)
     assert not llm.engine.has_unfinished_requests()
+
+
+def test_an_out_of_vocabulary_logit_bias_is_refused_before_queueing(llm):
+    """vLLM's message, raised by add_request: the batch's other prompts are not queued half-way and the
+    engine serves the next call (the id used to fail inside the step, leaving the requests stuck)."""
+    vocab = llm.engine.model_config.vocab_size
+    with pytest.raises(ValueError, match=rf"token_id\(s\) \[{vocab}\] in logit_bias contain out-of-vocab token "
+                                         rf"ids. Vocabulary size: {vocab}"):
+        llm.generate(["a", "b"], [SamplingParams(max_tokens=2), SamplingParams(logit_bias={vocab: 1.0})],
+                     use_tqdm=False)
+    assert not llm.engine.has_unfinished_requests()
+    assert len(greedy(llm, "a", max_tokens=3).token_ids) == 3
 
 
 def test_prompt_plus_max_tokens_over_context(llm):

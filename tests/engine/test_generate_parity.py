@@ -96,7 +96,21 @@ def test_preemption_keeps_output(qwen3_checkpoint):
 
 
 @pytest.mark.parametrize("bad, field", [({"temperature": -1}, "temperature"), ({"top_p": 0}, "top_p"),
-                                        ({"top_p": 1.5}, "top_p"), ({"max_tokens": 0}, "max_tokens")])
+                                        ({"top_p": 1.5}, "top_p"), ({"max_tokens": 0}, "max_tokens"),
+                                        ({"temperature": 2.5}, "temperature"), ({"temperature": 0, "n": 2}, "n"),
+                                        ({"repetition_penalty": 0}, "repetition_penalty"),
+                                        ({"repetition_penalty": float("nan")}, "repetition_penalty"),
+                                        ({"logprobs": -2}, "logprobs"), ({"logit_bias": {"x": 1.0}}, "logit_bias")])
 def test_invalid_sampling_params_name_the_field(bad, field):
     with pytest.raises(ValueError, match=field):
         SamplingParams(**bad)
+
+
+def test_vllms_sampling_rules(caplog):
+    """vLLM's: a temperature in (0, 0.01) is raised to 0.01 with a warning, seed -1 is no seed, a
+    repetition_penalty above 2 is allowed, logit_bias keys may be strings, -1 logprobs asks for all."""
+    assert SamplingParams(temperature=1e-40).temperature == 0.01 and "maxed it out to 0.01" in caplog.text
+    assert SamplingParams(seed=-1).seed is None and SamplingParams(seed=7).seed == 7
+    assert SamplingParams(repetition_penalty=3.0).repetition_penalty == 3.0
+    assert SamplingParams(logit_bias={"5": 1, 6: -2.5}).logit_bias == {5: 1.0, 6: -2.5}
+    assert SamplingParams(temperature=0.5, n=3).n == 3 and SamplingParams(logprobs=-1).logprobs == -1

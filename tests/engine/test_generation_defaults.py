@@ -89,8 +89,9 @@ def test_a_folder_given_as_the_mode_is_read_instead(model_with_defaults, tmp_pat
 
 def test_a_default_the_engine_refuses_fails_at_start_up_naming_the_way_out(tmp_path):
     with open(tmp_path / "generation_config.json", "w") as f:
-        json.dump({"repetition_penalty": 3.0}, f)
-    with pytest.raises(ValueError, match=r"repetition_penalty must be in \(0, 2\].*--generation-config vllm"):
+        json.dump({"repetition_penalty": -1.0}, f)
+    with pytest.raises(ValueError, match=r"repetition_penalty must be a finite number greater than zero.*"
+                                         r"--generation-config vllm"):
         fields_of(str(tmp_path))
 
 

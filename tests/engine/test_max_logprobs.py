@@ -32,6 +32,17 @@ def test_no_cap_gives_as_many_as_asked(llms):
     assert all(len(entry) >= 30 for entry in out[0].prompt_logprobs[1:])
 
 
+def test_minus_one_is_the_whole_vocabulary(llms):
+    """vLLM's -1 for logprobs / prompt_logprobs: every token of the vocabulary, so above a cap it is refused
+    with the vocabulary's size in the message."""
+    vocab = llms[-1].engine.model_config.vocab_size
+    out = llms[-1].generate(PROMPT, SamplingParams(max_tokens=2, logprobs=-1, prompt_logprobs=-1), use_tqdm=False)
+    assert all(len(step) == vocab for step in out[0].outputs[0].logprobs)
+    assert all(len(entry) == vocab for entry in out[0].prompt_logprobs[1:])
+    with pytest.raises(ValueError, match=f"Requested sample logprobs of {vocab}, which is greater than max allowed: 20"):
+        llms[20].generate(PROMPT, SamplingParams(logprobs=-1), use_tqdm=False)
+
+
 def test_config_and_flag():
     with pytest.raises(ValueError, match="max_logprobs must be >= 0, or -1 for no cap"):
         EngineConfig(model="m", max_logprobs=-2)

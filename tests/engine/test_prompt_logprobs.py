@@ -203,7 +203,7 @@ def test_wire_carries_no_prompt_logprobs_after_the_first_output():
     assert later.prompt_logprob_ranks == [None, 1] and later.outputs[0].text == "ab"
 
 
-@pytest.mark.parametrize("value", [-1, -5])
+@pytest.mark.parametrize("value", [-2, -5])
 def test_negative_prompt_logprobs_name_the_field(value):
     with pytest.raises(ValueError, match="prompt_logprobs"):
         SamplingParams(prompt_logprobs=value)
