@@ -50,6 +50,7 @@ class Scheduler:
         self.running: list[Request] = []
         self._victim_index = _newest if config.policy == "fcfs" else _least_urgent
         self._finished_ids: list[str] = []
+        self._preempted_ids: list[str] = []      # preempted in steps that were never launched (empty)
         self.num_preemptions = 0
 
     def add_request(self, request: Request) -> None:
@@ -77,8 +78,13 @@ class Scheduler:
         budget, preempted = self._schedule_running(out, budget)
         if not preempted:
             self._schedule_waiting(out, budget)
-        if out.scheduled:     # an empty output is never launched: its finished ids wait for the next step
+        # An empty output is never launched: its finished and preempted ids (whose runner rows are to be
+        # given back) wait for the next step that is.
+        if out.scheduled:
             out.finished_request_ids, self._finished_ids = self._finished_ids, []
+            out.preempted_request_ids[:0], self._preempted_ids = self._preempted_ids, []
+        else:
+            self._preempted_ids += out.preempted_request_ids
         return out
 
     def _schedule_running(self, out: SchedulerOutput, budget: int) -> tuple[int, bool]:

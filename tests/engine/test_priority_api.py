@@ -84,6 +84,25 @@ def test_preemption_under_priority_keeps_output(qwen3_checkpoint):
     assert engine.block_manager.num_free_blocks == 12
 
 
+def test_a_request_that_preempts_itself_in_an_empty_step_gives_back_its_runner_row():
+    """Priority: A (least urgent) needs a block, preempts itself and nothing else runs that step; the
+    step is never launched, and A's block-table row must still go back to the runner (it used to stay
+    taken, and with max_num_seqs rows in use the next admission failed with IndexError)."""
+    engine = make_llm("preset:tiny-qwen3", "priority", block_size=8, num_kv_blocks=4, max_model_len=32,
+                      max_num_seqs=2, async_scheduling=False, enable_prefix_caching=False).engine
+    engine.add_request("A", list(range(10, 25)), GREEDY, priority=9)     # 15 tokens: 2 blocks
+    engine.step()
+    engine.add_request("B", list(range(30, 46)), GREEDY, priority=0)     # 16 tokens: the other 2 blocks
+    engine.step()
+    empty = engine.scheduler.schedule()                    # A preempts itself; B's turn comes later
+    assert not empty.scheduled and empty.preempted_request_ids == ["A"]
+    engine.add_request("C", list(range(60, 67)), GREEDY, priority=0)
+    finished = {}
+    while engine.has_unfinished_requests():                # B and C run next: C needs A's row
+        finished.update({out.request_id: out.outputs[0] for out in engine.step() if out.finished})
+    assert sorted(finished) == ["A", "B", "C"] and all(len(c.token_ids) == 6 for c in finished.values())
+
+
 def test_fcfs_engine_refuses_a_priority_with_vllms_message(fcfs_llm):
     with pytest.raises(ValueError) as err:
         fcfs_llm.generate(TEXTS[:2], GREEDY, use_tqdm=False, priority=[0, 1])
