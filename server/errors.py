@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from fastapi.responses import JSONResponse
 
@@ -34,10 +35,14 @@ class APIError(Exception):
 
 def from_value_error(exc: ValueError, fields: tuple[str, ...] = (), default: str | None = None) -> APIError:
     """A 400 from a ValueError whose message starts with the field name ("<field> <rule>, got X", or
-    "<field>.<key> ..."); `default` names the field when the message names none of `fields`."""
+    "<field>.<key> ..."), else names one of `fields` as a word (the first it names, as in vLLM's "token_id(s)
+    [..] in logit_bias contain ..."); `default` names the field when the message names none of `fields`."""
     message = str(exc)
     first = message.split(" ", 1)[0].strip("'\":,").split(".")[0]      # "structured_outputs.json ..." too
-    return APIError(400, message, first if first in fields else default)
+    if first in fields:
+        return APIError(400, message, first)
+    named = [(match.start(), field) for field in fields if (match := re.search(rf"\b{field}\b", message))]
+    return APIError(400, message, min(named)[1] if named else default)
 
 
 def from_validation_errors(errors: list[dict]) -> APIError:

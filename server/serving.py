@@ -140,16 +140,21 @@ class Serving:
         return [None] + [_ranked(entry, token, rank, decode) for token, entry, rank in entries]
 
 
+def finite_logprob(logprob: float) -> float:
+    """A logprob as vLLM's responses carry it: -inf (a masked token) as -9999.0, so that JSON holds it."""
+    return max(logprob, -9999.0)
+
+
 def _ranked(entry: dict[int, float], token: int, token_rank: int, decode) -> dict[int, Logprob]:
     """One prompt position as vLLM's Logprobs: the prompt token with its rank, then the top k in the
     engine's order (most likely first) ranked 1, 2, ..., passing over the prompt token's rank when it
     is one of them."""
-    ranked = {token: Logprob(logprob=entry[token], rank=token_rank, decoded_token=decode(token))}
+    ranked = {token: Logprob(logprob=finite_logprob(entry[token]), rank=token_rank, decoded_token=decode(token))}
     rank = 0
     for token_id, logprob in entry.items():
         if token_id != token:
             rank += 2 if rank + 1 == token_rank else 1
-            ranked[token_id] = Logprob(logprob=logprob, rank=rank, decoded_token=decode(token_id))
+            ranked[token_id] = Logprob(logprob=finite_logprob(logprob), rank=rank, decoded_token=decode(token_id))
     return ranked
 
 

@@ -15,7 +15,7 @@ from server.protocol import (ChatChoice, ChatCompletionChunk, ChatCompletionRequ
 from server.protocol_tools import ChatCompletionToolsParam
 from server.reasoning import ReasoningStream, split_reasoning
 from server.request_fields import check_fields, stream_usage
-from server.serving import ResponseHead, Serving, merge, sse, sse_stream
+from server.serving import ResponseHead, Serving, finite_logprob, merge, sse, sse_stream
 from server.tool_calls import ToolCallParser, tool_call_messages
 from server.tool_parsers import TOOL_CALL_PARSERS
 
@@ -79,9 +79,9 @@ def _logprobs(serving: Serving, out: CompletionOutput, start: int, num_top: int)
     for token_id, top in zip(out.token_ids[start:], (out.logprobs or [])[start:]):
         token = serving.decode_token(token_id)
         ranked = sorted(top.items(), key=lambda kv: -kv[1])[:num_top]
-        tops = [TopLogprob(token=serving.decode_token(t), logprob=lp,
+        tops = [TopLogprob(token=serving.decode_token(t), logprob=finite_logprob(lp),
                            bytes=list(serving.decode_token(t).encode())) for t, lp in ranked]
-        content.append(TokenLogprob(token=token, logprob=top.get(token_id, float("-inf")),
+        content.append(TokenLogprob(token=token, logprob=finite_logprob(top.get(token_id, float("-inf"))),
                                     bytes=list(token.encode()), top_logprobs=tops))
     return ChatLogprobs(content=content)
 
@@ -209,12 +209,14 @@ async def _stream(serving, req, head, streams, num_prompt_tokens, num_top, timer
     include_usage, continuous_usage = stream_usage(req.stream_options)
     latest: dict[int, CompletionOutput] = {}
 
-    def chunk(index: int, delta: DeltaMessage, logprobs=None, finish_reason=None) -> str:
-        choice = ChatStreamChoice(index=index, delta=delta, logprobs=logprobs, finish_reason=finish_reason)
+    def chunk(index: int, delta: DeltaMessage, logprobs=None, finish_reason=None, stop_reason=None) -> str:
+        choice = ChatStreamChoice(index=index, delta=delta, logprobs=logprobs, finish_reason=finish_reason,
+                                  stop_reason=stop_reason)
         usage = _usage(num_prompt_tokens, [latest[index]] if index in latest else []) if continuous_usage else None
         return sse(ChatCompletionChunk(id=head.id, model=head.model, choices=[choice], usage=usage))
 
     sent: dict[int, int] = {}
+    done: set[int] = set()      # choices whose finish went out (a group's later outputs still carry them)
     choice_streams = {index: _ChoiceStream(_reasoning_parser(serving, req), tool_parser) for index in range(req.n)}
     role = _response_role(req)
     echo = _echo_text(req, role)
@@ -226,6 +228,8 @@ async def _stream(serving, req, head, streams, num_prompt_tokens, num_top, timer
         if any(c.token_ids_delta for c in out.outputs):
             timer.on_tokens()
         for comp in out.outputs:
+            if comp.index in done:
+                continue
             latest[comp.index] = comp
             start = sent.get(comp.index, 0)
             delta = choice_streams[comp.index].delta(comp)
@@ -235,7 +239,9 @@ async def _stream(serving, req, head, streams, num_prompt_tokens, num_top, timer
                 logprobs = _logprobs(serving, comp, start, num_top) if req.logprobs else None
                 yield chunk(comp.index, delta, logprobs)
             if comp.finished:
-                yield chunk(comp.index, DeltaMessage(), finish_reason=choice_streams[comp.index].finish_reason(comp))
+                done.add(comp.index)
+                yield chunk(comp.index, DeltaMessage(), finish_reason=choice_streams[comp.index].finish_reason(comp),
+                            stop_reason=comp.stop_reason)
     timer.finish()
     if include_usage:
         yield sse(ChatCompletionChunk(id=head.id, model=head.model, choices=[],

@@ -10,7 +10,7 @@ from server.protocol import (CompletionChoice, CompletionLogprobs, CompletionReq
                              CompletionStreamChoice, CompletionStreamResponse, UsageInfo)
 from server.prompt_truncation import truncate_prompts
 from server.request_fields import check_fields, stream_usage
-from server.serving import ResponseHead, Serving, merge, sse, sse_stream
+from server.serving import ResponseHead, Serving, finite_logprob, merge, sse, sse_stream
 
 
 def _prompts(serving: Serving, req: CompletionRequest) -> list[list[int]]:
@@ -81,7 +81,7 @@ class _Choices:
         for token_id, top in zip(token_ids, logprobs):
             token = self.serving.decode_token(token_id)
             result.tokens.append(token)
-            result.token_logprobs.append(None if top is None else top.get(token_id))
+            result.token_logprobs.append(None if top is None else finite_logprob(top.get(token_id, float("-inf"))))
             result.top_logprobs.append(None if top is None else self._top(top))
             result.text_offset.append(offset)
             offset += len(token)
@@ -90,7 +90,7 @@ class _Choices:
     def _top(self, top: dict[int, float]) -> dict[str, float]:
         """The token and the top `logprobs` alternatives (a prompt position may hold more), most likely first."""
         items = list(top.items())[:self.num_logprobs + 1]
-        return {self.serving.decode_token(t): lp for t, lp in sorted(items, key=lambda kv: -kv[1])}
+        return {self.serving.decode_token(t): finite_logprob(lp) for t, lp in sorted(items, key=lambda kv: -kv[1])}
 
 
 async def create_completion(serving: Serving, req: CompletionRequest, timer_factory) -> object:
@@ -159,11 +159,16 @@ async def _stream(serving, head, streams, choices: _Choices, prompts, usage_flag
         usage = _usage([prompts[index // choices.n]], [latest] if latest else []) if continuous_usage else None
         return sse(CompletionStreamResponse(id=head.id, model=head.model, choices=[choice], usage=usage))
 
+    done: set[int] = set()      # choices whose finish went out (a group's later outputs still carry them)
     async for prompt_idx, out in merge(streams):
         if any(c.token_ids_delta for c in out.outputs):
             timer.on_tokens()
         for comp in out.outputs:
             index = choices.index(prompt_idx, comp)
+            if index in done:
+                continue
+            if comp.finished:
+                done.add(index)
             sent = choices.num_logprobs_sent.get(index, 0)
             choices.latest[index] = comp
             if choices.echo_only:               # one chunk, once its (unreturned) token is there

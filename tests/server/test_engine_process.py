@@ -111,7 +111,7 @@ def test_the_priority_crosses_to_the_engine_process(process_engine):
 def test_prompt_logprobs_cross_from_the_engine_process(process_engine, reference_engine):
     """Every streamed output carries the complete prompt logprobs (sent once, with the first), equal to
     the offline engine's; n = 2 shares one list."""
-    params = SamplingParams(max_tokens=5, temperature=0, n=2, prompt_logprobs=2)
+    params = SamplingParams(max_tokens=5, temperature=1.0, seed=4, n=2, prompt_logprobs=2)
     want = offline_outputs(reference_engine, ["prompt logprobs, please"], params)[0]
     outs = asyncio.run(_collect(process_engine, "plp", "prompt logprobs, please", params))
     assert len(outs) > 1 and outs[-1].finished

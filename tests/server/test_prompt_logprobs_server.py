@@ -38,16 +38,17 @@ def check_vllm_shape(got: list, want, tokenizer, k: int) -> None:
 
 def test_completions_prompt_logprobs_match_offline(http, reference_engine):
     """Two prompts, n = 2: each choice carries its prompt's list (vLLM's shape)."""
-    want = reference(reference_engine, PROMPTS, max_tokens=4, prompt_logprobs=3)
+    want = offline_outputs(reference_engine, PROMPTS, SamplingParams(temperature=1.0, seed=9, n=2, max_tokens=4,
+                                                                      prompt_logprobs=3))
     resp = http.post("/v1/completions", json={"model": MODEL_NAME, "prompt": PROMPTS, "max_tokens": 4,
-                                              "temperature": 0, "n": 2, "prompt_logprobs": 3})
+                                              "temperature": 1.0, "seed": 9, "n": 2, "prompt_logprobs": 3})
     assert resp.status_code == 200, resp.text
     choices = resp.json()["choices"]
     assert [c["index"] for c in choices] == [0, 1, 2, 3]
     for choice in choices:
         ref = want[choice["index"] // 2]
         check_vllm_shape(choice["prompt_logprobs"], ref, reference_engine.tokenizer, 3)
-        assert choice["text"] == ref.outputs[0].text and choice["logprobs"] is None
+        assert choice["text"] == ref.outputs[choice["index"] % 2].text and choice["logprobs"] is None
 
 
 def test_chat_prompt_logprobs_match_offline(http, reference_engine):
@@ -135,7 +136,7 @@ def test_echo_with_max_tokens_0_returns_the_prompt_alone(http, reference_engine)
     choice = echo_logprobs(http, PROMPTS[0], 0, 2)["choices"][0]
     assert choice["text"] == PROMPTS[0] and choice["finish_reason"] == "length"
     check_echoed(choice["logprobs"], want, reference_engine.tokenizer, 2, 0)
-    chunks = stream_choices(http, PROMPTS[0], 0, 2, n=3)
+    chunks = stream_choices(http, PROMPTS[0], 0, 2, n=3, temperature=1.0)
     assert sorted((c["index"], c["text"], c["finish_reason"]) for c in chunks) == [
         (i, PROMPTS[0], "length") for i in range(3)]
     assert chunks[0]["logprobs"]["tokens"] == choice["logprobs"]["tokens"]
@@ -156,8 +157,8 @@ def stream_choices(http, prompt, max_tokens: int, logprobs: int, **extra) -> lis
 def test_streamed_echo_with_logprobs_equals_the_response(http):
     """Streamed, each choice's first chunk is its echoed prompt with the prompt's logprobs; the chunks'
     text and logprobs add up to the response's."""
-    whole = echo_logprobs(http, PROMPTS, 5, 2, n=2)["choices"]
-    chunks = stream_choices(http, PROMPTS, 5, 2, n=2)
+    whole = echo_logprobs(http, PROMPTS, 5, 2, n=2, temperature=1.0, seed=5)["choices"]
+    chunks = stream_choices(http, PROMPTS, 5, 2, n=2, temperature=1.0, seed=5)
     for choice in whole:
         mine = [c for c in chunks if c["index"] == choice["index"]]
         assert mine[0]["text"] == PROMPTS[choice["index"] // 2]

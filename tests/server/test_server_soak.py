@@ -20,7 +20,7 @@ from server_harness import MODEL_NAME, engine_config
 CHOICES = ["yes", "no way"]
 MAX_NUM_SEQS = 8
 FEATURES = {"plain": {}, "bad_words": {"bad_words": ["a", "e"]}, "choice": {"guided_choice": CHOICES},
-            "logprobs": {"logprobs": 2}, "n": {"n": 2}, "stop": {"stop": ["o"]},
+            "logprobs": {"logprobs": 2}, "n": {"n": 2, "temperature": 1.0}, "stop": {"stop": ["o"]},
             "penalty": {"repetition_penalty": 1.3, "presence_penalty": 0.5},
             "allowed": {"allowed_token_ids": [ord(c) for c in "xyz"]}, "prompt_logprobs": {"prompt_logprobs": 1}}
 

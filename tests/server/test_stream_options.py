@@ -119,14 +119,14 @@ def test_continuous_usage_on_every_chunk(http, endpoint):
 @pytest.mark.parametrize("endpoint", ENDPOINTS)
 def test_continuous_usage_with_n_2_counts_each_choice(http, endpoint):
     logprobs = {"logprobs": True} if endpoint == "chat" else {"logprobs": 1}
-    chunks = stream_chunks(http, endpoint, stream_options=BOTH, n=2, **logprobs)
+    chunks = stream_chunks(http, endpoint, stream_options=BOTH, n=2, temperature=1.0, **logprobs)
     assert_continuous_usage(chunks, 2 * MAX_TOKENS)
     assert {chunk["choices"][0]["index"] for chunk in chunks[:-1]} == {0, 1}
 
 
 def test_continuous_usage_of_several_prompts_counts_each_choices_prompt(http):
     prompts = ["hi", "a longer prompt of more bytes"]           # the byte tokenizer: one token a byte
-    chunks = stream_chunks(http, "completions", prompt=prompts, n=2, stream_options=BOTH)
+    chunks = stream_chunks(http, "completions", prompt=prompts, n=2, temperature=1.0, stream_options=BOTH)
     for chunk in chunks[:-1]:
         assert chunk["usage"]["prompt_tokens"] == len(prompts[chunk["choices"][0]["index"] // 2])
     assert chunks[-1]["usage"]["prompt_tokens"] == sum(map(len, prompts))
