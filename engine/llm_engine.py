@@ -127,8 +127,10 @@ class LLMEngine:
         those; the prompt text stays whole), allowed_token_ids and logit_bias are checked against the vocabulary and
         bad_words and structured_outputs choices tokenized."""
         check_priority(priority, self.config.scheduling_policy)
-        if request_id in self.outputs.groups:
-            raise ValueError(f"request id {request_id!r} is already in use")
+        child_ids = [request_id] if params.n == 1 else [f"{request_id}#{i}" for i in range(params.n)]
+        if self.outputs.ids_in_use([request_id, *child_ids]):     # a sequence's id is its request's, or "<id>#<i>"
+            raise ValueError(f"request id {request_id!r} is already in use (by a request or one of its n > 1 "
+                             f"sequences, named <id>#<i>)")
         prompt_text, ids = self._tokenize(prompt)
         ids = truncate_prompt(ids, params.truncate_prompt_tokens, self.max_model_len)
         check_allowed_token_ids(params.allowed_token_ids, self.model_config.vocab_size)
@@ -141,8 +143,7 @@ class LLMEngine:
         if self.config.max_queue_len is not None and len(self.scheduler.waiting) >= self.config.max_queue_len:
             raise QueueFullError(f"the waiting queue is full ({self.config.max_queue_len} requests); retry later")
         children = []
-        for i in range(params.n):
-            child_id = request_id if params.n == 1 else f"{request_id}#{i}"
+        for i, child_id in enumerate(child_ids):
             req = Request(child_id, ids, _child_params(params, i), self.eos_token_ids, priority=priority,
                           bad_words_token_ids=bad_words, choice=choice)
             if arrival_time is not None:

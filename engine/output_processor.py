@@ -56,6 +56,10 @@ class OutputProcessor:
         group.awaits_prompt_logprobs = requests[0].prompt_logprobs is not None
         self.groups[request_id] = group
 
+    def ids_in_use(self, ids: list[str]) -> list[str]:
+        """Those of `ids` that a live request or one of its sequences (n > 1: "<id>#<i>") goes by."""
+        return [i for i in ids if i in self.groups or i in self._sequences]
+
     def pop_group(self, request_id: str) -> list[Request]:
         group = self.groups.pop(request_id, None)
         if group is None:

@@ -149,6 +149,21 @@ def test_an_out_of_vocabulary_logit_bias_is_refused_before_queueing(llm):
     assert len(greedy(llm, "a", max_tokens=3).token_ids) == 3
 
 
+def test_an_id_that_a_live_sequence_goes_by_is_refused(llm):
+    """n > 1 sequences are named "<id>#<i>": a request of that name (or one whose sequences would take a
+    live request's name) is refused, instead of sharing that sequence's blocks and outputs."""
+    engine, seeded = llm.engine, SamplingParams(temperature=1.0, seed=3, max_tokens=3, n=2)
+    engine.add_request("x", "first", seeded)
+    engine.add_request("y#1", "second", SamplingParams(max_tokens=3))
+    for request_id, params in (("x#0", SamplingParams(max_tokens=3)), ("x#1", seeded), ("y", seeded), ("x", seeded)):
+        with pytest.raises(ValueError, match=f"request id '{request_id}' is already in use"):
+            engine.add_request(request_id, "clash", params)
+    finished = {}
+    while engine.has_unfinished_requests():
+        finished.update({out.request_id: out for out in engine.step() if out.finished})
+    assert sorted(finished) == ["x", "y#1"] and len(finished["x"].outputs) == 2
+
+
 def test_prompt_plus_max_tokens_over_context(llm):
     with pytest.raises(ValueError, match="max_tokens"):
         llm.generate([list(range(3, 200))], SamplingParams(max_tokens=100), use_tqdm=False)
