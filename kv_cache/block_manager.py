@@ -7,7 +7,12 @@ How the scheduler uses it, per request:
    `request.num_computed_tokens = num_cached`. Nothing may allocate in between (a cached free
    block could be evicted; `allocate_slots` raises ValueError if that happened).
 2. Each later step: `allocate_slots(request, num_new_tokens)` before the step runs.
-3. When the request finishes, is aborted (also while waiting) or is preempted: `free(request)`.
+3. Once a step has run (the scheduler's `update_from_output`, before any request of it is finished):
+   `cache_computed_blocks(request, num_computed)` registers the blocks that step filled in the prefix
+   index. Never earlier: a block registered when the step that writes it is scheduled could be served
+   to a request of that same step (which reads it while it is written), or keep its hash after that
+   step's share is taken back (priority preemption) and serve K/V that were never computed.
+4. When the request finishes, is aborted (also while waiting) or is preempted: `free(request)`.
 
 Prefix-cache stats (`num_prefix_queries` / `num_prefix_hits`, in tokens) count once per successful
 admission, in `allocate_slots` (a failed admission that is retried next step is not counted twice); an
@@ -95,18 +100,15 @@ class BlockManager:
         + num_new_tokens` tokens; False (and nothing changed) if the free blocks do not suffice.
 
         `computed_blocks` (from `get_computed_blocks`, admission only) become the request's first
-        blocks. Afterwards every block fully covered by known tokens is registered in the prefix
-        cache.
+        blocks. Registers nothing in the prefix cache: the new tokens are not computed yet
+        (`cache_computed_blocks` does it once they are).
         """
         check(num_new_tokens >= 0, "num_new_tokens", num_new_tokens, "must be >= 0")
         rid = request.request_id
         held = self._blocks.get(rid)
         if held is not None and not computed_blocks:
-            num_total = request.num_computed_tokens + num_new_tokens
-            if num_total <= len(held) * self.block_size:  # most decode steps: the last block has room
-                if self.enable_prefix_caching:
-                    self._cache_full_blocks(request, min(num_total, request.num_tokens))
-                return True
+            if request.num_computed_tokens + num_new_tokens <= len(held) * self.block_size:
+                return True                              # most decode steps: the last block has room
         if computed_blocks:
             self._check_computed(request, held, computed_blocks)
         num_total = request.num_computed_tokens + len(computed_blocks) * self.block_size + num_new_tokens
@@ -120,9 +122,16 @@ class BlockManager:
         if held is None:
             held = self._admit(request, computed_blocks)
         held.extend(new_block_ids)
-        if self.enable_prefix_caching:
-            self._cache_full_blocks(request, min(num_total, request.num_tokens))
         return True
+
+    def cache_computed_blocks(self, request: Request, num_computed_tokens: int) -> None:
+        """Register in the prefix index the request's blocks that its first `num_computed_tokens` tokens
+        (capped at the tokens known) fill completely; call it once the step computing them has run.
+
+        No-op without prefix caching or for a request that holds no blocks (finished or preempted).
+        """
+        if self.enable_prefix_caching and request.request_id in self._blocks:
+            self._cache_full_blocks(request, min(num_computed_tokens, request.num_tokens))
 
     def free(self, request: Request) -> None:
         """Release all the request's blocks (last block first) and forget it; safe to call twice."""
@@ -163,14 +172,14 @@ class BlockManager:
                              f"allocate_slots right after get_computed_blocks")
 
     def _cache_full_blocks(self, request: Request, num_known_tokens: int) -> None:
-        """Register the request's blocks that `num_known_tokens` tokens fill completely."""
+        """Register the request's blocks that `num_known_tokens` computed tokens fill completely."""
         rid = request.request_id
-        num_full = num_known_tokens // self.block_size
+        held = self._blocks[rid]
+        num_full = min(num_known_tokens // self.block_size, len(held))
         num_done = self._num_registered[rid]
         if num_full <= num_done:
             return
         hashes = extend_block_hashes(self._hashes.setdefault(rid, []), request.all_token_ids, self.block_size)
-        held = self._blocks[rid]
         for i in range(num_done, num_full):
             self.pool.register(held[i], hashes[i])
         self._num_registered[rid] = num_full

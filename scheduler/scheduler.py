@@ -168,7 +168,9 @@ class Scheduler:
         return 0
 
     def update_from_output(self, out: SchedulerOutput, sampled: list[int | None]) -> list[Request]:
-        """Append each scheduled request's sampled token (None: still mid-prompt). Tokens of requests
+        """Take a launched step's results (the engine calls it once per launched step, after the step
+        ran, before it finishes any request): register in the prefix cache the blocks the step filled,
+        then append each scheduled request's sampled token (None: still mid-prompt). Tokens of requests
         finished meanwhile are dropped; a request preempted meanwhile keeps its token (it is recomputed
         with the rest). Returns the requests that got a new token (stop checks are the engine's)."""
         progressed = []
@@ -176,10 +178,21 @@ class Scheduler:
             request = sched.request
             if request.is_finished:
                 continue
+            self._cache_computed(sched)
             if token is not None:
                 request.append_output_token(token)
                 progressed.append(request)
         return progressed
+
+    def _cache_computed(self, sched: ScheduledRequest) -> None:
+        """Register the blocks that the step's tokens of `sched` completed, now that they are computed
+        (a block registered earlier could be read in the very step that writes it, or keep its hash
+        when that step's share is taken back). Only if the request still holds the blocks the step
+        wrote: not preempted meanwhile (freed, perhaps re-admitted into other blocks)."""
+        request = sched.request
+        if (request.status is RequestStatus.RUNNING
+                and sched.block_ids is self.block_manager.get_block_ids(request.request_id)):
+            self.block_manager.cache_computed_blocks(request, sched.num_computed_tokens + sched.num_new_tokens)
 
 
 def _newest(running: list[Request]) -> int:

@@ -1,4 +1,5 @@
-"""BlockManager: allocation across blocks, freeing, prefix hits, failure atomicity, LRU reuse."""
+"""BlockManager: allocation across blocks, freeing, prefix hits, failure atomicity, LRU reuse; blocks
+enter the prefix index once their step has run (cache_computed_blocks), never at allocation."""
 import random
 
 import pytest
@@ -15,19 +16,23 @@ def _req(rid, tokens):
 
 
 def _admit(mgr, req, num_new=None):
-    """What the scheduler does on admission; returns the cached token count or None on failure."""
+    """What the scheduler does on admission, then the step runs (its blocks are registered); returns the
+    cached token count or None on failure."""
     blocks, num_cached = mgr.get_computed_blocks(req)
     num_new = req.num_tokens - num_cached if num_new is None else num_new
     if not mgr.allocate_slots(req, num_new, blocks):
         return None
     req.num_computed_tokens = num_cached + num_new
+    mgr.cache_computed_blocks(req, req.num_computed_tokens)
     return num_cached
 
 
 def _decode(mgr, req, token):
+    """One decode step, scheduled and run."""
     req.append_output_token(token)
     assert mgr.allocate_slots(req, 1)
     req.num_computed_tokens += 1
+    mgr.cache_computed_blocks(req, req.num_computed_tokens)
 
 
 def test_allocate_append_across_block_boundary_and_free_returns_all():
@@ -178,12 +183,51 @@ def test_decode_blocks_get_cached_and_chunked_prefill_registers_progressively():
     assert mgr.pool.num_cached_blocks == 1
     assert mgr.allocate_slots(a, a.num_tokens - a.num_computed_tokens)
     a.num_computed_tokens = a.num_tokens
+    mgr.cache_computed_blocks(a, a.num_computed_tokens)
     assert mgr.pool.num_cached_blocks == 2
     for t in range(BS - 1):
         _decode(mgr, a, 500 + t)
     assert mgr.pool.num_cached_blocks == 3       # the block filled by decoding is cached
     b = _req("b", a.all_token_ids + [1])
     assert mgr.get_computed_blocks(b)[1] == 3 * BS
+
+
+def test_blocks_are_registered_once_computed_not_when_allocated():
+    """allocate_slots only reserves: a block its step will fill is no hit before cache_computed_blocks
+    (the scheduler calls it once that step has run), which registers full blocks of known tokens only."""
+    mgr = BlockManager(16, BS)
+    prompt = list(range(2 * BS + 1))
+    a = _req("a", prompt)
+    blocks, _ = mgr.get_computed_blocks(a)
+    assert mgr.allocate_slots(a, a.num_tokens, blocks)
+    assert mgr.pool.num_cached_blocks == 0
+    assert mgr.get_computed_blocks(_req("b", prompt))[1] == 0
+    mgr.cache_computed_blocks(a, BS + 1)                # a first chunk of BS + 1 tokens ran
+    assert mgr.get_computed_blocks(_req("c", prompt))[1] == BS
+    mgr.cache_computed_blocks(a, 100)                   # capped at the 2 * BS + 1 known tokens
+    assert mgr.pool.num_cached_blocks == 2
+    a.num_computed_tokens = a.num_tokens
+    for token in (5, 6, 7):
+        a.append_output_token(token)
+    assert mgr.allocate_slots(a, 3)                     # the step that fills the third block, scheduled
+    assert mgr.pool.num_cached_blocks == 2
+    mgr.cache_computed_blocks(a, 3 * BS)
+    assert mgr.get_computed_blocks(_req("d", a.all_token_ids + [1]))[1] == 3 * BS
+
+
+def test_cache_computed_blocks_without_prefix_caching_or_blocks_does_nothing():
+    off = BlockManager(8, BS, enable_prefix_caching=False)
+    a = _req("a", range(2 * BS))
+    _admit(off, a)
+    off.cache_computed_blocks(a, 2 * BS)
+    assert off.pool.num_cached_blocks == 0
+    on = BlockManager(8, BS)
+    on.cache_computed_blocks(_req("never-admitted", range(2 * BS)), 2 * BS)
+    b = _req("b", range(2 * BS))
+    _admit(on, b)
+    on.free(b)
+    on.cache_computed_blocks(b, 2 * BS)                 # freed (finished or preempted): nothing to do
+    assert on.pool.num_cached_blocks == 2 and on.num_free_blocks == 8
 
 
 def test_prefix_caching_off_never_hits():

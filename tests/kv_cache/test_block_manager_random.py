@@ -11,10 +11,12 @@ BS = 4
 
 
 def _write(kv, mgr, req, num_new):
-    """Write the tokens computed this step into the simulated cache [block][offset] -> token id."""
+    """Write the tokens computed this step into the simulated cache [block][offset] -> token id, then
+    register the blocks they filled (the step has run)."""
     ids = mgr.get_block_ids(req.request_id)
     for pos in range(req.num_computed_tokens, req.num_computed_tokens + num_new):
         kv[ids[pos // BS]][pos % BS] = req.all_token_ids[pos]
+    mgr.cache_computed_blocks(req, req.num_computed_tokens + num_new)
 
 
 def _check_consistent(mgr, running):
