@@ -132,6 +132,9 @@ class Scheduler:
                 request.num_cached_tokens = num_cached
             request.num_computed_tokens = num_cached
             request.status = RequestStatus.RUNNING
+            if num_new > 1:     # a prefill chunk: the step stores all K/V before any attention (not decode-only),
+                # so requests admitted after it may read its blocks in this step (n > 1 siblings share the prompt)
+                self.block_manager.cache_computed_blocks(request, num_cached + num_new)
             self.running.append(request)
             out.scheduled.append(self._scheduled(request, num_new, is_new=True))
             budget -= num_new

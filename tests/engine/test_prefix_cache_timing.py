@@ -1,7 +1,9 @@
-"""When the prefix cache may serve a block, end to end on the CPU: only once the step that computes its
-last token has run (the scheduler registers it when it takes that step's output). Caching still works
-across requests (a finished request's blocks, its last step's included), no step reads a block that it
-writes, and a step taken back before it ran (priority preemption) leaves nothing to serve."""
+"""When the prefix cache may serve a block, end to end on the CPU: once the step that computes its last
+token has run (the scheduler registers it when it takes that step's output), or at once for a newly
+admitted request's prefill chunk (its step stores all K/V before attending: n > 1 siblings share the
+prompt). Caching still works across requests (a finished request's blocks, its last step's included), no
+decode-only step reads a block that it writes, and a step taken back before it ran (priority preemption)
+leaves nothing to serve."""
 import pytest
 
 from engine import LLM, SamplingParams
@@ -21,17 +23,20 @@ def make(path, prefix_caching, **kw):
 
 
 def watch_steps(engine: LLMEngine) -> list:
-    """Check every launched step: the cache slots a request reads (below its num_computed_tokens) are
-    none that the step itself writes. Returns the list of launched steps' outputs."""
+    """Check every launched decode-only step (whose Triton kernel stores K/V in the launch that reads the
+    cache): the cache slots a request reads (below its num_computed_tokens) are none that the step itself
+    writes. Other steps store all K/V before any attention reads. Returns the launched steps' outputs."""
     launch, launched = engine.runner.launch, []
 
     def checked(out, **kw):
+        launched.append(out)
+        if not out.is_decode_only:
+            return launch(out, **kw)
         written = {(x.block_ids[p // BS], p % BS)
                    for x in out.scheduled for p in range(x.num_computed_tokens, x.seq_len)}
         for x in out.scheduled:
             read = {(x.block_ids[p // BS], p % BS) for p in range(x.num_computed_tokens)}
             assert not read & written, f"{x.request.request_id} reads slots this step writes: {read & written}"
-        launched.append(out)
         return launch(out, **kw)
 
     engine.runner.launch = checked
@@ -107,3 +112,19 @@ def test_a_priority_victim_taken_back_leaves_no_prefix_to_serve(qwen3_checkpoint
     assert finished["k"].num_cached_tokens == 0
     want = make(path, False, **kw).generate([k_prompt], greedy(8), use_tqdm=False)[0].outputs[0].token_ids
     assert finished["k"].outputs[0].token_ids == want
+
+
+def test_n_siblings_share_the_prompt_in_their_first_step(qwen3_checkpoint):
+    """n = 3: the first sequence computes the prompt, the other two read its full blocks in that same
+    step (a prefill step: its K/V are stored before attention), as vLLM's children share it; the tokens
+    equal an engine without prefix caching."""
+    path, hf_model = qwen3_checkpoint
+    prompt = prompts(hf_model.config.vocab_size, (21,), seed=5)[0]
+    params = SamplingParams(temperature=1.0, seed=3, n=3, max_tokens=5, ignore_eos=True)
+    llm, plain = make(path, True), make(path, False)
+    launched = watch_steps(llm.engine)
+    got = llm.generate([prompt], params, use_tqdm=False)[0]
+    first = launched[0].scheduled
+    assert [(x.num_computed_tokens, x.num_new_tokens) for x in first] == [(0, 21), (20, 1), (20, 1)]
+    want = plain.generate([prompt], params, use_tqdm=False)[0]
+    assert [c.token_ids for c in got.outputs] == [c.token_ids for c in want.outputs]
