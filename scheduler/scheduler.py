@@ -177,11 +177,14 @@ class Scheduler:
         finished meanwhile are dropped; a request preempted meanwhile keeps its token (it is recomputed
         with the rest). Returns the requests that got a new token (stop checks are the engine's)."""
         progressed = []
+        block_size = self.block_manager.block_size if self.block_manager.enable_prefix_caching else 0
         for sched, token in zip(out.scheduled, sampled):
             request = sched.request
             if request.is_finished:
                 continue
-            self._cache_computed(sched)
+            # only a step that reached a block's end can have filled one (a decode: once in block_size steps)
+            if block_size and sched.seq_len // block_size > sched.num_computed_tokens // block_size:
+                self._cache_computed(sched)
             if token is not None:
                 request.append_output_token(token)
                 progressed.append(request)
