@@ -9,9 +9,11 @@ How the scheduler uses it, per request:
 2. Each later step: `allocate_slots(request, num_new_tokens)` before the step runs.
 3. Once a step has run (the scheduler's `update_from_output`, before any request of it is finished):
    `cache_computed_blocks(request, num_computed)` registers the blocks that step filled in the prefix
-   index. Never earlier: a block registered when the step that writes it is scheduled could be served
-   to a request of that same step (which reads it while it is written), or keep its hash after that
-   step's share is taken back (priority preemption) and serve K/V that were never computed.
+   index. Not earlier, but for one case: a block registered when the step that writes it is scheduled
+   could be served to a request of that same step (which a decode-only step's kernel reads while it is
+   written), or keep its hash after that step's share is taken back (priority preemption) and serve K/V
+   that were never computed. The case: an admitted request's prefill chunk (the scheduler registers it
+   at once; its step stores all K/V before any attention, and admissions are never taken back).
 4. When the request finishes, is aborted (also while waiting) or is preempted: `free(request)`.
 
 Prefix-cache stats (`num_prefix_queries` / `num_prefix_hits`, in tokens) count once per successful
