@@ -198,7 +198,7 @@ class Scheduler:
         request = sched.request
         if (request.status is RequestStatus.RUNNING
                 and sched.block_ids is self.block_manager.get_block_ids(request.request_id)):
-            self.block_manager.cache_computed_blocks(request, sched.num_computed_tokens + sched.num_new_tokens)
+            self.block_manager.cache_computed_blocks(request, sched.seq_len)
 
 
 def _newest(running: list[Request]) -> int:

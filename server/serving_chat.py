@@ -146,7 +146,7 @@ def _echo_text(req: ChatCompletionRequest, role: str) -> str:
     last = req.messages[-1]
     if not req.echo or last.role != role:
         return ""
-    return _message_dict(last)["content"]
+    return message_text(last.content) or ""        # its parts were checked when the prompt was rendered
 
 
 def _reasoning_parser(serving: Serving, req: ChatCompletionRequest) -> str | None:
