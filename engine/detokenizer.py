@@ -21,12 +21,21 @@ _NUM_CONTEXT_TOKENS = 5
 _REPLACEMENT_CHAR = "\ufffd"
 
 
+def special_token_ids(tokenizer) -> frozenset[int]:
+    """The ids `tokenizer.decode(..., skip_special_tokens=True)` drops: the special tokens' map
+    (all_special_ids) and every added token the tokenizer.json marks special (Llama 3's
+    `<|start_header_id|>` is only there), as vLLM's detokenizer skips them."""
+    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    return frozenset(tokenizer.all_special_ids) | {i for i, tok in added.items() if getattr(tok, "special", False)}
+
+
 class IncrementalDetokenizer:
     """Turns one sequence's output token ids into text, step by step.
 
-    tokenizer: a transformers tokenizer (convert_ids_to_tokens / convert_tokens_to_string / all_special_ids).
+    tokenizer: a transformers tokenizer (convert_ids_to_tokens / convert_tokens_to_string / all_special_ids,
+        added_tokens_decoder).
     prompt_token_ids: its last few tokens are the left context of the first output token.
-    skip_special_tokens: drop special tokens from the text.
+    skip_special_tokens: drop special tokens from the text (those `special_token_ids` names).
     spaces_between_special_tokens: accepted for API parity with vLLM; fast tokenizers (the only ones the
         engine loads) decode special tokens as written, which is what this class does either way.
     """
@@ -36,7 +45,7 @@ class IncrementalDetokenizer:
         self.tokenizer = tokenizer
         self.skip_special_tokens = skip_special_tokens
         self.spaces_between_special_tokens = spaces_between_special_tokens
-        self._skip_ids = frozenset(tokenizer.all_special_ids) if skip_special_tokens else frozenset()
+        self._skip_ids = special_token_ids(tokenizer) if skip_special_tokens else frozenset()
         self._tokens: list[str] = self._to_tokens(list(prompt_token_ids[-_NUM_CONTEXT_TOKENS:]))
         self._prefix, self._read = 0, len(self._tokens)
         self.output_text = ""
