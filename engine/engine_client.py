@@ -62,11 +62,11 @@ class EngineClient:
     # ----- asyncio side -------------------------------------------------------------------------
 
     async def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams,
-                          priority: int = 0) -> AsyncIterator[RequestOutput]:
+                          priority: int = 0) -> "RequestStream":
         """Admit one request; raise ValueError (bad input, a priority other than 0 without priority
         scheduling), QueueFullError or EngineDeadError at once.
 
-        Returns an async iterator of its RequestOutputs; closing or cancelling it aborts the request.
+        Returns its RequestStream; closing it (read or not) or cancelling a read aborts the request.
         """
         self._check_alive()
         loop = asyncio.get_running_loop()
@@ -80,7 +80,7 @@ class EngineClient:
         except BaseException:
             self.abort(request_id)     # also covers a cancel that raced with the admission
             raise
-        return self._iterate(request_id, stream)
+        return RequestStream(self, request_id, stream.queue)
 
     async def generate(self, request_id: str, prompt: str | list[int], params: SamplingParams,
                        priority: int = 0) -> AsyncIterator[RequestOutput]:
@@ -116,21 +116,6 @@ class EngineClient:
     @property
     def error(self) -> BaseException | None:
         return self._error
-
-    async def _iterate(self, request_id: str, stream: _Stream) -> AsyncIterator[RequestOutput]:
-        finished = False
-        try:
-            while True:
-                item = await stream.queue.get()
-                if isinstance(item, BaseException):
-                    raise EngineDeadError(f"engine loop failed: {item!r}") from item
-                yield item
-                if item.finished:
-                    finished = True
-                    return
-        finally:
-            if not finished:
-                self.abort(request_id)
 
     def _check_alive(self) -> None:
         if not self.is_alive():
@@ -175,6 +160,41 @@ class EngineClient:
                 stream.loop.call_soon_threadsafe(stream.queue.put_nowait, exc)
             except RuntimeError:      # that event loop is closed
                 pass
+
+
+class RequestStream:
+    """One request's RequestOutputs as an async iterator, until the finished one. Closing it aborts an
+    unfinished request even if it was never read (an async generator's `aclose` before its first
+    `__anext__` runs no `finally`), and so does a read that is cancelled."""
+
+    def __init__(self, client: EngineClient, request_id: str, outputs: asyncio.Queue) -> None:
+        self._client = client
+        self._request_id = request_id
+        self._outputs = outputs
+        self._done = False
+
+    def __aiter__(self) -> "RequestStream":
+        return self
+
+    async def __anext__(self) -> RequestOutput:
+        if self._done:
+            raise StopAsyncIteration
+        try:
+            item = await self._outputs.get()
+        except BaseException:
+            await self.aclose()
+            raise
+        if isinstance(item, BaseException):
+            self._done = True           # its stream is gone already (_fail_streams)
+            raise EngineDeadError(f"engine loop failed: {item!r}") from item
+        self._done = item.finished
+        return item
+
+    async def aclose(self) -> None:
+        """Abort the request unless it finished; later reads end the iteration."""
+        if not self._done:
+            self._done = True
+            self._client.abort(self._request_id)
 
 
 def _deliver(items: list[tuple[asyncio.Queue, Any]]) -> None:
