@@ -92,6 +92,8 @@ async def create_chat_completion(serving: Serving, req: ChatCompletionRequest, t
     model = serving.check_model(req.model)
     check_fields(req)
     tool_parser = tool_call_parser(serving, req)
+    if tool_parser is not None and tool_parser.keeps_special_tokens:
+        req.skip_special_tokens = False     # as vLLM's adjust_request: the tags may be special tokens
     prompt = chat_prompt_ids(serving, req.messages, req.add_generation_prompt, req.chat_template_kwargs, req.tools,
                              req.continue_final_message)
     prompt, = truncate_prompts([prompt], req.truncate_prompt_tokens, serving.max_model_len)

@@ -65,6 +65,9 @@ class ToolCallStream:
 
 @dataclass(frozen=True)
 class ToolCallParser:
-    """One --tool-call-parser format: the split of a whole answer, and the stream class of one choice."""
+    """One --tool-call-parser format: the split of a whole answer, and the stream class of one choice.
+    keeps_special_tokens: the answers it parses are decoded with skip_special_tokens false (vLLM's
+    hermes: some models' tags are special tokens, which the default would drop from the text)."""
     extract: Callable[[str], ToolCallSplit]
     stream: Callable[[], ToolCallStream]
+    keeps_special_tokens: bool = False

@@ -17,6 +17,9 @@ starts, a tail that may be the start of `<tool_call>` (or whitespace that may tu
 to one) waits, and each block is sent whole as one call when its `</tool_call>` arrives. Its deltas add
 up to `extract_tool_calls` of the whole text, except where a bad block follows a call already sent:
 that call stays sent, and the bad block and all after it flow as content.
+
+As vLLM's, a request whose answer this parser reads is decoded with skip_special_tokens false: some
+models (Hermes 2 Pro on Llama 3) write `<tool_call>` as a special token.
 """
 from __future__ import annotations
 
@@ -79,4 +82,4 @@ class HermesStream(ToolCallStream):
         return _scan(text, final)[0]
 
 
-HERMES = ToolCallParser(extract_tool_calls, HermesStream)
+HERMES = ToolCallParser(extract_tool_calls, HermesStream, keeps_special_tokens=True)

@@ -16,7 +16,7 @@ import pytest
 import engine.serve
 from engine import LLM, SamplingParams
 from engine.chat_template import render_chat
-from server_harness import MODEL_NAME, engine_config, http_client, script_answers
+from server_harness import MODEL_NAME, engine_config, http_client, script_answers, scripted_add_request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOOLS = [{"type": "function", "function": {
@@ -135,6 +135,20 @@ def test_calls_are_parsed_from_the_content_after_the_thinking(http, script):
     assert [c["function"]["name"] for d in deltas for c in d.get("tool_calls") or []] == ["get_weather", "get_time"]
     assert finish[-1] == "tool_calls"
 
+
+@pytest.mark.parametrize("extra, skips", [({}, False), ({"tool_choice": "none"}, True), ({"tools": None}, True)])
+def test_hermes_calls_keep_special_tokens_in_the_text(server, http, monkeypatch, extra, skips):
+    """As vLLM's hermes parser: with tools in play the text keeps special tokens (some models' <tool_call>
+    is one), so the parser sees the tags; without tools, or with tool_choice "none", the default holds."""
+    seen = []
+
+    async def add_request(request_id, prompt_ids, params, priority=0):
+        seen.append(params.skip_special_tokens)
+        return await scripted_add_request(TWO_CALLS)(request_id, prompt_ids, params, priority)
+
+    monkeypatch.setattr(server.async_engine, "add_request", add_request)
+    assert chat(http, **extra).status_code == 200
+    assert seen == [skips]
 
 def test_required_named_and_tool_less_tool_choice_are_400(http):
     named = {"type": "function", "function": {"name": "get_weather"}}
