@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 class CompletionOutput:
     """One generated sequence. `text` and `token_ids` are cumulative; the `*_delta` fields hold only
     what this step added (for streaming). logprobs: per generated token, {token_id: logprob} of the
-    sampled token and the top alternatives asked for."""
+    sampled token and the top alternatives asked for; cumulative_logprob their sampled tokens' sum."""
 
     index: int
     text: str
@@ -22,6 +22,13 @@ class CompletionOutput:
     @property
     def finished(self) -> bool:
         return self.finish_reason is not None
+
+    @property
+    def cumulative_logprob(self) -> float | None:
+        """vLLM's: the sum of the sampled tokens' logprobs; None where logprobs were not asked for."""
+        if self.logprobs is None:
+            return None
+        return sum(lp.get(token, float("-inf")) for token, lp in zip(self.token_ids, self.logprobs))
 
 
 @dataclass

@@ -127,6 +127,9 @@ def test_n_and_logprobs(llm):
         assert len(c.logprobs) == len(c.token_ids) == 6
         for token, lp in zip(c.token_ids, c.logprobs):
             assert token in lp and 2 <= len(lp) <= 3 and all(v <= 0 for v in lp.values())
+        # vLLM's cumulative_logprob: the sampled tokens' logprobs summed; None without logprobs
+        assert c.cumulative_logprob == pytest.approx(sum(lp[t] for t, lp in zip(c.token_ids, c.logprobs)))
+    assert greedy(llm, "fan out", max_tokens=2).cumulative_logprob is None
 
 
 @pytest.mark.parametrize("prompt, match", [("", "prompt"), ([], "prompt"), ([10**7], "token ids"),
