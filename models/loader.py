@@ -25,6 +25,8 @@ PRESET_PREFIX = "preset:"
 CONFIG_FILES = ["config.json", "generation_config.json"]
 TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json"]
+# A tokenizer folder holds at least one of these (the others only configure one of them).
+TOKENIZER_VOCAB_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
 WEIGHT_FILES = ["*.safetensors", "model.safetensors.index.json"]
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 DUMMY_SEED = 0
@@ -81,12 +83,22 @@ def _download(repo_id: str, revision: str | None, load_format: str) -> str:
 
 def load_tokenizer(resolved: ResolvedModel, tokenizer: str | None = None, trust_remote_code: bool = False):
     """The tokenizer: `tokenizer` if given (a folder or hub id), the built-in byte tokenizer for
-    presets, else the checkpoint's own (AutoTokenizer)."""
+    presets, else the checkpoint's own (AutoTokenizer). A folder without a vocabulary file is a
+    ValueError: transformers would build an empty tokenizer from it (every text encoded to no tokens)."""
     if tokenizer is not None:
+        _check_tokenizer_folder(tokenizer, "tokenizer folder")
         return AutoTokenizer.from_pretrained(tokenizer, trust_remote_code=trust_remote_code)
     if resolved.is_preset or resolved.path is None:
         return byte_tokenizer()
+    _check_tokenizer_folder(resolved.path, "model folder")
     return AutoTokenizer.from_pretrained(resolved.path, trust_remote_code=trust_remote_code)
+
+
+def _check_tokenizer_folder(path: str, what: str) -> None:
+    """ValueError when `path` is a folder with none of TOKENIZER_VOCAB_FILES (a hub id passes)."""
+    if os.path.isdir(path) and not any(os.path.isfile(os.path.join(path, n)) for n in TOKENIZER_VOCAB_FILES):
+        raise ValueError(f"{what} {path!r} has no tokenizer (none of {', '.join(TOKENIZER_VOCAB_FILES)}); pass "
+                         f"tokenizer= (--tokenizer on the server) naming a folder or hub id with the model's tokenizer")
 
 
 @contextmanager
