@@ -49,26 +49,46 @@ def resolve_model(model: str, revision: str | None = None, load_format: str = "a
     transformers' AutoConfig (a config class shipped with the checkpoint; the architecture must still be
     one of models.registry's).
 
-    For a hub id only config, tokenizer and safetensors files are fetched (only config and
-    tokenizer with load_format="dummy"). Raises ValueError with what to pass instead on failure.
+    The config is checked (`check_supported`) before anything else is read: for a hub id its config
+    files are fetched first, then, if the engine can run it, tokenizer and safetensors files of the
+    same commit (tokenizer only with load_format="dummy"). Raises ValueError with what to pass
+    instead on failure.
     """
+    is_hub = not model.startswith(PRESET_PREFIX) and not os.path.isdir(model)
     if model.startswith(PRESET_PREFIX):
         config, path = get_preset(model[len(PRESET_PREFIX):]), None
-    elif os.path.isdir(model):
+    elif not is_hub:
         if not os.path.isfile(os.path.join(model, "config.json")):
             raise ValueError(f"model folder {model!r} has no config.json")
         path = os.path.abspath(model)
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     else:
-        path = _download(model, revision, load_format)
+        path = _download(model, revision, CONFIG_FILES)
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-    return ResolvedModel(apply_hf_overrides(config, hf_overrides), path, path is None)
+    config = apply_hf_overrides(config, hf_overrides)
+    check_supported(config)
+    if is_hub:      # the snapshot folder is named by its commit: the rest comes from the same one
+        rest = TOKENIZER_FILES + ([] if load_format == "dummy" else WEIGHT_FILES)
+        path = _download(model, os.path.basename(path), rest)
+    return ResolvedModel(config, path, path is None)
 
 
-def _download(repo_id: str, revision: str | None, load_format: str) -> str:
+def check_supported(hf_config: PretrainedConfig) -> None:
+    """ValueError unless the engine runs this config: an architecture of models.registry whose own
+    checks pass (e.g. no sliding-window attention), with unquantized weights."""
+    model_cls = get_model_class(getattr(hf_config, "architectures", None))
+    quant = getattr(hf_config, "quantization_config", None)
+    if quant:
+        method = quant.get("quant_method") if isinstance(quant, dict) else getattr(quant, "quant_method", None)
+        raise ValueError(f"quantized checkpoints are not supported (config.json has a quantization_config, "
+                         f"quant_method {method!r}); use the model's unquantized (bfloat16 / float16) checkpoint")
+    model_cls.spec_for(hf_config)
+
+
+def _download(repo_id: str, revision: str | None, patterns: list[str]) -> str:
+    """The local snapshot folder of `repo_id` at `revision` with the files matching `patterns`."""
     from huggingface_hub import snapshot_download
 
-    patterns = CONFIG_FILES + TOKENIZER_FILES + ([] if load_format == "dummy" else WEIGHT_FILES)
     try:
         path = snapshot_download(repo_id=repo_id, revision=revision, allow_patterns=patterns)
     except Exception as exc:  # offline, unknown repo, gated, bad id: all answered the same way

@@ -22,6 +22,10 @@ def supported_architectures() -> list[str]:
 def get_model_class(architectures: str | list[str] | tuple[str, ...] | None) -> type[nn.Module]:
     """The class for the first supported name; ValueError listing the supported ones otherwise."""
     names = [architectures] if isinstance(architectures, str) else list(architectures or [])
+    if not names:
+        raise ValueError(f"config.json names no architecture ('architectures' is missing or empty); set it with "
+                         f"hf_overrides, e.g. {{'architectures': ['Qwen3ForCausalLM']}}; supported: "
+                         f"{', '.join(supported_architectures())}")
     for name in names:
         if name in MODEL_REGISTRY:
             return MODEL_REGISTRY[name]

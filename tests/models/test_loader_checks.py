@@ -3,11 +3,19 @@ without a tokenizer, architectures and checkpoints the engine cannot run (checke
 checkpoint's weights are downloaded)."""
 from __future__ import annotations
 
-import pytest
+import fnmatch
+import shutil
 
-from models.loader import load_tokenizer, resolve_model
+import huggingface_hub
+import pytest
+import transformers
+
+from models.loader import CONFIG_FILES, TOKENIZER_FILES, WEIGHT_FILES, load_tokenizer, resolve_model
 from models.presets import tiny_qwen3
 from models.tokenizer import byte_tokenizer
+
+TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, vocab_size=512, max_position_embeddings=2048)
 
 
 def test_model_folder_without_tokenizer_files_is_an_error(tmp_path):
@@ -28,3 +36,68 @@ def test_given_tokenizer_folder_without_files_is_an_error(tmp_path):
     empty.mkdir()
     with pytest.raises(ValueError, match="tokenizer folder .*empty.* has no tokenizer"):
         load_tokenizer(resolve_model(str(tmp_path)), str(empty))
+
+
+def save_config(folder, config) -> str:
+    config.save_pretrained(folder)
+    byte_tokenizer().save_pretrained(folder)
+    return str(folder)
+
+
+def test_unsupported_architecture_is_refused_by_name(tmp_path):
+    """Phi-3's config used to fail on its rope type ('longrope'), not on its architecture."""
+    phi3 = transformers.Phi3Config(architectures=["Phi3ForCausalLM"], **TINY, rope_parameters={
+        "rope_type": "longrope", "rope_theta": 1e4, "short_factor": [1.0] * 8, "long_factor": [1.0] * 8,
+        "original_max_position_embeddings": 512})
+    with pytest.raises(ValueError, match=r"architectures \['Phi3ForCausalLM'\] are not supported; supported: "
+                                         r"LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM"):
+        resolve_model(save_config(tmp_path, phi3))
+    config = tiny_qwen3()
+    config.architectures = []
+    with pytest.raises(ValueError, match="names no architecture .*hf_overrides"):
+        resolve_model(save_config(tmp_path, config))
+    resolved = resolve_model(str(tmp_path), hf_overrides={"architectures": ["Qwen3ForCausalLM"]})
+    assert resolved.hf_config.architectures == ["Qwen3ForCausalLM"]
+
+
+def test_quantized_checkpoint_is_refused(tmp_path):
+    """An FP8 / AWQ / GPTQ checkpoint used to fail on its first scale tensor ('unknown weight ...')."""
+    config = tiny_qwen3()
+    config.quantization_config = {"quant_method": "fp8", "fmt": "e4m3", "weight_block_size": [128, 128]}
+    with pytest.raises(ValueError, match="quantized checkpoints are not supported .*'fp8'.*unquantized"):
+        resolve_model(save_config(tmp_path, config))
+
+
+class FakeHub:
+    """huggingface_hub.snapshot_download over a folder holding one model at commit COMMIT."""
+
+    COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+    def __init__(self, source) -> None:
+        self.source, self.calls = source, []
+
+    def __call__(self, repo_id, revision=None, allow_patterns=None):
+        self.calls.append((revision, list(allow_patterns)))
+        snapshot = self.source.parent / "snapshots" / self.COMMIT
+        snapshot.mkdir(parents=True, exist_ok=True)
+        for file in self.source.iterdir():
+            if any(fnmatch.fnmatch(file.name, p) for p in allow_patterns):
+                shutil.copy(file, snapshot / file.name)
+        return str(snapshot)
+
+
+def test_hub_config_is_checked_before_the_weights_are_downloaded(tmp_path, monkeypatch):
+    source = tmp_path / "repo"
+    gemma = transformers.GemmaConfig(architectures=["GemmaForCausalLM"], head_dim=16, **TINY)
+    save_config(source, gemma)
+    hub = FakeHub(source)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", hub)
+    with pytest.raises(ValueError, match=r"\['GemmaForCausalLM'\] are not supported"):
+        resolve_model("someone/gemma-like")
+    assert hub.calls == [(None, CONFIG_FILES)]                # nothing but config files fetched
+    save_config(source, tiny_qwen3())
+    hub.calls.clear()
+    resolved = resolve_model("someone/qwen3-like", revision="main")
+    assert resolved.path.endswith(FakeHub.COMMIT) and not resolved.is_preset
+    assert hub.calls == [("main", CONFIG_FILES), (FakeHub.COMMIT, TOKENIZER_FILES + WEIGHT_FILES)]
+    assert load_tokenizer(resolved)("a").input_ids == [ord("a")]
