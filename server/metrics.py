@@ -68,20 +68,26 @@ class ServerMetrics:
 
 
 class RequestTimer:
-    """Observes one request's latencies: call on_tokens() whenever new tokens arrive, finish() at the end."""
+    """Observes the latencies of one HTTP request's engine requests (a completions request's prompts; one
+    for chat), each as vLLM times a request: call on_tokens(stream) whenever new tokens of that engine
+    request arrive, finish() once at the end (one end-to-end latency per engine request that produced
+    tokens, at least one, to its last tokens)."""
 
     def __init__(self, metrics: ServerMetrics) -> None:
         self.metrics = metrics
         self.arrival = time.monotonic()
-        self.last_token: float | None = None
+        self.last_token: dict[int, float] = {}      # engine request (stream index) -> its last tokens' time
 
-    def on_tokens(self) -> None:
+    def on_tokens(self, stream: int = 0) -> None:
         now = time.monotonic()
-        if self.last_token is None:
+        last = self.last_token.get(stream)
+        if last is None:
             self.metrics.ttft.observe(now - self.arrival)
         else:
-            self.metrics.itl.observe(now - self.last_token)
-        self.last_token = now
+            self.metrics.itl.observe(now - last)
+        self.last_token[stream] = now
 
     def finish(self) -> None:
-        self.metrics.e2e.observe(time.monotonic() - self.arrival)
+        """Each engine request's end-to-end latency: arrival to its last tokens (now where none came)."""
+        for end in self.last_token.values() or [time.monotonic()]:
+            self.metrics.e2e.observe(end - self.arrival)

@@ -119,7 +119,7 @@ async def create_completion(serving: Serving, req: CompletionRequest, timer_fact
 async def _collect(serving, head, streams, choices: _Choices, prompts, timer) -> CompletionResponse:
     async for prompt_idx, out in merge(streams):
         if any(c.token_ids_delta for c in out.outputs):
-            timer.on_tokens()
+            timer.on_tokens(prompt_idx)
         choices.requests[prompt_idx] = out
         for comp in out.outputs:
             choices.latest[choices.index(prompt_idx, comp)] = comp
@@ -162,7 +162,7 @@ async def _stream(serving, head, streams, choices: _Choices, prompts, usage_flag
     done: set[int] = set()      # choices whose finish went out (a group's later outputs still carry them)
     async for prompt_idx, out in merge(streams):
         if any(c.token_ids_delta for c in out.outputs):
-            timer.on_tokens()
+            timer.on_tokens(prompt_idx)
         for comp in out.outputs:
             index = choices.index(prompt_idx, comp)
             if index in done:

@@ -1,0 +1,41 @@
+"""The latency histograms' values: observed once per engine request (each prompt of a completions request is
+one, as in vLLM), inter-token latencies within one request's stream only."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from server_harness import MODEL_NAME
+
+HISTOGRAMS = ("time_to_first_token_seconds", "inter_token_latency_seconds", "e2e_request_latency_seconds")
+
+
+def _counts(http) -> dict[str, float]:
+    text = http.get("/metrics").text
+    counts = {}
+    for name in HISTOGRAMS:
+        match = re.search(rf'^engine_{name}_count{{model_name="{MODEL_NAME}"}} (\S+)$', text, re.MULTILINE)
+        counts[name] = float(match.group(1))
+    return counts
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_each_prompt_is_timed_as_its_own_request(http, stream):
+    before = _counts(http)
+    body = {"prompt": ["one", "two two", "three three three"], "max_tokens": 5, "ignore_eos": True,
+            "stream": stream}
+    assert http.post("/v1/completions", json=body).status_code == 200
+    after = _counts(http)
+    observed = {name: after[name] - before[name] for name in HISTOGRAMS}
+    assert observed == {"time_to_first_token_seconds": 3, "inter_token_latency_seconds": 3 * 4,
+                        "e2e_request_latency_seconds": 3}
+
+
+def test_a_chat_request_is_timed_once(http):
+    before = _counts(http)
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "ignore_eos": True}
+    assert http.post("/v1/chat/completions", json=body).status_code == 200
+    after = _counts(http)
+    assert {name: after[name] - before[name] for name in HISTOGRAMS} == {
+        "time_to_first_token_seconds": 1, "inter_token_latency_seconds": 3, "e2e_request_latency_seconds": 1}
