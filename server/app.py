@@ -103,7 +103,8 @@ async def _respond(request: Request, work) -> Response:
 def _add_routes(app: FastAPI, serving: Serving, metrics: ServerMetrics) -> None:
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request) -> Response:
-        return await _respond(request, create_completion(serving, body, metrics.timer))
+        return await _respond(request, create_completion(serving, body, metrics.timer,
+                                                         request.headers.get("X-Request-Id")))
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:

@@ -93,8 +93,10 @@ class _Choices:
         return {self.serving.decode_token(t): finite_logprob(lp) for t, lp in sorted(items, key=lambda kv: -kv[1])}
 
 
-async def create_completion(serving: Serving, req: CompletionRequest, timer_factory) -> object:
-    """Validate, admit and return either a CompletionResponse or an async iterator of SSE strings."""
+async def create_completion(serving: Serving, req: CompletionRequest, timer_factory,
+                            request_id: str | None = None) -> object:
+    """Validate, admit and return either a CompletionResponse or an async iterator of SSE strings; the
+    response's id is `cmpl-<request_id>` (vLLM's X-Request-Id header) or `cmpl-<a random hex>`."""
     timer = timer_factory()     # latencies count from arrival
     model = serving.check_model(req.model)
     check_fields(req)
@@ -109,7 +111,7 @@ async def create_completion(serving: Serving, req: CompletionRequest, timer_fact
     prompt_texts = [serving.tokenizer.decode(ids) for ids in prompts] if req.echo else [""] * len(prompts)
     choices = _Choices(serving, req.n, prompt_texts, req.echo, req.logprobs, echo_only)
     streams = await serving.start("cmpl", prompts, params, req.priority)
-    head = ResponseHead(f"cmpl-{uuid.uuid4().hex}", model)
+    head = ResponseHead(f"cmpl-{request_id or uuid.uuid4().hex}", model)
     if req.stream:
         usage_flags = stream_usage(req.stream_options)
         return sse_stream(_stream(serving, head, streams, choices, prompts, usage_flags, timer))
