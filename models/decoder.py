@@ -30,6 +30,27 @@ class DecoderSpec:
     mlp_bias: bool = False
 
 
+def check_full_attention(hf_config) -> None:
+    """ValueError where some layer attends through a sliding window shorter than max_position_embeddings
+    (transformers' `layer_types`, as Qwen2 / Qwen3 configs with use_sliding_window set them; without
+    them a `sliding_window` applies to every layer, as Mistral's): every layer here sees the whole context."""
+    window = getattr(hf_config, "sliding_window", None)
+    layer_types = getattr(hf_config, "layer_types", None)
+    if layer_types is not None:
+        sliding = [i for i, kind in enumerate(layer_types) if kind != "full_attention"]
+    elif window and getattr(hf_config, "use_sliding_window", True):
+        sliding = list(range(hf_config.num_hidden_layers))
+    else:
+        sliding = []
+    max_position = getattr(hf_config, "max_position_embeddings", None)
+    if sliding and not (window and max_position and window >= max_position):
+        shown = ", ".join(map(str, sliding[:8])) + (" ..." if len(sliding) > 8 else "")
+        raise ValueError(f"layers {shown} use sliding-window attention (sliding_window {window}, layer_types "
+                         f"{sorted(set(layer_types or ['sliding_attention']))}), which this engine does not "
+                         f"support; use a checkpoint whose every layer has full attention (use_sliding_window "
+                         f"false, or sliding_window null or at least max_position_embeddings)")
+
+
 def head_size_of(hf_config) -> int:
     return getattr(hf_config, "head_dim", None) or hf_config.hidden_size // hf_config.num_attention_heads
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from models.causal_lm import DecoderForCausalLM
-from models.decoder import DecoderSpec
+from models.decoder import DecoderSpec, check_full_attention
 
 
 class Qwen2ForCausalLM(DecoderForCausalLM):
@@ -10,6 +10,5 @@ class Qwen2ForCausalLM(DecoderForCausalLM):
 
     @classmethod
     def spec_for(cls, hf_config) -> DecoderSpec:
-        if getattr(hf_config, "use_sliding_window", False):
-            raise ValueError("use_sliding_window must be false: sliding-window attention is not supported")
+        check_full_attention(hf_config)
         return DecoderSpec(qkv_bias=True)

@@ -101,3 +101,28 @@ def test_hub_config_is_checked_before_the_weights_are_downloaded(tmp_path, monke
     assert resolved.path.endswith(FakeHub.COMMIT) and not resolved.is_preset
     assert hub.calls == [("main", CONFIG_FILES), (FakeHub.COMMIT, TOKENIZER_FILES + WEIGHT_FILES)]
     assert load_tokenizer(resolved)("a").input_ids == [ord("a")]
+
+
+@pytest.mark.parametrize("arch", ["Qwen3", "Qwen2"])
+def test_sliding_window_layers_are_refused(tmp_path, arch):
+    """Qwen3 with use_sliding_window used to load and attend to the whole context where transformers
+    slides; layers below max_window_layers are full attention, so all-full configs load (Qwen2 refused them)."""
+    config_cls = getattr(transformers, f"{arch}Config")
+    sliding = config_cls(architectures=[f"{arch}ForCausalLM"], use_sliding_window=True, sliding_window=4,
+                         max_window_layers=1, **TINY)
+    with pytest.raises(ValueError, match=r"layers 1 use sliding-window attention \(sliding_window 4, "
+                                         r"layer_types \['full_attention', 'sliding_attention'\]\)"):
+        resolve_model(save_config(tmp_path, sliding))
+    full = config_cls(architectures=[f"{arch}ForCausalLM"], use_sliding_window=True, sliding_window=4,
+                      max_window_layers=2, **TINY)
+    assert resolve_model(save_config(tmp_path, full)).hf_config.layer_types == ["full_attention"] * 2
+
+
+def test_mistral_window_shorter_than_the_context_is_refused(tmp_path):
+    def mistral(window):
+        return transformers.MistralConfig(architectures=["MistralForCausalLM"], sliding_window=window, **TINY)
+
+    with pytest.raises(ValueError, match=r"layers 0, 1 use sliding-window attention \(sliding_window 1024"):
+        resolve_model(save_config(tmp_path, mistral(1024)))
+    for window in (None, 2048):
+        resolve_model(save_config(tmp_path, mistral(window)))
