@@ -1,14 +1,17 @@
 """What happens to engine requests when their HTTP request ends early: a refused prompt beside admitted ones,
-a stream closed before it was read."""
+a stream closed before it was read, a client gone before its stream's body started."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import pytest
 
 from engine.async_engine import AsyncEngine
 from engine.sampling_params import SamplingParams
+from server.app import create_app
+from server.options import ServerOptions
 from server_harness import engine_config, idle_stats
 
 LONG = SamplingParams(max_tokens=120, temperature=0, ignore_eos=True)
@@ -43,3 +46,39 @@ def test_a_refused_prompt_aborts_the_request_s_other_prompts(server, http, slow_
     assert stats.num_running == 0 and stats.num_waiting == 0
     assert stats.num_free_blocks == stats.num_total_blocks
     assert not server.async_engine._streams
+
+
+@pytest.mark.parametrize("route, body", [
+    ("/v1/completions", {"prompt": [1, 2, 3]}),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]})])
+def test_a_client_gone_before_its_stream_starts_aborts_it(async_engine, route, body):
+    """The client's disconnect reaches the app only once admission is over and the response starts: the
+    stream's body never runs, and its engine request must be aborted all the same."""
+    app = create_app(async_engine, "m", options=ServerOptions(disable_log_stats=True))
+    payload = json.dumps({**body, "max_tokens": 100, "ignore_eos": True, "stream": True}).encode()
+    calls = []
+
+    async def receive():
+        calls.append(None)
+        if len(calls) == 1:
+            return {"type": "http.request", "body": payload, "more_body": False}
+        if len(calls) == 2:                 # the admission's disconnect watch: nothing until it is cancelled
+            await asyncio.Event().wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        pass
+
+    scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
+             "method": "POST", "scheme": "http", "path": route, "raw_path": route.encode(), "root_path": "",
+             "query_string": b"", "headers": [(b"content-type", b"application/json")],
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+
+    async def run():
+        await app(scope, receive, send)
+        return await idle_stats(async_engine, pause=0.01, tries=50)
+
+    stats = asyncio.run(run())
+    assert len(calls) == 3
+    assert stats.num_running == 0 and stats.num_waiting == 0
+    assert not async_engine._streams
