@@ -27,8 +27,8 @@ TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json"]
 # A tokenizer folder holds at least one of these (the others only configure one of them).
 TOKENIZER_VOCAB_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
-WEIGHT_FILES = ["*.safetensors", "model.safetensors.index.json"]
 SAFETENSORS_INDEX = "model.safetensors.index.json"
+ALL_SAFETENSORS = ["*.safetensors"]     # a hub checkpoint without an index
 DUMMY_SEED = 0
 DUMMY_RANGE = 1e-3
 
@@ -50,9 +50,11 @@ def resolve_model(model: str, revision: str | None = None, load_format: str = "a
     one of models.registry's).
 
     The config is checked (`check_supported`) before anything else is read: for a hub id its config
-    files are fetched first, then, if the engine can run it, tokenizer and safetensors files of the
-    same commit (tokenizer only with load_format="dummy"). Raises ValueError with what to pass
-    instead on failure.
+    files are fetched first, then, if the engine can run it, tokenizer files and the safetensors index
+    of the same commit, then the safetensors files the index names (all of them without one; no weights
+    with load_format="dummy"): a repository that also holds another copy of the weights, as Mistral's
+    `consolidated.safetensors`, is not downloaded twice. Raises ValueError with what to pass instead
+    on failure.
     """
     is_hub = not model.startswith(PRESET_PREFIX) and not os.path.isdir(model)
     if model.startswith(PRESET_PREFIX):
@@ -68,8 +70,10 @@ def resolve_model(model: str, revision: str | None = None, load_format: str = "a
     config = apply_hf_overrides(config, hf_overrides)
     check_supported(config)
     if is_hub:      # the snapshot folder is named by its commit: the rest comes from the same one
-        rest = TOKENIZER_FILES + ([] if load_format == "dummy" else WEIGHT_FILES)
-        path = _download(model, os.path.basename(path), rest)
+        commit, weights = os.path.basename(path), load_format != "dummy"
+        path = _download(model, commit, TOKENIZER_FILES + ([SAFETENSORS_INDEX] if weights else []))
+        if weights:
+            _download(model, commit, _indexed_files(path) or ALL_SAFETENSORS)
     return ResolvedModel(config, path, path is None)
 
 
@@ -175,14 +179,18 @@ def init_dummy_weights(model: nn.Module, seed: int) -> None:
             param.add_(1.0)
 
 
+def _indexed_files(path: str) -> list[str]:
+    """The file names model.safetensors.index.json in `path` maps tensors to, sorted; [] without one."""
+    index = os.path.join(path, SAFETENSORS_INDEX)
+    if not os.path.isfile(index):
+        return []
+    with open(index) as f:
+        return sorted(set(json.load(f)["weight_map"].values()))
+
+
 def safetensors_files(path: str) -> list[str]:
     """The checkpoint's safetensors files: from model.safetensors.index.json if present, else all."""
-    index = os.path.join(path, SAFETENSORS_INDEX)
-    if os.path.isfile(index):
-        with open(index) as f:
-            names = sorted(set(json.load(f)["weight_map"].values()))
-    else:
-        names = sorted(n for n in os.listdir(path) if n.endswith(".safetensors"))
+    names = _indexed_files(path) or sorted(n for n in os.listdir(path) if n.endswith(".safetensors"))
     if not names:
         raise ValueError(f"no .safetensors files in {path!r}; use load_format='dummy' to run without weights")
     return [os.path.join(path, n) for n in names]

@@ -4,15 +4,20 @@ checkpoint's weights are downloaded)."""
 from __future__ import annotations
 
 import fnmatch
+import json
+import os
 import shutil
 
 import huggingface_hub
 import pytest
+import torch
 import transformers
 
-from models.loader import CONFIG_FILES, TOKENIZER_FILES, WEIGHT_FILES, load_tokenizer, resolve_model
+from models.loader import (CONFIG_FILES, SAFETENSORS_INDEX, TOKENIZER_FILES, build_model, load_tokenizer,
+                           resolve_model)
 from models.presets import tiny_qwen3
 from models.tokenizer import byte_tokenizer
+from tests.models.helpers import make_checkpoint
 
 TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, vocab_size=512, max_position_embeddings=2048)
@@ -99,8 +104,27 @@ def test_hub_config_is_checked_before_the_weights_are_downloaded(tmp_path, monke
     hub.calls.clear()
     resolved = resolve_model("someone/qwen3-like", revision="main")
     assert resolved.path.endswith(FakeHub.COMMIT) and not resolved.is_preset
-    assert hub.calls == [("main", CONFIG_FILES), (FakeHub.COMMIT, TOKENIZER_FILES + WEIGHT_FILES)]
+    assert hub.calls[0] == ("main", CONFIG_FILES)
+    assert all(revision == FakeHub.COMMIT for revision, _ in hub.calls[1:])    # the rest: the same commit
     assert load_tokenizer(resolved)("a").input_ids == [ord("a")]
+
+
+def test_hub_weights_are_the_files_the_index_names(tmp_path, monkeypatch):
+    """Mistral's repositories also hold consolidated.safetensors, another copy of every weight."""
+    source = tmp_path / "repo"
+    hf_model = make_checkpoint("tiny-llama", source, max_shard_size="40KB")
+    (source / "consolidated.safetensors").write_bytes(b"not fetched")
+    hub = FakeHub(source)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", hub)
+    resolved = resolve_model("someone/llama-like")
+    shards = sorted(json.loads((source / SAFETENSORS_INDEX).read_text())["weight_map"].values())
+    assert len(set(shards)) > 1 and hub.calls[-1] == (FakeHub.COMMIT, sorted(set(shards)))
+    assert not os.path.exists(os.path.join(resolved.path, "consolidated.safetensors"))
+    model = build_model(resolved.hf_config, resolved.path, "auto", torch.float32, torch.device("cpu"))
+    torch.testing.assert_close(model.lm_head.weight, hf_model.lm_head.weight, rtol=0, atol=0)
+    hub.calls.clear()
+    resolve_model("someone/llama-like", load_format="dummy")
+    assert not any(p.endswith(".safetensors") for _, patterns in hub.calls for p in patterns)
 
 
 @pytest.mark.parametrize("arch", ["Qwen3", "Qwen2"])
