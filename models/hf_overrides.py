@@ -38,7 +38,11 @@ def apply_hf_overrides(hf_config, overrides: HfOverrides | None):
     if overrides is None:
         return hf_config
     if callable(overrides):
-        return overrides(hf_config)
+        changed = overrides(hf_config)
+        if changed is None:
+            raise ValueError("the hf_overrides function returned None; it must return the config it was given "
+                             "(changed), e.g. `def f(config): config.max_position_embeddings = 65536; return config`")
+        return changed
     for key, value in overrides.items():
         if key in _ROPE_FIELDS:
             _set_rope(hf_config, value)

@@ -150,3 +150,13 @@ def test_mistral_window_shorter_than_the_context_is_refused(tmp_path):
         resolve_model(save_config(tmp_path, mistral(1024)))
     for window in (None, 2048):
         resolve_model(save_config(tmp_path, mistral(window)))
+
+
+def test_hf_overrides_function_must_return_the_config(tmp_path):
+    """One that changes the config in place and returns nothing used to read as 'names no architecture'."""
+    folder = save_config(tmp_path, tiny_qwen3())
+    with pytest.raises(ValueError, match="hf_overrides function returned None; it must return the config"):
+        resolve_model(folder, hf_overrides=lambda config: setattr(config, "max_position_embeddings", 4096))
+    resolved = resolve_model(folder, hf_overrides=lambda config: setattr(config, "max_position_embeddings", 4096)
+                             or config)
+    assert resolved.hf_config.max_position_embeddings == 4096
