@@ -9,6 +9,11 @@ parser the chat endpoint returns the reasoning in `reasoning_content` and the re
 - `deepseek_r1`: the template opens the think block in the prompt, so the output starts in reasoning
   (a `<think>` at its very start is dropped) until `</think>`.
 
+The prompt's end can settle where the answer starts (vLLM's prompt_is_reasoning_end), whatever the
+parser: a prompt ending in a closed think block (Qwen3's `enable_thinking=False` writes an empty one)
+makes the answer all content; one ending in `<think>` (the template opened the block: Qwen3-Thinking-2507,
+DeepSeek-R1) makes it start in reasoning, as `deepseek_r1` reads it.
+
 Streaming splits the cumulative text the same way at every step; a tail that could still become a
 tag (`</thi`) is held back until the next text says what it is, so nothing sent is ever taken back.
 """
@@ -18,6 +23,7 @@ from dataclasses import dataclass
 
 THINK_START, THINK_END = "<think>", "</think>"
 REASONING_PARSERS = ("qwen3", "deepseek_r1")
+PROMPT_OPEN, PROMPT_CLOSED = "open", "closed"       # what the prompt's end did to the think block
 
 
 @dataclass(frozen=True)
@@ -34,18 +40,30 @@ def partial_tag_len(text: str, tag: str) -> int:
     return 0
 
 
-def split_reasoning(parser: str, text: str, final: bool = True) -> ReasoningSplit:
+def prompt_think_state(prompt_tail: str) -> str | None:
+    """PROMPT_CLOSED where the prompt's text ends with `</think>` (and whitespace), PROMPT_OPEN where it
+    ends with `<think>`, else None. Only the end counts: tags in earlier turns say nothing."""
+    tail = prompt_tail.rstrip()
+    if tail.endswith(THINK_END):
+        return PROMPT_CLOSED
+    return PROMPT_OPEN if tail.endswith(THINK_START) else None
+
+
+def split_reasoning(parser: str, text: str, final: bool = True, prompt_state: str | None = None) -> ReasoningSplit:
     """Split `text` (an output's whole text so far) into reasoning and content. With final=False a
-    tail that may be the start of a tag is left out of both (streaming)."""
+    tail that may be the start of a tag is left out of both (streaming). prompt_state: what the
+    prompt did to the think block (`prompt_think_state`)."""
     if parser not in REASONING_PARSERS:
         raise ValueError(f"reasoning parser must be one of {REASONING_PARSERS}, got {parser!r}")
-    if parser == "qwen3":
+    if prompt_state == PROMPT_CLOSED:
+        return ReasoningSplit("", text)
+    if parser == "qwen3" and prompt_state != PROMPT_OPEN:
         start = text.find(THINK_START)
         if start < 0:
             hold = 0 if final else partial_tag_len(text, THINK_START)
             return ReasoningSplit("", text[:len(text) - hold])
         before, rest = text[:start], text[start + len(THINK_START):]
-    elif text.startswith(THINK_START):                   # deepseek_r1: only a leading <think> is a tag
+    elif text.startswith(THINK_START):      # deepseek_r1 or an open block: only a leading <think> is a tag
         before, rest = "", text[len(THINK_START):]
     else:
         before, rest = "", "" if not final and THINK_START.startswith(text) else text
@@ -60,12 +78,13 @@ class ReasoningStream:
     """One choice's streamed split: `update(text, final)` returns the (reasoning, content) text not
     sent yet, given the output's cumulative text."""
 
-    def __init__(self, parser: str) -> None:
+    def __init__(self, parser: str, prompt_state: str | None = None) -> None:
         self.parser = parser
+        self.prompt_state = prompt_state
         self.sent = ReasoningSplit("", "")
 
     def update(self, text: str, final: bool) -> ReasoningSplit:
-        now = split_reasoning(self.parser, text, final)
+        now = split_reasoning(self.parser, text, final, self.prompt_state)
         delta = ReasoningSplit(now.reasoning[len(self.sent.reasoning):], now.content[len(self.sent.content):])
         self.sent = now
         return delta

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
 
 from engine.chat_template import message_text, render_chat
 from engine.outputs import CompletionOutput
@@ -13,13 +14,23 @@ from server.protocol import (ChatChoice, ChatCompletionChunk, ChatCompletionRequ
                              ChatLogprobs, ChatMessage, ChatResponseMessage, ChatStreamChoice, DeltaMessage,
                              TokenLogprob, TopLogprob, UsageInfo)
 from server.protocol_tools import ChatCompletionToolsParam
-from server.reasoning import ReasoningStream, split_reasoning
+from server.reasoning import ReasoningStream, prompt_think_state, split_reasoning
 from server.request_fields import check_fields, stream_usage
 from server.serving import ResponseHead, Serving, finite_logprob, merge, sse, sse_stream
 from server.tool_calls import ToolCallParser, tool_call_messages
 from server.tool_parsers import TOOL_CALL_PARSERS
 
 AUTO_NEEDS_FLAGS = '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set'
+PROMPT_TAIL_TOKENS = 32     # the prompt's last tokens, whose text says whether it opened or closed a think block
+
+
+@dataclass(frozen=True)
+class AnswerParsers:
+    """How a request's answers are read: the reasoning parser (None: all content) with what the prompt's
+    end did to the think block (server/reasoning.py's prompt_think_state), and the tool-call parser."""
+    reasoning: str | None = None
+    prompt_state: str | None = None
+    tools: ToolCallParser | None = None
 
 
 def _message_dict(message: ChatMessage) -> dict:
@@ -107,12 +118,13 @@ async def create_chat_completion(serving: Serving, req: ChatCompletionRequest, t
     params = serving.sampling_params(req, max_tokens, num_top if req.logprobs else None, req.prompt_logprobs)
     streams = await serving.start("chatcmpl", [prompt], params, req.priority)
     head = ResponseHead(f"chatcmpl-{uuid.uuid4().hex}", model)
+    parsers = _answer_parsers(serving, req, prompt, tool_parser)
     if req.stream:
-        return sse_stream(_stream(serving, req, head, streams, len(prompt), num_top, timer, tool_parser))
-    return await _collect(serving, req, head, streams, len(prompt), num_top, timer, tool_parser)
+        return sse_stream(_stream(serving, req, head, streams, len(prompt), num_top, timer, parsers))
+    return await _collect(serving, req, head, streams, len(prompt), num_top, timer, parsers)
 
 
-async def _collect(serving, req, head, streams, num_prompt_tokens, num_top, timer, tool_parser):
+async def _collect(serving, req, head, streams, num_prompt_tokens, num_top, timer, parsers):
     latest: dict[int, CompletionOutput] = {}
     prompt_logprobs = None
     async for _, out in merge(streams):
@@ -125,7 +137,7 @@ async def _collect(serving, req, head, streams, num_prompt_tokens, num_top, time
     choices, role = [], _response_role(req)
     echo = _echo_text(req, role)
     for i, c in sorted(latest.items()):
-        message = _message(_reasoning_parser(serving, req), c.text, tool_parser)
+        message = _message(parsers, c.text)
         message.role = role
         if echo:
             message.content = echo + (message.content or "")
@@ -151,34 +163,37 @@ def _echo_text(req: ChatCompletionRequest, role: str) -> str:
     return message_text(last.content) or ""        # its parts were checked when the prompt was rendered
 
 
-def _reasoning_parser(serving: Serving, req: ChatCompletionRequest) -> str | None:
+def _answer_parsers(serving: Serving, req: ChatCompletionRequest, prompt: list[int],
+                    tool_parser: ToolCallParser | None) -> AnswerParsers:
     """The server's reasoning parser, but none for a structured choice: the choice starts at the first
-    token (the model does not think first; vLLM lets it, then applies the choice), so it is all content."""
-    if req.structured_outputs is not None or req.guided_choice is not None:
-        return None
-    return serving.reasoning_parser
+    token (the model does not think first; vLLM lets it, then applies the choice), so it is all content;
+    with it, whether the prompt's end opened or closed a think block (vLLM's prompt_is_reasoning_end)."""
+    if serving.reasoning_parser is None or req.structured_outputs is not None or req.guided_choice is not None:
+        return AnswerParsers(tools=tool_parser)
+    tail = serving.tokenizer.decode(prompt[-PROMPT_TAIL_TOKENS:])
+    return AnswerParsers(serving.reasoning_parser, prompt_think_state(tail), tool_parser)
 
 
-def _message(reasoning_parser: str | None, text: str, tool_parser: ToolCallParser | None) -> ChatResponseMessage:
+def _message(parsers: AnswerParsers, text: str) -> ChatResponseMessage:
     """The answer's message: all content, or with a reasoning parser its thinking apart, and with a
-    `tool_parser` the tool calls out of the content (finish_reason "tool_calls" where there are any)."""
+    tool parser the tool calls out of the content (finish_reason "tool_calls" where there are any)."""
     reasoning, content = None, text
-    if reasoning_parser is not None:
-        split = split_reasoning(reasoning_parser, text)
+    if parsers.reasoning is not None:
+        split = split_reasoning(parsers.reasoning, text, prompt_state=parsers.prompt_state)
         reasoning, content = split.reasoning or None, split.content
     calls = []
-    if tool_parser is not None:
-        content, calls = tool_call_messages(tool_parser.extract(content))
+    if parsers.tools is not None:
+        content, calls = tool_call_messages(parsers.tools.extract(content))
     return ChatResponseMessage(content=content, reasoning_content=reasoning, tool_calls=calls)
 
 
 class _ChoiceStream:
     """One streamed choice's message: this step's new text, with a reasoning parser split into thinking
-    and content, and with a `tool_parser` the content's tool calls apart (what may be a call waits)."""
+    and content, and with a tool parser the content's tool calls apart (what may be a call waits)."""
 
-    def __init__(self, reasoning_parser: str | None, tool_parser: ToolCallParser | None) -> None:
-        self.reasoning = ReasoningStream(reasoning_parser) if reasoning_parser else None
-        self.tools = tool_parser.stream() if tool_parser is not None else None
+    def __init__(self, parsers: AnswerParsers) -> None:
+        self.reasoning = ReasoningStream(parsers.reasoning, parsers.prompt_state) if parsers.reasoning else None
+        self.tools = parsers.tools.stream() if parsers.tools is not None else None
 
     def delta(self, comp: CompletionOutput) -> DeltaMessage:
         if self.reasoning is None and self.tools is None:
@@ -204,7 +219,7 @@ def _usage(num_prompt_tokens: int, outputs: Iterable[CompletionOutput]) -> Usage
 
 
 async def _stream(serving, req, head, streams, num_prompt_tokens, num_top, timer,
-                  tool_parser) -> AsyncIterator[str]:
+                  parsers: AnswerParsers) -> AsyncIterator[str]:
     """The SSE chunks: each choice's role, its deltas and its finish; with continuous usage stats each
     carries its choice's usage so far (as vLLM's), and with include_usage a last usage-only chunk (all
     choices' tokens)."""
@@ -219,7 +234,7 @@ async def _stream(serving, req, head, streams, num_prompt_tokens, num_top, timer
 
     sent: dict[int, int] = {}
     done: set[int] = set()      # choices whose finish went out (a group's later outputs still carry them)
-    choice_streams = {index: _ChoiceStream(_reasoning_parser(serving, req), tool_parser) for index in range(req.n)}
+    choice_streams = {index: _ChoiceStream(parsers) for index in range(req.n)}
     role = _response_role(req)
     echo = _echo_text(req, role)
     for index in range(req.n):
