@@ -193,6 +193,10 @@ def safetensors_files(path: str) -> list[str]:
     names = _indexed_files(path) or sorted(n for n in os.listdir(path) if n.endswith(".safetensors"))
     if not names:
         raise ValueError(f"no .safetensors files in {path!r}; use load_format='dummy' to run without weights")
+    missing = [n for n in names if not os.path.isfile(os.path.join(path, n))]
+    if missing:     # an interrupted download or copy: say so before reading gigabytes of the others
+        raise ValueError(f"{SAFETENSORS_INDEX} in {path!r} names {len(missing)} file(s) the folder lacks: "
+                         f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}; download the checkpoint again")
     return [os.path.join(path, n) for n in names]
 
 
