@@ -17,7 +17,7 @@ STACKED_PARAMS = (
     (".gate_up_proj.", ".gate_proj.", 0),
     (".gate_up_proj.", ".up_proj.", 1),
 )
-IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+IGNORED_SUFFIXES = ("rotary_emb.inv_freq", "rotary_emb.cos_cached", "rotary_emb.sin_cached")   # rope tables, not weights
 
 
 def _expected_shards(param_name: str) -> list:
@@ -62,7 +62,7 @@ class DecoderForCausalLM(nn.Module):
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         """Copy Hugging Face-named tensors into the parameters; returns the parameter names loaded.
 
-        q/k/v and gate/up are fused through their weight_loaders; `rotary_emb.inv_freq` is skipped,
+        q/k/v and gate/up are fused through their weight_loaders; rope tables (IGNORED_SUFFIXES) are skipped,
         and so is `lm_head.weight` with tied embeddings. Raises ValueError naming an unknown weight,
         a shape mismatch, or the parameters no tensor was given for.
         """
