@@ -30,6 +30,16 @@ class DecoderSpec:
     mlp_bias: bool = False
 
 
+def check_decoder_config(hf_config) -> None:
+    """ValueError where the config asks for what the shared decoder does not do: an MLP activation
+    other than SiLU (as vLLM's Llama MLP refuses it), or sliding-window layers (check_full_attention)."""
+    act = getattr(hf_config, "hidden_act", "silu")
+    if act != "silu":
+        raise ValueError(f"hidden_act {act!r} is not supported: the decoder's MLP is SiLU-and-mul only; use a "
+                         f"checkpoint whose config.json has hidden_act \"silu\"")
+    check_full_attention(hf_config)
+
+
 def check_full_attention(hf_config) -> None:
     """ValueError where some layer attends through a sliding window shorter than max_position_embeddings
     (transformers' `layer_types`, as Qwen2 / Qwen3 configs with use_sliding_window set them; without

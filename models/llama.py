@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from models.causal_lm import DecoderForCausalLM
-from models.decoder import DecoderSpec, check_full_attention
+from models.decoder import DecoderSpec, check_decoder_config
 
 
 class LlamaForCausalLM(DecoderForCausalLM):
@@ -10,7 +10,7 @@ class LlamaForCausalLM(DecoderForCausalLM):
 
     @classmethod
     def spec_for(cls, hf_config) -> DecoderSpec:
-        check_full_attention(hf_config)
+        check_decoder_config(hf_config)
         attention_bias = bool(getattr(hf_config, "attention_bias", False))
         return DecoderSpec(qkv_bias=attention_bias, o_bias=attention_bias,
                            mlp_bias=bool(getattr(hf_config, "mlp_bias", False)))

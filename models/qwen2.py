@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from models.causal_lm import DecoderForCausalLM
-from models.decoder import DecoderSpec, check_full_attention
+from models.decoder import DecoderSpec, check_decoder_config
 
 
 class Qwen2ForCausalLM(DecoderForCausalLM):
@@ -10,5 +10,5 @@ class Qwen2ForCausalLM(DecoderForCausalLM):
 
     @classmethod
     def spec_for(cls, hf_config) -> DecoderSpec:
-        check_full_attention(hf_config)
+        check_decoder_config(hf_config)
         return DecoderSpec(qkv_bias=True)

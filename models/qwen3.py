@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from models.causal_lm import DecoderForCausalLM
-from models.decoder import DecoderSpec, check_full_attention
+from models.decoder import DecoderSpec, check_decoder_config
 
 
 class Qwen3ForCausalLM(DecoderForCausalLM):
@@ -10,6 +10,6 @@ class Qwen3ForCausalLM(DecoderForCausalLM):
 
     @classmethod
     def spec_for(cls, hf_config) -> DecoderSpec:
-        check_full_attention(hf_config)
+        check_decoder_config(hf_config)
         return DecoderSpec(qkv_bias=bool(getattr(hf_config, "attention_bias", False)), qk_norm=True,
                            o_bias=bool(getattr(hf_config, "attention_bias", False)))

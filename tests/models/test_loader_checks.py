@@ -160,3 +160,12 @@ def test_hf_overrides_function_must_return_the_config(tmp_path):
     resolved = resolve_model(folder, hf_overrides=lambda config: setattr(config, "max_position_embeddings", 4096)
                              or config)
     assert resolved.hf_config.max_position_embeddings == 4096
+
+
+@pytest.mark.parametrize("act", ["gelu", "gelu_pytorch_tanh"])
+def test_an_mlp_activation_other_than_silu_is_refused(tmp_path, act):
+    """The decoder's MLP is SiLU-and-mul; a gelu config used to load and run as SiLU (vLLM refuses it)."""
+    with pytest.raises(ValueError, match=rf"hidden_act '{act}' is not supported.*hidden_act \"silu\""):
+        resolve_model(save_config(tmp_path, transformers.LlamaConfig(architectures=["LlamaForCausalLM"],
+                                                                     hidden_act=act, **TINY)))
+    resolve_model(save_config(tmp_path, transformers.LlamaConfig(architectures=["LlamaForCausalLM"], **TINY)))
