@@ -1,6 +1,7 @@
 """EngineClient: the asyncio side of an engine that runs elsewhere (a thread or another process).
 
-One asyncio queue per request; a step's outputs reach each event loop in one thread-safe callback.
+Per request, its unread outputs (merged into one while its consumer falls behind, as vLLM's output
+collector); a step's outputs reach each event loop in one thread-safe callback.
 Subclasses say how a request is admitted and aborted and whether the engine is alive:
 `engine.async_engine.AsyncEngine` (a thread of this process) and
 `engine.engine_process.ProcessAsyncEngine` (its own process, as vLLM's EngineCore).
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import itertools
 import threading
 import time
@@ -16,7 +18,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from engine.outputs import RequestOutput
+from engine.outputs import CompletionOutput, RequestOutput
 from engine.sampling_params import SamplingParams
 
 
@@ -27,7 +29,7 @@ class EngineDeadError(RuntimeError):
 @dataclass
 class _Stream:
     loop: asyncio.AbstractEventLoop
-    queue: asyncio.Queue
+    unread: "Unread"
 
 
 class EngineClient:
@@ -70,7 +72,7 @@ class EngineClient:
         """
         self._check_alive()
         loop = asyncio.get_running_loop()
-        stream = _Stream(loop, asyncio.Queue())
+        stream = _Stream(loop, Unread())
         with self._streams_lock:
             if request_id in self._streams:
                 raise ValueError(f"request_id {request_id!r} is already in use")
@@ -80,7 +82,7 @@ class EngineClient:
         except BaseException:
             self.abort(request_id)     # also covers a cancel that raced with the admission
             raise
-        return RequestStream(self, request_id, stream.queue)
+        return RequestStream(self, request_id, stream.unread)
 
     async def generate(self, request_id: str, prompt: str | list[int], params: SamplingParams,
                        priority: int = 0) -> AsyncIterator[RequestOutput]:
@@ -135,7 +137,7 @@ class EngineClient:
     def _dispatch(self, outputs: list[RequestOutput]) -> None:
         """Hand a step's outputs to their streams: one callback per event loop per step (each
         `call_soon_threadsafe` wakes the loop and takes the GIL), which delivers them in order."""
-        deliveries: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, RequestOutput]]] = {}
+        deliveries: dict[asyncio.AbstractEventLoop, list[tuple[Unread, RequestOutput]]] = {}
         with self._streams_lock:
             for out in outputs:
                 stream = self._streams.get(out.request_id)
@@ -143,7 +145,7 @@ class EngineClient:
                     continue
                 if out.finished:
                     del self._streams[out.request_id]
-                deliveries.setdefault(stream.loop, []).append((stream.queue, out))
+                deliveries.setdefault(stream.loop, []).append((stream.unread, out))
         for loop, items in deliveries.items():
             try:
                 loop.call_soon_threadsafe(_deliver, items)
@@ -157,7 +159,7 @@ class EngineClient:
             self._streams.clear()
         for stream in streams:
             try:
-                stream.loop.call_soon_threadsafe(stream.queue.put_nowait, exc)
+                stream.loop.call_soon_threadsafe(stream.unread.put, exc)
             except RuntimeError:      # that event loop is closed
                 pass
 
@@ -167,7 +169,7 @@ class RequestStream:
     unfinished request even if it was never read (an async generator's `aclose` before its first
     `__anext__` runs no `finally`), and so does a read that is cancelled."""
 
-    def __init__(self, client: EngineClient, request_id: str, outputs: asyncio.Queue) -> None:
+    def __init__(self, client: EngineClient, request_id: str, outputs: "Unread") -> None:
         self._client = client
         self._request_id = request_id
         self._outputs = outputs
@@ -197,10 +199,54 @@ class RequestStream:
             self._client.abort(self._request_id)
 
 
-def _deliver(items: list[tuple[asyncio.Queue, Any]]) -> None:
-    """On the event loop: put each output on its stream's queue."""
-    for stream_queue, item in items:
-        stream_queue.put_nowait(item)
+class Unread:
+    """A request's outputs that its consumer has not read yet, on its event loop: at most one
+    RequestOutput (a newer one replaces it, their deltas joined when read: a consumer that falls behind
+    holds one cumulative output, not a copy per step), then the engine's error if it failed."""
+
+    def __init__(self) -> None:
+        self._output: RequestOutput | None = None
+        self._starts: dict[int, tuple[int, int]] = {}    # choice -> (chars, tokens) read before _output
+        self._merged = False
+        self._error: BaseException | None = None
+        self._ready = asyncio.Event()
+
+    def put(self, item: RequestOutput | BaseException) -> None:
+        if isinstance(item, BaseException):
+            self._error = item
+        elif self._output is None:
+            self._output, self._merged = item, False
+            self._starts = {c.index: _read_before(c) for c in item.outputs}
+        else:
+            self._output, self._merged = item, True
+        self._ready.set()
+
+    async def get(self) -> RequestOutput | BaseException:
+        """The unread output (its deltas: all since the last read), else the error; waits for one."""
+        while self._output is None and self._error is None:
+            self._ready.clear()
+            await self._ready.wait()
+        if self._output is None:
+            return self._error
+        out, self._output = self._output, None
+        if not self._merged:
+            return out
+        outputs = []
+        for c in out.outputs:
+            chars, tokens = self._starts.get(c.index) or _read_before(c)
+            outputs.append(dataclasses.replace(c, text_delta=c.text[chars:], token_ids_delta=c.token_ids[tokens:]))
+        return dataclasses.replace(out, outputs=outputs)
+
+
+def _read_before(comp: CompletionOutput) -> tuple[int, int]:
+    """The characters and tokens of `comp` that came before its deltas."""
+    return len(comp.text) - len(comp.text_delta), len(comp.token_ids) - len(comp.token_ids_delta)
+
+
+def _deliver(items: list[tuple[Unread, Any]]) -> None:
+    """On the event loop: hand each output to its stream."""
+    for unread, item in items:
+        unread.put(item)
 
 
 def _settle(future: concurrent.futures.Future, result: Any = None, exc: BaseException | None = None) -> None:

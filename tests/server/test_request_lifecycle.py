@@ -12,7 +12,7 @@ from engine.async_engine import AsyncEngine
 from engine.sampling_params import SamplingParams
 from server.app import create_app
 from server.options import ServerOptions
-from server_harness import engine_config, idle_stats
+from server_harness import engine_config, idle_stats, offline_generate
 
 LONG = SamplingParams(max_tokens=120, temperature=0, ignore_eos=True)
 
@@ -82,3 +82,36 @@ def test_a_client_gone_before_its_stream_starts_aborts_it(async_engine, route, b
     assert len(calls) == 3
     assert stats.num_running == 0 and stats.num_waiting == 0
     assert not async_engine._streams
+
+
+def test_a_reader_that_falls_behind_gets_the_unread_steps_merged(async_engine, reference_engine):
+    """Outputs a consumer has not read yet are merged into one (as vLLM's output collector): a stalled
+    client holds one cumulative output, not one copy per step; the merged deltas lose nothing."""
+    params = SamplingParams(max_tokens=40, temperature=1.0, ignore_eos=True, n=2, seed=7, logprobs=1)
+    expected = [c.token_ids for c in offline_generate(reference_engine, [[1, 2, 3]], params)[0]]
+
+    async def run():
+        stream = await async_engine.add_request("behind", [1, 2, 3], params)
+        await idle_stats(async_engine, pause=0.02)        # every step done, nothing read
+        return [out async for out in stream]
+
+    outputs = asyncio.run(run())
+    assert len(outputs) == 1 and outputs[0].finished
+    for comp, tokens in zip(outputs[0].outputs, expected):
+        assert comp.token_ids == comp.token_ids_delta == tokens
+        assert comp.text_delta == comp.text and len(comp.logprobs) == len(tokens)
+
+
+def test_merged_outputs_keep_what_was_read_before(async_engine):
+    async def run():
+        stream = await async_engine.add_request("half", [4, 5, 6], LONG)
+        first = await stream.__anext__()
+        await idle_stats(async_engine, pause=0.02)
+        rest = [out async for out in stream]
+        return first, rest
+
+    first, rest = asyncio.run(run())
+    assert len(rest) == 1
+    final = rest[0].outputs[0]
+    assert first.outputs[0].token_ids_delta + final.token_ids_delta == final.token_ids
+    assert first.outputs[0].text_delta + final.text_delta == final.text
