@@ -68,18 +68,18 @@ def tool_call_parser(serving: Serving, req: ChatCompletionRequest) -> ToolCallPa
     where they are not parsed. As vLLM: tools without a tool_choice mean "auto", which needs the
     server's --enable-auto-tool-choice and --tool-call-parser (else 400); "none": tools are rendered,
     answers are text. "required" or a named function needs guided decoding, which this engine has
-    not: 400, as is a tool_choice without tools."""
+    not: 400, as is a tool_choice without tools (an empty list is given tools, none to call)."""
     choice = req.tool_choice
     if choice is None:
         choice = "auto" if req.tools else "none"
     if choice == "none":
         return None
-    if not req.tools:
+    if req.tools is None:
         raise APIError(400, "When using `tool_choice`, `tools` must be set.", "tool_choice")
     if choice == "auto":
         if not serving.auto_tool_choice:
             raise APIError(400, AUTO_NEEDS_FLAGS, "tool_choice")
-        return TOOL_CALL_PARSERS[serving.tool_call_parser]
+        return TOOL_CALL_PARSERS[serving.tool_call_parser] if req.tools else None   # tools [] : nothing to call
     shown = repr(choice) if isinstance(choice, str) else f"naming function {choice.function.name!r}"
     raise APIError(400, f'tool_choice {shown} needs guided decoding, which this server does not have; '
                         'use "auto" (with --enable-auto-tool-choice) or "none"', "tool_choice")

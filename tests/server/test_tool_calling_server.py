@@ -120,6 +120,17 @@ def test_tool_choice_none_leaves_the_text_alone(http, script):
     assert choice["finish_reason"] == "stop"
 
 
+def test_an_empty_tools_list_with_auto_is_served_as_text(http, script):
+    """vLLM takes `tools: []` as tools given (tool_choice "auto" is no 400) with nothing to call: the
+    answer is left as text (this was a 400, "`tools` must be set")."""
+    script(TWO_CALLS)
+    resp = chat(http, tools=[], tool_choice="auto")
+    assert resp.status_code == 200, resp.text
+    choice = resp.json()["choices"][0]
+    assert choice["message"]["content"] == "".join(TWO_CALLS) and choice["message"]["tool_calls"] == []
+    assert choice["finish_reason"] == "stop"
+
+
 def test_calls_are_parsed_from_the_content_after_the_thinking(http, script):
     """Qwen3 thinks, then calls: a block inside the thinking stays there; the content is only the call."""
     thinking = ["<think>maybe <tool_call>\n", '{"name": "get_time"}\n</tool_call></th', "ink>\n\n<tool"]
