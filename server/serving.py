@@ -177,7 +177,8 @@ def api_error(exc: BaseException) -> APIError:
 
 
 async def merge(streams: list[AsyncIterator[RequestOutput]]) -> AsyncIterator[tuple[int, RequestOutput]]:
-    """Interleave several request streams as (stream index, output); closing this closes (aborts) them all."""
+    """Interleave several request streams as (stream index, output), each read only as the consumer reads
+    (a consumer that falls behind gets their unread outputs merged); closing this closes (aborts) them all."""
     if len(streams) == 1:
         try:
             async for out in streams[0]:
@@ -185,7 +186,7 @@ async def merge(streams: list[AsyncIterator[RequestOutput]]) -> AsyncIterator[tu
         finally:
             await streams[0].aclose()
         return
-    merged: asyncio.Queue = asyncio.Queue()
+    merged: asyncio.Queue = asyncio.Queue(maxsize=1)    # pumps read only as the consumer does (unread outputs merge)
 
     async def pump(i: int, stream: AsyncIterator[RequestOutput]) -> None:
         try:

@@ -12,6 +12,7 @@ from engine.async_engine import AsyncEngine
 from engine.sampling_params import SamplingParams
 from server.app import create_app
 from server.options import ServerOptions
+from server.serving import merge
 from server_harness import engine_config, idle_stats, offline_generate
 
 LONG = SamplingParams(max_tokens=120, temperature=0, ignore_eos=True)
@@ -115,3 +116,22 @@ def test_merged_outputs_keep_what_was_read_before(async_engine):
     final = rest[0].outputs[0]
     assert first.outputs[0].token_ids_delta + final.token_ids_delta == final.token_ids
     assert first.outputs[0].text_delta + final.text_delta == final.text
+
+
+def test_merged_prompts_of_a_reader_that_falls_behind_stay_merged(async_engine):
+    """merge() (a completions request's prompts) reads its streams only as its consumer does, so their
+    unread outputs still merge: a few outputs per prompt, not one per step."""
+    params = SamplingParams(max_tokens=40, temperature=0, ignore_eos=True)
+
+    async def run():
+        streams = [await async_engine.add_request(f"p{i}", [1 + i, 2, 3], params) for i in range(3)]
+        merged = merge(streams)
+        first = await merged.__anext__()
+        await idle_stats(async_engine, pause=0.02)        # every step done, one output read
+        return [first] + [item async for item in merged]
+
+    items = asyncio.run(run())
+    for i in range(3):
+        outputs = [out for index, out in items if index == i]
+        assert len(outputs) <= 4 and outputs[-1].finished     # read, queued, held by its pump, merged
+        assert sum((out.outputs[0].token_ids_delta for out in outputs), []) == outputs[-1].outputs[0].token_ids
