@@ -1,5 +1,6 @@
 """The latency histograms' values: observed once per engine request (each prompt of a completions request is
-one, as in vLLM), inter-token latencies within one request's stream only."""
+one, as in vLLM), inter-token latencies within one request's stream only (one per read bringing new
+tokens: a read that merged several steps observes one)."""
 from __future__ import annotations
 
 import re
@@ -28,8 +29,8 @@ def test_each_prompt_is_timed_as_its_own_request(http, stream):
     assert http.post("/v1/completions", json=body).status_code == 200
     after = _counts(http)
     observed = {name: after[name] - before[name] for name in HISTOGRAMS}
-    assert observed == {"time_to_first_token_seconds": 3, "inter_token_latency_seconds": 3 * 4,
-                        "e2e_request_latency_seconds": 3}
+    assert observed["time_to_first_token_seconds"] == observed["e2e_request_latency_seconds"] == 3
+    assert 3 <= observed["inter_token_latency_seconds"] <= 3 * 4    # fewer where a read merged steps
 
 
 def test_a_chat_request_is_timed_once(http):
@@ -37,5 +38,6 @@ def test_a_chat_request_is_timed_once(http):
     body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "ignore_eos": True}
     assert http.post("/v1/chat/completions", json=body).status_code == 200
     after = _counts(http)
-    assert {name: after[name] - before[name] for name in HISTOGRAMS} == {
-        "time_to_first_token_seconds": 1, "inter_token_latency_seconds": 3, "e2e_request_latency_seconds": 1}
+    observed = {name: after[name] - before[name] for name in HISTOGRAMS}
+    assert observed["time_to_first_token_seconds"] == observed["e2e_request_latency_seconds"] == 1
+    assert 1 <= observed["inter_token_latency_seconds"] <= 3
