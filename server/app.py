@@ -100,15 +100,20 @@ async def _respond(request: Request, work) -> Response:
     return JSONResponse(result.model_dump())
 
 
+def _request_id(request: Request, body) -> str | None:
+    """What names the response, as vLLM's: the X-Request-Id header, else the body's `request_id`."""
+    return request.headers.get("X-Request-Id") or body.request_id
+
+
 def _add_routes(app: FastAPI, serving: Serving, metrics: ServerMetrics) -> None:
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request) -> Response:
-        return await _respond(request, create_completion(serving, body, metrics.timer,
-                                                         request.headers.get("X-Request-Id")))
+        return await _respond(request, create_completion(serving, body, metrics.timer, _request_id(request, body)))
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
-        return await _respond(request, create_chat_completion(serving, body, metrics.timer))
+        return await _respond(request, create_chat_completion(serving, body, metrics.timer,
+                                                              _request_id(request, body)))
 
     @app.get("/v1/models")
     async def models() -> ModelList:

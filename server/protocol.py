@@ -92,6 +92,7 @@ class _SamplingFields(BaseModel):
     structured_outputs: Any = None
     prompt_logprobs: int | None = Field(None, ge=0)   # vLLM's extra: at most max_logprobs, not with stream
     priority: int = 0      # vLLM's extra: lower is scheduled earlier (--scheduling-policy priority; else 0)
+    request_id: str | None = None   # vLLM's extra: names the response (cmpl- / chatcmpl-<id>) unless X-Request-Id does
 
 
 class CompletionRequest(_SamplingFields):

@@ -97,8 +97,10 @@ def _logprobs(serving: Serving, out: CompletionOutput, start: int, num_top: int)
     return ChatLogprobs(content=content)
 
 
-async def create_chat_completion(serving: Serving, req: ChatCompletionRequest, timer_factory) -> object:
-    """Validate, admit and return either a ChatCompletionResponse or an async iterator of SSE strings."""
+async def create_chat_completion(serving: Serving, req: ChatCompletionRequest, timer_factory,
+                                 request_id: str | None = None) -> object:
+    """Validate, admit and return either a ChatCompletionResponse or an async iterator of SSE strings; the
+    response's id is `chatcmpl-<request_id>` (X-Request-Id or the body's request_id) or `chatcmpl-<random hex>`."""
     timer = timer_factory()     # latencies count from arrival
     model = serving.check_model(req.model)
     check_fields(req)
@@ -117,7 +119,7 @@ async def create_chat_completion(serving: Serving, req: ChatCompletionRequest, t
         raise APIError(400, "top_logprobs needs logprobs to be true", "top_logprobs")
     params = serving.sampling_params(req, max_tokens, num_top if req.logprobs else None, req.prompt_logprobs)
     streams = await serving.start("chatcmpl", [prompt], params, req.priority)
-    head = ResponseHead(f"chatcmpl-{uuid.uuid4().hex}", model)
+    head = ResponseHead(f"chatcmpl-{request_id or uuid.uuid4().hex}", model)
     parsers = _answer_parsers(serving, req, prompt, tool_parser)
     if req.stream:
         return sse_stream(_stream(serving, req, head, streams, len(prompt), num_top, timer, parsers))

@@ -1,7 +1,12 @@
-"""vLLM's X-Request-Id: a completions response (and every chunk of its stream) is `cmpl-<the header>`."""
+"""vLLM's X-Request-Id header (else the body's `request_id` extra): a completions response (and every
+chunk of its stream) is `cmpl-<it>`, a chat response `chatcmpl-<it>`."""
 from __future__ import annotations
 
 import json
+
+import pytest
+
+MESSAGES = [{"role": "user", "content": "hi"}]
 
 
 def test_the_header_names_the_response(http):
@@ -9,11 +14,22 @@ def test_the_header_names_the_response(http):
     assert resp.status_code == 200 and resp.json()["id"] == "cmpl-trace-42"
 
 
-def test_the_header_names_every_chunk(http):
-    body = {"prompt": "hi", "max_tokens": 3, "n": 2, "stream": True, "stream_options": {"include_usage": True}}
-    resp = http.post("/v1/completions", json=body, headers={"X-Request-Id": "trace-43"})
+@pytest.mark.parametrize("route, body, prefix", [
+    ("/v1/completions", {"prompt": "hi", "n": 2}, "cmpl-"), ("/v1/chat/completions", {"messages": MESSAGES}, "chatcmpl-")])
+def test_the_header_names_every_chunk(http, route, body, prefix):
+    body = {**body, "max_tokens": 3, "stream": True, "stream_options": {"include_usage": True}}
+    resp = http.post(route, json=body, headers={"X-Request-Id": "trace-43"})
     chunks = [json.loads(line[6:]) for line in resp.text.splitlines() if line.startswith("data: {")]
-    assert chunks and {chunk["id"] for chunk in chunks} == {"cmpl-trace-43"}
+    assert chunks and {chunk["id"] for chunk in chunks} == {prefix + "trace-43"}
+
+
+def test_a_chat_response_is_named_by_the_header_or_the_body(http):
+    """Chat ignored both (a random id)."""
+    body = {"messages": MESSAGES, "max_tokens": 2, "request_id": "from-body"}
+    assert http.post("/v1/chat/completions", json=body).json()["id"] == "chatcmpl-from-body"
+    resp = http.post("/v1/chat/completions", json=body, headers={"X-Request-Id": "from-header"})
+    assert resp.json()["id"] == "chatcmpl-from-header"
+    assert http.post("/v1/completions", json={"prompt": "hi", "max_tokens": 1, "request_id": "b"}).json()["id"] == "cmpl-b"
 
 
 def test_one_header_value_twice_is_served_twice(http):
@@ -25,5 +41,7 @@ def test_one_header_value_twice_is_served_twice(http):
 
 
 def test_without_the_header_each_response_has_its_own_id(http):
-    ids = {http.post("/v1/completions", json={"prompt": "hi", "max_tokens": 1}).json()["id"] for _ in range(2)}
-    assert len(ids) == 2 and all(i.startswith("cmpl-") for i in ids)
+    for route, body, prefix in (("/v1/completions", {"prompt": "hi"}, "cmpl-"),
+                                ("/v1/chat/completions", {"messages": MESSAGES}, "chatcmpl-")):
+        ids = {http.post(route, json={**body, "max_tokens": 1}).json()["id"] for _ in range(2)}
+        assert len(ids) == 2 and all(i.startswith(prefix) for i in ids)
