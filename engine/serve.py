@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import re
+import signal
 import sys
 
 from engine.chat_template import load_chat_template
@@ -195,10 +196,20 @@ def main(argv: list[str] | None = None) -> None:
     app = create_app(async_engine, args.served_model_name, api_key, options)
     logger.info("serving %s as %r on http://%s:%d (API key %s)", config.model,
                 args.served_model_name or [config.model], args.host, args.port, "required" if api_key else "off")
+    # As vLLM's server, SIGINT / SIGTERM stop it at once: requests in flight are cancelled (their engine
+    # requests aborted), not waited for. uvicorn raises the signal again once stopped; then the engine stops.
+    signal.signal(signal.SIGTERM, _stop)
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=0)
+    except KeyboardInterrupt:
+        pass
     finally:
         async_engine.shutdown()
+
+
+def _stop(signum, frame) -> None:
+    """SIGTERM after uvicorn's shutdown: leave through `main`'s finally (the engine's shutdown)."""
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":
