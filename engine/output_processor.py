@@ -114,7 +114,7 @@ class OutputProcessor:
         first = group.sequences[0].request
         return RequestOutput(request_id=group.request_id, prompt=group.prompt,
                              prompt_token_ids=group.prompt_token_ids, outputs=completions,
-                             finished=all(c.finished for c in completions), num_cached_tokens=first.num_cached_tokens,
+                             finished=all(c.finished() for c in completions), num_cached_tokens=first.num_cached_tokens,
                              prompt_logprobs=group.prompt_logprobs, prompt_logprob_ranks=group.prompt_logprob_ranks)
 
     def _completion(self, seq: _Sequence) -> CompletionOutput:

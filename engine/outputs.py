@@ -19,8 +19,8 @@ class CompletionOutput:
     text_delta: str = ""
     token_ids_delta: list[int] = field(default_factory=list)
 
-    @property
     def finished(self) -> bool:
+        """vLLM's: a method (RequestOutput.finished is a plain bool)."""
         return self.finish_reason is not None
 
     @property

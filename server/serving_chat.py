@@ -202,11 +202,11 @@ class _ChoiceStream:
             return DeltaMessage(content=comp.text_delta)
         reasoning, content, calls = "", comp.text_delta, []
         if self.reasoning is not None:
-            split = self.reasoning.update(comp.text, comp.finished)
+            split = self.reasoning.update(comp.text, comp.finished())
             reasoning, content = split.reasoning, split.content
         if self.tools is not None:
             whole = self.reasoning.sent.content if self.reasoning is not None else comp.text
-            content, calls = self.tools.update(whole, comp.finished)
+            content, calls = self.tools.update(whole, comp.finished())
         return DeltaMessage(content=content or None, reasoning_content=reasoning or None, tool_calls=calls or None)
 
     def finish_reason(self, comp: CompletionOutput) -> str | None:
@@ -257,7 +257,7 @@ async def _stream(serving, req, head, streams, num_prompt_tokens, num_top, timer
                 sent[comp.index] = len(comp.token_ids)
                 logprobs = _logprobs(serving, comp, start, num_top) if req.logprobs else None
                 yield chunk(comp.index, delta, logprobs)
-            if comp.finished:
+            if comp.finished():
                 done.add(comp.index)
                 yield chunk(comp.index, DeltaMessage(), finish_reason=choice_streams[comp.index].finish_reason(comp),
                             stop_reason=comp.stop_reason)

@@ -169,19 +169,19 @@ async def _stream(serving, head, streams, choices: _Choices, prompts, usage_flag
             index = choices.index(prompt_idx, comp)
             if index in done:
                 continue
-            if comp.finished:
+            if comp.finished():
                 done.add(index)
             sent = choices.num_logprobs_sent.get(index, 0)
             choices.latest[index] = comp
             if choices.echo_only:               # one chunk, once its (unreturned) token is there
-                if comp.finished:
+                if comp.finished():
                     yield chunk(index, choices.prompt_texts[prompt_idx], choices.logprobs(index, None, 0, out),
                                 comp.finish_reason, comp.stop_reason)
                 continue
             if choices.echo and index not in choices.echoed:
                 choices.echoed.add(index)
                 yield chunk(index, choices.prompt_texts[prompt_idx], choices.logprobs(index, None, 0, out))
-            if not (comp.text_delta or comp.finished or (choices.want_logprobs and len(comp.token_ids) > sent)):
+            if not (comp.text_delta or comp.finished() or (choices.want_logprobs and len(comp.token_ids) > sent)):
                 continue
             choices.num_logprobs_sent[index] = len(comp.token_ids)
             yield chunk(index, comp.text_delta, choices.logprobs(index, comp, sent), comp.finish_reason,

@@ -167,6 +167,19 @@ def test_an_id_that_a_live_sequence_goes_by_is_refused(llm):
     assert sorted(finished) == ["x", "y#1"] and len(finished["x"].outputs) == 2
 
 
+def test_completion_finished_is_a_method_false_until_the_last_step(llm):
+    """vLLM's `CompletionOutput.finished()` is a method (a property here made `comp.finished` truthy in
+    every step, a bound method is too); RequestOutput.finished stays a bool."""
+    engine = llm.engine
+    engine.add_request("fin", "finished?", SamplingParams(temperature=0, max_tokens=3, ignore_eos=True))
+    steps = []
+    while engine.has_unfinished_requests():
+        steps += engine.step()
+    assert len(steps) == 3
+    assert [out.outputs[0].finished() for out in steps] == [False, False, True]
+    assert [out.finished for out in steps] == [False, False, True]
+    assert all(isinstance(out.finished, bool) and isinstance(out.outputs[0].finished(), bool) for out in steps)
+
 def test_prompt_plus_max_tokens_over_context(llm):
     with pytest.raises(ValueError, match="max_tokens"):
         llm.generate([list(range(3, 200))], SamplingParams(max_tokens=100), use_tqdm=False)
