@@ -1,7 +1,7 @@
 """The offline API: prompt forms, per-prompt params, stop conditions, n > 1, seeds, logprobs, errors."""
 import pytest
 
-from engine import LLM, SamplingParams
+from engine import LLM, Logprob, SamplingParams
 from engine.detokenizer import IncrementalDetokenizer
 
 
@@ -126,9 +126,10 @@ def test_n_and_logprobs(llm):
     for c in out.outputs:
         assert len(c.logprobs) == len(c.token_ids) == 6
         for token, lp in zip(c.token_ids, c.logprobs):
-            assert token in lp and 2 <= len(lp) <= 3 and all(v <= 0 for v in lp.values())
+            assert list(lp)[0] == token and 2 <= len(lp) <= 3 and all(v.logprob <= 0 for v in lp.values())
+            assert all(isinstance(v, Logprob) for v in lp.values())
         # vLLM's cumulative_logprob: the sampled tokens' logprobs summed; None without logprobs
-        assert c.cumulative_logprob == pytest.approx(sum(lp[t] for t, lp in zip(c.token_ids, c.logprobs)))
+        assert c.cumulative_logprob == pytest.approx(sum(lp[t].logprob for t, lp in zip(c.token_ids, c.logprobs)))
     assert greedy(llm, "fan out", max_tokens=2).cumulative_logprob is None
 
 
