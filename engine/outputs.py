@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 
 @dataclass
 class Logprob:
-    """vLLM's: one token's logprob at a position, its rank there (1: the most likely; 1 + the number of
-    tokens with a strictly larger logprob) and its text (`tokenizer.decode([token_id])`, as the server
+    """vLLM's: one token's logprob at a position, its rank there (vLLM's count: the tokens whose logprob is
+    at least as large; 1: the most likely, without a tie) and its text (`tokenizer.decode([token_id])`, as the server
     decodes one token)."""
 
     logprob: float

@@ -41,8 +41,8 @@ class SamplerOutput:
     (K = max_num_logprobs): logprob_token_ids `[N, K+1] int64` (the sampled token first, then the top-K
     tokens) and logprobs `[N, K+1] float32`: log-softmax of the raw logits (vLLM's "raw_logprobs": before
     the allowed_token_ids mask, bias, banned tokens, penalties, temperature and filters), and
-    logprob_ranks `[N] int64`: the sampled token's rank in the vocabulary by those logprobs (1 + the
-    number of tokens with a strictly larger one). A row that asked for k < K uses the first k+1 columns."""
+    logprob_ranks `[N] int64`: the sampled token's rank in the vocabulary by those logprobs (vLLM's:
+    the number of tokens with one at least as large). A row that asked for k < K uses the first k+1 columns."""
 
     sampled_token_ids: torch.Tensor
     logprob_token_ids: torch.Tensor | None = None
@@ -246,12 +246,12 @@ def gather_logprobs(logprobs: torch.Tensor, scored: torch.Tensor,
     """logprobs `[N, V]` float32, scored `[N]` int64 (the sampled or prompt token of each row) ->
     (token ids `[N, k+1] int64`, logprobs `[N, k+1] float32`, ranks `[N] int64`): the scored token first,
     then the k most likely tokens (highest first; k is capped at V), and the scored token's rank in the
-    row, 1 + the number of tokens with a strictly larger logprob (the top token's is 1, as the top k's
-    are 1..k). On the logprobs' device, no host sync."""
+    row as vLLM counts it: the number of tokens whose logprob is at least as large (the top token's is 1
+    where it has no tie; the top k are ranked 1..k by position). On the logprobs' device, no host sync."""
     k = min(k, logprobs.shape[1])
     ids = scored.unsqueeze(1)
     if k > 0:
         ids = torch.cat([ids, logprobs.topk(k, dim=-1).indices], dim=1)
     values = logprobs.gather(1, ids)
-    ranks = (logprobs > values[:, :1]).sum(dim=-1) + 1
+    ranks = (logprobs >= values[:, :1]).sum(dim=-1)
     return ids, values, ranks

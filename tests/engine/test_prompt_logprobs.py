@@ -34,7 +34,8 @@ def reference(hf_model, prompt: list[int]) -> torch.Tensor:
 
 
 def check_rank(row: torch.Tensor, token: int, rank: int) -> None:
-    """`rank` is `token`'s in the float64 row `[V]`: 1 + the tokens with a larger logprob (to ATOL)."""
+    """`rank` is `token`'s in the float64 row `[V]`: the tokens with a logprob at least as large (vLLM's
+    count), to ATOL."""
     value = row[token].item()
     assert int((row > value + ATOL).sum()) + 1 <= rank <= int((row >= value - ATOL).sum()), (token, rank)
 

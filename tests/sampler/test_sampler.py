@@ -175,13 +175,13 @@ def test_logprobs_are_raw_logits_float64_reference():
     expected = ref.gather(1, out.logprob_token_ids).float()
     torch.testing.assert_close(out.logprobs, expected, rtol=1e-5, atol=1e-5)
     assert out.sampled_token_ids[4].item() in (1, 2, 3) and out.logprobs[4, 0] < ref[4].max()
-    assert torch.equal(out.logprob_ranks, (ref > ref.gather(1, out.logprob_token_ids[:, :1])).sum(dim=-1) + 1)
+    assert torch.equal(out.logprob_ranks, (ref >= ref.gather(1, out.logprob_token_ids[:, :1])).sum(dim=-1))
 
 
 def test_sampled_token_rank_float64_reference():
     """The sampled token's rank in the raw logprobs (vLLM's Logprob.rank), computed on the device:
-    1 + the tokens with a strictly larger logprob (a float64 reference), ties with the sampled token not
-    counted; none where no row asked for logprobs."""
+    as vLLM counts it, the tokens with a logprob at least as large (a float64 reference; ties count);
+    none where no row asked for logprobs."""
     torch.manual_seed(3)
     vocab = 80
     logits = torch.randn(5, vocab) * 2
@@ -194,10 +194,10 @@ def test_sampled_token_rank_float64_reference():
     out = sample(logits, [make_request(p, num_output_tokens=1) for p in params])
     ref = torch.log_softmax(logits.double(), dim=-1)
     sampled = out.sampled_token_ids
-    want = (ref > ref.gather(1, sampled.unsqueeze(1))).sum(dim=-1) + 1
+    want = (ref >= ref.gather(1, sampled.unsqueeze(1))).sum(dim=-1)
     assert out.logprob_ranks.dtype == torch.int64 and torch.equal(out.logprob_ranks, want)
     assert sampled[2] == 5 and want[2] > 1                # the bias came after the raw logprobs
-    assert sampled[3] == 0 and want[3] == 1 and sampled[4] == 2 and want[4] == 3
+    assert sampled[3] == 0 and want[3] == 3 and sampled[4] == 2 and want[4] == 4
     plain = sample(logits, [make_request(SamplingParams(temperature=1.0)) for _ in range(5)])
     assert plain.logprob_ranks is None and plain.logprobs is None
 
