@@ -1,4 +1,6 @@
-"""A small, fast LLM serving engine. Offline use: `from engine import LLM, SamplingParams`."""
+"""A small, fast LLM serving engine. Offline use: `from engine import LLM, SamplingParams` (and `Logprob`,
+what outputs' logprobs hold)."""
+from engine.outputs import Logprob
 from engine.sampling_params import SamplingParams
 
 
@@ -10,4 +12,4 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
-__all__ = ["LLM", "SamplingParams"]
+__all__ = ["LLM", "Logprob", "SamplingParams"]

@@ -254,10 +254,9 @@ class LLMEngine:
     def _take_prompt_logprobs(self, results: list[PromptLogprobsResult]) -> None:
         """Append a step's prompt logprobs to their requests (before the step's tokens: a request's
         outputs carry them complete)."""
-        for req, entries, ranks in results:
+        for req, entries in results:
             state = req.prompt_logprobs
             state.entries += entries
-            state.ranks += ranks
             if state.done:
                 self._prompt_logprob_requests.discard(req)
 

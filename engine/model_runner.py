@@ -191,14 +191,13 @@ class ModelRunner:
         requests = [out.scheduled[i].request for i in step.sampling_rows]
         if not step.sampling_rows:
             self.inflight = None
-            return PendingStep(out, [], [], None, None, None, prompt_step)
+            return PendingStep(out, [], [], None, prompt_step)
         logits = self.model.compute_logits(hidden[step.logits_indices])
         meta = self._sampling_metadata(requests, logits.shape[-1])
         result = self.sampler(logits, meta)
         self.inflight = InflightTokens(result.sampled_token_ids,
                                        {r.request_id: k for k, r in enumerate(requests)})
-        return PendingStep(out, step.sampling_rows, requests, result.sampled_token_ids,
-                           result.logprob_token_ids, result.logprobs, prompt_step)
+        return PendingStep(out, step.sampling_rows, requests, result, prompt_step)
 
     def _sampling_metadata(self, requests: list[Request], vocab_size: int) -> SamplingMetadata:
         """The step's sampling metadata; the last step's when it samples the same request objects in

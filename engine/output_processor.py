@@ -3,13 +3,15 @@
 A user request with n > 1 is a group of n sequences (Requests); its RequestOutput carries one
 CompletionOutput per sequence and is finished when all of them are. A group that asked for prompt logprobs
 (its first sequence computes them) sends no output before they are complete, so every output carries them.
+Logprobs become vLLM's Logprob objects here, where the tokenizer is: each token's text is
+`tokenizer.decode([token_id])` (the server's decoding of one token), cached per token id.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from engine.detokenizer import IncrementalDetokenizer, StopStringChecker
-from engine.outputs import CompletionOutput, RequestOutput
+from engine.outputs import CompletionOutput, Logprob, LogprobsDict, RequestOutput, TokenLogprobs
 from engine.request import Request, RequestStatus
 
 
@@ -32,13 +34,13 @@ class _Group:
     stream: bool = True             # False: one RequestOutput at the end, no per-step deltas
     sequences: list[_Sequence] = field(default_factory=list)
     awaits_prompt_logprobs: bool = False
-    prompt_logprobs: list[dict[int, float] | None] | None = None      # once complete: None first
-    prompt_logprob_ranks: list[int | None] | None = None
+    prompt_logprobs: list[LogprobsDict | None] | None = None      # once complete: None first
 
 
 class OutputProcessor:
     def __init__(self, tokenizer) -> None:
         self.tokenizer = tokenizer
+        self.token_text = TokenTexts(tokenizer)
         self.groups: dict[str, _Group] = {}
         self._sequences: dict[str, tuple[_Group, _Sequence]] = {}
 
@@ -68,12 +70,13 @@ class OutputProcessor:
             self._sequences.pop(seq.request.request_id, None)
         return [seq.request for seq in group.sequences]
 
-    def process_token(self, req: Request, logprobs: dict[int, float] | None,
+    def process_token(self, req: Request, logprobs: TokenLogprobs | None,
                       max_model_len: int) -> RequestStatus | None:
-        """Take the request's newest token: logprobs, text, stop checks. Returns a finished status or None."""
+        """Take the request's newest token: logprobs (the runner's, made Logprobs), text, stop checks.
+        Returns a finished status or None."""
         group, seq = self._sequences[req.request_id]
         if logprobs is not None:
-            req.output_logprobs.append(logprobs)
+            req.output_logprobs.append(logprobs_dict(logprobs, self.token_text))
         token = req.output_token_ids[-1]
         status = _token_stop(req, token, max_model_len)
         sp = req.sampling_params
@@ -103,7 +106,7 @@ class OutputProcessor:
         groups: dict[str, _Group] = {}
         for req in progressed:
             group, _ = self._sequences[req.request_id]
-            if group.awaits_prompt_logprobs and not _take_prompt_logprobs(group):
+            if group.awaits_prompt_logprobs and not self._take_prompt_logprobs(group):
                 continue
             if group.stream or all(s.request.is_finished for s in group.sequences):
                 groups[group.request_id] = group
@@ -114,8 +117,8 @@ class OutputProcessor:
         first = group.sequences[0].request
         return RequestOutput(request_id=group.request_id, prompt=group.prompt,
                              prompt_token_ids=group.prompt_token_ids, outputs=completions,
-                             finished=all(c.finished for c in completions), num_cached_tokens=first.num_cached_tokens,
-                             prompt_logprobs=group.prompt_logprobs, prompt_logprob_ranks=group.prompt_logprob_ranks)
+                             finished=all(c.finished() for c in completions), num_cached_tokens=first.num_cached_tokens,
+                             prompt_logprobs=group.prompt_logprobs)
 
     def _completion(self, seq: _Sequence) -> CompletionOutput:
         req = seq.request
@@ -131,17 +134,42 @@ class OutputProcessor:
             logprobs=list(req.output_logprobs) if req.sampling_params.logprobs is not None else None,
             text_delta=text_delta, token_ids_delta=token_delta)
 
+    def _take_prompt_logprobs(self, group: _Group) -> bool:
+        """Whether the group's prompt logprobs are complete; once they are, its outputs' list (vLLM's
+        shape: None for the first prompt token) is made, once."""
+        state = group.sequences[0].request.prompt_logprobs
+        if not state.done:
+            return False
+        group.prompt_logprobs = [None, *(logprobs_dict(entry, self.token_text) for entry in state.entries)]
+        group.awaits_prompt_logprobs = False
+        return True
 
-def _take_prompt_logprobs(group: _Group) -> bool:
-    """Whether the group's prompt logprobs are complete; once they are, its outputs' lists (vLLM's shape:
-    None for the first prompt token) are made, once."""
-    state = group.sequences[0].request.prompt_logprobs
-    if not state.done:
-        return False
-    group.prompt_logprobs = [None, *state.entries]
-    group.prompt_logprob_ranks = [None, *state.ranks]
-    group.awaits_prompt_logprobs = False
-    return True
+
+class TokenTexts:
+    """token id -> its text alone, `tokenizer.decode([token_id])` (Serving.decode_token's), cached: a
+    vocabulary's worth at most."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self._texts: dict[int, str] = {}
+
+    def __call__(self, token_id: int) -> str:
+        text = self._texts.get(token_id)
+        if text is None:
+            text = self._texts[token_id] = self.tokenizer.decode([token_id])
+        return text
+
+
+def logprobs_dict(logprobs: TokenLogprobs, token_text) -> LogprobsDict:
+    """One position's (ids, logprobs, the scored token's rank) as vLLM's {token id: Logprob}: the scored
+    token first with its rank, then the top k ranked 1..k by their place (the scored token, where it is
+    among them, keeps its entry and rank)."""
+    ids, values, rank = logprobs
+    entry = {ids[0]: Logprob(values[0], rank, token_text(ids[0]))}
+    for top_rank, (token, value) in enumerate(zip(ids[1:], values[1:]), start=1):
+        if token not in entry:
+            entry[token] = Logprob(value, top_rank, token_text(token))
+    return entry
 
 
 def _token_stop(req: Request, token: int, max_model_len: int) -> RequestStatus | None:

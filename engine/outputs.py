@@ -5,22 +5,42 @@ from dataclasses import dataclass, field
 
 
 @dataclass
+class Logprob:
+    """vLLM's: one token's logprob at a position, its rank there (vLLM's count: the tokens whose logprob is
+    at least as large; 1: the most likely, without a tie) and its text (`tokenizer.decode([token_id])`, as the server
+    decodes one token)."""
+
+    logprob: float
+    rank: int | None = None
+    decoded_token: str | None = None
+
+
+# vLLM's per-position logprobs: token id -> Logprob, the scored (sampled or prompt) token first, then the
+# top k most likely first (ranks 1..k; the scored token once, with its own rank, where it is among them)
+LogprobsDict = dict[int, Logprob]
+
+# what the runner hands the output processor per scored position, before decoding: (token ids, the
+# scored token first then the top k; their logprobs; the scored token's rank)
+TokenLogprobs = tuple[list[int], list[float], int]
+
+
+@dataclass
 class CompletionOutput:
     """One generated sequence. `text` and `token_ids` are cumulative; the `*_delta` fields hold only
-    what this step added (for streaming). logprobs: per generated token, {token_id: logprob} of the
-    sampled token and the top alternatives asked for; cumulative_logprob their sampled tokens' sum."""
+    what this step added (for streaming). logprobs: per generated token, a LogprobsDict of the sampled
+    token and the top alternatives asked for; cumulative_logprob their sampled tokens' sum."""
 
     index: int
     text: str
     token_ids: list[int]
     finish_reason: str | None = None
     stop_reason: int | str | None = None
-    logprobs: list[dict[int, float]] | None = None
+    logprobs: list[LogprobsDict] | None = None
     text_delta: str = ""
     token_ids_delta: list[int] = field(default_factory=list)
 
-    @property
     def finished(self) -> bool:
+        """vLLM's: a method (RequestOutput.finished is a plain bool)."""
         return self.finish_reason is not None
 
     @property
@@ -28,16 +48,16 @@ class CompletionOutput:
         """vLLM's: the sum of the sampled tokens' logprobs; None where logprobs were not asked for."""
         if self.logprobs is None:
             return None
-        return sum(lp.get(token, float("-inf")) for token, lp in zip(self.token_ids, self.logprobs))
+        return sum(lp[token].logprob if token in lp else float("-inf")
+                   for token, lp in zip(self.token_ids, self.logprobs))
 
 
 @dataclass
 class RequestOutput:
     """One user request's state: its prompt and one CompletionOutput per sequence. prompt_logprobs
     (SamplingParams.prompt_logprobs, vLLM's shape): one entry per prompt token, None for the first, then
-    {the prompt token: its logprob given the tokens before it, then the top prompt_logprobs tokens at
-    that position, most likely first}; prompt_logprob_ranks: each prompt token's rank there (1: the most
-    likely; None first). Both None when not asked for."""
+    a LogprobsDict {the prompt token: its Logprob given the tokens before it (with its rank), then the
+    top prompt_logprobs tokens at that position, most likely first}; None when not asked for."""
 
     request_id: str
     prompt: str | None
@@ -46,5 +66,4 @@ class RequestOutput:
     finished: bool
     num_cached_tokens: int = 0
     metrics: dict = field(default_factory=dict)
-    prompt_logprobs: list[dict[int, float] | None] | None = None
-    prompt_logprob_ranks: list[int | None] | None = None
+    prompt_logprobs: list[LogprobsDict | None] | None = None

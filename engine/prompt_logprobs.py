@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from engine.outputs import TokenLogprobs
 from engine.pending_step import to_host
 from engine.request import Request
 from engine.sampler import gather_logprobs
@@ -20,8 +21,8 @@ from scheduler.output import SchedulerOutput
 
 MAX_ROWS_PER_CHUNK = 256
 
-# per request: (the request, its new entries {token: logprob}, the prompt tokens' ranks)
-PromptLogprobsResult = tuple[Request, list[dict[int, float]], list[int]]
+# per request: (the request, its new positions' (token ids, logprobs, the prompt token's rank))
+PromptLogprobsResult = tuple[Request, list[TokenLogprobs]]
 
 
 class PromptLogprobsStep:
@@ -37,14 +38,13 @@ class PromptLogprobsStep:
         self._host = (token_ids, logprobs, ranks)
 
     def results(self) -> list[PromptLogprobsResult]:
-        """Per request: its entries (the prompt token first, then its top prompt_logprobs alternatives)
-        and ranks, for the positions this step computed."""
+        """Per request, for the positions this step computed: the token ids (the prompt token first, then
+        its top prompt_logprobs alternatives), their logprobs and the prompt token's rank."""
         ids, values, ranks = (t.tolist() for t in self._host)
         out, row = [], 0
         for req, count in zip(self.requests, self.counts):
             k = req.sampling_params.prompt_logprobs
-            entries = [dict(zip(ids[r][:k + 1], values[r][:k + 1])) for r in range(row, row + count)]
-            out.append((req, entries, ranks[row:row + count]))
+            out.append((req, [(ids[r][:k + 1], values[r][:k + 1], ranks[r]) for r in range(row, row + count)]))
             row += count
         return out
 
@@ -89,9 +89,9 @@ def launch_prompt_logprobs(model, hidden: torch.Tensor, out: SchedulerOutput) ->
     for start in range(0, len(rows), MAX_ROWS_PER_CHUNK):
         chunk = index[:, start:start + MAX_ROWS_PER_CHUNK]
         logprobs = torch.log_softmax(model.compute_logits(hidden[chunk[0]]), dim=-1, dtype=torch.float32)
-        chunk_ids, chunk_values = gather_logprobs(logprobs, chunk[1], k)
+        chunk_ids, chunk_values, chunk_ranks = gather_logprobs(logprobs, chunk[1], k)
         ids.append(chunk_ids)
         values.append(chunk_values)
-        ranks.append((logprobs >= chunk_values[:, :1]).sum(dim=-1))
+        ranks.append(chunk_ranks)
     host = [to_host(torch.cat(t)) for t in (ids, values, ranks)]
     return PromptLogprobsStep(requests, counts, *host, is_cuda=hidden.is_cuda)

@@ -5,6 +5,7 @@ import enum
 import time
 from dataclasses import dataclass, field
 
+from engine.outputs import LogprobsDict, TokenLogprobs
 from engine.sampling_params import SamplingParams
 from engine.structured_outputs import ChoiceConstraint
 
@@ -26,17 +27,16 @@ class RequestStatus(enum.Enum):
 class PromptLogprobs:
     """A request's prompt logprobs (SamplingParams.prompt_logprobs), gathered over its prompt's steps.
 
-    `entries[p]` is {prompt token p + 1: its logprob given tokens 0..p, then the top-k tokens at that
-    position, most likely first} and `ranks[p]` that prompt token's rank (1: the most likely), for p in
-    [0, num_positions), num_positions = prompt length - 1. `num_launched`: the positions that launched steps
+    `entries[p]` is (token ids: prompt token p + 1, then the top-k tokens at that position, most likely
+    first; their logprobs given tokens 0..p; that prompt token's rank, 1: the most likely), for p in
+    [0, num_positions), num_positions = prompt length - 1 (the output processor makes them Logprobs). `num_launched`: the positions that launched steps
     compute (their results come back a step later with async scheduling); a recompute after preemption
     skips them, and the prefix cache serves no more tokens than that while some are left.
     """
 
     num_positions: int
     num_launched: int = 0
-    entries: list[dict[int, float]] = field(default_factory=list)
-    ranks: list[int] = field(default_factory=list)
+    entries: list[TokenLogprobs] = field(default_factory=list)
 
     @property
     def all_launched(self) -> bool:
@@ -69,7 +69,7 @@ class Request:
     bad_words_token_ids: tuple[tuple[int, ...], ...] = ()
     choice: ChoiceConstraint | None = None
     output_token_ids: list[int] = field(default_factory=list)
-    output_logprobs: list[dict[int, float]] = field(default_factory=list)
+    output_logprobs: list[LogprobsDict] = field(default_factory=list)
     num_computed_tokens: int = 0
     num_inflight: int = 0               # sampled on the device, not yet appended (overlapped steps)
     num_cached_tokens: int = 0          # prompt tokens served from the prefix cache at first admission

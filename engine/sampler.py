@@ -40,12 +40,14 @@ class SamplerOutput:
     """sampled_token_ids `[N] int64` on the logits' device. When some row asked for logprobs
     (K = max_num_logprobs): logprob_token_ids `[N, K+1] int64` (the sampled token first, then the top-K
     tokens) and logprobs `[N, K+1] float32`: log-softmax of the raw logits (vLLM's "raw_logprobs": before
-    the allowed_token_ids mask, bias, banned tokens, penalties, temperature and filters). A row that
-    asked for k < K uses the first k+1 columns."""
+    the allowed_token_ids mask, bias, banned tokens, penalties, temperature and filters), and
+    logprob_ranks `[N] int64`: the sampled token's rank in the vocabulary by those logprobs (vLLM's:
+    the number of tokens with one at least as large). A row that asked for k < K uses the first k+1 columns."""
 
     sampled_token_ids: torch.Tensor
     logprob_token_ids: torch.Tensor | None = None
     logprobs: torch.Tensor | None = None
+    logprob_ranks: torch.Tensor | None = None
 
 
 def seed_for_step(seed: int, step: int) -> int:
@@ -96,7 +98,8 @@ class Sampler:
                 sampled = torch.where(meta.greedy_mask, logits.argmax(dim=-1), sampled)
         out = SamplerOutput(sampled_token_ids=sampled)
         if logprobs is not None:
-            out.logprob_token_ids, out.logprobs = gather_logprobs(logprobs, sampled, meta.max_num_logprobs)
+            out.logprob_token_ids, out.logprobs, out.logprob_ranks = gather_logprobs(logprobs, sampled,
+                                                                                     meta.max_num_logprobs)
         return out
 
     def _reads_16bit(self, logits: torch.Tensor, meta: SamplingMetadata) -> bool:
@@ -238,11 +241,17 @@ def apply_min_p_(logits: torch.Tensor, min_p: torch.Tensor) -> None:
     logits.masked_fill_(logits < threshold, float("-inf"))
 
 
-def gather_logprobs(logprobs: torch.Tensor, sampled: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """logprobs `[N, V]`, sampled `[N]` -> (token ids `[N, k+1] int64`, logprobs `[N, k+1] float32`),
-    the sampled token first, then the k most likely tokens (highest first); k is capped at V."""
+def gather_logprobs(logprobs: torch.Tensor, scored: torch.Tensor,
+                    k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """logprobs `[N, V]` float32, scored `[N]` int64 (the sampled or prompt token of each row) ->
+    (token ids `[N, k+1] int64`, logprobs `[N, k+1] float32`, ranks `[N] int64`): the scored token first,
+    then the k most likely tokens (highest first; k is capped at V), and the scored token's rank in the
+    row as vLLM counts it: the number of tokens whose logprob is at least as large (the top token's is 1
+    where it has no tie; the top k are ranked 1..k by position). On the logprobs' device, no host sync."""
     k = min(k, logprobs.shape[1])
-    ids = sampled.unsqueeze(1)
+    ids = scored.unsqueeze(1)
     if k > 0:
         ids = torch.cat([ids, logprobs.topk(k, dim=-1).indices], dim=1)
-    return ids, logprobs.gather(1, ids)
+    values = logprobs.gather(1, ids)
+    ranks = (logprobs >= values[:, :1]).sum(dim=-1)
+    return ids, values, ranks

@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from engine.engine_client import EngineClient, EngineDeadError
 from engine.llm_engine import QueueFullError
-from engine.outputs import RequestOutput
+from engine.outputs import Logprob as EngineLogprob, LogprobsDict, RequestOutput
 from engine.sampling_params import SamplingParams
 from scheduler.waiting_queue import check_priority
 from server.errors import APIError, from_value_error
@@ -123,21 +123,17 @@ class Serving:
         return streams
 
     def decode_token(self, token_id: int) -> str:
+        """One token's text: the engine's Logprob.decoded_token is this too (engine/output_processor.py)."""
         return self.tokenizer.decode([token_id])
 
     def prompt_logprobs(self, out: RequestOutput) -> PromptLogprobs | None:
         """vLLM's prompt_logprobs of `out` (None where it has none): None for the first prompt token,
-        then {token id: Logprob} per prompt token, the prompt token first with its rank, then the top k."""
+        then {token id: Logprob} per prompt token, the prompt token first with its rank, then the top k
+        (the engine's Logprobs, -inf as finite_logprob's)."""
         if out.prompt_logprobs is None:
             return None
-        decoded: dict[int, str] = {}
-
-        def decode(token_id: int) -> str:
-            if token_id not in decoded:
-                decoded[token_id] = self.decode_token(token_id)
-            return decoded[token_id]
-        entries = zip(out.prompt_token_ids[1:], out.prompt_logprobs[1:], out.prompt_logprob_ranks[1:])
-        return [None] + [_ranked(entry, token, rank, decode) for token, entry, rank in entries]
+        return [None if entry is None else {token: _json_logprob(lp) for token, lp in entry.items()}
+                for entry in out.prompt_logprobs]
 
 
 def finite_logprob(logprob: float) -> float:
@@ -145,17 +141,14 @@ def finite_logprob(logprob: float) -> float:
     return max(logprob, -9999.0)
 
 
-def _ranked(entry: dict[int, float], token: int, token_rank: int, decode) -> dict[int, Logprob]:
-    """One prompt position as vLLM's Logprobs: the prompt token with its rank, then the top k in the
-    engine's order (most likely first) ranked 1, 2, ..., passing over the prompt token's rank when it
-    is one of them."""
-    ranked = {token: Logprob(logprob=finite_logprob(entry[token]), rank=token_rank, decoded_token=decode(token))}
-    rank = 0
-    for token_id, logprob in entry.items():
-        if token_id != token:
-            rank += 2 if rank + 1 == token_rank else 1
-            ranked[token_id] = Logprob(logprob=finite_logprob(logprob), rank=rank, decoded_token=decode(token_id))
-    return ranked
+def token_logprob(entry: LogprobsDict, token_id: int) -> float:
+    """The logprob of `token_id` in one position's LogprobsDict, -inf where it is not there."""
+    lp = entry.get(token_id)
+    return float("-inf") if lp is None else lp.logprob
+
+
+def _json_logprob(lp: EngineLogprob) -> Logprob:
+    return Logprob(logprob=finite_logprob(lp.logprob), rank=lp.rank, decoded_token=lp.decoded_token)
 
 
 def _engine_error(exc: BaseException) -> BaseException:

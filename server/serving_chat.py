@@ -16,7 +16,7 @@ from server.protocol import (ChatChoice, ChatCompletionChunk, ChatCompletionRequ
 from server.protocol_tools import ChatCompletionToolsParam
 from server.reasoning import ReasoningStream, prompt_think_state, split_reasoning
 from server.request_fields import check_fields, stream_usage
-from server.serving import ResponseHead, Serving, finite_logprob, merge, sse, sse_stream
+from server.serving import ResponseHead, Serving, finite_logprob, token_logprob, merge, sse, sse_stream
 from server.tool_calls import ToolCallParser, tool_call_messages
 from server.tool_parsers import TOOL_CALL_PARSERS
 
@@ -89,10 +89,10 @@ def _logprobs(serving: Serving, out: CompletionOutput, start: int, num_top: int)
     content = []
     for token_id, top in zip(out.token_ids[start:], (out.logprobs or [])[start:]):
         token = serving.decode_token(token_id)
-        ranked = sorted(top.items(), key=lambda kv: -kv[1])[:num_top]
-        tops = [TopLogprob(token=serving.decode_token(t), logprob=finite_logprob(lp),
+        ranked = sorted(top.items(), key=lambda kv: -kv[1].logprob)[:num_top]
+        tops = [TopLogprob(token=serving.decode_token(t), logprob=finite_logprob(lp.logprob),
                            bytes=list(serving.decode_token(t).encode())) for t, lp in ranked]
-        content.append(TokenLogprob(token=token, logprob=finite_logprob(top.get(token_id, float("-inf"))),
+        content.append(TokenLogprob(token=token, logprob=finite_logprob(token_logprob(top, token_id)),
                                     bytes=list(token.encode()), top_logprobs=tops))
     return ChatLogprobs(content=content)
 
@@ -202,11 +202,11 @@ class _ChoiceStream:
             return DeltaMessage(content=comp.text_delta)
         reasoning, content, calls = "", comp.text_delta, []
         if self.reasoning is not None:
-            split = self.reasoning.update(comp.text, comp.finished)
+            split = self.reasoning.update(comp.text, comp.finished())
             reasoning, content = split.reasoning, split.content
         if self.tools is not None:
             whole = self.reasoning.sent.content if self.reasoning is not None else comp.text
-            content, calls = self.tools.update(whole, comp.finished)
+            content, calls = self.tools.update(whole, comp.finished())
         return DeltaMessage(content=content or None, reasoning_content=reasoning or None, tool_calls=calls or None)
 
     def finish_reason(self, comp: CompletionOutput) -> str | None:
@@ -257,7 +257,7 @@ async def _stream(serving, req, head, streams, num_prompt_tokens, num_top, timer
                 sent[comp.index] = len(comp.token_ids)
                 logprobs = _logprobs(serving, comp, start, num_top) if req.logprobs else None
                 yield chunk(comp.index, delta, logprobs)
-            if comp.finished:
+            if comp.finished():
                 done.add(comp.index)
                 yield chunk(comp.index, DeltaMessage(), finish_reason=choice_streams[comp.index].finish_reason(comp),
                             stop_reason=comp.stop_reason)

@@ -4,13 +4,13 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Iterable
 
-from engine.outputs import CompletionOutput, RequestOutput
+from engine.outputs import CompletionOutput, LogprobsDict, RequestOutput
 from server.errors import APIError
 from server.protocol import (CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse,
                              CompletionStreamChoice, CompletionStreamResponse, UsageInfo)
 from server.prompt_truncation import truncate_prompts
 from server.request_fields import check_fields, stream_usage
-from server.serving import ResponseHead, Serving, finite_logprob, merge, sse, sse_stream
+from server.serving import ResponseHead, Serving, finite_logprob, merge, sse, sse_stream, token_logprob
 
 
 def _prompts(serving: Serving, req: CompletionRequest) -> list[list[int]]:
@@ -76,21 +76,22 @@ class _Choices:
         return result
 
     def _append(self, result: CompletionLogprobs, index: int, token_ids: list[int],
-                logprobs: list[dict[int, float] | None]) -> None:
+                logprobs: list[LogprobsDict | None]) -> None:
         offset = self.text_len.get(index, 0)
         for token_id, top in zip(token_ids, logprobs):
             token = self.serving.decode_token(token_id)
             result.tokens.append(token)
-            result.token_logprobs.append(None if top is None else finite_logprob(top.get(token_id, float("-inf"))))
+            result.token_logprobs.append(None if top is None else finite_logprob(token_logprob(top, token_id)))
             result.top_logprobs.append(None if top is None else self._top(top))
             result.text_offset.append(offset)
             offset += len(token)
         self.text_len[index] = offset
 
-    def _top(self, top: dict[int, float]) -> dict[str, float]:
+    def _top(self, top: LogprobsDict) -> dict[str, float]:
         """The token and the top `logprobs` alternatives (a prompt position may hold more), most likely first."""
         items = list(top.items())[:self.num_logprobs + 1]
-        return {self.serving.decode_token(t): finite_logprob(lp) for t, lp in sorted(items, key=lambda kv: -kv[1])}
+        return {self.serving.decode_token(t): finite_logprob(lp.logprob)
+                for t, lp in sorted(items, key=lambda kv: -kv[1].logprob)}
 
 
 async def create_completion(serving: Serving, req: CompletionRequest, timer_factory,
@@ -169,19 +170,19 @@ async def _stream(serving, head, streams, choices: _Choices, prompts, usage_flag
             index = choices.index(prompt_idx, comp)
             if index in done:
                 continue
-            if comp.finished:
+            if comp.finished():
                 done.add(index)
             sent = choices.num_logprobs_sent.get(index, 0)
             choices.latest[index] = comp
             if choices.echo_only:               # one chunk, once its (unreturned) token is there
-                if comp.finished:
+                if comp.finished():
                     yield chunk(index, choices.prompt_texts[prompt_idx], choices.logprobs(index, None, 0, out),
                                 comp.finish_reason, comp.stop_reason)
                 continue
             if choices.echo and index not in choices.echoed:
                 choices.echoed.add(index)
                 yield chunk(index, choices.prompt_texts[prompt_idx], choices.logprobs(index, None, 0, out))
-            if not (comp.text_delta or comp.finished or (choices.want_logprobs and len(comp.token_ids) > sent)):
+            if not (comp.text_delta or comp.finished() or (choices.want_logprobs and len(comp.token_ids) > sent)):
                 continue
             choices.num_logprobs_sent[index] = len(comp.token_ids)
             yield chunk(index, comp.text_delta, choices.logprobs(index, comp, sent), comp.finish_reason,

@@ -49,8 +49,8 @@ def test_a_single_allowed_token_is_the_whole_answer(llm):
         n = len(o.prompt_token_ids)
         ref = llm.generate([{"prompt_token_ids": o.prompt_token_ids + [42] * 5}],
                            SamplingParams(temperature=0, max_tokens=1, prompt_logprobs=0), use_tqdm=False)[0]
-        want = [entry[42] for entry in ref.prompt_logprobs[n:]]
-        assert [step[42] for step in o.outputs[0].logprobs] == pytest.approx(want, abs=1e-4)
+        want = [entry[42].logprob for entry in ref.prompt_logprobs[n:]]
+        assert [step[42].logprob for step in o.outputs[0].logprobs] == pytest.approx(want, abs=1e-4)
         assert max(want) < -0.1                         # not the masked distribution's 0.0
 
 

@@ -1,7 +1,7 @@
 """The offline API: prompt forms, per-prompt params, stop conditions, n > 1, seeds, logprobs, errors."""
 import pytest
 
-from engine import LLM, SamplingParams
+from engine import LLM, Logprob, SamplingParams
 from engine.detokenizer import IncrementalDetokenizer
 
 
@@ -126,9 +126,10 @@ def test_n_and_logprobs(llm):
     for c in out.outputs:
         assert len(c.logprobs) == len(c.token_ids) == 6
         for token, lp in zip(c.token_ids, c.logprobs):
-            assert token in lp and 2 <= len(lp) <= 3 and all(v <= 0 for v in lp.values())
+            assert list(lp)[0] == token and 2 <= len(lp) <= 3 and all(v.logprob <= 0 for v in lp.values())
+            assert all(isinstance(v, Logprob) for v in lp.values())
         # vLLM's cumulative_logprob: the sampled tokens' logprobs summed; None without logprobs
-        assert c.cumulative_logprob == pytest.approx(sum(lp[t] for t, lp in zip(c.token_ids, c.logprobs)))
+        assert c.cumulative_logprob == pytest.approx(sum(lp[t].logprob for t, lp in zip(c.token_ids, c.logprobs)))
     assert greedy(llm, "fan out", max_tokens=2).cumulative_logprob is None
 
 
@@ -166,6 +167,19 @@ def test_an_id_that_a_live_sequence_goes_by_is_refused(llm):
         finished.update({out.request_id: out for out in engine.step() if out.finished})
     assert sorted(finished) == ["x", "y#1"] and len(finished["x"].outputs) == 2
 
+
+def test_completion_finished_is_a_method_false_until_the_last_step(llm):
+    """vLLM's `CompletionOutput.finished()` is a method (a property here made `comp.finished` truthy in
+    every step, a bound method is too); RequestOutput.finished stays a bool."""
+    engine = llm.engine
+    engine.add_request("fin", "finished?", SamplingParams(temperature=0, max_tokens=3, ignore_eos=True))
+    steps = []
+    while engine.has_unfinished_requests():
+        steps += engine.step()
+    assert len(steps) == 3
+    assert [out.outputs[0].finished() for out in steps] == [False, False, True]
+    assert [out.finished for out in steps] == [False, False, True]
+    assert all(isinstance(out.finished, bool) and isinstance(out.outputs[0].finished(), bool) for out in steps)
 
 def test_prompt_plus_max_tokens_over_context(llm):
     with pytest.raises(ValueError, match="max_tokens"):

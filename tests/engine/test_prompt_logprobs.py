@@ -8,7 +8,7 @@ import random
 import pytest
 import torch
 
-from engine import LLM, SamplingParams, prompt_logprobs
+from engine import LLM, Logprob, SamplingParams, prompt_logprobs
 from engine.output_wire import OutputAssembler, pack_output
 from engine.output_processor import OutputProcessor
 from engine.outputs import CompletionOutput, RequestOutput
@@ -18,6 +18,7 @@ from scheduler.scheduler import Scheduler
 from tests.engine.test_graph_padding import EagerGraphs
 
 ATOL = 2e-4
+TOKENIZER = byte_tokenizer()         # the tiny checkpoints' (tests/engine/checkpoints.py)
 
 
 def prompts(vocab: int, lens, seed: int = 0, prefix: list[int] | None = None) -> list[list[int]]:
@@ -32,26 +33,35 @@ def reference(hf_model, prompt: list[int]) -> torch.Tensor:
     return torch.log_softmax(logits, dim=-1)
 
 
+def check_rank(row: torch.Tensor, token: int, rank: int) -> None:
+    """`rank` is `token`'s in the float64 row `[V]`: the tokens with a logprob at least as large (vLLM's
+    count), to ATOL."""
+    value = row[token].item()
+    assert int((row > value + ATOL).sum()) + 1 <= rank <= int((row >= value - ATOL).sum()), (token, rank)
+
+
 def check(out, hf_model, k: int) -> None:
-    """`out.prompt_logprobs` (and ranks) equal transformers' for `out.prompt_token_ids` with top `k`."""
+    """`out.prompt_logprobs` equal transformers' for `out.prompt_token_ids` with top `k`: vLLM's Logprobs,
+    the prompt token first with its rank in the vocabulary, then the top k ranked 1..k, each with its text."""
     prompt = out.prompt_token_ids
     ref = reference(hf_model, prompt)
-    assert len(out.prompt_logprobs) == len(out.prompt_logprob_ranks) == len(prompt)
-    assert out.prompt_logprobs[0] is None and out.prompt_logprob_ranks[0] is None
-    for p, (entry, rank) in enumerate(zip(out.prompt_logprobs[1:], out.prompt_logprob_ranks[1:])):
+    assert len(out.prompt_logprobs) == len(prompt) and out.prompt_logprobs[0] is None
+    for p, entry in enumerate(out.prompt_logprobs[1:]):
         token, row = prompt[p + 1], ref[p]
         assert list(entry)[0] == token                       # the prompt token first, then the top k
-        for t, value in entry.items():
-            assert value == pytest.approx(row[t].item(), abs=ATOL)
-        value = row[token].item()
-        assert int((row > value + ATOL).sum()) + 1 <= rank <= int((row >= value - ATOL).sum())
+        for t, lp in entry.items():
+            assert isinstance(lp, Logprob) and lp.decoded_token == TOKENIZER.decode([t])
+            assert lp.logprob == pytest.approx(row[t].item(), abs=ATOL)
+            check_rank(row, t, lp.rank)
         in_top = len(entry) == k
         assert len(entry) == k + 1 or (in_top and k > 0)
         top = list(entry) if in_top else list(entry)[1:]
+        assert sorted(entry[t].rank for t in top) == list(range(1, k + 1)), "the top k are not ranked 1..k"
         kth = row.topk(k).values[-1].item() if k else float("inf")
         assert all(row[t].item() >= kth - ATOL for t in top), "not the top k"
         rest = [entry[t] for t in list(entry)[1:]]
-        assert rest == sorted(rest, reverse=True), "top k not most likely first"
+        assert [lp.rank for lp in rest] == sorted(lp.rank for lp in rest), "top k not most likely first"
+        assert [lp.logprob for lp in rest] == sorted((lp.logprob for lp in rest), reverse=True)
 
 
 def engine(path: str, **kw) -> LLM:
@@ -71,7 +81,7 @@ def test_prompt_logprobs_match_transformers(checkpoint, k, monkeypatch):
     outs = engine(path).generate(batch, greedy(k), use_tqdm=False)
     for out in outs[:-1]:
         check(out, hf_model, k)
-    assert outs[-1].prompt_logprobs == [None] and outs[-1].prompt_logprob_ranks == [None]
+    assert outs[-1].prompt_logprobs == [None]
     if k == 0:
         assert all(len(entry) == 1 for out in outs for entry in out.prompt_logprobs[1:])
 
@@ -182,25 +192,25 @@ def test_streamed_outputs_carry_them_from_the_first(qwen3_checkpoint):
             rebuilt = assembler.unpack(packed)
             seen.append(out)
             assert rebuilt.prompt_logprobs == out.prompt_logprobs
-            assert rebuilt.prompt_logprob_ranks == out.prompt_logprob_ranks
     assert len(seen) == 6
     for out in seen:
         check(out, hf_model, 2)
 
 
 def test_wire_carries_no_prompt_logprobs_after_the_first_output():
+    prompt_lps = [None, {2: Logprob(-0.5, 1, "b"), 7: Logprob(-1.5, 2, None)}]
     outs = [RequestOutput("r", "p", [1, 2], [CompletionOutput(0, "a", [5], token_ids_delta=[5], text_delta="a")],
-                          False, prompt_logprobs=[None, {2: -0.5}], prompt_logprob_ranks=[None, 1]),
+                          False, prompt_logprobs=prompt_lps),
             RequestOutput("r", "p", [1, 2], [CompletionOutput(0, "ab", [5, 6], "length", token_ids_delta=[6],
                                                               text_delta="b")],
-                          True, prompt_logprobs=[None, {2: -0.5}], prompt_logprob_ranks=[None, 1])]
+                          True, prompt_logprobs=prompt_lps)]
     assembler = OutputAssembler()
     first = assembler.unpack(pack_output(outs[0], first=True))
     later_packed = pack_output(outs[1], first=False)
     assert later_packed[1] is None                          # the prompt and its logprobs went once
     later = assembler.unpack(later_packed)
-    assert first.prompt_logprobs == later.prompt_logprobs == [None, {2: -0.5}]
-    assert later.prompt_logprob_ranks == [None, 1] and later.outputs[0].text == "ab"
+    assert first.prompt_logprobs == later.prompt_logprobs == prompt_lps
+    assert list(later.prompt_logprobs[1]) == [2, 7] and later.outputs[0].text == "ab"
 
 
 @pytest.mark.parametrize("value", [-2, -5])
@@ -222,10 +232,10 @@ def test_a_group_waits_for_its_first_sequences_prompt_logprobs():
         second.append_output_token(token)
         assert processor.process_token(second, None, 100) is None
         assert processor.make_outputs([second]) == []
-    first.prompt_logprobs.entries += [{71: -1.0}, {72: -2.0}]
-    first.prompt_logprobs.ranks += [3, 4]
+    first.prompt_logprobs.entries += [([71, 65], [-1.0, -0.5], 3), ([72, 72], [-2.0, -2.0], 1)]
     first.append_output_token(99)
     processor.process_token(first, None, 100)
     [out] = processor.make_outputs([first])
-    assert out.prompt_logprobs == [None, {71: -1.0}, {72: -2.0}] and out.prompt_logprob_ranks == [None, 3, 4]
+    assert out.prompt_logprobs == [None, {71: Logprob(-1.0, 3, "G"), 65: Logprob(-0.5, 1, "A")},
+                                   {72: Logprob(-2.0, 1, "H")}]
     assert out.outputs[1].token_ids_delta == [97, 98] and out.outputs[1].text_delta == "ab"

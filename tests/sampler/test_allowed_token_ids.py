@@ -78,6 +78,8 @@ def test_logprobs_are_raw_taken_before_the_mask(use_kernel):
     assert ids[0, 0] == max(ALLOWED, key=lambda t: logits[0, t].item()) and ids[1, 0].item() in ALLOWED
     assert torch.equal(ids[:, 1:], raw.topk(3, dim=-1).indices) and (ids[:, 1] == 0).all()
     torch.testing.assert_close(logprobs, raw.gather(1, ids).float(), rtol=1e-5, atol=1e-5)
+    ranks = (raw >= raw.gather(1, ids[:, :1])).sum(dim=-1)         # the disallowed best tokens counted
+    assert torch.equal(out.logprob_ranks.cpu(), ranks) and (ranks > 1).all()
 
 
 def test_metadata_only_for_rows_that_use_it():

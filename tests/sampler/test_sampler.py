@@ -175,6 +175,31 @@ def test_logprobs_are_raw_logits_float64_reference():
     expected = ref.gather(1, out.logprob_token_ids).float()
     torch.testing.assert_close(out.logprobs, expected, rtol=1e-5, atol=1e-5)
     assert out.sampled_token_ids[4].item() in (1, 2, 3) and out.logprobs[4, 0] < ref[4].max()
+    assert torch.equal(out.logprob_ranks, (ref >= ref.gather(1, out.logprob_token_ids[:, :1])).sum(dim=-1))
+
+
+def test_sampled_token_rank_float64_reference():
+    """The sampled token's rank in the raw logprobs (vLLM's Logprob.rank), computed on the device:
+    as vLLM counts it, the tokens with a logprob at least as large (a float64 reference; ties count);
+    none where no row asked for logprobs."""
+    torch.manual_seed(3)
+    vocab = 80
+    logits = torch.randn(5, vocab) * 2
+    logits[3, :3] = logits[3].max() + 1                  # a three-way tie at the top: greedy takes token 0
+    logits[4, :2] = logits[4].max() + 1                  # two tokens above the allowed token 2
+    logits[4, 2] = logits[4, 3] = logits[4].max() - 0.5   # 2 tied with 3, both below the two
+    params = [SamplingParams(temperature=1.0, seed=1, logprobs=2), SamplingParams(temperature=2.0, logprobs=0),
+              SamplingParams(temperature=0, logprobs=1, logit_bias={5: 50.0}), SamplingParams(temperature=0),
+              SamplingParams(temperature=0, logprobs=3, allowed_token_ids=[2])]
+    out = sample(logits, [make_request(p, num_output_tokens=1) for p in params])
+    ref = torch.log_softmax(logits.double(), dim=-1)
+    sampled = out.sampled_token_ids
+    want = (ref >= ref.gather(1, sampled.unsqueeze(1))).sum(dim=-1)
+    assert out.logprob_ranks.dtype == torch.int64 and torch.equal(out.logprob_ranks, want)
+    assert sampled[2] == 5 and want[2] > 1                # the bias came after the raw logprobs
+    assert sampled[3] == 0 and want[3] == 3 and sampled[4] == 2 and want[4] == 4
+    plain = sample(logits, [make_request(SamplingParams(temperature=1.0)) for _ in range(5)])
+    assert plain.logprob_ranks is None and plain.logprobs is None
 
 
 def test_logprobs_capped_at_vocab():

@@ -3,6 +3,7 @@ streams; refusals, aborts, a dying engine process and start-up failures reach th
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import os
 import signal
 import time
@@ -12,7 +13,7 @@ import pytest
 from engine.async_engine import AsyncEngine
 from engine.engine_client import EngineDeadError
 from engine.engine_process import ProcessAsyncEngine
-from engine.outputs import CompletionOutput, RequestOutput
+from engine.outputs import CompletionOutput, Logprob, RequestOutput
 from engine.output_wire import OutputAssembler, pack_output
 from engine.sampling_params import SamplingParams
 from server_harness import (MODEL_NAME, ServerThread, engine_config, idle_stats, offline_generate, offline_outputs,
@@ -71,7 +72,12 @@ def test_streams_equal_the_in_process_engine(process_engine, tiny_model_path):
     for mine, theirs in zip(got[1][-1].outputs, expected[1][-1].outputs):
         assert len(mine.logprobs) == len(theirs.logprobs) == len(mine.token_ids)
         for lp, ref in zip(mine.logprobs, theirs.logprobs):
-            assert lp.keys() == ref.keys() and all(abs(lp[t] - ref[t]) < 1e-4 for t in lp)
+            assert list(lp) == list(ref) and all(abs(lp[t].logprob - ref[t].logprob) < 1e-4 for t in lp)
+            assert all(isinstance(e, Logprob) for e in lp.values())
+            assert [e.decoded_token for e in lp.values()] == [e.decoded_token for e in ref.values()]
+            # the top k's ranks are their places; the sampled token's may move at a near-tie of its logprob
+            assert [e.rank for e in lp.values()][1:] == [e.rank for e in ref.values()][1:]
+            assert abs(next(iter(lp.values())).rank - next(iter(ref.values())).rank) <= 1
     assert all(_deltas_add_up(outs) and len(outs) > 1 for outs in got)   # streamed, not one final output
     assert len(got[1][-1].outputs) == 2
 
@@ -116,10 +122,11 @@ def test_prompt_logprobs_cross_from_the_engine_process(process_engine, reference
     outs = asyncio.run(_collect(process_engine, "plp", "prompt logprobs, please", params))
     assert len(outs) > 1 and outs[-1].finished
     for out in outs:
-        assert out.prompt_logprob_ranks == want.prompt_logprob_ranks
         assert [list(e or ()) for e in out.prompt_logprobs] == [list(e or ()) for e in want.prompt_logprobs]
         for got, ref in zip(out.prompt_logprobs[1:], want.prompt_logprobs[1:]):
-            assert list(got.values()) == pytest.approx(list(ref.values()), abs=1e-4)
+            assert [e.logprob for e in got.values()] == pytest.approx([e.logprob for e in ref.values()], abs=1e-4)
+            assert [(e.rank, e.decoded_token) for e in got.values()] == [(e.rank, e.decoded_token)
+                                                                         for e in ref.values()]
 
 
 async def _collect_with_priority(engine, request_id: str, prompt, params: SamplingParams, priority: int):
@@ -191,15 +198,46 @@ def test_server_on_the_engine_process(tiny_model_path, reference_engine):
 
 
 def test_packed_outputs_rebuild_the_cumulative_ones():
-    """pack_output keeps the deltas only; OutputAssembler appends them back."""
-    steps = [RequestOutput("r", "p", [1, 2], [CompletionOutput(0, "ab", [5, 6], logprobs=[{5: -1.0}, {6: -2.0}],
-                                                                text_delta="ab", token_ids_delta=[5, 6])], False),
-             RequestOutput("r", "p", [1, 2], [CompletionOutput(0, "abc", [5, 6, 7], "stop", "c",
-                                                                logprobs=[{5: -1.0}, {6: -2.0}, {7: -0.5}],
-                                                                text_delta="c", token_ids_delta=[7])], True)]
+    """pack_output keeps the deltas only, Logprobs as tuples; OutputAssembler appends them back as Logprobs
+    (-inf, a None rank or text and the dicts' order kept)."""
+    lps = [{5: Logprob(-1.0, 2, "a"), 9: Logprob(-0.25, 1, "z")}, {6: Logprob(float("-inf"), 40, "b")},
+           {7: Logprob(-0.5)}]
+    prompt_lps = [None, {2: Logprob(-3.0, 7, "p"), 4: Logprob(-0.1, 1, None)}]
+    steps = [RequestOutput("r", "p", [1, 2], [CompletionOutput(0, "ab", [5, 6], logprobs=lps[:2], text_delta="ab",
+                                                                token_ids_delta=[5, 6])], False,
+                           prompt_logprobs=prompt_lps),
+             RequestOutput("r", "p", [1, 2], [CompletionOutput(0, "abc", [5, 6, 7], "stop", "c", logprobs=lps,
+                                                                text_delta="c", token_ids_delta=[7])], True,
+                           prompt_logprobs=prompt_lps)]
     assembler = OutputAssembler()
     rebuilt = [assembler.unpack(pack_output(out, first=i == 0)) for i, out in enumerate(steps)]
     assert rebuilt == steps
-    assert pack_output(steps[1], first=False)[5] == [(0, "c", [7], "stop", "c", [{7: -0.5}])]
+    assert [list(step) for step in rebuilt[1].outputs[0].logprobs] == [[5, 9], [6], [7]]
+    assert pack_output(steps[1], first=False)[5] == [(0, "c", [7], "stop", "c", [((7, -0.5, None, None),)])]
     with pytest.raises(ValueError, match="carries no prompt"):
         OutputAssembler().unpack(pack_output(steps[1], first=False))
+
+
+def test_logprobs_cross_the_pipe_as_equal_logprob_objects(reference_engine):
+    """The engine process's transport in one process: each step's outputs packed as EngineCore.report
+    packs them, sent through a multiprocessing pipe (pickled, as the engine's), rebuilt by the
+    OutputAssembler: equal to the engine's own, Logprob objects (logprob, rank, decoded_token) and the
+    dicts' order (the sampled or prompt token first) included."""
+    params = SamplingParams(max_tokens=6, temperature=1.0, seed=2, n=2, logprobs=3, prompt_logprobs=2)
+    reference_engine.add_request("wire", "logprobs over the wire", params)
+    sender, receiver = multiprocessing.Pipe()
+    assembler, num_outputs = OutputAssembler(), 0
+    while reference_engine.has_unfinished_requests():
+        for out in reference_engine.step():
+            sender.send(pack_output(out, first=num_outputs == 0))
+            rebuilt = assembler.unpack(receiver.recv())
+            num_outputs += 1
+            assert rebuilt == out
+            assert [[list(d) for d in c.logprobs] for c in rebuilt.outputs] == [[list(d) for d in c.logprobs]
+                                                                                 for c in out.outputs]
+            assert [list(d or ()) for d in rebuilt.prompt_logprobs] == [list(d or ()) for d in out.prompt_logprobs]
+    assert num_outputs > 1 and rebuilt.finished
+    entries = [d for c in rebuilt.outputs for d in c.logprobs] + rebuilt.prompt_logprobs[1:]
+    assert len(entries) == 12 + len(rebuilt.prompt_token_ids) - 1
+    assert all(isinstance(lp, Logprob) and lp.rank >= 1 and isinstance(lp.decoded_token, str)
+               for d in entries for lp in d.values())

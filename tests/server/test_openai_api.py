@@ -53,9 +53,9 @@ def test_completion_logprobs_match_offline(client, reference_engine):
     lp = resp.choices[0].logprobs
     tok = reference_engine.tokenizer
     assert lp.tokens == [tok.decode([t]) for t in ref.token_ids]
-    assert lp.token_logprobs == pytest.approx([d[t] for d, t in zip(ref.logprobs, ref.token_ids)], abs=1e-4)
+    assert lp.token_logprobs == pytest.approx([d[t].logprob for d, t in zip(ref.logprobs, ref.token_ids)], abs=1e-4)
     for top, d, t in zip(lp.top_logprobs, ref.logprobs, ref.token_ids):
-        assert 3 <= len(top) <= 4 and max(top.values()) == pytest.approx(d[t], abs=1e-4)   # greedy: sampled is top
+        assert 3 <= len(top) <= 4 and max(top.values()) == pytest.approx(d[t].logprob, abs=1e-4)   # greedy: top
     assert lp.text_offset == [sum(len(x) for x in lp.tokens[:i]) for i in range(len(lp.tokens))]
 
 

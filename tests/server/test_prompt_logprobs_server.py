@@ -25,12 +25,13 @@ def check_vllm_shape(got: list, want, tokenizer, k: int) -> None:
     """`got` (JSON) is vLLM's prompt_logprobs of the offline RequestOutput `want` with top `k`."""
     ids = want.prompt_token_ids
     assert len(got) == len(ids) and got[0] is None
-    for entry, lps, rank, token in zip(got[1:], want.prompt_logprobs[1:], want.prompt_logprob_ranks[1:], ids[1:]):
+    for entry, lps, token in zip(got[1:], want.prompt_logprobs[1:], ids[1:]):
         assert list(entry) == [str(t) for t in lps]                    # the prompt token first, then the top k
-        mine = entry[str(token)]
+        mine, rank = entry[str(token)], lps[token].rank
         assert mine["rank"] == rank and mine["decoded_token"] == tokenizer.decode([token])
         for t, value in lps.items():
-            assert entry[str(t)]["logprob"] == pytest.approx(value, abs=ATOL)
+            assert entry[str(t)]["logprob"] == pytest.approx(value.logprob, abs=ATOL)
+            assert entry[str(t)]["rank"] == value.rank and entry[str(t)]["decoded_token"] == value.decoded_token
         assert sorted(e["rank"] for e in entry.values()) == sorted(set(range(1, k + 1)) | {rank})
         by_rank = sorted(entry.values(), key=lambda e: e["rank"])
         assert [e["logprob"] for e in by_rank] == sorted((e["logprob"] for e in by_rank), reverse=True)
@@ -79,7 +80,7 @@ def check_echoed(lp: dict, want, tokenizer, k: int, num_generated: int) -> None:
     entries = want.prompt_logprobs + gen.logprobs[:num_generated]
     assert lp["tokens"] == [tokenizer.decode([t]) for t in ids]
     assert lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None
-    assert lp["token_logprobs"][1:] == pytest.approx([e[t] for e, t in zip(entries[1:], ids[1:])], abs=ATOL)
+    assert lp["token_logprobs"][1:] == pytest.approx([e[t].logprob for e, t in zip(entries[1:], ids[1:])], abs=ATOL)
     for top, entry in zip(lp["top_logprobs"][1:], entries[1:]):
         assert 1 <= len(top) <= k + 1
         assert list(top.values()) == sorted(top.values(), reverse=True)
@@ -123,11 +124,11 @@ def test_openai_client_loglikelihood_as_lm_eval(client, reference_engine):
         assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(prompt) + 1
         ctxlen = len(context)
         got = sum(lp.token_logprobs[ctxlen:-1])
-        expected = sum(ref.prompt_logprobs[p][prompt[p]] for p in range(ctxlen, len(prompt)))
+        expected = sum(ref.prompt_logprobs[p][prompt[p]].logprob for p in range(ctxlen, len(prompt)))
         assert got == pytest.approx(expected, abs=1e-3)
         is_greedy = all(max(top, key=top.get) == token for token, top in
                         zip(lp.tokens[ctxlen:-1], lp.top_logprobs[ctxlen:-1]))
-        assert is_greedy == all(ref.prompt_logprob_ranks[p] == 1 for p in range(ctxlen, len(prompt)))
+        assert is_greedy == all(ref.prompt_logprobs[p][prompt[p]].rank == 1 for p in range(ctxlen, len(prompt)))
 
 
 def test_echo_with_max_tokens_0_returns_the_prompt_alone(http, reference_engine):
