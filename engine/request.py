@@ -29,9 +29,10 @@ class PromptLogprobs:
 
     `entries[p]` is (token ids: prompt token p + 1, then the top-k tokens at that position, most likely
     first; their logprobs given tokens 0..p; that prompt token's rank, 1: the most likely), for p in
-    [0, num_positions), num_positions = prompt length - 1 (the output processor makes them Logprobs). `num_launched`: the positions that launched steps
-    compute (their results come back a step later with async scheduling); a recompute after preemption
-    skips them, and the prefix cache serves no more tokens than that while some are left.
+    [0, num_positions), num_positions = prompt length - 1 (the output processor makes them Logprobs).
+    `num_launched`: the positions that launched steps compute (their results come back a step later
+    with async scheduling); a recompute after preemption skips them, and the prefix cache serves no
+    more tokens than that while some are left.
     """
 
     num_positions: int

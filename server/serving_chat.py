@@ -90,8 +90,8 @@ def _logprobs(serving: Serving, out: CompletionOutput, start: int, num_top: int)
     for token_id, top in zip(out.token_ids[start:], (out.logprobs or [])[start:]):
         token = serving.decode_token(token_id)
         ranked = sorted(top.items(), key=lambda kv: -kv[1].logprob)[:num_top]
-        tops = [TopLogprob(token=serving.decode_token(t), logprob=finite_logprob(lp.logprob),
-                           bytes=list(serving.decode_token(t).encode())) for t, lp in ranked]
+        tops = [TopLogprob(token=lp.decoded_token, logprob=finite_logprob(lp.logprob),
+                           bytes=list(lp.decoded_token.encode())) for _, lp in ranked]
         content.append(TokenLogprob(token=token, logprob=finite_logprob(token_logprob(top, token_id)),
                                     bytes=list(token.encode()), top_logprobs=tops))
     return ChatLogprobs(content=content)

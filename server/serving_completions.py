@@ -90,8 +90,7 @@ class _Choices:
     def _top(self, top: LogprobsDict) -> dict[str, float]:
         """The token and the top `logprobs` alternatives (a prompt position may hold more), most likely first."""
         items = list(top.items())[:self.num_logprobs + 1]
-        return {self.serving.decode_token(t): finite_logprob(lp.logprob)
-                for t, lp in sorted(items, key=lambda kv: -kv[1].logprob)}
+        return {lp.decoded_token: finite_logprob(lp.logprob) for _, lp in sorted(items, key=lambda kv: -kv[1].logprob)}
 
 
 async def create_completion(serving: Serving, req: CompletionRequest, timer_factory,
