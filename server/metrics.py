@@ -1,7 +1,9 @@
 """Prometheus metrics of one app, in its own CollectorRegistry.
 
 Engine-wide gauges and counters are read from the AsyncEngine's stats snapshot at scrape time;
-latency histograms are observed per request by RequestTimer.
+latency histograms are observed per request by RequestTimer. The names are vLLM's (`vllm:` prefix, same
+suffixes, `model_name` label), so dashboards and autoscalers written for vLLM read them unchanged;
+`vllm:healthy` is this engine's own.
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import time
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-_PREFIX = "engine"
+_PREFIX = "vllm"
 _LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 # (metric suffix, EngineStats field, help)
@@ -34,14 +36,14 @@ class _EngineStatsCollector:
     def collect(self):
         stats = self.async_engine.stats
         for suffix, field, help_text in _GAUGES:
-            family = GaugeMetricFamily(f"{_PREFIX}_{suffix}", help_text, labels=["model_name"])
+            family = GaugeMetricFamily(f"{_PREFIX}:{suffix}", help_text, labels=["model_name"])
             family.add_metric([self.model_name], float(getattr(stats, field, 0)))
             yield family
         for suffix, field, help_text in _COUNTERS:
-            family = CounterMetricFamily(f"{_PREFIX}_{suffix}", help_text, labels=["model_name"])
+            family = CounterMetricFamily(f"{_PREFIX}:{suffix}", help_text, labels=["model_name"])
             family.add_metric([self.model_name], float(getattr(stats, field, 0)))
             yield family
-        healthy = GaugeMetricFamily(f"{_PREFIX}_healthy", "1 while the engine loop is alive and progressing.")
+        healthy = GaugeMetricFamily(f"{_PREFIX}:healthy", "1 while the engine loop is alive and progressing.")
         healthy.add_metric([], 1.0 if self.async_engine.is_healthy() else 0.0)
         yield healthy
 
@@ -53,11 +55,11 @@ class ServerMetrics:
         self.registry = CollectorRegistry()
         self.registry.register(_EngineStatsCollector(async_engine, model_name))
         labels = ["model_name"]
-        self.ttft = Histogram(f"{_PREFIX}_time_to_first_token_seconds", "Time to first token.", labels,
+        self.ttft = Histogram(f"{_PREFIX}:time_to_first_token_seconds", "Time to first token.", labels,
                               registry=self.registry, buckets=_LATENCY_BUCKETS).labels(model_name)
-        self.itl = Histogram(f"{_PREFIX}_inter_token_latency_seconds", "Time between output steps of a request.",
+        self.itl = Histogram(f"{_PREFIX}:inter_token_latency_seconds", "Time between output steps of a request.",
                              labels, registry=self.registry, buckets=_LATENCY_BUCKETS).labels(model_name)
-        self.e2e = Histogram(f"{_PREFIX}_e2e_request_latency_seconds", "Request arrival to finish.", labels,
+        self.e2e = Histogram(f"{_PREFIX}:e2e_request_latency_seconds", "Request arrival to finish.", labels,
                              registry=self.registry, buckets=_LATENCY_BUCKETS).labels(model_name)
 
     def render(self) -> bytes:

@@ -16,7 +16,7 @@ def _counts(http) -> dict[str, float]:
     text = http.get("/metrics").text
     counts = {}
     for name in HISTOGRAMS:
-        match = re.search(rf'^engine_{name}_count{{model_name="{MODEL_NAME}"}} (\S+)$', text, re.MULTILINE)
+        match = re.search(rf'^vllm:{name}_count{{model_name="{MODEL_NAME}"}} (\S+)$', text, re.MULTILINE)
         counts[name] = float(match.group(1))
     return counts
 

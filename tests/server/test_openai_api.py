@@ -120,11 +120,12 @@ def test_tokenize_detokenize_health_metrics(server, reference_engine):
         assert http.post("/detokenize", json={"tokens": tok["tokens"]}).json() == {"prompt": "abc"}
         assert http.get("/health").status_code == 200
         metrics = http.get("/metrics").text
-    for name in ("engine_num_requests_running", "engine_num_requests_waiting", "engine_kv_cache_usage_perc",
-                 "engine_prefix_cache_queries_total", "engine_prefix_cache_hits_total", "engine_prompt_tokens_total",
-                 "engine_generation_tokens_total", "engine_num_preemptions_total",
-                 "engine_time_to_first_token_seconds_bucket", "engine_inter_token_latency_seconds_bucket",
-                 "engine_e2e_request_latency_seconds_count"):
+    # vLLM's names, so that dashboards written for vLLM read them unchanged
+    for name in ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc",
+                 "vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total", "vllm:prompt_tokens_total",
+                 "vllm:generation_tokens_total", "vllm:num_preemptions_total",
+                 "vllm:time_to_first_token_seconds_bucket", "vllm:inter_token_latency_seconds_bucket",
+                 "vllm:e2e_request_latency_seconds_count"):
         assert name in metrics, name
-    generated = [line for line in metrics.splitlines() if line.startswith("engine_generation_tokens_total")]
+    generated = [line for line in metrics.splitlines() if line.startswith("vllm:generation_tokens_total")]
     assert float(generated[0].split()[-1]) > 0
