@@ -19,6 +19,8 @@ __all__ = ["IncrementalDetokenizer", "StopStringChecker"]
 # Prompt tokens used as left context for the first output tokens.
 _NUM_CONTEXT_TOKENS = 5
 _REPLACEMENT_CHAR = "\ufffd"
+# A character cut by the end of a prompt left at most this many of its tokens (bytes) in it.
+_MAX_PARTIAL_TOKENS = 3
 
 
 def special_token_ids(tokenizer) -> frozenset[int]:
@@ -46,8 +48,8 @@ class IncrementalDetokenizer:
         self.skip_special_tokens = skip_special_tokens
         self.spaces_between_special_tokens = spaces_between_special_tokens
         self._skip_ids = special_token_ids(tokenizer) if skip_special_tokens else frozenset()
-        self._tokens: list[str] = self._to_tokens(list(prompt_token_ids[-_NUM_CONTEXT_TOKENS:]))
-        self._prefix, self._read = 0, len(self._tokens)
+        self._tokens: list[str] = self._context_tokens(list(prompt_token_ids))
+        self._prefix, self._read = 0, self._complete_prefix_len(self._tokens)
         self.output_text = ""
         self.num_tokens = 0
 
@@ -88,6 +90,28 @@ class IncrementalDetokenizer:
         del self._tokens[:self._read]
         self._prefix, self._read = 0, len(self._tokens)
         return delta
+
+    def _context_tokens(self, prompt_token_ids: list[int]) -> list[str]:
+        """The prompt's last few tokens as the window's start, taken further back (at most 3 tokens: a
+        UTF-8 character has at most 4 bytes) while it would start inside a character."""
+        start = max(0, len(prompt_token_ids) - _NUM_CONTEXT_TOKENS)
+        tokens = self._to_tokens(prompt_token_ids[start:])
+        for _ in range(_MAX_PARTIAL_TOKENS):
+            if start == 0 or not self.tokenizer.convert_tokens_to_string(tokens).startswith(_REPLACEMENT_CHAR):
+                break
+            start -= 1
+            tokens = self._to_tokens(prompt_token_ids[start:start + 1]) + tokens
+        return tokens
+
+    def _complete_prefix_len(self, tokens: list[str]) -> int:
+        """How many of the window's tokens decode to whole characters: a prompt (given as token ids) that
+        ends inside a character leaves its last bytes (at most 3 tokens) pending, so the first output
+        tokens complete that character in the output text instead of losing it (as vLLM's detokenizer)."""
+        read = len(tokens)
+        while (read > 0 and len(tokens) - read < _MAX_PARTIAL_TOKENS
+               and self.tokenizer.convert_tokens_to_string(tokens[:read]).endswith(_REPLACEMENT_CHAR)):
+            read -= 1
+        return read
 
     def _to_tokens(self, ids: Sequence[int]) -> list[str]:
         """Token strings of `ids`, without special tokens when they are skipped (unknown ids give none)."""

@@ -89,6 +89,24 @@ def test_emoji_split_over_bytes_emits_once_complete():
     assert [detok.append([i]) for i in ids] == ["a", "", "", "", "😀"]
 
 
+@pytest.mark.parametrize("name", list(TOKENIZERS))
+def test_a_prompt_ending_inside_a_character_has_it_completed_in_the_output(name):
+    """Token-id prompts may stop inside a character; its bytes are not lost: the output starts with the
+    character the first output tokens complete (vLLM's detokenizer keeps such bytes pending too)."""
+    tok = TOKENIZERS[name]()
+    rng = random.Random(11)
+    for text in ["ab😀x y", "世界!", "Ωμέγα ok", *(random_text(rng, 12) for _ in range(6))]:
+        ids = tok.encode(text, add_special_tokens=False)
+        for cut in range(1, len(ids)):
+            prompt, output = ids[:cut], ids[cut:]
+            if not tok.decode(prompt).endswith("\ufffd"):
+                continue
+            detok = IncrementalDetokenizer(tok, prompt)
+            text_out = "".join(detok.append([t]) for t in output) + detok.flush()
+            whole_prompt = tok.decode(prompt).rstrip("\ufffd")
+            assert text_out == text[len(whole_prompt):], (text, cut)
+
+
 def test_skip_special_tokens_drops_eos_text():
     tok = byte_tokenizer()
     ids = tok.encode("hi", add_special_tokens=False) + [tok.eos_token_id]
