@@ -139,7 +139,7 @@ class LLMEngine:
         params.check_max_logprobs(self.config.max_logprobs)
         bad_words = bad_words_token_ids(params.bad_words, self.tokenizer, self.model_config.vocab_size)
         choice = self._choice_constraint(params)
-        params = self._fill_max_tokens(params, len(ids))
+        params = self._cap_max_tokens(params, len(ids))
         if self.config.max_queue_len is not None and len(self.scheduler.waiting) >= self.config.max_queue_len:
             raise QueueFullError(f"the waiting queue is full ({self.config.max_queue_len} requests); retry later")
         children = []
@@ -176,17 +176,19 @@ class LLMEngine:
             raise ValueError(f"prompt token ids must be integers in [0, {vocab}), got {bad[:5]}")
         return None, ids
 
-    def _fill_max_tokens(self, params: SamplingParams, prompt_len: int) -> SamplingParams:
+    def _cap_max_tokens(self, params: SamplingParams, prompt_len: int) -> SamplingParams:
+        """max_tokens capped to the room the prompt leaves within max_model_len (None: all of it), as vLLM's
+        offline engine: only a prompt that leaves no room is refused; a larger max_tokens is accepted and the
+        request stops with finish_reason "length" at max_model_len. Everything sized from max_tokens (KV
+        blocks, the KV pool check, n > 1 sequences, the async scheduler's look-ahead) sees the capped value.
+        min_tokens is capped with it (EOS stays banned up to the end either way). The server refuses
+        prompt + max_tokens > max_model_len itself, with a 400 (server/serving.py `check_prompt`)."""
         room = self.max_model_len - prompt_len
         if room < 1:
             raise ValueError(f"the prompt has {prompt_len} tokens, which leaves no room to generate within "
                              f"max_model_len={self.max_model_len}; shorten the prompt")
-        if params.max_tokens is None:
-            params = dataclasses.replace(params, max_tokens=room)
-        elif params.max_tokens > room:
-            raise ValueError(f"prompt ({prompt_len} tokens) + max_tokens ({params.max_tokens}) = "
-                             f"{prompt_len + params.max_tokens} exceeds max_model_len={self.max_model_len}; "
-                             f"lower max_tokens to at most {room} or shorten the prompt")
+        if params.max_tokens is None or params.max_tokens > room:
+            params = dataclasses.replace(params, max_tokens=room, min_tokens=min(params.min_tokens, room))
         total = prompt_len + params.max_tokens
         if not self.block_manager.can_ever_fit(total):
             raise ValueError(f"prompt + max_tokens = {total} tokens can never fit in the KV cache "

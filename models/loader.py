@@ -28,7 +28,10 @@ TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 # A tokenizer folder holds at least one of these (the others only configure one of them).
 TOKENIZER_VOCAB_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
 SAFETENSORS_INDEX = "model.safetensors.index.json"
-ALL_SAFETENSORS = ["*.safetensors"]     # a hub checkpoint without an index
+# A hub checkpoint without an index: its top-level *.safetensors (all that `safetensors_files` reads);
+# fnmatch's `*` matches '/', so files in subfolders (other variants: original/, onnx/) are ignored explicitly.
+ALL_SAFETENSORS = ["*.safetensors"]
+IN_SUBFOLDERS = ["*/*"]
 DUMMY_SEED = 0
 DUMMY_RANGE = 1e-3
 
@@ -51,10 +54,10 @@ def resolve_model(model: str, revision: str | None = None, load_format: str = "a
 
     The config is checked (`check_supported`) before anything else is read: for a hub id its config
     files are fetched first, then, if the engine can run it, tokenizer files and the safetensors index
-    of the same commit, then the safetensors files the index names (all of them without one; no weights
-    with load_format="dummy"): a repository that also holds another copy of the weights, as Mistral's
-    `consolidated.safetensors`, is not downloaded twice. Raises ValueError with what to pass instead
-    on failure.
+    of the same commit, then the safetensors files the index names (without one, all top-level ones:
+    `safetensors_files` reads no others; no weights with load_format="dummy"): a repository that also
+    holds another copy of the weights, as Mistral's `consolidated.safetensors` or a subfolder's variant,
+    is not downloaded twice. Raises ValueError with what to pass instead on failure.
     """
     is_hub = not model.startswith(PRESET_PREFIX) and not os.path.isdir(model)
     if model.startswith(PRESET_PREFIX):
@@ -73,7 +76,8 @@ def resolve_model(model: str, revision: str | None = None, load_format: str = "a
         commit, weights = os.path.basename(path), load_format != "dummy"
         path = _download(model, commit, TOKENIZER_FILES + ([SAFETENSORS_INDEX] if weights else []))
         if weights:
-            _download(model, commit, _indexed_files(path) or ALL_SAFETENSORS)
+            indexed = _indexed_files(path)
+            _download(model, commit, indexed or ALL_SAFETENSORS, None if indexed else IN_SUBFOLDERS)
     return ResolvedModel(config, path, path is None)
 
 
@@ -89,12 +93,14 @@ def check_supported(hf_config: PretrainedConfig) -> None:
     model_cls.spec_for(hf_config)
 
 
-def _download(repo_id: str, revision: str | None, patterns: list[str]) -> str:
-    """The local snapshot folder of `repo_id` at `revision` with the files matching `patterns`."""
+def _download(repo_id: str, revision: str | None, patterns: list[str], ignore: list[str] | None = None) -> str:
+    """The local snapshot folder of `repo_id` at `revision` with the files matching `patterns` and none
+    of `ignore` (huggingface_hub's allow_patterns / ignore_patterns)."""
     from huggingface_hub import snapshot_download
 
     try:
-        path = snapshot_download(repo_id=repo_id, revision=revision, allow_patterns=patterns)
+        path = snapshot_download(repo_id=repo_id, revision=revision, allow_patterns=patterns,
+                                 ignore_patterns=ignore)
     except Exception as exc:  # offline, unknown repo, gated, bad id: all answered the same way
         raise ValueError(
             f"model {repo_id!r} is not a local folder and could not be fetched from the Hugging Face hub "

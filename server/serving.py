@@ -87,7 +87,8 @@ class Serving:
             raise from_value_error(exc, _SAMPLING_FIELDS) from exc
 
     def check_prompt(self, token_ids: list[int], max_tokens: int | None, param: str = "prompt") -> None:
-        """400 for an empty prompt or one that leaves no room for max_tokens (at least 1) within max_model_len."""
+        """400 for an empty prompt or one that leaves no room for max_tokens (at least 1) within max_model_len
+        (vLLM's server refuses it; the engine itself would cap max_tokens and stop at max_model_len)."""
         if not token_ids:
             raise APIError(400, f"{param} must not be empty", param)
         if len(token_ids) + (max_tokens or 1) > self.max_model_len:

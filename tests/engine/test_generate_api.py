@@ -181,9 +181,23 @@ def test_completion_finished_is_a_method_false_until_the_last_step(llm):
     assert [out.finished for out in steps] == [False, False, True]
     assert all(isinstance(out.finished, bool) and isinstance(out.outputs[0].finished(), bool) for out in steps)
 
-def test_prompt_plus_max_tokens_over_context(llm):
-    with pytest.raises(ValueError, match="max_tokens"):
-        llm.generate([list(range(3, 200))], SamplingParams(max_tokens=100), use_tqdm=False)
+def test_max_tokens_past_max_model_len_stops_there_with_length(llm):
+    """vLLM's offline engine refuses only a prompt that leaves no room; a max_tokens past max_model_len is
+    accepted and the request stops at max_model_len with finish_reason "length" (n > 1 sequences, prompt
+    logprobs and a min_tokens past the room too), the same greedy tokens as max_tokens = the room."""
+    prompt = list(range(3, 200))
+    room = llm.engine.max_model_len - len(prompt)
+    exact = greedy(llm, [prompt], max_tokens=room)
+    past = greedy(llm, [prompt], max_tokens=10_000)
+    assert (len(past.token_ids), past.finish_reason) == (room, "length")
+    assert past.token_ids == exact.token_ids and exact.finish_reason == "length"
+    params = SamplingParams(temperature=1.0, seed=5, ignore_eos=True, max_tokens=10_000, min_tokens=5_000, n=2,
+                            prompt_logprobs=1)
+    out = llm.generate([prompt], params, use_tqdm=False)[0]
+    assert [(len(c.token_ids), c.finish_reason) for c in out.outputs] == [(room, "length")] * 2
+    assert len(out.prompt_logprobs) == len(prompt)
+    assert not llm.engine.has_unfinished_requests()
+    assert llm.engine.block_manager.num_free_blocks == llm.engine.block_manager.num_blocks
 
 
 def test_eos_ids_include_generation_config(tmp_path):

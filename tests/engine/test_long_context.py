@@ -33,8 +33,8 @@ def test_yarn_context_matches_transformers(qwen3_checkpoint):
     params = SamplingParams(temperature=0, max_tokens=32, ignore_eos=True)
     got = [o.outputs[0].token_ids for o in llm.generate(batch, params, use_tqdm=False)]
     assert got == [hf_greedy(hf_model, p) for p in batch]         # positions up to 181, past the original 96
-    with pytest.raises(ValueError, match="max_model_len=192"):
-        llm.generate([batch[0]], SamplingParams(max_tokens=50), use_tqdm=False)
+    past = llm.generate([batch[0]], SamplingParams(max_tokens=50), use_tqdm=False)[0].outputs[0]
+    assert (len(past.token_ids), past.finish_reason) == (192 - 150, "length")     # stops at max_model_len
 
 
 @pytest.mark.parametrize("field,value,rule", [("hf_overrides", [1], "hf_overrides must be a dict"),
@@ -51,8 +51,10 @@ def test_auto_max_model_len_is_what_the_kv_cache_holds(qwen3_checkpoint):
     assert small.engine.max_model_len == 20 * 16
     params = SamplingParams(temperature=0, max_tokens=30, ignore_eos=True)
     assert len(small.generate([[5] * 290], params, use_tqdm=False)[0].outputs[0].token_ids) == 30
-    with pytest.raises(ValueError, match="exceeds max_model_len=320"):
-        small.generate([[5] * 300], params, use_tqdm=False)
+    past = small.generate([[5] * 300], params, use_tqdm=False)[0].outputs[0]   # all of the KV cache, no more
+    assert (len(past.token_ids), past.finish_reason) == (20, "length")
+    with pytest.raises(ValueError, match="leaves no room to generate within max_model_len=320"):
+        small.generate([[5] * 320], params, use_tqdm=False)
     roomy = LLM(path, device="cpu", dtype="float32", max_model_len=-1, num_kv_blocks=1000, block_size=16)
     assert roomy.engine.max_model_len == hf_model.config.max_position_embeddings
     with pytest.raises(ValueError, match="max_model_len must be positive, or -1"):

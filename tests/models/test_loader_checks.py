@@ -3,7 +3,6 @@ without a tokenizer, architectures and checkpoints the engine cannot run (checke
 checkpoint's weights are downloaded)."""
 from __future__ import annotations
 
-import fnmatch
 import json
 import os
 import shutil
@@ -12,6 +11,7 @@ import huggingface_hub
 import pytest
 import torch
 import transformers
+from huggingface_hub.utils import filter_repo_objects
 
 from models.loader import (CONFIG_FILES, SAFETENSORS_INDEX, TOKENIZER_FILES, build_model, load_tokenizer,
                            resolve_model)
@@ -74,20 +74,21 @@ def test_quantized_checkpoint_is_refused(tmp_path):
 
 
 class FakeHub:
-    """huggingface_hub.snapshot_download over a folder holding one model at commit COMMIT."""
+    """huggingface_hub.snapshot_download over a folder holding one model at commit COMMIT: the repository's
+    files (subfolders' too, by their relative paths) picked by huggingface_hub's own pattern filter."""
 
     COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
     def __init__(self, source) -> None:
         self.source, self.calls = source, []
 
-    def __call__(self, repo_id, revision=None, allow_patterns=None):
+    def __call__(self, repo_id, revision=None, allow_patterns=None, ignore_patterns=None):
         self.calls.append((revision, list(allow_patterns)))
         snapshot = self.source.parent / "snapshots" / self.COMMIT
-        snapshot.mkdir(parents=True, exist_ok=True)
-        for file in self.source.iterdir():
-            if any(fnmatch.fnmatch(file.name, p) for p in allow_patterns):
-                shutil.copy(file, snapshot / file.name)
+        files = sorted(f.relative_to(self.source).as_posix() for f in self.source.rglob("*") if f.is_file())
+        for name in filter_repo_objects(files, allow_patterns=allow_patterns, ignore_patterns=ignore_patterns):
+            (snapshot / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(self.source / name, snapshot / name)
         return str(snapshot)
 
 
@@ -125,6 +126,23 @@ def test_hub_weights_are_the_files_the_index_names(tmp_path, monkeypatch):
     hub.calls.clear()
     resolve_model("someone/llama-like", load_format="dummy")
     assert not any(p.endswith(".safetensors") for _, patterns in hub.calls for p in patterns)
+
+
+def test_hub_weights_without_an_index_are_the_top_level_files(tmp_path, monkeypatch):
+    """fnmatch's `*` matches '/': "*.safetensors" alone also fetched a subfolder's other variants of the
+    weights (original/, onnx/), which `safetensors_files` never reads."""
+    source = tmp_path / "repo"
+    hf_model = make_checkpoint("tiny-llama", source)
+    assert not (source / SAFETENSORS_INDEX).exists()
+    for variant in ("original/consolidated.safetensors", "onnx/deep/model.safetensors"):
+        (source / variant).parent.mkdir(parents=True, exist_ok=True)
+        (source / variant).write_bytes(b"not fetched")
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", FakeHub(source))
+    resolved = resolve_model("someone/llama-like")
+    assert sorted(os.listdir(resolved.path)) == sorted(["config.json", "generation_config.json",
+                                                        "model.safetensors"])
+    model = build_model(resolved.hf_config, resolved.path, "auto", torch.float32, torch.device("cpu"))
+    torch.testing.assert_close(model.lm_head.weight, hf_model.lm_head.weight, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("arch", ["Qwen3", "Qwen2"])

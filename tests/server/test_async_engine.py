@@ -66,7 +66,7 @@ def test_consumer_that_goes_away_aborts_its_request(async_engine):
 def test_duplicate_and_bad_requests_raise_value_error(async_engine):
     async def run():
         with pytest.raises(ValueError, match="max_model_len"):
-            await async_engine.add_request("long", "x" * 120, SamplingParams(max_tokens=50))
+            await async_engine.add_request("long", list(range(5, 200)), SamplingParams(max_tokens=4))
         with pytest.raises(ValueError, match="empty"):
             await async_engine.add_request("empty", [], GREEDY)
         stream = await async_engine.add_request("dup", "hello", SamplingParams(max_tokens=50, ignore_eos=True))

@@ -88,6 +88,15 @@ def test_too_long_prompt_is_400_before_any_stream_byte(http, stream):
     assert_error(http.post("/v1/chat/completions", json=chat), 400, "messages", ("max_model_len",))
 
 
+def test_prompt_plus_max_tokens_past_max_model_len_is_400(http):
+    """vLLM's server refuses what its offline engine accepts (and stops at max_model_len): a short prompt
+    whose max_tokens runs past max_model_len (64) is a 400 from the server's own check."""
+    assert_error(completion(http, prompt=[5] * 10, max_tokens=60), 400, "prompt",
+                 ("max_model_len is 64", "70 (10 prompt tokens + max_tokens 60)"))
+    chat = {"model": MODEL_NAME, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 64}
+    assert_error(http.post("/v1/chat/completions", json=chat), 400, "messages", ("max_model_len", "max_tokens 64"))
+
+
 def test_unknown_model_is_404(http):
     assert_error(completion(http, model="gpt-17"), 404, "model", ("gpt-17",))
     chat = {"model": "nope", "messages": [{"role": "user", "content": "hi"}]}
