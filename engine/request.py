@@ -118,12 +118,6 @@ class Request:
     def num_output_tokens(self) -> int:
         return len(self.output_token_ids)
 
-    @property
-    def max_total_tokens(self) -> int | None:
-        """Prompt plus max_tokens: the most tokens this request can ever hold in the cache."""
-        mt = self.sampling_params.max_tokens
-        return None if mt is None else self.num_prompt_tokens + mt
-
     def append_output_token(self, token_id: int) -> None:
         self.num_inflight = max(0, self.num_inflight - 1)
         self.output_token_ids.append(token_id)
