@@ -14,8 +14,11 @@ parser: a prompt ending in a closed think block (Qwen3's `enable_thinking=False`
 makes the answer all content; one ending in `<think>` (the template opened the block: Qwen3-Thinking-2507,
 DeepSeek-R1) makes it start in reasoning, as `deepseek_r1` reads it.
 
-Streaming splits the cumulative text the same way at every step; a tail that could still become a
-tag (`</thi`) is held back until the next text says what it is, so nothing sent is ever taken back.
+A stream (ReasoningStream) reads only each step's new text: a small state machine (before the think
+block, at an answer's start where a `<think>` may be dropped, in reasoning, after the block) scans the
+new text and a held tail that could still become a tag (`</thi`), held back until the next text says
+what it is, so nothing sent is ever taken back. Its deltas at each step are the growth of
+`split_reasoning` of the cumulative text (final=False until the end), at a cost in the step's text.
 """
 from __future__ import annotations
 
@@ -74,17 +77,62 @@ def split_reasoning(parser: str, text: str, final: bool = True, prompt_state: st
     return ReasoningSplit(rest[:len(rest) - hold], before)
 
 
+SEEK, LEADING, REASONING, AFTER = "seek", "leading", "reasoning", "after"     # a stream's states
+
+
+def _first_state(parser: str, prompt_state: str | None) -> str:
+    """Where a stream starts, as split_reasoning reads a text: all content after a closed block; qwen3
+    (no open block) looks for `<think>`; else the answer is reasoning, a leading `<think>` dropped."""
+    if parser not in REASONING_PARSERS:
+        raise ValueError(f"reasoning parser must be one of {REASONING_PARSERS}, got {parser!r}")
+    if prompt_state == PROMPT_CLOSED:
+        return AFTER
+    return SEEK if parser == "qwen3" and prompt_state != PROMPT_OPEN else LEADING
+
+
 class ReasoningStream:
     """One choice's streamed split: `update(text, final)` returns the (reasoning, content) text not
-    sent yet, given the output's cumulative text."""
+    sent yet, given the output's cumulative text (which only grows by appending); `feed(delta, final)`
+    the same given only the new text. Each step scans the new text and a held tail shorter than a tag."""
 
     def __init__(self, parser: str, prompt_state: str | None = None) -> None:
-        self.parser = parser
-        self.prompt_state = prompt_state
-        self.sent = ReasoningSplit("", "")
+        self.state = _first_state(parser, prompt_state)
+        self.held = ""          # a tail that may be (the start of) a tag, or LEADING's whole text so far
+        self.num_seen = 0       # the characters of the cumulative text read so far
 
     def update(self, text: str, final: bool) -> ReasoningSplit:
-        now = split_reasoning(self.parser, text, final, self.prompt_state)
-        delta = ReasoningSplit(now.reasoning[len(self.sent.reasoning):], now.content[len(self.sent.content):])
-        self.sent = now
-        return delta
+        delta, self.num_seen = text[self.num_seen:], len(text)
+        return self.feed(delta, final)
+
+    def feed(self, delta: str, final: bool) -> ReasoningSplit:
+        text, self.held = self.held + delta, ""
+        reasoning, content = [], []
+        while text is not None:
+            text = self._step(text, final, reasoning, content)
+        return ReasoningSplit("".join(reasoning), "".join(content))
+
+    def _step(self, text: str, final: bool, reasoning: list[str], content: list[str]) -> str | None:
+        """Read `text` in the current state: what it settles goes to `reasoning` / `content`; returns
+        the text after a tag that changed the state (read next), or None with the rest held."""
+        if self.state == AFTER:
+            content.append(text)
+            return None
+        if self.state == LEADING:
+            if text.startswith(THINK_START):
+                self.state = REASONING
+                return text[len(THINK_START):]
+            if not final and THINK_START.startswith(text):
+                self.held = text
+                return None
+            self.state = REASONING
+            return text
+        tag, out = (THINK_START, content) if self.state == SEEK else (THINK_END, reasoning)
+        at = text.find(tag)
+        if at >= 0:
+            out.append(text[:at])
+            self.state = REASONING if self.state == SEEK else AFTER
+            return text[at + len(tag):]
+        hold = 0 if final else partial_tag_len(text, tag)
+        out.append(text[:len(text) - hold])
+        self.held = text[len(text) - hold:]
+        return None

@@ -204,9 +204,11 @@ class _ChoiceStream:
         if self.reasoning is not None:
             split = self.reasoning.update(comp.text, comp.finished())
             reasoning, content = split.reasoning, split.content
-        if self.tools is not None:
-            whole = self.reasoning.sent.content if self.reasoning is not None else comp.text
-            content, calls = self.tools.update(whole, comp.finished())
+        if self.tools is not None:      # the content's new text (with a reasoning parser: of its content)
+            if self.reasoning is not None:
+                content, calls = self.tools.feed(content, comp.finished())
+            else:
+                content, calls = self.tools.update(comp.text, comp.finished())
         return DeltaMessage(content=content or None, reasoning_content=reasoning or None, tool_calls=calls or None)
 
     def finish_reason(self, comp: CompletionOutput) -> str | None:

@@ -1,9 +1,9 @@
 """What the tool-call parsers (vLLM's `--tool-call-parser`) share: an answer's tool calls apart from its
-content, for a whole text (`extract`) and for a stream of cumulative texts (a ToolCallStream).
+content, for a whole text (`extract`) and for a stream of cumulative texts or their deltas (a ToolCallStream).
 
 Each format lives in a module of its own (`tool_parser_hermes.py`, `tool_parser_llama3_json.py`) and
 is reached by its flag name through `tool_parsers.py`. Here: the split of a text (ToolCallSplit), a
-call read from a JSON object, the stream whose deltas are the growth of the settled split, the pair
+call read from a JSON object, the stream whose deltas are what each step's new text settles, the pair
 a parser is (ToolCallParser), and a split as a response message's content and tool_calls.
 """
 from __future__ import annotations
@@ -41,25 +41,29 @@ def tool_call_messages(split: ToolCallSplit) -> tuple[str | None, list[ToolCall]
 
 
 class ToolCallStream:
-    """One choice's streamed parse: `update(text, final)` takes the cumulative text (the content part,
-    with a reasoning parser) and returns the content not sent yet and the calls completed since. A
-    format gives `settled(text, final)`: the split of what can no longer change (all of it when final),
-    whose content only ever grows by appending and whose calls only by new ones."""
+    """One choice's streamed parse: `update(text, final)` takes the cumulative text (which only grows by
+    appending) and returns the content not sent yet and the calls completed since; `feed(delta, final)`
+    the same given only the new text (the chat route feeds it the reasoning stream's content). A format
+    gives `read(delta, final)`: the content and calls this new text settles, reading only it and what
+    the format holds back (all of it when final); a step's work is in the new text, not the answer's."""
 
     def __init__(self) -> None:
-        self.num_content = 0
+        self.num_seen = 0       # the characters of the cumulative text read so far
         self.num_calls = 0
 
-    def settled(self, text: str, final: bool) -> ToolCallSplit:
+    def read(self, delta: str, final: bool) -> tuple[str, list[FunctionCall]]:
         raise NotImplementedError
 
     def update(self, text: str, final: bool) -> tuple[str, list[DeltaToolCall]]:
-        split = self.settled(text, final)
-        content = split.content[self.num_content:]
+        delta, self.num_seen = text[self.num_seen:], len(text)
+        return self.feed(delta, final)
+
+    def feed(self, delta: str, final: bool) -> tuple[str, list[DeltaToolCall]]:
+        content, new_calls = self.read(delta, final)
         calls = [DeltaToolCall(index=i, id=tool_call_id(), type="function",
                                function=DeltaFunctionCall(name=call.name, arguments=call.arguments))
-                 for i, call in enumerate(split.calls[self.num_calls:], start=self.num_calls)]
-        self.num_content, self.num_calls = len(split.content), len(split.calls)
+                 for i, call in enumerate(new_calls, start=self.num_calls)]
+        self.num_calls += len(calls)
         return content, calls
 
 

@@ -13,7 +13,8 @@ value at all) is no calls and the whole text unchanged as content.
 A stream (`Llama3JsonStream`, simpler than vLLM's partial-JSON streaming) sends nothing while the text
 so far may still become calls (only whitespace, a beginning of `<|python_tag|>`, or a start with it or
 `{`); once it cannot, content flows as it comes. At the end it sends the calls, each whole in one delta,
-or the held text as content where they do not parse: its deltas add up to `extract_tool_calls`.
+or the held text as content where they do not parse: its deltas add up to `extract_tool_calls`. Each
+step reads only its new text (the answer's start decides), and the held answer is parsed once, at the end.
 """
 from __future__ import annotations
 
@@ -25,12 +26,16 @@ from server.tool_calls import ToolCallParser, ToolCallSplit, ToolCallStream, fun
 PYTHON_TAG = "<|python_tag|>"
 SEPARATORS = "; \t\r\n"
 _DECODER = json.JSONDecoder()
+UNDECIDED, CALLS, CONTENT = "undecided", "calls", "content"     # what a stream's answer is known to be
 
 
-def _may_be_calls(text: str) -> bool:
-    """Whether `text` is, or may still grow into, an answer that starts as calls do."""
-    body = text.lstrip()
-    return body.startswith(("{", PYTHON_TAG)) or PYTHON_TAG.startswith(body)
+def _start_kind(head: str) -> str:
+    """What an answer whose first text after leading whitespace begins with `head` is: CALLS where it
+    starts as calls do (`{` or `<|python_tag|>`), UNDECIDED while `head` may still grow into the tag
+    (empty too), else CONTENT."""
+    if head.startswith(("{", PYTHON_TAG)):
+        return CALLS
+    return UNDECIDED if PYTHON_TAG.startswith(head) else CONTENT
 
 
 def _parse_calls(text: str) -> list[FunctionCall]:
@@ -63,12 +68,30 @@ def extract_tool_calls(text: str) -> ToolCallSplit:
 
 
 class Llama3JsonStream(ToolCallStream):
-    """One choice's streamed llama3_json parse: held back while it may be calls, decided at the end."""
+    """One choice's streamed llama3_json parse: held back while it may be calls, decided at the end.
+    Per step it reads the new text only: whether the answer can still be calls depends on its first
+    characters after leading whitespace (`head`, at most the tag's length); held text is kept as pieces
+    and parsed once, at the end."""
 
-    def settled(self, text: str, final: bool) -> ToolCallSplit:
-        if final:
-            return extract_tool_calls(text)
-        return ToolCallSplit("" if _may_be_calls(text) else text, [])
+    def __init__(self) -> None:
+        super().__init__()
+        self.kind = UNDECIDED
+        self.head = ""                  # the answer's first characters after its leading whitespace
+        self.held: list[str] = []       # all the text so far, while it may be calls
+
+    def read(self, delta: str, final: bool) -> tuple[str, list[FunctionCall]]:
+        if self.kind == CONTENT:
+            return delta, []
+        self.held.append(delta)
+        if self.kind == UNDECIDED:
+            more = delta if self.head else delta.lstrip()
+            self.head += more[:len(PYTHON_TAG) - len(self.head)]
+            self.kind = _start_kind(self.head)
+        if self.kind == CONTENT or final:
+            text, self.held = "".join(self.held), []
+            split = extract_tool_calls(text) if final else ToolCallSplit(text, [])
+            return split.content, split.calls
+        return "", []
 
 
 LLAMA3_JSON = ToolCallParser(extract_tool_calls, Llama3JsonStream)
