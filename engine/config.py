@@ -40,7 +40,9 @@ class EngineConfig:
     hf_overrides: fields of the checkpoint's config to change, e.g. a yarn rope for a longer context
     (vLLM's; models.hf_overrides). trust_remote_code: let transformers run config and tokenizer code
     shipped with the checkpoint (vLLM's; the architecture must still be one this engine implements).
-    tensor_parallel_size: accepted for vLLM's scripts; only 1.
+    tensor_parallel_size: accepted for vLLM's scripts; only 1. tokenizer_revision: the hub revision of the
+    tokenizer (`tokenizer`, else the model's hub id; vLLM's). download_dir: the hub cache the model and
+    tokenizer are downloaded to and loaded from (None: Hugging Face's default; vLLM's).
     """
 
     model: str
@@ -70,6 +72,8 @@ class EngineConfig:
     hf_overrides: HfOverrides | None = None
     trust_remote_code: bool = False
     tensor_parallel_size: int = 1
+    tokenizer_revision: str | None = None
+    download_dir: str | None = None
 
     def __post_init__(self) -> None:
         check(bool(self.model), "model", self.model, "must name a preset, a local folder or a hub id")
@@ -99,6 +103,10 @@ class EngineConfig:
                "must be positive")
         check(self.max_logprobs >= -1, "max_logprobs", self.max_logprobs, "must be >= 0, or -1 for no cap")
         check_hf_overrides(self.hf_overrides)
+        for name in ("tokenizer_revision", "download_dir"):
+            value = getattr(self, name)
+            check(value is None or (isinstance(value, str) and bool(value.strip())), name, value,
+                  "must be a non-empty string, or None")
         check(self.tensor_parallel_size == 1, "tensor_parallel_size", self.tensor_parallel_size,
               "must be 1: this engine runs a model on one GPU")
 

@@ -15,6 +15,7 @@ import logging
 import multiprocessing
 import queue
 import threading
+import time
 from typing import Any
 
 from engine.config import EngineConfig
@@ -137,33 +138,84 @@ class ProcessAsyncEngine(EngineClient):
     # ----- reader thread ------------------------------------------------------------------------
 
     def _read_loop(self) -> None:
+        """Take the engine process's messages until it stops, then fail whatever still waits. A message
+        this side cannot read (unpickle, unpack, or of an unknown kind) is fatal too, as an error in vLLM's
+        output handler: every waiting request and call gets it, health turns False, and the engine
+        process, whose outputs no one could read any more, is stopped."""
+        kind: Any = None
         try:
             while True:
+                kind = None                     # None until a message is unpickled
                 message = self._outputs.recv()
                 kind = message[0]
-                if kind == "outputs":
-                    self._stats = message[2]
-                    self._dispatch(self._unpack(message[1]))
-                elif kind == "reply":
-                    _, call_id, value, exc = message
-                    future = self._calls.pop(call_id, None)
-                    if future is not None:
-                        _settle(future, result=value, exc=exc)
-                elif kind == "idle":
-                    self._stats = message[1]
-                elif kind == "dead":
-                    raise message[1]
-        except (EOFError, OSError):
-            self._proc.join(1)
-            error: BaseException = EngineDeadError(
-                "engine was shut down" if self._stopped.is_set()
-                else f"the engine process exited (exit code {self._proc.exitcode})")
-        except BaseException as exc:  # noqa: BLE001 - the engine loop's own failure
-            error = exc
+                if kind == "dead":              # the engine loop's own failure; its process is ending
+                    self._fail(message[1])
+                    return
+                self._take(kind, message)
+        except (EOFError, OSError) as exc:
+            if kind is None:                    # the pipe closed: the process exited (or was shut down)
+                self._fail(self._exit_error())
+                return
+            unreadable: BaseException = exc
+        except BaseException as exc:  # noqa: BLE001 - any failure to read a message
+            unreadable = exc
+        self._fail(self._unreadable_error(kind, unreadable), log=False)
+        self._stop_engine_process()
+
+    def _take(self, kind: Any, message: tuple) -> None:
+        """Apply one message of the engine process other than "dead"; an unknown kind raises."""
+        if kind == "outputs":
+            self._stats = message[2]
+            self._dispatch(self._unpack(message[1]))
+        elif kind == "reply":
+            _, call_id, value, exc = message
+            future = self._calls.pop(call_id, None)
+            if future is not None:
+                _settle(future, result=value, exc=exc)
+        elif kind == "idle":
+            self._stats = message[1]
+        else:
+            raise ValueError(f"unknown message kind {kind!r} (engine.engine_core sends outputs, reply, idle, dead)")
+
+    def _exit_error(self) -> EngineDeadError:
+        self._proc.join(1)
+        return EngineDeadError("engine was shut down" if self._stopped.is_set()
+                               else f"the engine process exited (exit code {self._proc.exitcode})")
+
+    def _unreadable_error(self, kind: Any, exc: BaseException) -> EngineDeadError:
+        """Log what failed (with its traceback) and return the error the waiting requests get."""
+        what = "a message" if kind is None else f"a message of kind {kind!r}"
+        logger.error("could not read %s from the engine process (%s: %s); failing its requests and stopping "
+                     "the engine process", what, type(exc).__name__, exc, exc_info=exc)
+        error = EngineDeadError(f"could not read {what} from the engine process ({type(exc).__name__}: {exc}); "
+                                "the engine process was stopped")
+        error.__cause__ = exc
+        return error
+
+    def _fail(self, error: BaseException, log: bool = True) -> None:
+        """The engine is gone (unless we shut it down): is_alive() turns False, everything waiting gets `error`."""
         if not self._stopped.is_set():
-            logger.error("engine process failed: %r", error)
+            if log:
+                logger.error("engine process failed: %r", error)
             self._error = error
         self._fail_all(error)
+
+    def _stop_engine_process(self, timeout: float = 5.0) -> None:
+        """Ask the engine process to shut down, draining its pipe meanwhile (it may be blocked sending a
+        step's outputs); terminate it if it has not exited within `timeout`."""
+        self._send(("shutdown",))
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline and self._proc.is_alive():
+                if self._outputs.poll(0.1):
+                    self._outputs.recv_bytes()          # unread: no one waits for it any more
+        except (EOFError, OSError):                     # it exited (or shutdown() closed the pipe)
+            pass
+        self._proc.join(max(0.0, deadline - time.monotonic()))
+        if self._proc.is_alive():
+            logger.error("the engine process did not stop within %.0f s; terminating it", timeout)
+            self._proc.terminate()
+            self._proc.join(timeout)
 
     def _unpack(self, packed: list) -> list:
         """RequestOutputs of the requests that still have a stream (an aborted one's are dropped)."""

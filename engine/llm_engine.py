@@ -70,8 +70,9 @@ class LLMEngine:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
         resolved = resolve_model(config.model, config.revision, config.load_format, config.hf_overrides,
-                                 config.trust_remote_code)
-        self.tokenizer = load_tokenizer(resolved, config.tokenizer, config.trust_remote_code)
+                                 config.trust_remote_code, config.download_dir)
+        self.tokenizer = load_tokenizer(resolved, config.tokenizer, config.trust_remote_code,
+                                        config.tokenizer_revision, config.download_dir)
         self.model_config = mc = ModelConfig.from_hf_config(resolved.hf_config)
         self.device = config.torch_device()
         self.dtype = config.torch_dtype(mc.checkpoint_dtype, self.device)

@@ -38,15 +38,18 @@ DUMMY_RANGE = 1e-3
 
 @dataclass(frozen=True)
 class ResolvedModel:
-    """hf_config: the transformers config; path: local folder with its files (None for presets)."""
+    """hf_config: the transformers config; path: local folder with its files (None for presets);
+    hub_id: the Hugging Face hub id it was fetched from (None for presets and local folders)."""
 
     hf_config: PretrainedConfig
     path: str | None
     is_preset: bool
+    hub_id: str | None = None
 
 
 def resolve_model(model: str, revision: str | None = None, load_format: str = "auto",
-                  hf_overrides: HfOverrides | None = None, trust_remote_code: bool = False) -> ResolvedModel:
+                  hf_overrides: HfOverrides | None = None, trust_remote_code: bool = False,
+                  download_dir: str | None = None) -> ResolvedModel:
     """`preset:NAME`, a local folder with config.json, or a Hugging Face hub id (downloaded), its
     config changed by `hf_overrides` (models.hf_overrides) if given. trust_remote_code goes to
     transformers' AutoConfig (a config class shipped with the checkpoint; the architecture must still be
@@ -57,7 +60,8 @@ def resolve_model(model: str, revision: str | None = None, load_format: str = "a
     of the same commit, then the safetensors files the index names (without one, all top-level ones:
     `safetensors_files` reads no others; no weights with load_format="dummy"): a repository that also
     holds another copy of the weights, as Mistral's `consolidated.safetensors` or a subfolder's variant,
-    is not downloaded twice. Raises ValueError with what to pass instead on failure.
+    is not downloaded twice. download_dir (vLLM's `--download-dir`): the hub cache to download to and
+    load from (None: Hugging Face's default cache). Raises ValueError with what to pass instead on failure.
     """
     is_hub = not model.startswith(PRESET_PREFIX) and not os.path.isdir(model)
     if model.startswith(PRESET_PREFIX):
@@ -68,17 +72,17 @@ def resolve_model(model: str, revision: str | None = None, load_format: str = "a
         path = os.path.abspath(model)
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     else:
-        path = _download(model, revision, CONFIG_FILES)
+        path = _download(model, revision, CONFIG_FILES, download_dir)
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     config = apply_hf_overrides(config, hf_overrides)
     check_supported(config)
     if is_hub:      # the snapshot folder is named by its commit: the rest comes from the same one
         commit, weights = os.path.basename(path), load_format != "dummy"
-        path = _download(model, commit, TOKENIZER_FILES + ([SAFETENSORS_INDEX] if weights else []))
+        path = _download(model, commit, TOKENIZER_FILES + ([SAFETENSORS_INDEX] if weights else []), download_dir)
         if weights:
             indexed = _indexed_files(path)
-            _download(model, commit, indexed or ALL_SAFETENSORS, None if indexed else IN_SUBFOLDERS)
-    return ResolvedModel(config, path, path is None)
+            _download(model, commit, indexed or ALL_SAFETENSORS, download_dir, None if indexed else IN_SUBFOLDERS)
+    return ResolvedModel(config, path, path is None, model if is_hub else None)
 
 
 def check_supported(hf_config: PretrainedConfig) -> None:
@@ -93,14 +97,16 @@ def check_supported(hf_config: PretrainedConfig) -> None:
     model_cls.spec_for(hf_config)
 
 
-def _download(repo_id: str, revision: str | None, patterns: list[str], ignore: list[str] | None = None) -> str:
+def _download(repo_id: str, revision: str | None, patterns: list[str], cache_dir: str | None = None,
+              ignore: list[str] | None = None) -> str:
     """The local snapshot folder of `repo_id` at `revision` with the files matching `patterns` and none
-    of `ignore` (huggingface_hub's allow_patterns / ignore_patterns)."""
+    of `ignore` (huggingface_hub's allow_patterns / ignore_patterns), in the hub cache `cache_dir` (None:
+    Hugging Face's default)."""
     from huggingface_hub import snapshot_download
 
     try:
         path = snapshot_download(repo_id=repo_id, revision=revision, allow_patterns=patterns,
-                                 ignore_patterns=ignore)
+                                 ignore_patterns=ignore, cache_dir=cache_dir)
     except Exception as exc:  # offline, unknown repo, gated, bad id: all answered the same way
         raise ValueError(
             f"model {repo_id!r} is not a local folder and could not be fetched from the Hugging Face hub "
@@ -111,17 +117,33 @@ def _download(repo_id: str, revision: str | None, patterns: list[str], ignore: l
     return path
 
 
-def load_tokenizer(resolved: ResolvedModel, tokenizer: str | None = None, trust_remote_code: bool = False):
+def load_tokenizer(resolved: ResolvedModel, tokenizer: str | None = None, trust_remote_code: bool = False,
+                   revision: str | None = None, download_dir: str | None = None):
     """The tokenizer: `tokenizer` if given (a folder or hub id), the built-in byte tokenizer for
     presets, else the checkpoint's own (AutoTokenizer). A folder without a vocabulary file is a
-    ValueError: transformers would build an empty tokenizer from it (every text encoded to no tokens)."""
+    ValueError: transformers would build an empty tokenizer from it (every text encoded to no tokens).
+    revision (vLLM's `--tokenizer-revision`): the hub revision of `tokenizer`, or of the model's hub id
+    where no tokenizer is given (a ValueError for a local folder or a preset); download_dir: the hub cache."""
+    if revision is not None:
+        return AutoTokenizer.from_pretrained(_hub_tokenizer(resolved, tokenizer, revision), revision=revision,
+                                             cache_dir=download_dir, trust_remote_code=trust_remote_code)
     if tokenizer is not None:
         _check_tokenizer_folder(tokenizer, "tokenizer folder")
-        return AutoTokenizer.from_pretrained(tokenizer, trust_remote_code=trust_remote_code)
+        return AutoTokenizer.from_pretrained(tokenizer, cache_dir=download_dir, trust_remote_code=trust_remote_code)
     if resolved.is_preset or resolved.path is None:
         return byte_tokenizer()
     _check_tokenizer_folder(resolved.path, "model folder")
     return AutoTokenizer.from_pretrained(resolved.path, trust_remote_code=trust_remote_code)
+
+
+def _hub_tokenizer(resolved: ResolvedModel, tokenizer: str | None, revision: str) -> str:
+    """The hub id a tokenizer revision applies to; ValueError where the tokenizer is not on the hub."""
+    source = tokenizer or resolved.hub_id or resolved.path
+    if source is None or os.path.isdir(source):
+        what = f"the local folder {source!r}" if source else "the preset's built-in byte tokenizer"
+        raise ValueError(f"tokenizer_revision {revision!r} names a hub revision, but the tokenizer is {what}; drop "
+                         "tokenizer_revision (--tokenizer-revision on the server) or name a hub tokenizer")
+    return source
 
 
 def _check_tokenizer_folder(path: str, what: str) -> None:

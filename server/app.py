@@ -29,12 +29,13 @@ logger = logging.getLogger(__name__)
 
 
 def create_app(async_engine: EngineClient, served_model_name: str | Sequence[str] | None = None,
-               api_key: str | None = None, options: ServerOptions | None = None) -> FastAPI:
+               api_key: str | Sequence[str] | None = None, options: ServerOptions | None = None) -> FastAPI:
     """The app serving `async_engine` under `served_model_name` (default: the configured model): one
     name or several, which requests may use alike, each response carrying the name its request used;
     the first is the main one (the metrics' label, the name of a request that gives none). With
-    `api_key`, every route but /health and /metrics needs `Authorization: Bearer <api_key>`. `options`:
-    the server's own settings (server/options.py: chat template, parsers, stats line, CORS)."""
+    `api_key` (one, or several: any of them), every route but /health and /metrics needs
+    `Authorization: Bearer <key>`. `options`: the server's own settings (server/options.py: chat
+    template, parsers, stats line, CORS, request log, response role, tokens as ids)."""
     options = options or ServerOptions()
     names = (served_model_name,) if isinstance(served_model_name, str) else tuple(served_model_name or ())
     names = names or (async_engine.config.model,)

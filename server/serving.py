@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import fields
@@ -29,6 +30,7 @@ _COPIED = ("n", "temperature", "top_p", "top_k", "min_p", "seed", "stop", "stop_
            "frequency_penalty", "repetition_penalty", "ignore_eos", "min_tokens", "skip_special_tokens",
            "include_stop_str_in_output", "allowed_token_ids", "truncate_prompt_tokens", "bad_words")
 DONE = "data: [DONE]\n\n"
+logger = logging.getLogger(__name__)
 
 
 class ResponseHead(NamedTuple):
@@ -50,6 +52,9 @@ class Serving:
         self.reasoning_parser = options.reasoning_parser
         self.tool_call_parser = options.tool_call_parser
         self.auto_tool_choice = options.enable_auto_tool_choice    # tool_choice "auto" parses the answers' calls
+        self.response_role = options.response_role
+        self.log_requests = options.enable_log_requests
+        self.tokens_as_ids = options.return_tokens_as_token_ids
         self.tokenizer = async_engine.tokenizer
         self.model_names = served_model_names      # requests may name any; the first is the main one
         self.model_name = served_model_names[0]
@@ -116,6 +121,7 @@ class Serving:
         streams: list[AsyncIterator[RequestOutput]] = []
         try:
             for i, ids in enumerate(prompts):
+                self._log_request(f"{base}-{i}", ids, params)
                 streams.append(await self.engine.add_request(f"{base}-{i}", ids, params, priority))
         except BaseException as exc:
             for stream in streams:
@@ -123,9 +129,23 @@ class Serving:
             raise _engine_error(exc) from exc
         return streams
 
+    def _log_request(self, request_id: str, prompt_ids: list[int], params: SamplingParams) -> None:
+        """vLLM's request log (--enable-log-requests): params and prompt length at INFO, the ids at DEBUG."""
+        if self.log_requests:
+            logger.info("Received request %s: params: %s, num_prompt_tokens: %d.", request_id, params,
+                        len(prompt_ids))
+            logger.debug("Request %s details: prompt_token_ids: %s.", request_id, prompt_ids)
+
     def decode_token(self, token_id: int) -> str:
         """One token's text: the engine's Logprob.decoded_token is this too (engine/output_processor.py)."""
         return self.tokenizer.decode([token_id])
+
+    def logprob_token(self, token_id: int, text: str | None) -> str:
+        """How logprobs name a token: its text (`text`, else decoded), or "token_id:{id}" with
+        --return-tokens-as-token-ids (vLLM's: any token, even a partial UTF-8 character, named exactly)."""
+        if self.tokens_as_ids:
+            return f"token_id:{token_id}"
+        return self.decode_token(token_id) if text is None else text
 
     def prompt_logprobs(self, out: RequestOutput) -> PromptLogprobs | None:
         """vLLM's prompt_logprobs of `out` (None where it has none): None for the first prompt token,

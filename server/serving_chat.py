@@ -88,12 +88,13 @@ def tool_call_parser(serving: Serving, req: ChatCompletionRequest) -> ToolCallPa
 def _logprobs(serving: Serving, out: CompletionOutput, start: int, num_top: int) -> ChatLogprobs:
     content = []
     for token_id, top in zip(out.token_ids[start:], (out.logprobs or [])[start:]):
-        token = serving.decode_token(token_id)
+        text = serving.decode_token(token_id)
         ranked = sorted(top.items(), key=lambda kv: -kv[1].logprob)[:num_top]
-        tops = [TopLogprob(token=lp.decoded_token, logprob=finite_logprob(lp.logprob),
-                           bytes=list(lp.decoded_token.encode())) for _, lp in ranked]
-        content.append(TokenLogprob(token=token, logprob=finite_logprob(token_logprob(top, token_id)),
-                                    bytes=list(token.encode()), top_logprobs=tops))
+        tops = [TopLogprob(token=serving.logprob_token(t, lp.decoded_token), logprob=finite_logprob(lp.logprob),
+                           bytes=list(lp.decoded_token.encode())) for t, lp in ranked]
+        content.append(TokenLogprob(token=serving.logprob_token(token_id, text),
+                                    logprob=finite_logprob(token_logprob(top, token_id)),
+                                    bytes=list(text.encode()), top_logprobs=tops))
     return ChatLogprobs(content=content)
 
 
@@ -136,7 +137,7 @@ async def _collect(serving, req, head, streams, num_prompt_tokens, num_top, time
         if out.finished:
             prompt_logprobs = serving.prompt_logprobs(out)
     timer.finish()
-    choices, role = [], _response_role(req)
+    choices, role = [], _response_role(serving, req)
     echo = _echo_text(req, role)
     for i, c in sorted(latest.items()):
         message = _message(parsers, c.text)
@@ -150,10 +151,10 @@ async def _collect(serving, req, head, streams, num_prompt_tokens, num_top, time
                                   usage=_usage(num_prompt_tokens, latest.values()), prompt_logprobs=prompt_logprobs)
 
 
-def _response_role(req: ChatCompletionRequest) -> str:
-    """The answer's role, as vLLM's: "assistant" after the template's generation prompt, else the last
-    message's role (the model goes on with that message)."""
-    return "assistant" if req.add_generation_prompt else req.messages[-1].role
+def _response_role(serving: Serving, req: ChatCompletionRequest) -> str:
+    """The answer's role, as vLLM's: --response-role ("assistant") after the template's generation prompt,
+    else the last message's role (the model goes on with that message)."""
+    return serving.response_role if req.add_generation_prompt else req.messages[-1].role
 
 
 def _echo_text(req: ChatCompletionRequest, role: str) -> str:
@@ -239,7 +240,7 @@ async def _stream(serving, req, head, streams, num_prompt_tokens, num_top, timer
     sent: dict[int, int] = {}
     done: set[int] = set()      # choices whose finish went out (a group's later outputs still carry them)
     choice_streams = {index: _ChoiceStream(parsers) for index in range(req.n)}
-    role = _response_role(req)
+    role = _response_role(serving, req)
     echo = _echo_text(req, role)
     for index in range(req.n):
         yield chunk(index, DeltaMessage(role=role, content=""))

@@ -80,7 +80,7 @@ class _Choices:
         offset = self.text_len.get(index, 0)
         for token_id, top in zip(token_ids, logprobs):
             token = self.serving.decode_token(token_id)
-            result.tokens.append(token)
+            result.tokens.append(self.serving.logprob_token(token_id, token))
             result.token_logprobs.append(None if top is None else finite_logprob(token_logprob(top, token_id)))
             result.top_logprobs.append(None if top is None else self._top(top))
             result.text_offset.append(offset)
@@ -90,7 +90,8 @@ class _Choices:
     def _top(self, top: LogprobsDict) -> dict[str, float]:
         """The token and the top `logprobs` alternatives (a prompt position may hold more), most likely first."""
         items = list(top.items())[:self.num_logprobs + 1]
-        return {lp.decoded_token: finite_logprob(lp.logprob) for _, lp in sorted(items, key=lambda kv: -kv[1].logprob)}
+        return {self.serving.logprob_token(t, lp.decoded_token): finite_logprob(lp.logprob)
+                for t, lp in sorted(items, key=lambda kv: -kv[1].logprob)}
 
 
 async def create_completion(serving: Serving, req: CompletionRequest, timer_factory,

@@ -80,10 +80,11 @@ class FakeHub:
     COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
     def __init__(self, source) -> None:
-        self.source, self.calls = source, []
+        self.source, self.calls, self.cache_dirs = source, [], []
 
-    def __call__(self, repo_id, revision=None, allow_patterns=None, ignore_patterns=None):
+    def __call__(self, repo_id, revision=None, allow_patterns=None, ignore_patterns=None, cache_dir=None):
         self.calls.append((revision, list(allow_patterns)))
+        self.cache_dirs.append(cache_dir)
         snapshot = self.source.parent / "snapshots" / self.COMMIT
         files = sorted(f.relative_to(self.source).as_posix() for f in self.source.rglob("*") if f.is_file())
         for name in filter_repo_objects(files, allow_patterns=allow_patterns, ignore_patterns=ignore_patterns):
@@ -143,6 +144,51 @@ def test_hub_weights_without_an_index_are_the_top_level_files(tmp_path, monkeypa
                                                         "model.safetensors"])
     model = build_model(resolved.hf_config, resolved.path, "auto", torch.float32, torch.device("cpu"))
     torch.testing.assert_close(model.lm_head.weight, hf_model.lm_head.weight, rtol=0, atol=0)
+
+
+def test_download_dir_is_the_hub_cache_of_every_download(tmp_path, monkeypatch):
+    """vLLM's --download-dir: config, tokenizer and weights all go to (and come from) that cache."""
+    source = tmp_path / "repo"
+    make_checkpoint("tiny-llama", source)
+    hub = FakeHub(source)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", hub)
+    resolved = resolve_model("someone/llama-like", download_dir=str(tmp_path / "cache"))
+    assert len(hub.calls) == 3 and hub.cache_dirs == [str(tmp_path / "cache")] * 3
+    assert resolved.hub_id == "someone/llama-like"
+    hub.cache_dirs.clear()
+    resolve_model("someone/llama-like")
+    assert hub.cache_dirs == [None] * 3
+
+
+class FakeAutoTokenizer:
+    """AutoTokenizer.from_pretrained recording its calls, answering with the byte tokenizer."""
+
+    calls: list = []
+
+    @classmethod
+    def from_pretrained(cls, source, **kwargs):
+        cls.calls.append((source, kwargs))
+        return byte_tokenizer()
+
+
+def test_tokenizer_revision_loads_the_hub_tokenizer_at_that_revision(tmp_path, monkeypatch):
+    """vLLM's --tokenizer-revision: --tokenizer's revision, else the model's hub id's; a local folder or
+    a preset has no revision to take, which is an error naming the flag."""
+    source = tmp_path / "repo"
+    save_config(source, tiny_qwen3())
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", FakeHub(source))
+    monkeypatch.setattr("models.loader.AutoTokenizer", FakeAutoTokenizer)
+    FakeAutoTokenizer.calls = []
+    resolved = resolve_model("someone/qwen3-like")
+    load_tokenizer(resolved, revision="v2", download_dir="/cache")
+    load_tokenizer(resolved, "someone/tokenizer", revision="v3")
+    assert [(s, k["revision"], k["cache_dir"]) for s, k in FakeAutoTokenizer.calls] == [
+        ("someone/qwen3-like", "v2", "/cache"), ("someone/tokenizer", "v3", None)]
+    with pytest.raises(ValueError, match="tokenizer_revision 'v2' names a hub revision, but the tokenizer is the "
+                                         "local folder .*--tokenizer-revision"):
+        load_tokenizer(resolve_model(str(source)), revision="v2")
+    with pytest.raises(ValueError, match="the preset's built-in byte tokenizer"):
+        load_tokenizer(resolve_model("preset:tiny-qwen3"), revision="v2")
 
 
 @pytest.mark.parametrize("arch", ["Qwen3", "Qwen2"])

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -25,6 +28,7 @@ from server.options import ServerOptions
 
 MODEL_NAME = "tiny-qwen3"
 API_KEY = "test-key-123"
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def write_tiny_qwen3(path, seed: int = 0) -> None:
@@ -189,3 +193,21 @@ def posted_prompt_ids(tokenizer, endpoint: str, text: str) -> list[int]:
     if endpoint == "chat":
         return render_chat(tokenizer, [{"role": "user", "content": text}])
     return tokenizer.encode(text)
+
+
+def start_serve(port: int, *extra: str, scheme: str = "http") -> subprocess.Popen:
+    """`python -m engine.serve` on the tiny preset (CPU), once /health answers (over `scheme`; https
+    unverified: a test's self-signed certificate); its stdout and stderr in one pipe."""
+    cmd = [sys.executable, "-m", "engine.serve", "preset:tiny-qwen3", "--port", str(port), "--device", "cpu",
+           "--dtype", "float32", "--log-level", "warning", *extra]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while True:
+        assert proc.poll() is None, proc.stdout.read()
+        try:
+            if httpx.get(f"{scheme}://127.0.0.1:{port}/health", timeout=2, verify=False).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "server did not come up"
+        time.sleep(0.2)

@@ -3,8 +3,10 @@ streams; refusals, aborts, a dying engine process and start-up failures reach th
 from __future__ import annotations
 
 import asyncio
+import logging
 import multiprocessing
 import os
+import re
 import signal
 import time
 
@@ -166,6 +168,66 @@ def test_a_dead_engine_process_fails_its_requests(tiny_model_path):
         assert "exited" in str(engine.error)
     finally:
         engine.shutdown()
+
+
+class _BadMessageNext:
+    """The engine's output pipe, whose next recv() returns `message` instead of the engine's."""
+
+    def __init__(self, conn, message) -> None:
+        self._conn, self._message = conn, message
+
+    def recv(self):
+        message, self._message = self._message, None
+        return self._conn.recv() if message is None else message
+
+    def __getattr__(self, name):
+        return getattr(self._conn, name)
+
+
+def _unpack_fails(engine) -> None:
+    def corrupt(packed):
+        raise RuntimeError("corrupt packed output")
+    engine._assembler.unpack = corrupt
+
+
+def _unknown_kind(engine) -> None:
+    engine._outputs = _BadMessageNext(engine._outputs, ("bogus", 1))
+
+
+@pytest.mark.parametrize("inject, what", [(_unpack_fails, "of kind 'outputs'.*corrupt packed output"),
+                                          (_unknown_kind, "of kind 'bogus'.*unknown message kind")])
+def test_an_unreadable_message_fails_requests_and_stops_the_engine_process(tiny_model_path, caplog, inject, what):
+    """As vLLM's output handler: a message the reader cannot read ends every waiting request with the
+    error (no hang), later requests are refused, health turns False, a log line names the failure, and
+    the engine process is shut down rather than left generating for no one."""
+    engine = ProcessAsyncEngine(engine_config(tiny_model_path))
+    params = SamplingParams(max_tokens=100, temperature=0, ignore_eos=True)
+
+    async def run():
+        gen = engine.generate("unread", "no one reads this", params)
+        await gen.__anext__()
+        inject(engine)
+        with pytest.raises(EngineDeadError, match=what):
+            await asyncio.wait_for(_drain(gen), 30)
+        with pytest.raises(EngineDeadError, match=what):
+            await engine.add_request("late", "x", params)
+
+    try:
+        with caplog.at_level(logging.ERROR, logger="engine.engine_process"):
+            asyncio.run(run())
+            engine._proc.join(10)
+        assert engine._proc.exitcode == 0          # it took the shutdown command, not a kill
+        assert not engine.is_alive() and not engine.is_healthy()
+        assert re.search("could not read a message " + what, str(engine.error))
+        assert re.search("could not read a message " + what, caplog.text)
+        assert "stopping the engine process" in caplog.text
+    finally:
+        engine.shutdown()
+
+
+async def _drain(gen) -> None:
+    async for _ in gen:
+        pass
 
 
 def test_a_stalled_step_is_unhealthy(process_engine):

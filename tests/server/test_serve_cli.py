@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from engine.serve import build_parser, config_from_args
-from server_harness import free_port
+from server_harness import free_port, start_serve
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -138,23 +138,6 @@ def test_serve_process_answers_with_env_api_key():
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-
-
-def start_serve(port: int, *extra: str) -> subprocess.Popen:
-    """`python -m engine.serve` on the tiny preset (CPU), once /health answers."""
-    cmd = [sys.executable, "-m", "engine.serve", "preset:tiny-qwen3", "--port", str(port), "--device", "cpu",
-           "--dtype", "float32", "--log-level", "warning", *extra]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 120
-    while True:
-        assert proc.poll() is None, proc.stdout.read()
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, "server did not come up"
-        time.sleep(0.2)
 
 
 def test_sigterm_stops_the_server_at_once_cutting_streams_in_flight():
