@@ -72,6 +72,12 @@ def uvicorn_options(args: argparse.Namespace) -> dict:
                 timeout_graceful_shutdown=0)    # see main: stop at once, as vLLM's server
 
 
+def api_keys_from(args, environ) -> list[str] | str | None:
+    """The keys that open the server: `--api-key` (one or several), else env ENGINE_API_KEY, else vLLM's
+    VLLM_API_KEY (so a deployment written for vLLM keeps its key); None: no key needed."""
+    return args.api_key or environ.get("ENGINE_API_KEY") or environ.get("VLLM_API_KEY") or None
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -81,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
         server_settings = uvicorn_options(args)
     except ValueError as exc:
         parser.error(str(exc))          # exits with status 2
-    api_key = args.api_key or os.environ.get("ENGINE_API_KEY") or None
+    api_key = api_keys_from(args, os.environ)
     from engine.engine_core import LOG_FORMAT
     logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
 

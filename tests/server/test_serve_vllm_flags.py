@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 import engine.serve
-from engine.serve import build_parser, config_from_args, uvicorn_options
+from engine.serve import api_keys_from, build_parser, config_from_args, uvicorn_options
 from server_harness import MODEL_NAME, engine_config, free_port, http_client, start_serve
 
 TOKEN_ID = re.compile(r"token_id:(\d+)")
@@ -153,3 +153,12 @@ def test_https_behind_a_path_proxy_without_access_log(tmp_path):
             output, _ = proc.communicate()
     assert "Received request" in output
     assert "POST /v1/completions" not in output and "GET /health" not in output
+
+
+def test_api_key_from_the_flag_then_ours_then_vllms_environment_variable():
+    args = build_parser().parse_args(["preset:tiny-qwen3"])
+    assert api_keys_from(args, {}) is None
+    assert api_keys_from(args, {"VLLM_API_KEY": "v"}) == "v"
+    assert api_keys_from(args, {"VLLM_API_KEY": "v", "ENGINE_API_KEY": "e"}) == "e"
+    flagged = build_parser().parse_args(["preset:tiny-qwen3", "--api-key", "a", "b"])
+    assert api_keys_from(flagged, {"ENGINE_API_KEY": "e"}) == ["a", "b"]
