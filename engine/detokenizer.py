@@ -50,12 +50,11 @@ class IncrementalDetokenizer:
         self._skip_ids = special_token_ids(tokenizer) if skip_special_tokens else frozenset()
         self._tokens: list[str] = self._context_tokens(list(prompt_token_ids))
         self._prefix, self._read = 0, self._complete_prefix_len(self._tokens)
-        self.output_text = ""
         self.num_tokens = 0
 
     def append(self, new_token_ids: Sequence[int]) -> str:
         """Take the next output token ids; return the text they complete (may be "" while a character is
-        still partial). `output_text` is the concatenation of all returned deltas."""
+        still partial). The deltas are the text; it is not kept here (engine/output_text.py keeps it)."""
         parts = []
         for token_id in new_token_ids:
             self.num_tokens += 1
@@ -64,9 +63,7 @@ class IncrementalDetokenizer:
                 continue
             self._tokens.extend(new)
             parts.append(self._advance())
-        delta = "".join(parts)
-        self.output_text += delta
-        return delta
+        return "".join(parts)
 
     def flush(self) -> str:
         """At the end of the sequence: the text still held back (a character left incomplete decodes to
@@ -76,7 +73,6 @@ class IncrementalDetokenizer:
         delta = full_text[len(prefix_text):]
         del self._tokens[:self._read]
         self._prefix, self._read = 0, len(self._tokens)
-        self.output_text += delta
         return delta
 
     def _advance(self) -> str:

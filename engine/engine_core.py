@@ -6,7 +6,9 @@ its EngineCore), so that the model's steps and the server's HTTP work do not sha
 - in: ("add", call_id, request_id, prompt, params, priority), ("abort", request_id), ("stats", call_id), ("shutdown",)
 - out: ("ready", info) or ("failed", exc) once; then ("reply", call_id, value, exc) per call, ("outputs",
   [packed output], stats) after a step, ("idle", stats) every `IDLE_WAIT_S` without work, and ("dead",
-  exc) if the loop fails. Outputs are packed by `engine.output_wire` (the step's deltas only).
+  exc) if the loop fails. Outputs are packed as `engine.output_wire` packs them (the step's deltas only),
+  made that way by the engine itself (`LLMEngine(packed_outputs=True)`): no step here copies an output's
+  cumulative text, ids or logprobs.
 """
 from __future__ import annotations
 
@@ -19,7 +21,6 @@ from typing import Any
 
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
-from engine.output_wire import pack_output
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ def run_engine_core(config: EngineConfig, commands: Connection, outputs: Connect
     signal.signal(signal.SIGINT, signal.SIG_IGN)     # Ctrl-C stops the server, which then stops us
     logging.basicConfig(level=log_level, format=LOG_FORMAT)
     try:
-        engine = LLMEngine(config)
+        engine = LLMEngine(config, packed_outputs=True)
     except BaseException as exc:  # noqa: BLE001 - the parent raises it
         logger.exception("engine start-up failed")
         outputs.send(("failed", picklable(exc)))
@@ -71,7 +72,6 @@ class _Core:
         self.engine = engine
         self.outputs = outputs
         self.step_started = step_started
-        self.started: set[str] = set()        # requests whose first output (with the prompt) was sent
         self.last_report = time.monotonic()
 
     def serve(self, commands: Connection) -> None:
@@ -105,7 +105,6 @@ class _Core:
                 self.outputs.send(("reply", call_id, None, None))
         elif kind == "abort":
             eng.abort_request(args)
-            self.started.discard(args[0])
         elif kind == "stats":
             self.outputs.send(("reply", args[0], eng.get_stats(), None))
         elif kind == "shutdown":
@@ -114,14 +113,6 @@ class _Core:
             raise ValueError(f"unknown engine command {kind!r}")
         return True
 
-    def report(self, step_outputs: list) -> None:
-        packed = []
-        for out in step_outputs:
-            first = out.request_id not in self.started
-            if out.finished:
-                self.started.discard(out.request_id)
-            elif first:
-                self.started.add(out.request_id)
-            packed.append(pack_output(out, first))
-        self.outputs.send(("outputs", packed, self.engine.get_stats()))
+    def report(self, packed_outputs: list) -> None:
+        self.outputs.send(("outputs", packed_outputs, self.engine.get_stats()))
         self.last_report = time.monotonic()

@@ -22,6 +22,7 @@ from engine.config import EngineConfig, ModelConfig, checked_max_model_len
 from engine.generation_defaults import default_sampling_fields, load_generation_config
 from engine.model_runner import ModelRunner
 from engine.output_processor import OutputProcessor
+from engine.output_wire import PackedOutput
 from engine.outputs import RequestOutput
 from engine.pending_step import PendingStep
 from engine.prompt_logprobs import PromptLogprobsResult
@@ -67,7 +68,9 @@ def _freeze_startup_heap() -> None:
 
 
 class LLMEngine:
-    def __init__(self, config: EngineConfig) -> None:
+    def __init__(self, config: EngineConfig, packed_outputs: bool = False) -> None:
+        """packed_outputs: `step()` returns its outputs packed for the pipe (engine/output_wire.py), made
+        from the step's deltas alone, as the engine's own process sends them (engine/engine_core.py)."""
         self.config = config
         resolved = resolve_model(config.model, config.revision, config.load_format, config.hf_overrides,
                                  config.trust_remote_code, config.download_dir)
@@ -98,7 +101,7 @@ class LLMEngine:
         self.scheduler = Scheduler(SchedulerConfig(config.max_num_seqs, budget, self.max_model_len,
                                                    config.enable_chunked_prefill, config.scheduling_policy),
                                    self.block_manager)
-        self.outputs = OutputProcessor(self.tokenizer)
+        self.outputs = OutputProcessor(self.tokenizer, packed=packed_outputs)
         self.num_prompt_tokens = 0
         self.num_generation_tokens = 0
         self._pending: PendingStep | None = None
@@ -206,14 +209,15 @@ class LLMEngine:
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished() or self._pending is not None
 
-    def step(self) -> list[RequestOutput]:
+    def step(self) -> list[RequestOutput] | list[PackedOutput]:
         """Schedule and launch a step; then finish the previous one (overlapped) or this one (sync).
+        Returns the RequestOutputs it made (independent snapshots), or with packed_outputs their packed form.
 
         With async scheduling the host schedules and prepares step k+1 while the GPU still runs step k;
         a request's token from step k is fed to step k+1 straight from the device. Requests whose
         sampling needs their full output history (penalties) make the engine wait first.
         """
-        outputs: list[RequestOutput] = []
+        outputs: list = []
         if self._pending is not None and not self._can_overlap():
             outputs += self._finish(self._pending)
             self._pending = None
@@ -236,7 +240,7 @@ class LLMEngine:
         return self.config.async_scheduling and not any(
             r.sampling_params.uses_output_history for r in self.scheduler.running)
 
-    def _finish(self, pending: PendingStep) -> list[RequestOutput]:
+    def _finish(self, pending: PendingStep) -> list[RequestOutput] | list[PackedOutput]:
         """Take a launched step's tokens: append, check stops, detokenize, build outputs."""
         result = pending.result()
         if result.prompt_logprobs:
@@ -248,11 +252,7 @@ class LLMEngine:
             status = self.outputs.process_token(req, logprobs.get(id(req)), self.max_model_len)
             if status is not None:
                 self.scheduler.finish_request(req, status)
-        outputs = self.outputs.make_outputs(progressed)
-        for output in outputs:
-            if output.finished:
-                self.outputs.pop_group(output.request_id)
-        return outputs
+        return self.outputs.make_outputs(progressed)     # forgets the groups that finished
 
     def _take_prompt_logprobs(self, results: list[PromptLogprobsResult]) -> None:
         """Append a step's prompt logprobs to their requests (before the step's tokens: a request's

@@ -5,12 +5,21 @@ CompletionOutput per sequence and is finished when all of them are. A group that
 (its first sequence computes them) sends no output before they are complete, so every output carries them.
 Logprobs become vLLM's Logprob objects here, where the tokenizer is: each token's text is
 `tokenizer.decode([token_id])` (the server's decoding of one token), cached per token id.
+
+Two kinds of output. By default RequestOutputs whose cumulative fields are snapshots (a held output never
+changes): O(output length) per output, which `LLM.generate`, `LLMEngine.step()` callers and the thread-mode
+AsyncEngine need. `packed=True` (the engine's own process, engine/engine_core.py) makes each output as
+engine/output_wire.py packs it, from the step's deltas alone: O(the step's new tokens and text) per
+sequence, the same tuples `pack_output` makes of the snapshot outputs. The text is kept by OutputText
+(engine/output_text.py), which never copies it whole per step where nobody reads it whole.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from engine.detokenizer import IncrementalDetokenizer, StopStringChecker
+from engine.output_text import OutputText
+from engine.output_wire import PackedOutput, pack_completion, pack_prompt
 from engine.outputs import CompletionOutput, Logprob, LogprobsDict, RequestOutput, TokenLogprobs
 from engine.request import Request, RequestStatus
 
@@ -21,8 +30,7 @@ class _Sequence:
     index: int
     detokenizer: IncrementalDetokenizer
     stops: StopStringChecker | None
-    text: str = ""                  # output text so far, stop string cut off once matched
-    num_sent_chars: int = 0         # characters already handed out as deltas
+    text: OutputText                # output text so far, stop string cut off once matched
     num_sent_tokens: int = 0
 
 
@@ -35,11 +43,16 @@ class _Group:
     sequences: list[_Sequence] = field(default_factory=list)
     awaits_prompt_logprobs: bool = False
     prompt_logprobs: list[LogprobsDict | None] | None = None      # once complete: None first
+    sent_prompt: bool = False       # packed: an output went out (the first carries the prompt)
 
 
 class OutputProcessor:
-    def __init__(self, tokenizer) -> None:
+    """Per user request: its sequences' stop checks and text; `make_outputs` after each step's tokens (a
+    group's last output, finished, also forgets it). packed: outputs as engine/output_wire.py's tuples."""
+
+    def __init__(self, tokenizer, packed: bool = False) -> None:
         self.tokenizer = tokenizer
+        self.packed = packed
         self.token_text = TokenTexts(tokenizer)
         self.groups: dict[str, _Group] = {}
         self._sequences: dict[str, tuple[_Group, _Sequence]] = {}
@@ -52,7 +65,8 @@ class OutputProcessor:
             detok = IncrementalDetokenizer(self.tokenizer, req.prompt_token_ids, sp.skip_special_tokens,
                                            sp.spaces_between_special_tokens)
             stops = StopStringChecker(sp.stop, sp.include_stop_str_in_output) if sp.stop else None
-            seq = _Sequence(req, i, detok, stops)
+            tail_len = 0 if stops is None else stops.max_stop_len - 1
+            seq = _Sequence(req, i, detok, stops, OutputText(tail_len, keep=not self.packed))
             group.sequences.append(seq)
             self._sequences[req.request_id] = (group, seq)
         group.awaits_prompt_logprobs = requests[0].prompt_logprobs is not None
@@ -85,24 +99,28 @@ class OutputProcessor:
         if not group.stream and seq.stops is None:
             if status is not None:              # nobody reads the text before the end: decode once
                 ids = req.output_token_ids[:-1] if stop_token else req.output_token_ids
-                seq.text = seq.detokenizer.append(ids) + seq.detokenizer.flush()
+                seq.text.append(seq.detokenizer.append(ids) + seq.detokenizer.flush())
             return status
         delta = seq.detokenizer.append([] if stop_token else [token])
         if status is not None:
             delta += seq.detokenizer.flush()
-        seq.text += delta
+        seq.text.append(delta)
         # vLLM's: stop strings are looked for only once the output is past min_tokens
         past_min_tokens = req.num_output_tokens > sp.min_tokens
         if seq.stops is not None and status is not RequestStatus.FINISHED_STOPPED and past_min_tokens:
-            match = seq.stops.check(seq.text, len(delta))
+            # the region a stop string ending in the new text can start in: the text's bounded tail
+            window = seq.text.tail(len(delta) + seq.stops.max_stop_len - 1)
+            match = seq.stops.check(window, len(delta))
             if match is not None:
                 stop_str, keep = match
-                seq.text = seq.text[:keep]
+                seq.text.cut(seq.text.length - len(window) + keep)
                 req.stop_reason = stop_str
                 status = RequestStatus.FINISHED_STOPPED
         return status
 
-    def make_outputs(self, progressed: list[Request]) -> list[RequestOutput]:
+    def make_outputs(self, progressed: list[Request]) -> list[RequestOutput] | list[PackedOutput]:
+        """The outputs of the groups whose sequences `progressed` (each group once); finished groups are
+        forgotten."""
         groups: dict[str, _Group] = {}
         for req in progressed:
             group, _ = self._sequences[req.request_id]
@@ -110,29 +128,56 @@ class OutputProcessor:
                 continue
             if group.stream or all(s.request.is_finished for s in group.sequences):
                 groups[group.request_id] = group
-        return [self._output(g) for g in groups.values()]
+        outputs = [self._output(g) for g in groups.values()]
+        for group in groups.values():
+            if all(s.request.is_finished for s in group.sequences):
+                self.pop_group(group.request_id)
+        return outputs
 
-    def _output(self, group: _Group) -> RequestOutput:
-        completions = [self._completion(seq) for seq in group.sequences]
+    def _output(self, group: _Group) -> RequestOutput | PackedOutput:
+        make = self._packed_completion if self.packed else self._completion
+        completions = [make(seq, *self._advance(seq)) for seq in group.sequences]
         first = group.sequences[0].request
+        finished = all(s.request.is_finished for s in group.sequences)
+        if self.packed:
+            prompt = None if group.sent_prompt else pack_prompt(group.prompt, group.prompt_token_ids,
+                                                                 group.prompt_logprobs)
+            group.sent_prompt = True
+            return (group.request_id, prompt, finished, first.num_cached_tokens, {}, completions)
         return RequestOutput(request_id=group.request_id, prompt=group.prompt,
                              prompt_token_ids=group.prompt_token_ids, outputs=completions,
-                             finished=all(c.finished() for c in completions), num_cached_tokens=first.num_cached_tokens,
+                             finished=finished, num_cached_tokens=first.num_cached_tokens,
                              prompt_logprobs=group.prompt_logprobs)
 
-    def _completion(self, seq: _Sequence) -> CompletionOutput:
+    @staticmethod
+    def _advance(seq: _Sequence) -> tuple[str, list[int], int]:
+        """Hand out what the sequence added since its last output (text: all but what may still become a
+        stop string): (text delta, token ids delta, the index of its first new token)."""
         req = seq.request
-        finished = req.is_finished
-        hold = 0 if finished or seq.stops is None else seq.stops.hold_back_len_for(seq.text)
-        num_chars = max(seq.num_sent_chars, len(seq.text) - hold)
-        text_delta = seq.text[seq.num_sent_chars:num_chars]
-        token_delta = req.output_token_ids[seq.num_sent_tokens:]
-        seq.num_sent_chars, seq.num_sent_tokens = num_chars, req.num_output_tokens
+        text = seq.text
+        hold = 0
+        if not req.is_finished and seq.stops is not None:
+            hold = seq.stops.hold_back_len_for(text.tail(seq.stops.max_stop_len - 1))
+        text_delta = text.take(max(text.num_sent, text.length - hold))
+        start, seq.num_sent_tokens = seq.num_sent_tokens, req.num_output_tokens
+        return text_delta, req.output_token_ids[start:], start
+
+    @staticmethod
+    def _completion(seq: _Sequence, text_delta: str, token_delta: list[int], start: int) -> CompletionOutput:
+        """A snapshot: the cumulative fields copied."""
+        req = seq.request
         return CompletionOutput(
-            index=seq.index, text=seq.text[:num_chars], token_ids=list(req.output_token_ids),
+            index=seq.index, text=seq.text.sent, token_ids=list(req.output_token_ids),
             finish_reason=req.finish_reason, stop_reason=req.stop_reason,
             logprobs=list(req.output_logprobs) if req.sampling_params.logprobs is not None else None,
             text_delta=text_delta, token_ids_delta=token_delta)
+
+    @staticmethod
+    def _packed_completion(seq: _Sequence, text_delta: str, token_delta: list[int], start: int) -> tuple:
+        """The deltas alone, as output_wire packs them."""
+        req = seq.request
+        logprobs = req.output_logprobs[start:] if req.sampling_params.logprobs is not None else None
+        return pack_completion(seq.index, text_delta, token_delta, req.finish_reason, req.stop_reason, logprobs)
 
     def _take_prompt_logprobs(self, group: _Group) -> bool:
         """Whether the group's prompt logprobs are complete; once they are, its outputs' list (vLLM's

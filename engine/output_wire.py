@@ -2,7 +2,9 @@
 
 A RequestOutput carries its cumulative text, token ids and logprobs; pickling them every step would
 cost O(length) per token. `pack_output` keeps the step's deltas (and the prompt once, in a request's
-first output, with its prompt logprobs: they are complete by then); `OutputAssembler` on the other side
+first output, with its prompt logprobs: they are complete by then); the engine's process builds these
+tuples straight from the output processor's deltas (`pack_completion`, `pack_prompt`: its packed mode),
+never making the cumulative outputs at all; `OutputAssembler` on the other side
 appends them to what it already holds and hands out RequestOutputs equal to the engine's. Logprobs
 travel as plain tuples, (token id, logprob, rank, decoded_token) per Logprob, and are rebuilt as Logprobs.
 """
@@ -37,15 +39,27 @@ def _unpack_prompt_logprobs(packed: list[PackedLogprobs | None] | None) -> list[
     return None if packed is None else [None if e is None else unpack_logprobs(e) for e in packed]
 
 
+def pack_completion(index: int, text_delta: str, token_ids_delta: list[int], finish_reason: str | None,
+                    stop_reason: int | str | None, logprobs_delta: list[LogprobsDict] | None) -> PackedCompletion:
+    """One sequence's part of a step: its deltas (logprobs: those of its new tokens, or None)."""
+    logprobs = None if logprobs_delta is None else [pack_logprobs(e) for e in logprobs_delta]
+    return (index, text_delta, token_ids_delta, finish_reason, stop_reason, logprobs)
+
+
+def pack_prompt(prompt: str | None, prompt_token_ids: list[int],
+                prompt_logprobs: list[LogprobsDict | None] | None) -> tuple:
+    """What a request's first output carries once: its prompt and prompt logprobs."""
+    return (prompt, prompt_token_ids, _pack_prompt_logprobs(prompt_logprobs))
+
+
 def pack_output(out: RequestOutput, first: bool) -> PackedOutput:
-    """The step's part of `out`; `first`: the request's first output (it carries the prompt)."""
-    completions = []
-    for c in out.outputs:
-        logprobs = None
-        if c.logprobs is not None:
-            logprobs = [pack_logprobs(e) for e in c.logprobs[len(c.token_ids) - len(c.token_ids_delta):]]
-        completions.append((c.index, c.text_delta, c.token_ids_delta, c.finish_reason, c.stop_reason, logprobs))
-    prompt = (out.prompt, out.prompt_token_ids, _pack_prompt_logprobs(out.prompt_logprobs)) if first else None
+    """The step's part of `out`; `first`: the request's first output (it carries the prompt). The engine's
+    process packs its outputs as they are made instead (OutputProcessor's packed mode), to the same tuples."""
+    completions = [pack_completion(c.index, c.text_delta, c.token_ids_delta, c.finish_reason, c.stop_reason,
+                                   None if c.logprobs is None
+                                   else c.logprobs[len(c.token_ids) - len(c.token_ids_delta):])
+                   for c in out.outputs]
+    prompt = pack_prompt(out.prompt, out.prompt_token_ids, out.prompt_logprobs) if first else None
     return (out.request_id, prompt, out.finished, out.num_cached_tokens, out.metrics, completions)
 
 

@@ -10,9 +10,11 @@ from engine.checks import check
 class StopStringChecker:
     """Matches `stops` against the cumulative output text of one sequence.
 
-    Each step, call `check(text, num_new_chars)` with the whole output text so far and how many characters
+    Each step, call `check(text, num_new_chars)` with the output text so far and how many characters
     this step added. Only the region those characters could complete is searched (the new characters plus
-    len(stop) - 1 before them), so a step costs O(new chars + longest stop).
+    len(stop) - 1 before them), so a step costs O(new chars + longest stop), and `text` may be just the
+    text's tail of num_new_chars + max_stop_len - 1 characters (positions are then the tail's). Likewise
+    `hold_back_len_for` reads only the last max_stop_len - 1 characters.
     """
 
     def __init__(self, stops: Sequence[str], include_stop_str_in_output: bool = False) -> None:

@@ -15,6 +15,7 @@ import pytest
 from engine.async_engine import AsyncEngine
 from engine.engine_client import EngineDeadError
 from engine.engine_process import ProcessAsyncEngine
+from engine.llm_engine import LLMEngine
 from engine.outputs import CompletionOutput, Logprob, RequestOutput
 from engine.output_wire import OutputAssembler, pack_output
 from engine.sampling_params import SamplingParams
@@ -278,6 +279,28 @@ def test_packed_outputs_rebuild_the_cumulative_ones():
     assert pack_output(steps[1], first=False)[5] == [(0, "c", [7], "stop", "c", [((7, -0.5, None, None),)])]
     with pytest.raises(ValueError, match="carries no prompt"):
         OutputAssembler().unpack(pack_output(steps[1], first=False))
+
+
+def test_the_packed_engine_steps_equal_its_outputs_packed(tiny_model_path):
+    """LLMEngine(packed_outputs=True), as the engine's process runs it: each step returns what engine_core
+    made before of the default engine's outputs, packed (the prompt with each request's first output),
+    for the mixed requests and one with prompt logprobs and logprobs, n = 2; two fresh engines (equal
+    caches, so equal batches and bits)."""
+    plain, packed = LLMEngine(engine_config(tiny_model_path)), LLMEngine(engine_config(tiny_model_path),
+                                                                         packed_outputs=True)
+    params = [*MIXED, SamplingParams(max_tokens=5, temperature=1.0, seed=4, n=2, prompt_logprobs=2, logprobs=1)]
+    for engine in (plain, packed):
+        for i, p in enumerate(params):
+            engine.add_request(f"pk{i}", f"prompt number {i}", p)
+    started, num_outputs = set(), 0
+    while plain.has_unfinished_requests():
+        want = []
+        for out in plain.step():
+            want.append(pack_output(out, first=out.request_id not in started))
+            started.add(out.request_id)
+        assert packed.step() == want
+        num_outputs += len(want)
+    assert not packed.has_unfinished_requests() and not packed.outputs.groups and num_outputs > 10
 
 
 def test_logprobs_cross_the_pipe_as_equal_logprob_objects(reference_engine):
