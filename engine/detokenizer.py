@@ -50,6 +50,9 @@ class IncrementalDetokenizer:
         self._skip_ids = special_token_ids(tokenizer) if skip_special_tokens else frozenset()
         self._tokens: list[str] = self._context_tokens(list(prompt_token_ids))
         self._prefix, self._read = 0, self._complete_prefix_len(self._tokens)
+        # The window's text with the prompt's unfinished character, while the output has not settled it
+        self._prompt_text = (self.tokenizer.convert_tokens_to_string(self._tokens)
+                             if self._read < len(self._tokens) else None)
         self.num_tokens = 0
 
     def append(self, new_token_ids: Sequence[int]) -> str:
@@ -68,24 +71,34 @@ class IncrementalDetokenizer:
     def flush(self) -> str:
         """At the end of the sequence: the text still held back (a character left incomplete decodes to
         U+FFFD, as `tokenizer.decode` gives it)."""
-        prefix_text = self.tokenizer.convert_tokens_to_string(self._tokens[self._prefix:self._read])
         full_text = self.tokenizer.convert_tokens_to_string(self._tokens[self._prefix:])
-        delta = full_text[len(prefix_text):]
-        del self._tokens[:self._read]
-        self._prefix, self._read = 0, len(self._tokens)
+        delta = full_text[self._emitted_len(full_text):]
+        self._move_window()
         return delta
 
     def _advance(self) -> str:
         """Decode the window plus the pending tokens; emit the new text unless it ends mid-character."""
-        prefix_text = self.tokenizer.convert_tokens_to_string(self._tokens[self._prefix:self._read])
         full_text = self.tokenizer.convert_tokens_to_string(self._tokens[self._prefix:])
-        if len(full_text) <= len(prefix_text) or full_text.endswith(_REPLACEMENT_CHAR):
+        emitted_len = self._emitted_len(full_text)
+        if len(full_text) <= emitted_len or full_text.endswith(_REPLACEMENT_CHAR):
             return ""
-        delta = full_text[len(prefix_text):]
-        # The pending tokens become the next window; drop what lies before it to stay O(window).
+        delta = full_text[emitted_len:]
+        self._move_window()
+        return delta
+
+    def _emitted_len(self, full_text: str) -> int:
+        """How much of `full_text` (the window's decode plus the pending tokens) is not output: the window's
+        text; while the prompt's last character is unfinished, the prompt's text with it (U+FFFD) where
+        the output did not complete it (bytes that never make a character stay the prompt's)."""
+        if self._prompt_text is not None and full_text.startswith(self._prompt_text):
+            return len(self._prompt_text)
+        return len(self.tokenizer.convert_tokens_to_string(self._tokens[self._prefix:self._read]))
+
+    def _move_window(self) -> None:
+        """The pending tokens become the next window; drop what lies before it to stay O(window)."""
         del self._tokens[:self._read]
         self._prefix, self._read = 0, len(self._tokens)
-        return delta
+        self._prompt_text = None
 
     def _context_tokens(self, prompt_token_ids: list[int]) -> list[str]:
         """The prompt's last few tokens as the window's start, taken further back (at most 3 tokens: a

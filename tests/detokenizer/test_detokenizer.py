@@ -107,6 +107,22 @@ def test_a_prompt_ending_inside_a_character_has_it_completed_in_the_output(name)
             assert text_out == text[len(whole_prompt):], (text, cut)
 
 
+@pytest.mark.parametrize("name", list(TOKENIZERS))
+def test_prompt_bytes_that_never_make_a_character_stay_out_of_the_output(name):
+    """A prompt ending in bytes no output completes (an invalid lead byte, or half a character the output
+    does not go on with): the output is what follows them, without their U+FFFD."""
+    tok = TOKENIZERS[name]()
+    invalid = tok.convert_tokens_to_ids(byte_chars()[0xF8])
+    half_emoji = tok.encode("😀", add_special_tokens=False)[:1]
+    for tail in ([invalid], half_emoji):
+        prompt = tok.encode("say ", add_special_tokens=False) + tail
+        assert tok.decode(prompt).endswith("\ufffd")
+        for text in ["no way", "😀 ok", "世界", "a"]:
+            detok = IncrementalDetokenizer(tok, prompt)
+            output = tok.encode(text, add_special_tokens=False)
+            assert "".join(detok.append([t]) for t in output) + detok.flush() == text, (tail, text)
+
+
 def test_skip_special_tokens_drops_eos_text():
     tok = byte_tokenizer()
     ids = tok.encode("hi", add_special_tokens=False) + [tok.eos_token_id]
