@@ -61,6 +61,10 @@ class EngineClient:
         """The monotonic time the engine's step in progress began; None between steps."""
         raise NotImplementedError
 
+    def _fail_all(self, exc: BaseException) -> None:
+        """Every waiting stream and call gets `exc`."""
+        raise NotImplementedError
+
     # ----- asyncio side -------------------------------------------------------------------------
 
     async def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams,
@@ -101,10 +105,25 @@ class EngineClient:
 
     def is_healthy(self) -> bool:
         """Engine alive, not errored, and no step has been running longer than stall_timeout_s."""
+        return self.death_reason() is None
+
+    def death_reason(self) -> str | None:
+        """Why the engine serves no more (None while it does): its error (its process exited, a step
+        raised, an unreadable message), its loop gone, or a step running for stall_timeout_s or longer."""
         if not self.is_alive():
-            return False
+            error = self._error
+            return f"{type(error).__name__}: {error}" if error is not None else "the engine loop is not running"
         started = self._step_started_at()
-        return started is None or time.monotonic() - started < self.stall_timeout_s
+        if started is not None and (running := time.monotonic() - started) >= self.stall_timeout_s:
+            return f"an engine step has run for {running:.1f} s (stall timeout {self.stall_timeout_s:g} s)"
+        return None
+
+    def mark_dead(self, error: BaseException) -> None:
+        """Declare the engine dead from outside (the server's watchdog, on a stalled step): is_alive()
+        turns False and every waiting request and call gets `error`."""
+        if self._error is None:
+            self._error = error
+        self._fail_all(error)
 
     @property
     def stats(self) -> Any:

@@ -1,6 +1,7 @@
 """`python -m engine.serve M` (or `--model M`): the OpenAI-compatible HTTP server (uvicorn) with vLLM-style
 flags (engine/serve_args.py): flags -> EngineConfig, ServerOptions and uvicorn's settings -> the engine's
-process (or thread) -> uvicorn."""
+process (or thread) -> uvicorn. Once the engine is dead the server stops and exits 1 (as vLLM's; env
+ENGINE_KEEP_ALIVE_ON_ENGINE_DEATH=1 or VLLM_KEEP_ALIVE_ON_ENGINE_DEATH=1: it keeps answering 503)."""
 from __future__ import annotations
 
 import argparse
@@ -12,6 +13,7 @@ import sys
 from engine.chat_template import load_chat_template
 from engine.config import EngineConfig
 from engine.serve_args import build_parser, human_int, json_list, json_object  # noqa: F401 - this module's API
+from server.engine_watchdog import StopServerOnEngineDeath, keep_alive_on_engine_death
 from server.options import ServerOptions
 
 logger = logging.getLogger("engine.serve")
@@ -85,6 +87,7 @@ def main(argv: list[str] | None = None) -> None:
         config = config_from_args(args)
         options = options_from_args(args)
         server_settings = uvicorn_options(args)
+        keep_alive = keep_alive_on_engine_death(os.environ)
     except ValueError as exc:
         parser.error(str(exc))          # exits with status 2
     api_key = api_keys_from(args, os.environ)
@@ -102,7 +105,11 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as exc:           # e.g. a backend that cannot serve this configuration
         print(f"python -m engine.serve: error: {exc}", file=sys.stderr)
         sys.exit(2)
-    app = create_app(async_engine, args.served_model_name, api_key, options)
+    stop_on_death = None if keep_alive else StopServerOnEngineDeath()
+    app = create_app(async_engine, args.served_model_name, api_key, options, on_engine_death=stop_on_death)
+    server = uvicorn.Server(uvicorn.Config(app, **server_settings))
+    if stop_on_death is not None:
+        stop_on_death.server = server
     scheme = "https" if args.ssl_certfile else "http"
     logger.info("serving %s as %r on %s://%s:%d%s (API key %s)", config.model, args.served_model_name or [config.model],
                 scheme, args.host, args.port, args.root_path or "", "required" if api_key else "off")
@@ -110,11 +117,21 @@ def main(argv: list[str] | None = None) -> None:
     # requests aborted), not waited for. uvicorn raises the signal again once stopped; then the engine stops.
     signal.signal(signal.SIGTERM, _stop)
     try:
-        uvicorn.run(app, **server_settings)
+        server.run()
     except KeyboardInterrupt:
         pass
     finally:
         async_engine.shutdown()
+    _exit_if_failed(server, stop_on_death)
+
+
+def _exit_if_failed(server, stop_on_death: StopServerOnEngineDeath | None) -> None:
+    """Exit 1 where the engine died (the watchdog logged why), 3 where uvicorn never started (as
+    `uvicorn.run`: e.g. the port is taken); return otherwise (a signal stopped the server: status 0)."""
+    if stop_on_death is not None and stop_on_death.reason is not None:
+        sys.exit(1)
+    if not server.started:
+        sys.exit(3)
 
 
 def _stop(signum, frame) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from engine.engine_client import EngineClient
 from server.auth import APIKeyMiddleware
+from server.engine_watchdog import watch_engine
 from server.errors import APIError, from_validation_errors
 from server.metrics import ServerMetrics
 from server.options import ServerOptions
@@ -29,19 +30,22 @@ logger = logging.getLogger(__name__)
 
 
 def create_app(async_engine: EngineClient, served_model_name: str | Sequence[str] | None = None,
-               api_key: str | Sequence[str] | None = None, options: ServerOptions | None = None) -> FastAPI:
+               api_key: str | Sequence[str] | None = None, options: ServerOptions | None = None,
+               on_engine_death: Callable[[str], None] | None = None) -> FastAPI:
     """The app serving `async_engine` under `served_model_name` (default: the configured model): one
     name or several, which requests may use alike, each response carrying the name its request used;
     the first is the main one (the metrics' label, the name of a request that gives none). With
     `api_key` (one, or several: any of them), every route but /health and /metrics needs
     `Authorization: Bearer <key>`. `options`: the server's own settings (server/options.py: chat
-    template, parsers, stats line, CORS, request log, response role, tokens as ids)."""
+    template, parsers, stats line, CORS, request log, response role, tokens as ids). `on_engine_death`:
+    called once with the reason when the engine is dead (server/engine_watchdog.py; `engine.serve` stops
+    the server there); None: the server keeps answering 503."""
     options = options or ServerOptions()
     names = (served_model_name,) if isinstance(served_model_name, str) else tuple(served_model_name or ())
     names = names or (async_engine.config.model,)
     metrics = ServerMetrics(async_engine, names[0])
     serving = Serving(async_engine, names, metrics, options)
-    lifespan = None if options.disable_log_stats else _stats_lifespan(async_engine)
+    lifespan = _lifespan(async_engine, not options.disable_log_stats, on_engine_death)
     app = FastAPI(title="engine OpenAI-compatible server", lifespan=lifespan)
     app.state.serving = serving
     app.state.metrics = metrics
@@ -55,17 +59,26 @@ def create_app(async_engine: EngineClient, served_model_name: str | Sequence[str
     return app
 
 
-def _stats_lifespan(async_engine: EngineClient):
-    """While the app serves, a task logs the engine's stats line every interval (vLLM's)."""
+def _lifespan(async_engine: EngineClient, log_stats: bool, on_engine_death: Callable[[str], None] | None):
+    """While the app serves, its tasks: the engine's stats line every interval (vLLM's) where `log_stats`,
+    the engine watchdog where `on_engine_death` is given; None where there is none."""
+    jobs = []
+    if log_stats:
+        jobs.append(lambda: StatsLogger(async_engine).run(interval_from_env()))
+    if on_engine_death is not None:
+        jobs.append(lambda: watch_engine(async_engine, on_engine_death))
+    if not jobs:
+        return None
+
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI):
-        task = asyncio.create_task(StatsLogger(async_engine).run(interval_from_env()))
+        tasks = [asyncio.create_task(job()) for job in jobs]
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
     return lifespan
 
 

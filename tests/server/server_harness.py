@@ -62,11 +62,12 @@ class ServerThread:
     """The real app under uvicorn on 127.0.0.1:<free port>, in a background thread."""
 
     def __init__(self, config: EngineConfig, api_key: str | None = None, engine_cls=AsyncEngine,
-                 served_model_name: str | list[str] = MODEL_NAME, **app_options) -> None:
+                 served_model_name: str | list[str] = MODEL_NAME, on_engine_death=None, **app_options) -> None:
         """app_options: the server's options (ServerOptions' fields: chat_template, reasoning_parser,
-        tool_call_parser, enable_auto_tool_choice, disable_log_stats)."""
+        tool_call_parser, enable_auto_tool_choice, disable_log_stats); on_engine_death: create_app's."""
         self.async_engine = engine_cls(config)
-        app = create_app(self.async_engine, served_model_name, api_key, ServerOptions(**app_options))
+        app = create_app(self.async_engine, served_model_name, api_key, ServerOptions(**app_options),
+                         on_engine_death=on_engine_death)
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
@@ -195,12 +196,27 @@ def posted_prompt_ids(tokenizer, endpoint: str, text: str) -> list[int]:
     return tokenizer.encode(text)
 
 
-def start_serve(port: int, *extra: str, scheme: str = "http") -> subprocess.Popen:
+def capture_serve(monkeypatch) -> list:
+    """engine.serve.main's uvicorn servers do not serve: each one's uvicorn.Config (`.app`, `.root_path`,
+    ...) is appended to the list returned, and the server counts as started (main returns)."""
+    configs = []
+
+    def run(server, sockets=None):
+        server.started = True
+        configs.append(server.config)
+
+    monkeypatch.setattr("uvicorn.Server.run", run)
+    return configs
+
+
+def start_serve(port: int, *extra: str, scheme: str = "http", env: dict | None = None) -> subprocess.Popen:
     """`python -m engine.serve` on the tiny preset (CPU), once /health answers (over `scheme`; https
-    unverified: a test's self-signed certificate); its stdout and stderr in one pipe."""
+    unverified: a test's self-signed certificate); its stdout and stderr in one pipe; `env`: variables
+    added to this process's environment."""
     cmd = [sys.executable, "-m", "engine.serve", "preset:tiny-qwen3", "--port", str(port), "--device", "cpu",
            "--dtype", "float32", "--log-level", "warning", *extra]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=dict(os.environ, **(env or {})))
     deadline = time.monotonic() + 120
     while True:
         assert proc.poll() is None, proc.stdout.read()

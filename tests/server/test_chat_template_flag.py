@@ -13,7 +13,7 @@ import pytest
 
 import engine.serve
 from engine.sampling_params import SamplingParams
-from server_harness import MODEL_NAME, engine_config, offline_generate, write_tiny_qwen3
+from server_harness import MODEL_NAME, capture_serve, engine_config, offline_generate, write_tiny_qwen3
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
@@ -93,13 +93,12 @@ def test_serve_reads_the_flag_at_start_up(tmp_path, monkeypatch):
     """main() loads --chat-template (here a file) before the engine starts and hands it to the app."""
     template_file = tmp_path / "template.jinja"
     template_file.write_text(TEMPLATE)
-    apps = []
-    monkeypatch.setattr("uvicorn.run", lambda app, **kwargs: apps.append(app))
+    runs = capture_serve(monkeypatch)
     engine.serve.main(["--model", "preset:tiny-qwen3", "--device", "cpu", "--dtype", "float32",
                        "--max-model-len", "128", "--num-kv-blocks", "16", "--no-engine-process",
                        "--chat-template", str(template_file)])
-    (app,) = apps
-    assert app.state.serving.chat_template == TEMPLATE
+    (config,) = runs
+    assert config.app.state.serving.chat_template == TEMPLATE
     assert engine.serve.build_parser().parse_args(["--model", "m"]).chat_template is None
 
 

@@ -216,7 +216,7 @@ def test_an_unreadable_message_fails_requests_and_stops_the_engine_process(tiny_
     try:
         with caplog.at_level(logging.ERROR, logger="engine.engine_process"):
             asyncio.run(run())
-            engine._proc.join(10)
+            engine._proc.join(30)     # the reader waits up to 5 s, then terminates it and waits 5 s more
         assert engine._proc.exitcode == 0          # it took the shutdown command, not a kill
         assert not engine.is_alive() and not engine.is_healthy()
         assert re.search("could not read a message " + what, str(engine.error))

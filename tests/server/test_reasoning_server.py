@@ -8,7 +8,7 @@ import json
 import pytest
 
 import engine.serve
-from server_harness import MODEL_NAME, engine_config
+from server_harness import MODEL_NAME, capture_serve, engine_config
 
 PIECES = ["<thi", "nk>\nplan ", "a</th", "ink>\n\nans", "wer"]
 
@@ -60,12 +60,11 @@ def test_a_real_answer_without_think_tags_is_all_content(http, reference_engine)
 
 
 def test_the_flag_reaches_the_app_and_a_bad_value_exits_2(monkeypatch, capsys):
-    apps = []
-    monkeypatch.setattr("uvicorn.run", lambda app, **kwargs: apps.append(app))
+    runs = capture_serve(monkeypatch)
     engine.serve.main(["--model", "preset:tiny-qwen3", "--device", "cpu", "--dtype", "float32",
                        "--max-model-len", "128", "--num-kv-blocks", "16", "--no-engine-process",
                        "--reasoning-parser", "deepseek_r1"])
-    assert apps[0].state.serving.reasoning_parser == "deepseek_r1"
+    assert runs[0].app.state.serving.reasoning_parser == "deepseek_r1"
     with pytest.raises(SystemExit) as exc:
         engine.serve.build_parser().parse_args(["--model", "m", "--reasoning-parser", "o1"])
     assert exc.value.code == 2 and "qwen3" in capsys.readouterr().err

@@ -14,7 +14,7 @@ import pytest
 
 import engine.serve
 from engine.serve import api_keys_from, build_parser, config_from_args, uvicorn_options
-from server_harness import MODEL_NAME, engine_config, free_port, http_client, start_serve
+from server_harness import MODEL_NAME, capture_serve, engine_config, free_port, http_client, start_serve
 
 TOKEN_ID = re.compile(r"token_id:(\d+)")
 SERVE = ["preset:tiny-qwen3", "--device", "cpu", "--dtype", "float32", "--max-model-len", "128",
@@ -49,17 +49,16 @@ def test_http_flags_reach_uvicorn(tmp_path):
 
 
 def test_server_flags_reach_the_app(monkeypatch):
-    runs = []
-    monkeypatch.setattr("uvicorn.run", lambda app, **kwargs: runs.append((app, kwargs)))
+    runs = capture_serve(monkeypatch)
     engine.serve.main([*SERVE, "--response-role", "bot", "--return-tokens-as-token-ids", "--enable-log-requests",
                        "--chat-template-content-format", "string", "--root-path", "/api"])
-    (app, kwargs), = runs
-    serving = app.state.serving
+    (config,) = runs
+    serving = config.app.state.serving
     assert (serving.response_role, serving.tokens_as_ids, serving.log_requests) == ("bot", True, True)
-    assert kwargs["root_path"] == "/api"
+    assert config.root_path == "/api"
     runs.clear()
     engine.serve.main([*SERVE, "--disable-log-requests"])
-    serving = runs[0][0].state.serving
+    serving = runs[0].app.state.serving
     assert (serving.response_role, serving.tokens_as_ids, serving.log_requests) == ("assistant", False, False)
 
 

@@ -16,7 +16,7 @@ import pytest
 import engine.serve
 from engine import LLM, SamplingParams
 from engine.chat_template import render_chat
-from server_harness import MODEL_NAME, engine_config, http_client, script_answers, scripted_add_request
+from server_harness import MODEL_NAME, capture_serve, engine_config, http_client, script_answers, scripted_add_request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOOLS = [{"type": "function", "function": {
@@ -260,12 +260,11 @@ def test_llm_chat_passes_tools_to_the_template(tiny_model_path):
 
 @pytest.mark.parametrize("model, parser", [("preset:tiny-qwen3", "hermes"), ("preset:tiny-llama", "llama3_json")])
 def test_the_flags_reach_the_app(monkeypatch, model, parser):
-    apps = []
-    monkeypatch.setattr("uvicorn.run", lambda app, **kwargs: apps.append(app))
+    runs = capture_serve(monkeypatch)
     engine.serve.main(["--model", model, "--device", "cpu", "--dtype", "float32",
                        "--max-model-len", "128", "--num-kv-blocks", "16", "--no-engine-process",
                        "--enable-auto-tool-choice", "--tool-call-parser", parser])
-    serving = apps[0].state.serving
+    serving = runs[0].app.state.serving
     assert serving.tool_call_parser == parser and serving.auto_tool_choice
 
 
