@@ -12,7 +12,7 @@ import sys
 
 from engine.chat_template import load_chat_template
 from engine.config import EngineConfig
-from engine.serve_args import build_parser, human_int, json_list, json_object  # noqa: F401 - this module's API
+from engine.serve_args import build_parser
 from server.engine_watchdog import StopServerOnEngineDeath, keep_alive_on_engine_death
 from server.options import ServerOptions
 

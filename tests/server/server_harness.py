@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -227,3 +228,15 @@ def start_serve(port: int, *extra: str, scheme: str = "http", env: dict | None =
             pass
         assert time.monotonic() < deadline, "server did not come up"
         time.sleep(0.2)
+
+
+def stop_serve(proc: subprocess.Popen) -> str:
+    """Stop a `start_serve` process as Ctrl-C does (killed if it has not exited within 20 s); its output."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+    try:
+        output, _ = proc.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        output, _ = proc.communicate()
+    return output or ""

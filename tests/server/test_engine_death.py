@@ -15,7 +15,7 @@ import pytest
 from engine.async_engine import AsyncEngine, EngineDeadError
 from engine.sampling_params import SamplingParams
 from server.engine_watchdog import keep_alive_on_engine_death, watch_engine
-from server_harness import ServerThread, engine_config, free_port, start_serve
+from server_harness import ServerThread, engine_config, free_port, start_serve, stop_serve
 
 
 def test_keep_alive_env_vars_ours_and_vllms():
@@ -75,16 +75,6 @@ def _engine_pid(server_pid: int) -> int:
     return int(pids[0])
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def test_serve_exits_1_naming_the_death_once_the_engine_process_is_killed():
     """A stream in flight gets the error in-band, then the server stops by itself."""
     port = free_port()
@@ -98,9 +88,8 @@ def test_serve_exits_1_naming_the_death_once_the_engine_process_is_killed():
             events = [line for line in lines if line.startswith("data: ")]
         assert proc.wait(30) == 1
     finally:
-        _stop(proc)
+        output = stop_serve(proc)
     assert events[-1] == "data: [DONE]" and "the engine process exited (exit code -9)" in events[-2]
-    output = proc.stdout.read()
     assert "the engine died (EngineDeadError: the engine process exited (exit code -9))" in output, output
 
 
@@ -120,5 +109,5 @@ def test_keep_alive_env_keeps_serving_503_once_the_engine_process_is_killed():
         resp = httpx.get(health, timeout=5)
         assert resp.status_code == 503 and "exit code -9" in resp.json()["error"]["message"]
     finally:
-        _stop(proc)
+        stop_serve(proc)
     assert proc.returncode == 0

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from engine.serve import build_parser, config_from_args
-from server_harness import free_port, start_serve
+from server_harness import free_port, start_serve, stop_serve
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -132,12 +132,7 @@ def test_serve_process_answers_with_env_api_key():
                           json={"model": "cli-model", "prompt": "hi", "max_tokens": 3, "ignore_eos": True})
         assert resp.status_code == 200 and resp.json()["usage"]["completion_tokens"] == 3
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_serve(proc)
 
 
 def test_sigterm_stops_the_server_at_once_cutting_streams_in_flight():

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import re
 import shutil
-import signal
 import subprocess
 
 import httpx
@@ -14,7 +13,7 @@ import pytest
 
 import engine.serve
 from engine.serve import api_keys_from, build_parser, config_from_args, uvicorn_options
-from server_harness import MODEL_NAME, capture_serve, engine_config, free_port, http_client, start_serve
+from server_harness import MODEL_NAME, capture_serve, engine_config, free_port, http_client, start_serve, stop_serve
 
 TOKEN_ID = re.compile(r"token_id:(\d+)")
 SERVE = ["preset:tiny-qwen3", "--device", "cpu", "--dtype", "float32", "--max-model-len", "128",
@@ -144,12 +143,7 @@ def test_https_behind_a_path_proxy_without_access_log(tmp_path):
         with pytest.raises(httpx.TransportError):
             httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)       # TLS only
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            output, _ = proc.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            output, _ = proc.communicate()
+        output = stop_serve(proc)
     assert "Received request" in output
     assert "POST /v1/completions" not in output and "GET /health" not in output
 
