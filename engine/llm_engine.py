@@ -183,21 +183,17 @@ class LLMEngine:
     def _cap_max_tokens(self, params: SamplingParams, prompt_len: int) -> SamplingParams:
         """max_tokens capped to the room the prompt leaves within max_model_len (None: all of it), as vLLM's
         offline engine: only a prompt that leaves no room is refused; a larger max_tokens is accepted and the
-        request stops with finish_reason "length" at max_model_len. Everything sized from max_tokens (KV
-        blocks, the KV pool check, n > 1 sequences, the async scheduler's look-ahead) sees the capped value.
-        min_tokens is capped with it (EOS stays banned up to the end either way). The server refuses
-        prompt + max_tokens > max_model_len itself, with a 400 (server/serving.py `check_prompt`)."""
+        request stops with finish_reason "length" at max_model_len. Everything sized from max_tokens (n > 1
+        sequences, the async scheduler's look-ahead) sees the capped value; the KV cache holds max_model_len
+        tokens (ModelRunner refuses a smaller one, or lowers an auto max_model_len to it), so a request always
+        fits once alone. min_tokens is capped with it (EOS stays banned up to the end either way). The server
+        refuses prompt + max_tokens > max_model_len itself, with a 400 (server/serving.py `check_prompt`)."""
         room = self.max_model_len - prompt_len
         if room < 1:
             raise ValueError(f"the prompt has {prompt_len} tokens, which leaves no room to generate within "
                              f"max_model_len={self.max_model_len}; shorten the prompt")
         if params.max_tokens is None or params.max_tokens > room:
             params = dataclasses.replace(params, max_tokens=room, min_tokens=min(params.min_tokens, room))
-        total = prompt_len + params.max_tokens
-        if not self.block_manager.can_ever_fit(total):
-            raise ValueError(f"prompt + max_tokens = {total} tokens can never fit in the KV cache "
-                             f"({self.block_manager.num_blocks} blocks of {self.block_manager.block_size}); "
-                             "lower max_tokens or enlarge the cache")
         return params
 
     def abort_request(self, request_ids: Iterable[str]) -> None:

@@ -60,7 +60,7 @@ def options_from_args(args: argparse.Namespace) -> ServerOptions:
 
 
 def uvicorn_options(args: argparse.Namespace) -> dict:
-    """uvicorn.run's settings from the flags; raises ValueError naming a bad one (port, TLS files)."""
+    """uvicorn.Config's settings from the flags; raises ValueError naming a bad one (port, TLS files)."""
     if not 0 < args.port < 65536:
         raise ValueError(f"--port must be in [1, 65535], got {args.port}")
     for flag, path in (("--ssl-keyfile", args.ssl_keyfile), ("--ssl-certfile", args.ssl_certfile)):
