@@ -31,11 +31,11 @@ class AsyncEngine(EngineClient):
     """Runs `LLMEngine.step()` on a background thread so the event loop never blocks on the model.
 
     `engine` may be given instead of `config` (tests pass a prepared LLMEngine). `stall_timeout_s` is
-    how long one step may take while there is work before `is_healthy()` turns False.
+    how long one step may take while there is work before `is_healthy()` turns False (None: no limit).
     """
 
     def __init__(self, config: EngineConfig | None = None, *, engine: LLMEngine | None = None,
-                 stall_timeout_s: float = 120.0) -> None:
+                 stall_timeout_s: float | None = 120.0) -> None:
         super().__init__(stall_timeout_s)
         if engine is None:
             engine = LLMEngine(config)

@@ -35,7 +35,7 @@ class _Stream:
 class EngineClient:
     """Streams, request ids and errors; `_admit` and `_send_abort` reach the engine."""
 
-    def __init__(self, stall_timeout_s: float) -> None:
+    def __init__(self, stall_timeout_s: float | None) -> None:
         self.stall_timeout_s = stall_timeout_s
         self._streams: dict[str, _Stream] = {}
         self._streams_lock = threading.Lock()
@@ -104,7 +104,8 @@ class EngineClient:
             self._send_abort(request_id)
 
     def is_healthy(self) -> bool:
-        """Engine alive, not errored, and no step has been running longer than stall_timeout_s."""
+        """Engine alive, not errored, and no step has been running longer than stall_timeout_s (None: no
+        limit)."""
         return self.death_reason() is None
 
     def death_reason(self) -> str | None:
@@ -113,7 +114,7 @@ class EngineClient:
         if not self.is_alive():
             error = self._error
             return f"{type(error).__name__}: {error}" if error is not None else "the engine loop is not running"
-        started = self._step_started_at()
+        started = None if self.stall_timeout_s is None else self._step_started_at()
         if started is not None and (running := time.monotonic() - started) >= self.stall_timeout_s:
             return f"an engine step has run for {running:.1f} s (stall timeout {self.stall_timeout_s:g} s)"
         return None

@@ -31,9 +31,9 @@ logger = logging.getLogger(__name__)
 class ProcessAsyncEngine(EngineClient):
     """Starts the engine's process and waits until it is ready (model loaded, KV cache sized, graphs
     captured); raises what the engine's start-up raised. `stall_timeout_s`: how long one step may take
-    while there is work before `is_healthy()` turns False."""
+    while there is work before `is_healthy()` turns False (None: no limit)."""
 
-    def __init__(self, config: EngineConfig, *, stall_timeout_s: float = 120.0) -> None:
+    def __init__(self, config: EngineConfig, *, stall_timeout_s: float | None = 120.0) -> None:
         super().__init__(stall_timeout_s)
         ctx = multiprocessing.get_context("spawn")     # CUDA cannot be forked
         commands_in, self._commands = ctx.Pipe(duplex=False)

@@ -13,7 +13,7 @@ import sys
 from engine.chat_template import load_chat_template
 from engine.config import EngineConfig
 from engine.serve_args import build_parser
-from server.engine_watchdog import StopServerOnEngineDeath, keep_alive_on_engine_death
+from server.engine_watchdog import StopServerOnEngineDeath, iteration_timeout_s, keep_alive_on_engine_death
 from server.options import ServerOptions
 
 logger = logging.getLogger("engine.serve")
@@ -88,6 +88,7 @@ def main(argv: list[str] | None = None) -> None:
         options = options_from_args(args)
         server_settings = uvicorn_options(args)
         keep_alive = keep_alive_on_engine_death(os.environ)
+        stall_timeout_s = iteration_timeout_s(os.environ, config.torch_device().type)
     except ValueError as exc:
         parser.error(str(exc))          # exits with status 2
     api_key = api_keys_from(args, os.environ)
@@ -101,7 +102,8 @@ def main(argv: list[str] | None = None) -> None:
     from server.app import create_app
 
     try:
-        async_engine = ProcessAsyncEngine(config) if args.engine_process else AsyncEngine(config)
+        engine_class = ProcessAsyncEngine if args.engine_process else AsyncEngine
+        async_engine = engine_class(config, stall_timeout_s=stall_timeout_s)
     except ValueError as exc:           # e.g. a backend that cannot serve this configuration
         print(f"python -m engine.serve: error: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -3,7 +3,8 @@ non-zero) so that its supervisor (systemd, Kubernetes) restarts it, as vLLM's AP
 loop and exception handlers set uvicorn's `should_exit` unless VLLM_KEEP_ALIVE_ON_ENGINE_DEATH is set).
 
 The engine is dead when its process exits or crashes, a step raises, the reader finds a message it cannot
-read, or a step runs past the stalled-step timeout (`EngineClient.death_reason`). With env
+read, or a step runs past the stalled-step timeout (`EngineClient.death_reason`; env
+ENGINE_ITERATION_TIMEOUT_S, or vLLM's VLLM_ENGINE_ITERATION_TIMEOUT_S, sets it: `iteration_timeout_s`). With env
 ENGINE_KEEP_ALIVE_ON_ENGINE_DEATH (or vLLM's VLLM_KEEP_ALIVE_ON_ENGINE_DEATH) set to 1, the server keeps
 running and answers 503 instead.
 """
@@ -18,6 +19,8 @@ from engine.engine_client import EngineClient, EngineDeadError
 logger = logging.getLogger(__name__)
 
 KEEP_ALIVE_ENV_VARS = ("ENGINE_KEEP_ALIVE_ON_ENGINE_DEATH", "VLLM_KEEP_ALIVE_ON_ENGINE_DEATH")
+ITERATION_TIMEOUT_ENV_VARS = ("ENGINE_ITERATION_TIMEOUT_S", "VLLM_ENGINE_ITERATION_TIMEOUT_S")
+CUDA_ITERATION_TIMEOUT_S = 120.0    # no step of a GPU engine comes near this; a hung kernel or driver does
 WATCH_INTERVAL_S = 1.0      # how often the watchdog reads the engine's liveness
 GRACE_S = 0.5               # how long requests in flight have to send their error before the server stops
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
@@ -34,6 +37,25 @@ def keep_alive_on_engine_death(environ: Mapping[str, str]) -> bool:
                              f"(stop the server), got {environ[name]!r}")
         keep = keep or value in _TRUE
     return keep
+
+
+def iteration_timeout_s(environ: Mapping[str, str], device_type: str) -> float | None:
+    """How long one engine step may run before the engine counts as stalled (dead); None: no limit.
+
+    The first of ITERATION_TIMEOUT_ENV_VARS that is set decides: seconds > 0, or 0 for no limit (raises
+    ValueError naming the variable for anything else). Unset: CUDA_ITERATION_TIMEOUT_S on a GPU, no limit
+    on the CPU, where one prefill step of a large model can take minutes."""
+    for name in ITERATION_TIMEOUT_ENV_VARS:
+        if name in environ:
+            try:
+                seconds = float(environ[name])
+            except ValueError:
+                seconds = -1.0
+            if not seconds >= 0 or seconds == float("inf"):
+                raise ValueError(f"env {name} must be a number of seconds > 0 (how long one engine step may "
+                                 f"run), or 0 for no limit, got {environ[name]!r}")
+            return seconds or None
+    return CUDA_ITERATION_TIMEOUT_S if device_type == "cuda" else None
 
 
 async def watch_engine(client: EngineClient, on_death: Callable[[str], None], interval_s: float = WATCH_INTERVAL_S,

@@ -14,7 +14,7 @@ import pytest
 
 from engine.async_engine import AsyncEngine, EngineDeadError
 from engine.sampling_params import SamplingParams
-from server.engine_watchdog import keep_alive_on_engine_death, watch_engine
+from server.engine_watchdog import CUDA_ITERATION_TIMEOUT_S, iteration_timeout_s, keep_alive_on_engine_death, watch_engine
 from server_harness import ServerThread, engine_config, free_port, start_serve, stop_serve
 
 
@@ -26,6 +26,40 @@ def test_keep_alive_env_vars_ours_and_vllms():
                                            "VLLM_KEEP_ALIVE_ON_ENGINE_DEATH": ""})
     with pytest.raises(ValueError, match="VLLM_KEEP_ALIVE_ON_ENGINE_DEATH must be 1"):
         keep_alive_on_engine_death({"VLLM_KEEP_ALIVE_ON_ENGINE_DEATH": "maybe"})
+
+
+def test_iteration_timeout_env_vars_and_device_defaults():
+    assert iteration_timeout_s({}, "cuda") == CUDA_ITERATION_TIMEOUT_S
+    assert iteration_timeout_s({}, "cpu") is None          # a CPU prefill step of a big model takes minutes
+    assert iteration_timeout_s({"ENGINE_ITERATION_TIMEOUT_S": "30"}, "cpu") == 30.0
+    assert iteration_timeout_s({"VLLM_ENGINE_ITERATION_TIMEOUT_S": "2.5"}, "cuda") == 2.5
+    assert iteration_timeout_s({"ENGINE_ITERATION_TIMEOUT_S": "0", "VLLM_ENGINE_ITERATION_TIMEOUT_S": "9"},
+                               "cuda") is None            # ours first; 0: no limit
+    for bad in ("-1", "soon", "inf", "nan"):
+        with pytest.raises(ValueError, match="ENGINE_ITERATION_TIMEOUT_S must be a number of seconds"):
+            iteration_timeout_s({"ENGINE_ITERATION_TIMEOUT_S": bad}, "cuda")
+
+
+def test_without_a_stall_timeout_a_slow_step_is_waited_for(tiny_model_path):
+    engine = AsyncEngine(engine_config(tiny_model_path), stall_timeout_s=None)
+    step = engine.engine.step
+    engine.engine.step = lambda: time.sleep(0.3) or step()
+
+    async def run() -> tuple[list[str], str]:
+        deaths: list[str] = []
+        watcher = asyncio.create_task(watch_engine(engine, deaths.append, interval_s=0.05, grace_s=0))
+        text = ""
+        async for out in engine.generate("slow", "slow", SamplingParams(max_tokens=3, temperature=0)):
+            text = out.outputs[0].text
+            assert engine.is_healthy()
+        watcher.cancel()
+        return deaths, text
+
+    try:
+        deaths, text = asyncio.run(run())
+        assert deaths == [] and engine.is_alive() and text != ""
+    finally:
+        engine.shutdown()
 
 
 def test_a_failed_step_reaches_the_app_watchdog_after_its_request_got_503(tiny_model_path):
