@@ -59,6 +59,9 @@ def options_from_args(args: argparse.Namespace) -> ServerOptions:
         response_role=args.response_role, return_tokens_as_token_ids=args.return_tokens_as_token_ids)
 
 
+ALL_INTERFACES = "0.0.0.0"      # where --host is not given, as vLLM's server (its socket binds "")
+
+
 def uvicorn_options(args: argparse.Namespace) -> dict:
     """uvicorn.Config's settings from the flags; raises ValueError naming a bad one (port, TLS files)."""
     if not 0 < args.port < 65536:
@@ -68,7 +71,7 @@ def uvicorn_options(args: argparse.Namespace) -> dict:
             raise ValueError(f"{flag} {path!r} is not a file")
     if args.ssl_keyfile and not args.ssl_certfile:
         raise ValueError("--ssl-keyfile needs --ssl-certfile (the certificate that goes with the key)")
-    return dict(host=args.host, port=args.port, log_level=args.uvicorn_log_level or args.log_level,
+    return dict(host=args.host or ALL_INTERFACES, port=args.port, log_level=args.uvicorn_log_level or args.log_level,
                 access_log=not args.disable_uvicorn_access_log, root_path=args.root_path or "",
                 ssl_keyfile=args.ssl_keyfile, ssl_certfile=args.ssl_certfile,
                 timeout_graceful_shutdown=0)    # see main: stop at once, as vLLM's server
@@ -114,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
         stop_on_death.server = server
     scheme = "https" if args.ssl_certfile else "http"
     logger.info("serving %s as %r on %s://%s:%d%s (API key %s)", config.model, args.served_model_name or [config.model],
-                scheme, args.host, args.port, args.root_path or "", "required" if api_key else "off")
+                scheme, server_settings["host"], args.port, args.root_path or "", "required" if api_key else "off")
     # As vLLM's server, SIGINT / SIGTERM stop it at once: requests in flight are cancelled (their engine
     # requests aborted), not waited for. uvicorn raises the signal again once stopped; then the engine stops.
     signal.signal(signal.SIGTERM, _stop)

@@ -118,7 +118,8 @@ def _server_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _http_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--host", default=None, help="the address to listen on (default: every interface, as vLLM's; "
+                   "127.0.0.1 keeps the server to this machine)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key", nargs="+", default=None,
                    help="require 'Authorization: Bearer KEY', any of the keys given (env ENGINE_API_KEY: one)")

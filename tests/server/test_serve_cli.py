@@ -29,7 +29,7 @@ def test_flags_map_to_engine_config():
                                                                                           "torch_ref")
     assert config.gpu_memory_utilization == 0.5
     defaults = build_parser().parse_args(["--model", "m"])
-    assert (defaults.host, defaults.port, defaults.enable_prefix_caching) == ("127.0.0.1", 8000, True)
+    assert (defaults.host, defaults.port, defaults.enable_prefix_caching) == (None, 8000, True)   # None: every interface
 
 
 def test_the_model_is_positional_as_vllm_serve_or_a_flag():

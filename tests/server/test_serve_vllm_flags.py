@@ -44,6 +44,8 @@ def test_http_flags_reach_uvicorn(tmp_path):
                             ssl_keyfile=str(key), ssl_certfile=str(cert), timeout_graceful_shutdown=0)
     defaults = uvicorn_options(_args("--log-level", "warning"))
     assert (defaults["log_level"], defaults["access_log"], defaults["root_path"]) == ("warning", True, "")
+    assert defaults["host"] == "0.0.0.0" and defaults["port"] == 8000     # vLLM's: every interface
+    assert uvicorn_options(_args("--host", "127.0.0.1"))["host"] == "127.0.0.1"
     assert defaults["ssl_keyfile"] is None and defaults["ssl_certfile"] is None
 
 
