@@ -68,10 +68,6 @@ class BlockManager:
         """Blocks that hold `num_tokens` tokens."""
         return -(-num_tokens // self.block_size)
 
-    def can_ever_fit(self, num_tokens: int) -> bool:
-        """Whether `num_tokens` tokens fit in the whole pool (with every other request gone)."""
-        return self.num_blocks_needed(num_tokens) <= self.pool.num_blocks
-
     def get_block_ids(self, request_id: str) -> list[int]:
         """The request's block ids in logical order; the live list, read it only (empty if unknown)."""
         return self._blocks.get(request_id, [])
