@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.metadata
 import logging
 from collections.abc import Callable, Sequence
 
@@ -29,13 +30,21 @@ from server.stats_logger import StatsLogger, interval_from_env
 logger = logging.getLogger(__name__)
 
 
+def engine_version() -> str:
+    """The installed package's version ("unknown" when run from a source tree that is not installed)."""
+    try:
+        return importlib.metadata.version("engine")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def create_app(async_engine: EngineClient, served_model_name: str | Sequence[str] | None = None,
                api_key: str | Sequence[str] | None = None, options: ServerOptions | None = None,
                on_engine_death: Callable[[str], None] | None = None) -> FastAPI:
     """The app serving `async_engine` under `served_model_name` (default: the configured model): one
     name or several, which requests may use alike, each response carrying the name its request used;
     the first is the main one (the metrics' label, the name of a request that gives none). With
-    `api_key` (one, or several: any of them), every route but /health and /metrics needs
+    `api_key` (one, or several: any of them), every route but /health, /ping, /version and /metrics needs
     `Authorization: Bearer <key>`. `options`: the server's own settings (server/options.py: chat
     template, parsers, stats line, CORS, request log, response role, tokens as ids). `on_engine_death`:
     called once with the reason when the engine is dead (server/engine_watchdog.py; `engine.serve` stops
@@ -138,6 +147,16 @@ def _add_routes(app: FastAPI, serving: Serving, metrics: ServerMetrics) -> None:
         if serving.engine.is_healthy():
             return JSONResponse({"status": "ok"})
         return APIError(503, f"engine is not healthy (error: {serving.engine.error!r})").response()
+
+    @app.api_route("/ping", methods=["GET", "POST"])
+    async def ping() -> Response:
+        """vLLM's /ping (SageMaker's health route): /health's answer."""
+        return await health()
+
+    @app.get("/version")
+    async def version() -> dict:
+        """vLLM's /version: {"version": the installed package's version}."""
+        return {"version": engine_version()}
 
     @app.get("/metrics")
     async def prometheus_metrics() -> Response:

@@ -6,7 +6,7 @@ import hmac
 import json
 from collections.abc import Sequence
 
-OPEN_PATHS = frozenset({"/health", "/metrics"})
+OPEN_PATHS = frozenset({"/health", "/ping", "/version", "/metrics"})
 
 
 class APIKeyMiddleware:

@@ -1,6 +1,8 @@
 """The real server driven by the official `openai` client; greedy outputs equal the offline LLMEngine's."""
 from __future__ import annotations
 
+import importlib.metadata
+
 import openai
 import pytest
 
@@ -119,6 +121,8 @@ def test_tokenize_detokenize_health_metrics(server, reference_engine):
         assert tok["tokens"] == reference_engine.tokenizer.encode("abc") and tok["count"] == 3
         assert http.post("/detokenize", json={"tokens": tok["tokens"]}).json() == {"prompt": "abc"}
         assert http.get("/health").status_code == 200
+        assert http.get("/ping").json() == http.post("/ping").json() == {"status": "ok"}   # vLLM's SageMaker route
+        assert http.get("/version").json() == {"version": importlib.metadata.version("engine")}
         metrics = http.get("/metrics").text
     # vLLM's names, so that dashboards written for vLLM read them unchanged
     for name in ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc",

@@ -117,6 +117,9 @@ def test_missing_or_wrong_api_key_is_401(server):
         assert_error(anon.get("/v1/models", headers={"Authorization": API_KEY}), 401, None)
         assert anon.get("/health").status_code == 200        # open without a key
         assert anon.get("/metrics").status_code == 200
+        assert anon.get("/ping").status_code == 200 and anon.post("/ping").status_code == 200
+        assert anon.get("/version").status_code == 200
+        assert_error(anon.post("/tokenize", json={"prompt": "hi"}), 401, None)
         assert anon.get("/v1/models", headers=AUTH).status_code == 200
 
 
