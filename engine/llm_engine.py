@@ -126,11 +126,11 @@ class LLMEngine:
 
         `params.output_kind` says what `step()` returns for this request (RequestOutputKind): CUMULATIVE
         outputs, DELTA outputs (the step's additions), or FINAL_ONLY: one output, once it is finished (no
-        per-step detokenizing where no stop string reads the text: what the offline API wants). priority: lower is scheduled earlier under
-        scheduling_policy "priority"; any other than 0 under "fcfs" is a ValueError (vLLM's message). The
-        prompt's ids are cut to their last `truncate_prompt_tokens` (the outputs' prompt_token_ids are
-        those; the prompt text stays whole), allowed_token_ids and logit_bias are checked against the vocabulary and
-        bad_words and structured_outputs choices tokenized."""
+        per-step detokenizing where no stop string reads the text: what the offline API wants).
+        priority: lower is scheduled earlier under scheduling_policy "priority"; any other than 0 under "fcfs"
+        is a ValueError (vLLM's message). The prompt's ids are cut to their last `truncate_prompt_tokens` (the
+        outputs' prompt_token_ids are those; the prompt text stays whole), allowed_token_ids and logit_bias are
+        checked against the vocabulary and bad_words and structured_outputs choices tokenized."""
         check_priority(priority, self.config.scheduling_policy)
         child_ids = [request_id] if params.n == 1 else [f"{request_id}#{i}" for i in range(params.n)]
         if self.outputs.ids_in_use([request_id, *child_ids]):     # a sequence's id is its request's, or "<id>#<i>"
