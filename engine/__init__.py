@@ -1,7 +1,7 @@
 """A small, fast LLM serving engine. Offline use: `from engine import LLM, SamplingParams` (and `Logprob`,
-what outputs' logprobs hold)."""
+what outputs' logprobs hold, and `RequestOutputKind`, SamplingParams.output_kind's values)."""
 from engine.outputs import Logprob
-from engine.sampling_params import SamplingParams
+from engine.sampling_params import RequestOutputKind, SamplingParams
 
 
 def __getattr__(name: str):
@@ -12,4 +12,4 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
-__all__ = ["LLM", "Logprob", "SamplingParams"]
+__all__ = ["LLM", "Logprob", "RequestOutputKind", "SamplingParams"]

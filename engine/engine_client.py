@@ -1,7 +1,8 @@
 """EngineClient: the asyncio side of an engine that runs elsewhere (a thread or another process).
 
 Per request, its unread outputs (merged into one while its consumer falls behind, as vLLM's output
-collector); a step's outputs reach each event loop in one thread-safe callback.
+collector, as its output kind says: engine/unread.py); a step's outputs reach each event loop in one
+thread-safe callback.
 Subclasses say how a request is admitted and aborted and whether the engine is alive:
 `engine.async_engine.AsyncEngine` (a thread of this process) and
 `engine.engine_process.ProcessAsyncEngine` (its own process, as vLLM's EngineCore).
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import dataclasses
 import itertools
 import threading
 import time
@@ -18,8 +18,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from engine.outputs import CompletionOutput, RequestOutput
+from engine.outputs import RequestOutput
 from engine.sampling_params import SamplingParams
+from engine.unread import Unread
 
 
 class EngineDeadError(RuntimeError):
@@ -29,7 +30,7 @@ class EngineDeadError(RuntimeError):
 @dataclass
 class _Stream:
     loop: asyncio.AbstractEventLoop
-    unread: "Unread"
+    unread: Unread
 
 
 class EngineClient:
@@ -76,7 +77,7 @@ class EngineClient:
         """
         self._check_alive()
         loop = asyncio.get_running_loop()
-        stream = _Stream(loop, Unread())
+        stream = _Stream(loop, Unread(params.output_kind))
         with self._streams_lock:
             if request_id in self._streams:
                 raise ValueError(f"request_id {request_id!r} is already in use")
@@ -189,7 +190,7 @@ class RequestStream:
     unfinished request even if it was never read (an async generator's `aclose` before its first
     `__anext__` runs no `finally`), and so does a read that is cancelled."""
 
-    def __init__(self, client: EngineClient, request_id: str, outputs: "Unread") -> None:
+    def __init__(self, client: EngineClient, request_id: str, outputs: Unread) -> None:
         self._client = client
         self._request_id = request_id
         self._outputs = outputs
@@ -217,50 +218,6 @@ class RequestStream:
         if not self._done:
             self._done = True
             self._client.abort(self._request_id)
-
-
-class Unread:
-    """A request's outputs that its consumer has not read yet, on its event loop: at most one
-    RequestOutput (a newer one replaces it, their deltas joined when read: a consumer that falls behind
-    holds one cumulative output, not a copy per step), then the engine's error if it failed."""
-
-    def __init__(self) -> None:
-        self._output: RequestOutput | None = None
-        self._starts: dict[int, tuple[int, int]] = {}    # choice -> (chars, tokens) read before _output
-        self._merged = False
-        self._error: BaseException | None = None
-        self._ready = asyncio.Event()
-
-    def put(self, item: RequestOutput | BaseException) -> None:
-        if isinstance(item, BaseException):
-            self._error = item
-        elif self._output is None:
-            self._output, self._merged = item, False
-            self._starts = {c.index: _read_before(c) for c in item.outputs}
-        else:
-            self._output, self._merged = item, True
-        self._ready.set()
-
-    async def get(self) -> RequestOutput | BaseException:
-        """The unread output (its deltas: all since the last read), else the error; waits for one."""
-        while self._output is None and self._error is None:
-            self._ready.clear()
-            await self._ready.wait()
-        if self._output is None:
-            return self._error
-        out, self._output = self._output, None
-        if not self._merged:
-            return out
-        outputs = []
-        for c in out.outputs:
-            chars, tokens = self._starts.get(c.index) or _read_before(c)
-            outputs.append(dataclasses.replace(c, text_delta=c.text[chars:], token_ids_delta=c.token_ids[tokens:]))
-        return dataclasses.replace(out, outputs=outputs)
-
-
-def _read_before(comp: CompletionOutput) -> tuple[int, int]:
-    """The characters and tokens of `comp` that came before its deltas."""
-    return len(comp.text) - len(comp.text_delta), len(comp.token_ids) - len(comp.token_ids_delta)
 
 
 def _deliver(items: list[tuple[Unread, Any]]) -> None:

@@ -2,6 +2,7 @@
 for conversations rendered through the chat template."""
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import time
@@ -13,7 +14,7 @@ from engine.chat_template import render_chat
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
 from engine.outputs import RequestOutput
-from engine.sampling_params import SamplingParams
+from engine.sampling_params import RequestOutputKind, SamplingParams
 
 Prompt = str | list[int]
 
@@ -46,7 +47,8 @@ class LLM:
         prompts: a string, a list of strings, a list of token ids, or a list of token-id lists; any prompt
         may also be a dict as vLLM's, {"prompt": text} or {"prompt_token_ids": ids}.
         sampling_params: one for all prompts, or one per prompt (default: `get_default_sampling_params()`,
-        the model's defaults); explicit ones are used as given.
+        the model's defaults); explicit ones are used as given, but for their output_kind: each request
+        returns one final output (FINAL_ONLY, as vLLM's LLM; the caller's objects are not changed).
         priority: one int per prompt, lower scheduled earlier (vLLM's; needs scheduling_policy="priority"
         unless all are 0); None: all 0.
         """
@@ -57,11 +59,12 @@ class LLM:
         elif len(params) != len(prompts):
             raise ValueError(f"sampling_params has {len(params)} entries but there are {len(prompts)} prompts; "
                              "pass one SamplingParams or one per prompt")
+        params = _final_only(params)
         priorities = _per_prompt_priority(priority, len(prompts))
         ids = [str(next(self._ids)) for _ in prompts]
         try:
             for request_id, prompt, p, prio in zip(ids, prompts, params, priorities):
-                self.engine.add_request(request_id, prompt, p, stream=False, priority=prio)
+                self.engine.add_request(request_id, prompt, p, priority=prio)
         except Exception:
             self.engine.abort_request(ids)
             raise
@@ -105,6 +108,17 @@ class LLM:
                 bar.set_postfix_str(f"{num_out_tokens / max(elapsed, 1e-9):.1f} out tok/s", refresh=False)
         bar.close()
         return [finished[i] for i in ids]
+
+
+def _final_only(params: Sequence[SamplingParams]) -> list[SamplingParams]:
+    """The params with output_kind FINAL_ONLY: copies where they ask otherwise (one per distinct object, so a
+    SamplingParams shared by every prompt is copied once), never the caller's changed."""
+    copies: dict[int, SamplingParams] = {}
+    for p in params:
+        if id(p) not in copies:
+            copies[id(p)] = p if p.output_kind is RequestOutputKind.FINAL_ONLY else dataclasses.replace(
+                p, output_kind=RequestOutputKind.FINAL_ONLY)
+    return [copies[id(p)] for p in params]
 
 
 def _as_prompt_list(prompts) -> list[Prompt]:

@@ -121,15 +121,16 @@ class LLMEngine:
         return tuple(sorted(ids))
 
     def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams,
-                    arrival_time: float | None = None, stream: bool = True, priority: int = 0) -> None:
+                    arrival_time: float | None = None, priority: int = 0) -> None:
         """Queue a prompt (text or token ids); n > 1 fans out into n sequences. Raises ValueError on bad input.
 
-        stream=False: `step()` returns this request's output only once, when it is finished (no per-step
-        deltas or detokenizing: what the offline API wants). priority: lower is scheduled earlier under
-        scheduling_policy "priority"; any other than 0 under "fcfs" is a ValueError (vLLM's message). The
-        prompt's ids are cut to their last `truncate_prompt_tokens` (the outputs' prompt_token_ids are
-        those; the prompt text stays whole), allowed_token_ids and logit_bias are checked against the vocabulary and
-        bad_words and structured_outputs choices tokenized."""
+        `params.output_kind` says what `step()` returns for this request (RequestOutputKind): CUMULATIVE
+        outputs, DELTA outputs (the step's additions), or FINAL_ONLY: one output, once it is finished (no
+        per-step detokenizing where no stop string reads the text: what the offline API wants).
+        priority: lower is scheduled earlier under scheduling_policy "priority"; any other than 0 under "fcfs"
+        is a ValueError (vLLM's message). The prompt's ids are cut to their last `truncate_prompt_tokens` (the
+        outputs' prompt_token_ids are those; the prompt text stays whole), allowed_token_ids and logit_bias are
+        checked against the vocabulary and bad_words and structured_outputs choices tokenized."""
         check_priority(priority, self.config.scheduling_policy)
         child_ids = [request_id] if params.n == 1 else [f"{request_id}#{i}" for i in range(params.n)]
         if self.outputs.ids_in_use([request_id, *child_ids]):     # a sequence's id is its request's, or "<id>#<i>"
@@ -155,7 +156,7 @@ class LLMEngine:
             children.append(req)
         if children[0].prompt_logprobs is not None and not children[0].prompt_logprobs.done:
             self._prompt_logprob_requests.add(children[0])
-        self.outputs.add_group(request_id, prompt_text, ids, children, stream)
+        self.outputs.add_group(request_id, prompt_text, ids, children)
         self.num_prompt_tokens += len(ids) * params.n
         for req in children:
             self.scheduler.add_request(req)
@@ -207,7 +208,8 @@ class LLMEngine:
 
     def step(self) -> list[RequestOutput] | list[PackedOutput]:
         """Schedule and launch a step; then finish the previous one (overlapped) or this one (sync).
-        Returns the RequestOutputs it made (independent snapshots), or with packed_outputs their packed form.
+        Returns the RequestOutputs it made (of each request's output kind; CUMULATIVE ones are independent
+        snapshots), or with packed_outputs their packed form.
 
         With async scheduling the host schedules and prepares step k+1 while the GPU still runs step k;
         a request's token from step k is fed to step k+1 straight from the device. Requests whose

@@ -2,26 +2,35 @@
 
 A user request with n > 1 is a group of n sequences (Requests); its RequestOutput carries one
 CompletionOutput per sequence and is finished when all of them are. A group that asked for prompt logprobs
-(its first sequence computes them) sends no output before they are complete, so every output carries them.
+(its first sequence computes them) sends no output before they are complete, so every output carries them
+(DELTA: the first only).
 Logprobs become vLLM's Logprob objects here, where the tokenizer is: each token's text is
 `tokenizer.decode([token_id])` (the server's decoding of one token), cached per token id.
 
-Two kinds of output. By default RequestOutputs whose cumulative fields are snapshots (a held output never
-changes): O(output length) per output, which `LLM.generate`, `LLMEngine.step()` callers and the thread-mode
-AsyncEngine need. `packed=True` (the engine's own process, engine/engine_core.py) makes each output as
-engine/output_wire.py packs it, from the step's deltas alone: O(the step's new tokens and text) per
-sequence, the same tuples `pack_output` makes of the snapshot outputs. The text is kept by OutputText
-(engine/output_text.py), which never copies it whole per step where nobody reads it whole.
+Each group's outputs follow its SamplingParams.output_kind (RequestOutputKind): CUMULATIVE outputs whose
+cumulative fields are snapshots (a held output never changes): O(output length) per output; DELTA outputs
+whose text, token_ids and logprobs are what the step added (O(the step's new tokens and text)); FINAL_ONLY
+one output when the group finished (no text decoded per step where no stop string reads it), which also
+carries in its `metrics` the times of the steps that brought the group tokens (`TOKEN_TIMES`: the
+server's latency histograms). `packed=True` (the engine's own process, engine/engine_core.py) makes each
+output as engine/output_wire.py packs it, from the step's deltas alone, whatever the kind (FINAL_ONLY:
+once): O(the step's new tokens and text) per sequence, the same tuples `pack_output` makes of the
+snapshot outputs. The text is kept by OutputText (engine/output_text.py), which never copies it whole per
+step where nobody reads it whole.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from engine.detokenizer import IncrementalDetokenizer, StopStringChecker
 from engine.output_text import OutputText
 from engine.output_wire import PackedOutput, pack_completion, pack_prompt
-from engine.outputs import CompletionOutput, Logprob, LogprobsDict, RequestOutput, TokenLogprobs
+from engine.outputs import TOKEN_TIMES, CompletionOutput, Logprob, LogprobsDict, RequestOutput, TokenLogprobs
 from engine.request import Request, RequestStatus
+from engine.sampling_params import RequestOutputKind
+
+CUMULATIVE, DELTA, FINAL_ONLY = RequestOutputKind.CUMULATIVE, RequestOutputKind.DELTA, RequestOutputKind.FINAL_ONLY
 
 
 @dataclass
@@ -39,11 +48,12 @@ class _Group:
     request_id: str
     prompt: str | None
     prompt_token_ids: list[int]
-    stream: bool = True             # False: one RequestOutput at the end, no per-step deltas
+    kind: RequestOutputKind = CUMULATIVE
     sequences: list[_Sequence] = field(default_factory=list)
     awaits_prompt_logprobs: bool = False
     prompt_logprobs: list[LogprobsDict | None] | None = None      # once complete: None first
-    sent_prompt: bool = False       # packed: an output went out (the first carries the prompt)
+    sent_prompt: bool = False       # an output went out (packed or DELTA: the first carries the prompt)
+    token_times: list[float] = field(default_factory=list)     # FINAL_ONLY: each step that brought tokens
 
 
 class OutputProcessor:
@@ -58,15 +68,18 @@ class OutputProcessor:
         self._sequences: dict[str, tuple[_Group, _Sequence]] = {}
 
     def add_group(self, request_id: str, prompt: str | None, prompt_token_ids: list[int],
-                  requests: list[Request], stream: bool = True) -> None:
-        group = _Group(request_id, prompt, prompt_token_ids, stream)
+                  requests: list[Request]) -> None:
+        """A user request's sequences (n of them); its outputs' kind is their SamplingParams.output_kind."""
+        kind = requests[0].sampling_params.output_kind
+        group = _Group(request_id, prompt, prompt_token_ids, kind)
+        keep = not self.packed and kind is CUMULATIVE       # only snapshots read the whole text
         for i, req in enumerate(requests):
             sp = req.sampling_params
             detok = IncrementalDetokenizer(self.tokenizer, req.prompt_token_ids, sp.skip_special_tokens,
                                            sp.spaces_between_special_tokens)
             stops = StopStringChecker(sp.stop, sp.include_stop_str_in_output) if sp.stop else None
             tail_len = 0 if stops is None else stops.max_stop_len - 1
-            seq = _Sequence(req, i, detok, stops, OutputText(tail_len, keep=not self.packed))
+            seq = _Sequence(req, i, detok, stops, OutputText(tail_len, keep=keep))
             group.sequences.append(seq)
             self._sequences[req.request_id] = (group, seq)
         group.awaits_prompt_logprobs = requests[0].prompt_logprobs is not None
@@ -96,7 +109,7 @@ class OutputProcessor:
         sp = req.sampling_params
         # vLLM's: the EOS or stop token that ended the sequence is not in its text unless asked for
         stop_token = status is RequestStatus.FINISHED_STOPPED and not sp.include_stop_str_in_output
-        if not group.stream and seq.stops is None:
+        if group.kind is FINAL_ONLY and seq.stops is None:
             if status is not None:              # nobody reads the text before the end: decode once
                 ids = req.output_token_ids[:-1] if stop_token else req.output_token_ids
                 seq.text.append(seq.detokenizer.append(ids) + seq.detokenizer.flush())
@@ -124,30 +137,41 @@ class OutputProcessor:
         groups: dict[str, _Group] = {}
         for req in progressed:
             group, _ = self._sequences[req.request_id]
-            if group.awaits_prompt_logprobs and not self._take_prompt_logprobs(group):
+            if group.request_id in groups or (group.awaits_prompt_logprobs and not self._take_prompt_logprobs(group)):
                 continue
-            if group.stream or all(s.request.is_finished for s in group.sequences):
-                groups[group.request_id] = group
-        outputs = [self._output(g) for g in groups.values()]
+            groups[group.request_id] = group
+        now = time.monotonic()
+        outputs = []
         for group in groups.values():
-            if all(s.request.is_finished for s in group.sequences):
+            finished = all(s.request.is_finished for s in group.sequences)
+            if group.kind is FINAL_ONLY:
+                group.token_times.append(now)
+                if not finished:
+                    continue
+            outputs.append(self._output(group, finished))
+            if finished:
                 self.pop_group(group.request_id)
         return outputs
 
-    def _output(self, group: _Group) -> RequestOutput | PackedOutput:
-        make = self._packed_completion if self.packed else self._completion
-        completions = [make(seq, *self._advance(seq)) for seq in group.sequences]
-        first = group.sequences[0].request
-        finished = all(s.request.is_finished for s in group.sequences)
+    def _output(self, group: _Group, finished: bool) -> RequestOutput | PackedOutput:
         if self.packed:
-            prompt = None if group.sent_prompt else pack_prompt(group.prompt, group.prompt_token_ids,
-                                                                 group.prompt_logprobs)
-            group.sent_prompt = True
-            return (group.request_id, prompt, finished, first.num_cached_tokens, {}, completions)
+            make = self._packed_completion
+        else:
+            make = self._completion if group.kind is CUMULATIVE else self._delta_completion
+        completions = [make(seq, *self._advance(seq)) for seq in group.sequences]
+        first_output, group.sent_prompt = not group.sent_prompt, True
+        num_cached_tokens = group.sequences[0].request.num_cached_tokens
+        metrics = {TOKEN_TIMES: group.token_times} if group.kind is FINAL_ONLY else {}
+        if self.packed:
+            prompt = pack_prompt(group.prompt, group.prompt_token_ids, group.prompt_logprobs,
+                                 group.kind) if first_output else None
+            return (group.request_id, prompt, finished, num_cached_tokens, metrics, completions)
+        # DELTA: the prompt logprobs come with the first output only (vLLM's)
+        prompt_logprobs = group.prompt_logprobs if group.kind is not DELTA or first_output else None
         return RequestOutput(request_id=group.request_id, prompt=group.prompt,
                              prompt_token_ids=group.prompt_token_ids, outputs=completions,
-                             finished=finished, num_cached_tokens=first.num_cached_tokens,
-                             prompt_logprobs=group.prompt_logprobs)
+                             finished=finished, num_cached_tokens=num_cached_tokens, metrics=metrics,
+                             prompt_logprobs=prompt_logprobs)
 
     @staticmethod
     def _advance(seq: _Sequence) -> tuple[str, list[int], int]:
@@ -171,6 +195,16 @@ class OutputProcessor:
             finish_reason=req.finish_reason, stop_reason=req.stop_reason,
             logprobs=list(req.output_logprobs) if req.sampling_params.logprobs is not None else None,
             text_delta=text_delta, token_ids_delta=token_delta)
+
+    @staticmethod
+    def _delta_completion(seq: _Sequence, text_delta: str, token_delta: list[int], start: int) -> CompletionOutput:
+        """What the sequence added since its last output, in the cumulative-named fields too (DELTA; and
+        FINAL_ONLY's one output, whose delta is all of it)."""
+        req = seq.request
+        logprobs = req.output_logprobs[start:] if req.sampling_params.logprobs is not None else None
+        return CompletionOutput(index=seq.index, text=text_delta, token_ids=token_delta,
+                                finish_reason=req.finish_reason, stop_reason=req.stop_reason, logprobs=logprobs,
+                                text_delta=text_delta, token_ids_delta=token_delta)
 
     @staticmethod
     def _packed_completion(seq: _Sequence, text_delta: str, token_delta: list[int], start: int) -> tuple:

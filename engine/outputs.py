@@ -19,6 +19,10 @@ class Logprob:
 # top k most likely first (ranks 1..k; the scored token once, with its own rank, where it is among them)
 LogprobsDict = dict[int, Logprob]
 
+# a FINAL_ONLY RequestOutput's `metrics` key: the time.monotonic() of each engine step that brought the request
+# tokens (its only output comes at the end; the server's latency histograms read these)
+TOKEN_TIMES = "token_times"
+
 # what the runner hands the output processor per scored position, before decoding: (token ids, the
 # scored token first then the top k; their logprobs; the scored token's rank)
 TokenLogprobs = tuple[list[int], list[float], int]
@@ -26,9 +30,11 @@ TokenLogprobs = tuple[list[int], list[float], int]
 
 @dataclass
 class CompletionOutput:
-    """One generated sequence. `text` and `token_ids` are cumulative; the `*_delta` fields hold only
-    what this step added (for streaming). logprobs: per generated token, a LogprobsDict of the sampled
-    token and the top alternatives asked for; cumulative_logprob their sampled tokens' sum."""
+    """One generated sequence. `text`, `token_ids` and `logprobs` are cumulative (RequestOutputKind
+    CUMULATIVE and FINAL_ONLY) or, with DELTA, only what was added since the request's previous output; the
+    `*_delta` fields hold only what this output added, whatever the kind (with DELTA: the same as text and
+    token_ids). logprobs: per token, a LogprobsDict of the sampled token and the top alternatives asked for;
+    cumulative_logprob their sampled tokens' sum (with DELTA: over this output's tokens)."""
 
     index: int
     text: str

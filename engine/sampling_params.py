@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
 import logging
 import math
 from dataclasses import dataclass, field
@@ -12,6 +13,19 @@ from engine.structured_outputs import StructuredOutputsParams
 
 logger = logging.getLogger(__name__)
 MIN_TEMPERATURE = 1e-2     # vLLM's _MAX_TEMP: a temperature in (0, this) is raised to this
+
+
+class RequestOutputKind(enum.Enum):
+    """vLLM's: what each RequestOutput of a request carries.
+
+    CUMULATIVE: every output holds the sequences' whole text, token_ids and logprobs so far. DELTA: each
+    output's CompletionOutput.text, token_ids and logprobs hold only what was added since the request's
+    previous output (its prompt logprobs come with the first output only). FINAL_ONLY: one output, once the
+    request finished, with the whole fields (`LLM.generate`, the server's non-streaming requests)."""
+
+    CUMULATIVE = 0
+    DELTA = 1
+    FINAL_ONLY = 2
 
 
 @dataclass(frozen=True)
@@ -29,7 +43,8 @@ class SamplingParams:
     LLMEngine.add_request. `bad_words`: words never to generate (vLLM's: the last token of a word is banned while
     the output ends with its other tokens; engine/bad_words.py). `structured_outputs`: vLLM's
     StructuredOutputsParams (or its dict); only `choice` is supported (the answer is one of those strings;
-    engine/structured_outputs.py).
+    engine/structured_outputs.py). `output_kind`: what each of the request's outputs carries
+    (RequestOutputKind: cumulative fields, the step's deltas, or one final output).
     """
 
     n: int = 1
@@ -56,6 +71,7 @@ class SamplingParams:
     skip_special_tokens: bool = True
     spaces_between_special_tokens: bool = True
     include_stop_str_in_output: bool = False
+    output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE
     extra: dict = field(default_factory=dict, compare=False, repr=False)
     # a seed, logprobs, min_tokens, logit_bias, allowed_token_ids, bad_words or structured_outputs: the
     # sampling metadata needs Python for this request's row (set at construction)
@@ -120,6 +136,8 @@ class SamplingParams:
             words_ok = isinstance(self.bad_words, (list, tuple)) and all(isinstance(w, str) and w.strip()
                                                                          for w in self.bad_words)
             check(words_ok, "bad_words", self.bad_words, "must be strings with a character other than whitespace")
+        check(isinstance(self.output_kind, RequestOutputKind), "output_kind", self.output_kind,
+              "must be a RequestOutputKind (CUMULATIVE, DELTA or FINAL_ONLY)")
 
     def with_vocab_logprobs(self, vocab_size: int) -> SamplingParams:
         """These params with logprobs / prompt_logprobs -1 (vLLM's: the whole vocabulary) as vocab_size."""

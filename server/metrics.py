@@ -1,7 +1,8 @@
 """Prometheus metrics of one app, in its own CollectorRegistry.
 
 Engine-wide gauges and counters are read from the AsyncEngine's stats snapshot at scrape time;
-latency histograms are observed per request by RequestTimer. The names are vLLM's (`vllm:` prefix, same
+latency histograms are observed per request by RequestTimer (a non-streamed request's one output brings the
+engine's times of its steps). The names are vLLM's (`vllm:` prefix, same
 suffixes, `model_name` label), so dashboards and autoscalers written for vLLM read them unchanged;
 `vllm:healthy` is this engine's own.
 """
@@ -11,6 +12,8 @@ import time
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from engine.outputs import TOKEN_TIMES, RequestOutput
 
 _PREFIX = "vllm"
 _LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
@@ -71,17 +74,29 @@ class ServerMetrics:
 
 class RequestTimer:
     """Observes the latencies of one HTTP request's engine requests (a completions request's prompts; one
-    for chat), each as vLLM times a request: call on_tokens(stream) whenever new tokens of that engine
-    request arrive, finish() once at the end (one end-to-end latency per engine request that produced
-    tokens, at least one, to its last tokens)."""
+    for chat), each as vLLM times a request: call on_output(out, stream) with each output of that engine
+    request (or on_tokens(stream) whenever new tokens of it arrive), finish() once at the end (one
+    end-to-end latency per engine request that produced tokens, at least one, to its last tokens)."""
 
     def __init__(self, metrics: ServerMetrics) -> None:
         self.metrics = metrics
         self.arrival = time.monotonic()
         self.last_token: dict[int, float] = {}      # engine request (stream index) -> its last tokens' time
 
-    def on_tokens(self, stream: int = 0) -> None:
-        now = time.monotonic()
+    def on_output(self, out: RequestOutput, stream: int = 0) -> None:
+        """An output of engine request `stream`: a FINAL_ONLY one carries the engine's times of the steps that
+        brought it tokens (metrics TOKEN_TIMES, time.monotonic(): one clock for every process of the
+        machine), each observed as on_tokens at that time; another counts now where it brought tokens."""
+        times = out.metrics.get(TOKEN_TIMES)
+        if times is not None:
+            for when in times:
+                self.on_tokens(stream, when)
+        elif any(c.token_ids_delta for c in out.outputs):
+            self.on_tokens(stream)
+
+    def on_tokens(self, stream: int = 0, now: float | None = None) -> None:
+        """New tokens of engine request `stream` at `now` (time.monotonic(); None: now)."""
+        now = time.monotonic() if now is None else now
         last = self.last_token.get(stream)
         if last is None:
             self.metrics.ttft.observe(now - self.arrival)

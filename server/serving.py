@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from engine.engine_client import EngineClient, EngineDeadError
 from engine.llm_engine import QueueFullError
 from engine.outputs import Logprob as EngineLogprob, LogprobsDict, RequestOutput
-from engine.sampling_params import SamplingParams
+from engine.sampling_params import RequestOutputKind, SamplingParams
 from scheduler.waiting_queue import check_priority
 from server.errors import APIError, from_value_error
 from server.metrics import ServerMetrics
@@ -80,12 +80,14 @@ class Serving:
     def sampling_params(self, req, max_tokens: int, logprobs: int | None,
                         prompt_logprobs: int | None = None) -> SamplingParams:
         """SamplingParams from the request's fields, the model's defaults for those it leaves unset; a rule
-        it breaks becomes a 400 naming the field."""
+        it breaks becomes a 400 naming the field. A streamed request's outputs are the steps' deltas (DELTA),
+        another's the final one alone (FINAL_ONLY), as vLLM's server asks."""
         check_logprob_caps(req, self.max_logprobs)
         kwargs = dict(self.sampling_defaults)
         kwargs.update({name: getattr(req, name) for name in _COPIED if getattr(req, name) is not None})
         kwargs.update(max_tokens=max_tokens, logprobs=logprobs, prompt_logprobs=prompt_logprobs,
-                      logit_bias=logit_bias(req.logit_bias), structured_outputs=structured_outputs(req))
+                      logit_bias=logit_bias(req.logit_bias), structured_outputs=structured_outputs(req),
+                      output_kind=RequestOutputKind.DELTA if req.stream else RequestOutputKind.FINAL_ONLY)
         try:
             return SamplingParams(**kwargs)
         except ValueError as exc:

@@ -3,7 +3,7 @@ stream; the answer's thinking (--reasoning-parser) and tool calls (--tool-call-p
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from engine.chat_template import message_text, render_chat
@@ -85,9 +85,10 @@ def tool_call_parser(serving: Serving, req: ChatCompletionRequest) -> ToolCallPa
                         'use "auto" (with --enable-auto-tool-choice) or "none"', "tool_choice")
 
 
-def _logprobs(serving: Serving, out: CompletionOutput, start: int, num_top: int) -> ChatLogprobs:
+def _logprobs(serving: Serving, out: CompletionOutput, num_top: int) -> ChatLogprobs:
+    """The chat logprobs of out's tokens (all of a final output, a streamed one's new ones)."""
     content = []
-    for token_id, top in zip(out.token_ids[start:], (out.logprobs or [])[start:]):
+    for token_id, top in zip(out.token_ids, out.logprobs or []):
         text = serving.decode_token(token_id)
         ranked = sorted(top.items(), key=lambda kv: -kv[1].logprob)[:num_top]
         tops = [TopLogprob(token=serving.logprob_token(t, lp.decoded_token), logprob=finite_logprob(lp.logprob),
@@ -128,11 +129,11 @@ async def create_chat_completion(serving: Serving, req: ChatCompletionRequest, t
 
 
 async def _collect(serving, req, head, streams, num_prompt_tokens, num_top, timer, parsers):
+    """The response, from the final output (FINAL_ONLY: the only one)."""
     latest: dict[int, CompletionOutput] = {}
     prompt_logprobs = None
     async for _, out in merge(streams):
-        if any(c.token_ids_delta for c in out.outputs):
-            timer.on_tokens()
+        timer.on_output(out)
         latest.update({c.index: c for c in out.outputs})
         if out.finished:
             prompt_logprobs = serving.prompt_logprobs(out)
@@ -146,9 +147,10 @@ async def _collect(serving, req, head, streams, num_prompt_tokens, num_top, time
             message.content = echo + (message.content or "")
         choices.append(ChatChoice(index=i, message=message, stop_reason=c.stop_reason,
                                   finish_reason="tool_calls" if message.tool_calls else c.finish_reason,
-                                  logprobs=_logprobs(serving, c, 0, num_top) if req.logprobs else None))
-    return ChatCompletionResponse(id=head.id, model=head.model, choices=choices,
-                                  usage=_usage(num_prompt_tokens, latest.values()), prompt_logprobs=prompt_logprobs)
+                                  logprobs=_logprobs(serving, c, num_top) if req.logprobs else None))
+    usage = _usage(num_prompt_tokens, sum(len(c.token_ids) for c in latest.values()))
+    return ChatCompletionResponse(id=head.id, model=head.model, choices=choices, usage=usage,
+                                  prompt_logprobs=prompt_logprobs)
 
 
 def _response_role(serving: Serving, req: ChatCompletionRequest) -> str:
@@ -191,8 +193,9 @@ def _message(parsers: AnswerParsers, text: str) -> ChatResponseMessage:
 
 
 class _ChoiceStream:
-    """One streamed choice's message: this step's new text, with a reasoning parser split into thinking
-    and content, and with a tool parser the content's tool calls apart (what may be a call waits)."""
+    """One streamed choice's message: this step's new text (`text_delta`: a DELTA output's text, or what a
+    cumulative one added), with a reasoning parser split into thinking and content, and with a tool parser
+    the content's tool calls apart (what may be a call waits); the parsers read only the new text."""
 
     def __init__(self, parsers: AnswerParsers) -> None:
         self.reasoning = ReasoningStream(parsers.reasoning, parsers.prompt_state) if parsers.reasoning else None
@@ -203,41 +206,37 @@ class _ChoiceStream:
             return DeltaMessage(content=comp.text_delta)
         reasoning, content, calls = "", comp.text_delta, []
         if self.reasoning is not None:
-            split = self.reasoning.update(comp.text, comp.finished())
+            split = self.reasoning.feed(comp.text_delta, comp.finished())
             reasoning, content = split.reasoning, split.content
         if self.tools is not None:      # the content's new text (with a reasoning parser: of its content)
-            if self.reasoning is not None:
-                content, calls = self.tools.feed(content, comp.finished())
-            else:
-                content, calls = self.tools.update(comp.text, comp.finished())
+            content, calls = self.tools.feed(content, comp.finished())
         return DeltaMessage(content=content or None, reasoning_content=reasoning or None, tool_calls=calls or None)
 
     def finish_reason(self, comp: CompletionOutput) -> str | None:
         return "tool_calls" if self.tools is not None and self.tools.num_calls else comp.finish_reason
 
 
-def _usage(num_prompt_tokens: int, outputs: Iterable[CompletionOutput]) -> UsageInfo:
-    """The usage of a prompt and `outputs` (all choices for a response; one for vLLM's per-chunk usage)."""
-    completion_tokens = sum(len(c.token_ids) for c in outputs)
+def _usage(num_prompt_tokens: int, completion_tokens: int) -> UsageInfo:
+    """The usage of a prompt and `completion_tokens` (all choices' for a response; one's for vLLM's per-chunk
+    usage)."""
     return UsageInfo(prompt_tokens=num_prompt_tokens, completion_tokens=completion_tokens,
                      total_tokens=num_prompt_tokens + completion_tokens)
 
 
 async def _stream(serving, req, head, streams, num_prompt_tokens, num_top, timer,
                   parsers: AnswerParsers) -> AsyncIterator[str]:
-    """The SSE chunks: each choice's role, its deltas and its finish; with continuous usage stats each
-    carries its choice's usage so far (as vLLM's), and with include_usage a last usage-only chunk (all
-    choices' tokens)."""
+    """The SSE chunks of DELTA outputs: each choice's role, its deltas and its finish; with continuous usage
+    stats each carries its choice's usage so far (as vLLM's), and with include_usage a last usage-only chunk
+    (all choices' tokens)."""
     include_usage, continuous_usage = stream_usage(req.stream_options)
-    latest: dict[int, CompletionOutput] = {}
+    num_tokens: dict[int, int] = {}         # per choice, its tokens so far
 
     def chunk(index: int, delta: DeltaMessage, logprobs=None, finish_reason=None, stop_reason=None) -> str:
         choice = ChatStreamChoice(index=index, delta=delta, logprobs=logprobs, finish_reason=finish_reason,
                                   stop_reason=stop_reason)
-        usage = _usage(num_prompt_tokens, [latest[index]] if index in latest else []) if continuous_usage else None
+        usage = _usage(num_prompt_tokens, num_tokens.get(index, 0)) if continuous_usage else None
         return sse(ChatCompletionChunk(id=head.id, model=head.model, choices=[choice], usage=usage))
 
-    sent: dict[int, int] = {}
     done: set[int] = set()      # choices whose finish went out (a group's later outputs still carry them)
     choice_streams = {index: _ChoiceStream(parsers) for index in range(req.n)}
     role = _response_role(serving, req)
@@ -247,18 +246,14 @@ async def _stream(serving, req, head, streams, num_prompt_tokens, num_top, timer
     for index in range(req.n if echo else 0):
         yield chunk(index, DeltaMessage(content=echo))
     async for _, out in merge(streams):
-        if any(c.token_ids_delta for c in out.outputs):
-            timer.on_tokens()
+        timer.on_output(out)
         for comp in out.outputs:
             if comp.index in done:
                 continue
-            latest[comp.index] = comp
-            start = sent.get(comp.index, 0)
+            num_tokens[comp.index] = num_tokens.get(comp.index, 0) + len(comp.token_ids)
             delta = choice_streams[comp.index].delta(comp)
-            if (delta.content or delta.reasoning_content or delta.tool_calls
-                    or (req.logprobs and len(comp.token_ids) > start)):
-                sent[comp.index] = len(comp.token_ids)
-                logprobs = _logprobs(serving, comp, start, num_top) if req.logprobs else None
+            if delta.content or delta.reasoning_content or delta.tool_calls or (req.logprobs and comp.token_ids):
+                logprobs = _logprobs(serving, comp, num_top) if req.logprobs else None
                 yield chunk(comp.index, delta, logprobs)
             if comp.finished():
                 done.add(comp.index)
@@ -267,4 +262,4 @@ async def _stream(serving, req, head, streams, num_prompt_tokens, num_top, timer
     timer.finish()
     if include_usage:
         yield sse(ChatCompletionChunk(id=head.id, model=head.model, choices=[],
-                                      usage=_usage(num_prompt_tokens, latest.values())))
+                                      usage=_usage(num_prompt_tokens, sum(num_tokens.values()))))

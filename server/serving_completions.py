@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 
 from engine.outputs import CompletionOutput, LogprobsDict, RequestOutput
 from server.errors import APIError
@@ -45,8 +45,9 @@ def _engine_prompt_logprobs(req: CompletionRequest) -> int | None:
 
 
 class _Choices:
-    """Per-choice bookkeeping: what was sent so far (streaming), the latest cumulative output and each
-    prompt's latest RequestOutput. echo_only: max_tokens 0 with echo, the prompt alone is the answer."""
+    """Per-choice bookkeeping: each prompt's first RequestOutput (the prompt and its logprobs), and per choice
+    its final output (a response) or, streaming, the tokens and the logprobs' text offsets so far.
+    echo_only: max_tokens 0 with echo, the prompt alone is the answer."""
 
     def __init__(self, serving: Serving, n: int, prompt_texts: list[str], echo: bool, num_logprobs: int | None,
                  echo_only: bool = False):
@@ -56,23 +57,24 @@ class _Choices:
         self.latest: dict[int, CompletionOutput] = {}
         self.requests: dict[int, RequestOutput] = {}
         self.echoed: set[int] = set()
-        self.num_logprobs_sent: dict[int, int] = {}
+        self.num_tokens: dict[int, int] = {}
         self.text_len: dict[int, int] = {}
 
     def index(self, prompt_idx: int, out: CompletionOutput) -> int:
         return prompt_idx * self.n + out.index
 
-    def logprobs(self, index: int, out: CompletionOutput | None, start: int,
+    def logprobs(self, index: int, out: CompletionOutput | None,
                  prompt: RequestOutput | None = None) -> CompletionLogprobs | None:
-        """OpenAI completions logprobs of out's tokens from `start` on, after the echoed `prompt`'s tokens
-        (None for the first one's logprob and top logprobs); text offsets continue the choice's tokens."""
+        """OpenAI completions logprobs of out's tokens (all of a final output, a streamed one's new ones),
+        after the echoed `prompt`'s tokens (None for the first one's logprob and top logprobs); text offsets
+        continue the choice's tokens."""
         if not self.want_logprobs:
             return None
         result = CompletionLogprobs()
         if prompt is not None:
             self._append(result, index, prompt.prompt_token_ids, prompt.prompt_logprobs)
         if out is not None:
-            self._append(result, index, out.token_ids[start:], (out.logprobs or [])[start:])
+            self._append(result, index, out.token_ids, out.logprobs or [])
         return result
 
     def _append(self, result: CompletionLogprobs, index: int, token_ids: list[int],
@@ -120,9 +122,9 @@ async def create_completion(serving: Serving, req: CompletionRequest, timer_fact
 
 
 async def _collect(serving, head, streams, choices: _Choices, prompts, timer) -> CompletionResponse:
+    """The response, from each prompt's final output (FINAL_ONLY: its only one)."""
     async for prompt_idx, out in merge(streams):
-        if any(c.token_ids_delta for c in out.outputs):
-            timer.on_tokens(prompt_idx)
+        timer.on_output(out, prompt_idx)
         choices.requests[prompt_idx] = out
         for comp in out.outputs:
             choices.latest[choices.index(prompt_idx, comp)] = comp
@@ -134,60 +136,56 @@ async def _collect(serving, head, streams, choices: _Choices, prompts, timer) ->
         echoed = choices.requests[prompt_idx] if choices.echo else None
         text = choices.prompt_texts[prompt_idx] + ("" if choices.echo_only else comp.text)
         result.append(CompletionChoice(index=index, text=text, prompt_logprobs=prompt_logprobs[prompt_idx],
-                                       logprobs=choices.logprobs(index, None if choices.echo_only else comp, 0, echoed),
+                                       logprobs=choices.logprobs(index, None if choices.echo_only else comp, echoed),
                                        finish_reason=comp.finish_reason, stop_reason=comp.stop_reason))
     return CompletionResponse(id=head.id, model=head.model, choices=result,
-                              usage=_usage(prompts, choices.latest.values()))
+                              usage=_usage(prompts, sum(len(c.token_ids) for c in choices.latest.values())))
 
 
-def _usage(prompts: list[list[int]], outputs: Iterable[CompletionOutput]) -> UsageInfo:
-    """The usage of `prompts` and `outputs` (all for a response; one choice's for vLLM's per-chunk usage)."""
+def _usage(prompts: list[list[int]], completion_tokens: int) -> UsageInfo:
+    """The usage of `prompts` and `completion_tokens` (all for a response; one choice's for vLLM's per-chunk
+    usage)."""
     prompt_tokens = sum(len(p) for p in prompts)
-    completion_tokens = sum(len(c.token_ids) for c in outputs)
     return UsageInfo(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                      total_tokens=prompt_tokens + completion_tokens)
 
 
 async def _stream(serving, head, streams, choices: _Choices, prompts, usage_flags: tuple[bool, bool],
                   timer) -> AsyncIterator[str]:
-    """The SSE chunks: each choice's echoed prompt (with its logprobs, at the choice's first output), text
-    deltas and finish; `usage_flags` (stream_usage): a last usage-only chunk (all prompts and choices),
-    and on every chunk its choice's usage so far (its prompt and tokens, as vLLM's)."""
+    """The SSE chunks of DELTA outputs: each choice's echoed prompt (with its logprobs, at the choice's first
+    output), text deltas and finish; `usage_flags` (stream_usage): a last usage-only chunk (all prompts and
+    choices), and on every chunk its choice's usage so far (its prompt and tokens, as vLLM's)."""
     include_usage, continuous_usage = usage_flags
 
     def chunk(index: int, text: str, logprobs=None, finish_reason=None, stop_reason=None) -> str:
         choice = CompletionStreamChoice(index=index, text=text, logprobs=logprobs, finish_reason=finish_reason,
                                         stop_reason=stop_reason)
-        latest = choices.latest.get(index)
-        usage = _usage([prompts[index // choices.n]], [latest] if latest else []) if continuous_usage else None
+        usage = _usage([prompts[index // choices.n]], choices.num_tokens[index]) if continuous_usage else None
         return sse(CompletionStreamResponse(id=head.id, model=head.model, choices=[choice], usage=usage))
 
     done: set[int] = set()      # choices whose finish went out (a group's later outputs still carry them)
     async for prompt_idx, out in merge(streams):
-        if any(c.token_ids_delta for c in out.outputs):
-            timer.on_tokens(prompt_idx)
+        timer.on_output(out, prompt_idx)
+        first = choices.requests.setdefault(prompt_idx, out)     # DELTA: it alone has the prompt logprobs
         for comp in out.outputs:
             index = choices.index(prompt_idx, comp)
             if index in done:
                 continue
             if comp.finished():
                 done.add(index)
-            sent = choices.num_logprobs_sent.get(index, 0)
-            choices.latest[index] = comp
+            choices.num_tokens[index] = choices.num_tokens.get(index, 0) + len(comp.token_ids)
             if choices.echo_only:               # one chunk, once its (unreturned) token is there
                 if comp.finished():
-                    yield chunk(index, choices.prompt_texts[prompt_idx], choices.logprobs(index, None, 0, out),
+                    yield chunk(index, choices.prompt_texts[prompt_idx], choices.logprobs(index, None, first),
                                 comp.finish_reason, comp.stop_reason)
                 continue
             if choices.echo and index not in choices.echoed:
                 choices.echoed.add(index)
-                yield chunk(index, choices.prompt_texts[prompt_idx], choices.logprobs(index, None, 0, out))
-            if not (comp.text_delta or comp.finished() or (choices.want_logprobs and len(comp.token_ids) > sent)):
+                yield chunk(index, choices.prompt_texts[prompt_idx], choices.logprobs(index, None, first))
+            if not (comp.text or comp.finished() or (choices.want_logprobs and comp.token_ids)):
                 continue
-            choices.num_logprobs_sent[index] = len(comp.token_ids)
-            yield chunk(index, comp.text_delta, choices.logprobs(index, comp, sent), comp.finish_reason,
-                        comp.stop_reason)
+            yield chunk(index, comp.text, choices.logprobs(index, comp), comp.finish_reason, comp.stop_reason)
     timer.finish()
     if include_usage:
         yield sse(CompletionStreamResponse(id=head.id, model=head.model, choices=[],
-                                           usage=_usage(prompts, choices.latest.values())))
+                                           usage=_usage(prompts, sum(choices.num_tokens.values()))))

@@ -43,7 +43,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> dict:
-    from engine import LLM, SamplingParams
+    from engine import LLM, RequestOutputKind, SamplingParams
 
     with TritonJitWatch() as startup:   # what start-up and the warm-up build, against what the runs build
         llm = LLM(args.model, **engine_kwargs(args))
@@ -52,7 +52,9 @@ def main(args: argparse.Namespace) -> dict:
     prompts, output_lens = workload(args.num_prompts, tuple(args.input_len), tuple(args.output_len), max_id,
                                     args.seed)
     prompts, output_lens = ordered(prompts, output_lens, args.order)
-    params = [SamplingParams(temperature=args.temperature, ignore_eos=True, max_tokens=n) for n in output_lens]
+    # FINAL_ONLY: what LLM.generate asks for; the profiles add them to the engine as they are
+    params = [SamplingParams(temperature=args.temperature, ignore_eos=True, max_tokens=n,
+                             output_kind=RequestOutputKind.FINAL_ONLY) for n in output_lens]
     runs, jit = [], []
     for i in range(args.repeat):
         llm.engine.block_manager.reset_prefix_cache()   # every run prefills its prompts in full
@@ -117,7 +119,7 @@ def _profile(llm, prompts, params, args) -> dict:
 
     engine = llm.engine
     for i, (p, sp) in enumerate(zip(prompts, params)):
-        engine.add_request(f"profile-{i}", p, sp, stream=False)
+        engine.add_request(f"profile-{i}", p, sp)
     while engine.scheduler.waiting or any(r.num_output_tokens == 0 for r in engine.scheduler.running):
         engine.step()
     for _ in range(20):
@@ -137,7 +139,7 @@ def _profile_prefill(llm, prompts, params, args) -> dict:
     engine = llm.engine
     engine.block_manager.reset_prefix_cache()
     for i, (p, sp) in enumerate(zip(prompts, params)):
-        engine.add_request(f"prefill-{i}", p, sp, stream=False)
+        engine.add_request(f"prefill-{i}", p, sp)
     path = args.profile_output and args.profile_output + ".prefill"
     result = profile_steps(engine, args.profile_prefill_steps, path)
     engine.abort_request([f"prefill-{i}" for i in range(len(prompts))])

@@ -6,7 +6,7 @@ import pytest
 from engine import LLM, SamplingParams
 from engine.chat_template import load_chat_template, render_chat
 from models.tokenizer import special_token_id
-from tests.engine.test_generation_defaults import spy_on_add_request
+from tests.engine.test_generation_defaults import final_only, spy_on_add_request
 
 HELLO = [{"role": "user", "content": "Hello there"}]
 MATH = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "1 + 1 ="}]
@@ -50,7 +50,7 @@ def test_without_sampling_params_chat_takes_the_models_defaults(llm, monkeypatch
     seen = spy_on_add_request(monkeypatch, llm.engine)
     monkeypatch.setattr(llm.engine, "default_sampling_fields", {"temperature": 0.0, "max_tokens": 3})
     (out,) = llm.chat(HELLO, use_tqdm=False)
-    assert seen == [SamplingParams(temperature=0.0, max_tokens=3)]
+    assert seen == [final_only(temperature=0.0, max_tokens=3)]
     assert len(out.outputs[0].token_ids) <= 3
 
 

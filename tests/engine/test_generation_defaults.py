@@ -7,7 +7,7 @@ import os
 import pytest
 from transformers import GenerationConfig
 
-from engine import LLM, SamplingParams
+from engine import LLM, RequestOutputKind, SamplingParams
 from engine.config import EngineConfig
 from engine.generation_defaults import SAMPLING_FIELDS, default_sampling_fields, load_generation_config
 from tests.engine.checkpoints import write_checkpoint
@@ -38,6 +38,11 @@ def llm(model_with_defaults):
 def fields_of(folder: str | None, mode: str = "auto") -> dict:
     """default_sampling_fields as the engine calls it: on the folder's generation config, loaded once."""
     return default_sampling_fields(load_generation_config(folder), mode)
+
+
+def final_only(**fields) -> SamplingParams:
+    """SamplingParams(**fields) as LLM.generate submits them: asking for the final output only."""
+    return SamplingParams(**fields, output_kind=RequestOutputKind.FINAL_ONLY)
 
 
 def spy_on_add_request(monkeypatch, engine) -> list[SamplingParams]:
@@ -119,7 +124,7 @@ def test_llm_default_params_carry_the_models_defaults(llm):
 def test_generate_without_params_uses_the_defaults(llm, monkeypatch):
     seen = spy_on_add_request(monkeypatch, llm.engine)
     outs = llm.generate(["Hello", "abc"], use_tqdm=False)
-    assert seen == [SamplingParams(**MODEL_DEFAULTS)] * 2
+    assert seen == [final_only(**MODEL_DEFAULTS)] * 2
     for out in outs:
         c = out.outputs[0]
         assert len(c.token_ids) <= 7 and (len(c.token_ids) == 7) == (c.finish_reason == "length")
@@ -129,7 +134,8 @@ def test_explicit_params_are_used_as_given(llm, monkeypatch):
     seen = spy_on_add_request(monkeypatch, llm.engine)
     params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
     out = llm.generate("Hello", params, use_tqdm=False)[0].outputs[0]
-    assert seen == [params] and seen[0].top_k == 0 and seen[0].top_p == 1.0
+    assert seen == [final_only(temperature=0, max_tokens=12, ignore_eos=True)]
+    assert seen[0].top_k == 0 and seen[0].top_p == 1.0
     assert len(out.token_ids) == 12
 
 

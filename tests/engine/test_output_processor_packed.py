@@ -1,8 +1,8 @@
 """The OutputProcessor's packed mode (the engine's own process): each output is made from the step's deltas
 as engine/output_wire.py packs them, equal to packing the snapshot outputs (random outputs: stop strings
 with and without include_stop_str_in_output, min_tokens, stop and EOS tokens, logprobs, n > 1, prompt
-logprobs, stream or not, sequences that skip steps, multi-byte characters); a step's transient work does
-not grow with the output; and the default mode's outputs stay independent snapshots."""
+logprobs, each output kind, sequences that skip steps, multi-byte characters); a step's transient work does
+not grow with the output; and the default mode's CUMULATIVE outputs stay independent snapshots."""
 from __future__ import annotations
 
 import copy
@@ -10,11 +10,15 @@ import dataclasses
 import gc
 import random
 import tracemalloc
+from types import SimpleNamespace
 
+import pytest
+
+from engine import output_processor
 from engine.output_processor import OutputProcessor
 from engine.output_wire import OutputAssembler, pack_output
 from engine.request import Request
-from engine.sampling_params import SamplingParams
+from engine.sampling_params import RequestOutputKind, SamplingParams
 from models.tokenizer import byte_tokenizer
 
 TOKENIZER = byte_tokenizer()
@@ -32,15 +36,29 @@ def random_params(rng: random.Random) -> SamplingParams:
         logprobs=rng.choice([None, 0, 2]), prompt_logprobs=rng.choice([None, None, 1]), seed=1)
 
 
-def make_group(processor: OutputProcessor, request_id: str, params: SamplingParams, stream: bool,
+def make_group(processor: OutputProcessor, request_id: str, params: SamplingParams,
                prompt: list[int] = [*b"hi ", 0xC3]) -> list[Request]:    # noqa: B006 - not changed
     """A group of n sequences as LLMEngine.add_request makes it (prompt logprobs: the first sequence's). The
     default prompt ends inside a character: the output completes it."""
     reqs = [Request(request_id if params.n == 1 else f"{request_id}#{i}", prompt,
                     params if i == 0 else dataclasses.replace(params, prompt_logprobs=None), (EOS,))
             for i in range(params.n)]
-    processor.add_group(request_id, None, prompt, reqs, stream)
+    processor.add_group(request_id, None, prompt, reqs)
     return reqs
+
+
+def random_kind(rng: random.Random) -> RequestOutputKind:
+    draw = rng.random()
+    return (RequestOutputKind.CUMULATIVE if draw < 0.6 else RequestOutputKind.DELTA if draw < 0.8
+            else RequestOutputKind.FINAL_ONLY)
+
+
+@pytest.fixture
+def step_clock(monkeypatch):
+    """The output processor's clock (FINAL_ONLY outputs' token times) as a counter the test advances."""
+    clock = SimpleNamespace(now=0.0)
+    monkeypatch.setattr(output_processor, "time", SimpleNamespace(monotonic=lambda: clock.now))
+    return clock
 
 
 def token_logprobs(token: int, k: int) -> tuple[list[int], list[float], int]:
@@ -57,16 +75,19 @@ def feed(processor: OutputProcessor, reqs: list[Request], token: int) -> None:
             req.status = status
 
 
-def run_both(seed: int) -> tuple[list, list]:
-    """The same random requests through both modes: (snapshot outputs, packed outputs), step by step."""
+def run_both(seed: int, clock: SimpleNamespace) -> tuple[list, list, dict]:
+    """The same random requests through both modes: (snapshot outputs, packed outputs), step by step, and
+    each request's output kind."""
     rng = random.Random(seed)
     snap, packed = OutputProcessor(TOKENIZER), OutputProcessor(TOKENIZER, packed=True)
-    groups = []
+    groups, kinds = [], {}
     for g in range(4):
-        params, stream = random_params(rng), rng.random() < 0.8
-        groups.append((make_group(snap, f"r{g}", params, stream), make_group(packed, f"r{g}", params, stream)))
+        params = dataclasses.replace(random_params(rng), output_kind=random_kind(rng))
+        kinds[f"r{g}"] = params.output_kind
+        groups.append((make_group(snap, f"r{g}", params), make_group(packed, f"r{g}", params)))
     steps_snap, steps_packed = [], []
     for step in range(80):
+        clock.now = float(step)
         progressed_snap, progressed_packed = [], []
         for reqs_snap, reqs_packed in groups:
             first = reqs_snap[0].prompt_logprobs
@@ -85,25 +106,29 @@ def run_both(seed: int) -> tuple[list, list]:
         steps_snap.append(snap.make_outputs(progressed_snap))
         steps_packed.append(packed.make_outputs(progressed_packed))
     assert not snap.groups and not packed.groups            # every group finished and was forgotten
-    return steps_snap, steps_packed
+    return steps_snap, steps_packed, kinds
 
 
-def test_packed_outputs_equal_packing_the_snapshot_outputs():
+def test_packed_outputs_equal_packing_the_snapshot_outputs(step_clock):
     """Per step, the packed mode's outputs are the tuples engine_core made before of the snapshot outputs
-    (pack_output, the prompt with each request's first), and the OutputAssembler rebuilds the snapshots."""
-    kinds = set()
+    (pack_output, the prompt and the output kind with each request's first), and the OutputAssembler
+    rebuilds the snapshot outputs (CUMULATIVE ones cumulative, DELTA and FINAL_ONLY ones as they are)."""
+    seen = set()
     for seed in range(30):
-        steps_snap, steps_packed = run_both(seed)
+        steps_snap, steps_packed, kinds = run_both(seed, step_clock)
         started, assembler = set(), OutputAssembler()
         for outs, packed in zip(steps_snap, steps_packed):
             want = []
             for out in outs:
-                want.append(pack_output(out, first=out.request_id not in started))
+                want.append(pack_output(out, out.request_id not in started, kinds[out.request_id]))
                 started.add(out.request_id)
-                kinds.update((c.finish_reason, c.stop_reason is not None, c.logprobs is not None) for c in out.outputs)
+                seen.update((c.finish_reason, c.stop_reason is not None, c.logprobs is not None,
+                             kinds[out.request_id]) for c in out.outputs)
             assert packed == want
             assert [assembler.unpack(p) for p in packed] == outs
-    assert {("stop", True, True), ("stop", True, False), ("stop", False, False), ("length", False, True)} <= kinds
+    for kind in RequestOutputKind:
+        assert {("stop", True, True, kind), ("stop", True, False, kind), ("stop", False, False, kind),
+                ("length", False, True, kind)} <= seen, kind
 
 
 def step_transient_bytes(processor: OutputProcessor, reqs: list[Request], token: int, pack: bool) -> int:
@@ -124,8 +149,7 @@ def long_output_transients(packed: bool, length: int = 4000) -> list[int]:
     """Per step, the transient bytes of one streamed sequence with stop strings and logprobs, `length`
     tokens long (as engine_core does: the snapshot mode's outputs packed)."""
     processor = OutputProcessor(TOKENIZER, packed=packed)
-    reqs = make_group(processor, "long", SamplingParams(max_tokens=length, stop=["</answer>", "bb"], logprobs=1),
-                      stream=True)
+    reqs = make_group(processor, "long", SamplingParams(max_tokens=length, stop=["</answer>", "bb"], logprobs=1))
     tokens = [*b"a b ", 0xC3, 0xA9]
     gc.disable()
     tracemalloc.start()
@@ -150,8 +174,7 @@ def test_a_held_output_does_not_change_after_later_steps():
     """The default mode (LLM.generate, LLMEngine.step(), the thread-mode AsyncEngine): an output held by its
     consumer keeps its text, ids and logprobs while the sequence goes on, a stop string's hold-back too."""
     processor = OutputProcessor(TOKENIZER)
-    reqs = make_group(processor, "held", SamplingParams(max_tokens=40, stop=["bcb"], logprobs=1), stream=True,
-                      prompt=list(b"hi "))
+    reqs = make_group(processor, "held", SamplingParams(max_tokens=40, stop=["bcb"], logprobs=1), prompt=list(b"hi "))
     held = []
     for token in b"ab cab cab cab cbcb":
         feed(processor, reqs, token)

@@ -178,7 +178,7 @@ def test_preemption_keeps_them_whole(qwen3_checkpoint, monkeypatch):
 
 
 def test_streamed_outputs_carry_them_from_the_first(qwen3_checkpoint):
-    """Engine outputs per step (stream=True): every output has the complete list, and it crosses the
+    """Engine outputs per step (CUMULATIVE, the default kind): every output has the complete list, and it crosses the
     process boundary once (pack_output's first output) to be rebuilt equal on the other side."""
     path, hf_model = qwen3_checkpoint
     prompt = prompts(hf_model.config.vocab_size, (37,), seed=8)[0]
@@ -220,7 +220,7 @@ def test_negative_prompt_logprobs_name_the_field(value):
 
 
 def test_a_group_waits_for_its_first_sequences_prompt_logprobs():
-    """n = 2 (stream): while the first sequence's prompt logprobs are incomplete (it was preempted
+    """n = 2 (CUMULATIVE): while the first sequence's prompt logprobs are incomplete (it was preempted
     mid-prompt, say) the second sequence's tokens make no output; the first output then carries the
     complete list and everything the second sequence generated meanwhile."""
     params = SamplingParams(n=2, max_tokens=8, prompt_logprobs=1)

@@ -20,8 +20,8 @@ from engine.async_engine import AsyncEngine
 from engine.chat_template import render_chat
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
-from engine.outputs import CompletionOutput, RequestOutput
-from engine.sampling_params import SamplingParams
+from engine.outputs import TOKEN_TIMES, CompletionOutput, RequestOutput
+from engine.sampling_params import RequestOutputKind, SamplingParams
 from models import presets
 from models.tokenizer import BYTE_VOCAB_SIZE, byte_tokenizer
 from server.app import create_app
@@ -131,18 +131,34 @@ async def idle_stats(engine, pause: float, tries: int = 200):
 def scripted_add_request(pieces: list[str]):
     """A stand-in for an engine client's add_request that answers every request with `pieces` of text,
     one token and one step each, then finish_reason "stop" (random weights never write tags such as
-    <think> or <tool_call>)."""
+    <think> or <tool_call>); its outputs are of the params' output_kind, as the engine's (DELTA: each
+    step's piece; FINAL_ONLY: the last output alone, with the steps' times)."""
     async def add_request(request_id, prompt_ids, params, priority=0):
+        kind = params.output_kind
+
         async def outputs():
-            text = ""
+            text, times = "", []
             for i, piece in enumerate(pieces):
                 text += piece
+                times.append(time.monotonic())
                 last = i == len(pieces) - 1
-                comp = CompletionOutput(index=0, text=text, token_ids=list(range(i + 1)), text_delta=piece,
-                                        token_ids_delta=[i], finish_reason="stop" if last else None)
-                yield RequestOutput(request_id, None, prompt_ids, [comp], finished=last)
+                if kind is RequestOutputKind.FINAL_ONLY and not last:
+                    continue
+                comp = _scripted_completion(kind, text, piece, i, last)
+                metrics = {TOKEN_TIMES: times} if kind is RequestOutputKind.FINAL_ONLY else {}
+                yield RequestOutput(request_id, None, prompt_ids, [comp], finished=last, metrics=metrics)
         return outputs()
     return add_request
+
+
+def _scripted_completion(kind: RequestOutputKind, text: str, piece: str, i: int, last: bool) -> CompletionOutput:
+    """Step i's CompletionOutput of an answer whose text so far is `text`, `piece` (token i) its newest."""
+    ids = list(range(i + 1))
+    if kind is RequestOutputKind.DELTA:
+        text, ids = piece, [i]
+    added = (text, ids) if kind is RequestOutputKind.FINAL_ONLY else (piece, [i])
+    return CompletionOutput(index=0, text=text, token_ids=ids, text_delta=added[0], token_ids_delta=added[1],
+                            finish_reason="stop" if last else None)
 
 
 def offline_generate(engine: LLMEngine, prompts: list, params: SamplingParams) -> list[list]:

@@ -9,7 +9,7 @@ import pytest
 from transformers import GenerationConfig
 
 from engine.engine_process import ProcessAsyncEngine
-from engine.sampling_params import SamplingParams
+from engine.sampling_params import RequestOutputKind, SamplingParams
 from server.protocol import ChatCompletionRequest, CompletionRequest
 from server.serving import Serving
 from server_harness import MODEL_NAME, ServerThread, engine_config, write_tiny_qwen3
@@ -89,7 +89,9 @@ def test_the_models_max_tokens_is_capped_by_the_room_left():
 
 def test_engine_defaults_when_the_model_gives_none():
     req = ChatCompletionRequest(messages=MESSAGES)
-    assert _serving({}).sampling_params(req, 9, None) == SamplingParams(max_tokens=9)
+    # a request that is not streamed asks for its final output only
+    assert _serving({}).sampling_params(req, 9, None) == SamplingParams(max_tokens=9,
+                                                                        output_kind=RequestOutputKind.FINAL_ONLY)
     req = CompletionRequest(prompt="x", top_p=0.5)
     params = _serving(MODEL_DEFAULTS).sampling_params(req, 16, None)
     assert (params.temperature, params.top_p, params.top_k, params.max_tokens) == (0.6, 0.5, 20, 16)

@@ -4,9 +4,12 @@ tokens: a read that merged several steps observes one)."""
 from __future__ import annotations
 
 import re
+from types import SimpleNamespace
 
 import pytest
 
+from engine.outputs import TOKEN_TIMES, CompletionOutput, RequestOutput
+from server.metrics import ServerMetrics
 from server_harness import MODEL_NAME
 
 HISTOGRAMS = ("time_to_first_token_seconds", "inter_token_latency_seconds", "e2e_request_latency_seconds")
@@ -41,3 +44,20 @@ def test_a_chat_request_is_timed_once(http):
     observed = {name: after[name] - before[name] for name in HISTOGRAMS}
     assert observed["time_to_first_token_seconds"] == observed["e2e_request_latency_seconds"] == 1
     assert 1 <= observed["inter_token_latency_seconds"] <= 3
+
+
+def test_a_final_only_output_is_timed_at_its_engine_steps():
+    """A request that is not streamed gets one output (FINAL_ONLY): its latencies are the engine's times of the
+    steps that brought it tokens (metrics TOKEN_TIMES), not the time it arrived."""
+    metrics = ServerMetrics(SimpleNamespace(stats=None, is_healthy=lambda: True), MODEL_NAME)
+    timer = metrics.timer()
+    steps = [timer.arrival + dt for dt in (0.25, 0.5, 1.0)]
+    out = RequestOutput("r", None, [1], [CompletionOutput(0, "abc", [1, 2, 3], "length")], True,
+                        metrics={TOKEN_TIMES: steps})
+    timer.on_output(out)
+    timer.finish()
+
+    def sample(name: str, suffix: str) -> float:
+        return metrics.registry.get_sample_value(f"vllm:{name}_{suffix}", {"model_name": MODEL_NAME})
+    assert [sample(name, "count") for name in HISTOGRAMS] == [1, 2, 1]
+    assert [sample(name, "sum") for name in HISTOGRAMS] == pytest.approx([0.25, 0.75, 1.0])
