@@ -93,6 +93,8 @@ class _SamplingFields(BaseModel):
     prompt_logprobs: int | None = Field(None, ge=0)   # vLLM's extra: at most max_logprobs, not with stream
     priority: int = 0      # vLLM's extra: lower is scheduled earlier (--scheduling-policy priority; else 0)
     request_id: str | None = None   # vLLM's extra: names the response (cmpl- / chatcmpl-<id>) unless X-Request-Id does
+    # vLLM's extra: logprobs name tokens "token_id:{id}" (None: as --return-tokens-as-token-ids says)
+    return_tokens_as_token_ids: bool | None = None
 
 
 class CompletionRequest(_SamplingFields):

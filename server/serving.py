@@ -142,10 +142,16 @@ class Serving:
         """One token's text: the engine's Logprob.decoded_token is this too (engine/output_processor.py)."""
         return self.tokenizer.decode([token_id])
 
-    def logprob_token(self, token_id: int, text: str | None) -> str:
-        """How logprobs name a token: its text (`text`, else decoded), or "token_id:{id}" with
-        --return-tokens-as-token-ids (vLLM's: any token, even a partial UTF-8 character, named exactly)."""
-        if self.tokens_as_ids:
+    def tokens_as_ids_for(self, req) -> bool:
+        """vLLM's: the request's `return_tokens_as_token_ids` where it gives one, else
+        --return-tokens-as-token-ids."""
+        asked = req.return_tokens_as_token_ids
+        return self.tokens_as_ids if asked is None else asked
+
+    def logprob_token(self, token_id: int, text: str | None, as_id: bool) -> str:
+        """How logprobs name a token: its text (`text`, else decoded), or with `as_id` (tokens_as_ids_for)
+        "token_id:{id}" (vLLM's: any token, even a partial UTF-8 character, named exactly)."""
+        if as_id:
             return f"token_id:{token_id}"
         return self.decode_token(token_id) if text is None else text
 

@@ -85,15 +85,17 @@ def tool_call_parser(serving: Serving, req: ChatCompletionRequest) -> ToolCallPa
                         'use "auto" (with --enable-auto-tool-choice) or "none"', "tool_choice")
 
 
-def _logprobs(serving: Serving, out: CompletionOutput, num_top: int) -> ChatLogprobs:
+def _logprobs(serving: Serving, req: ChatCompletionRequest, out: CompletionOutput, num_top: int) -> ChatLogprobs:
     """The chat logprobs of out's tokens (all of a final output, a streamed one's new ones)."""
+    as_ids = serving.tokens_as_ids_for(req)
     content = []
     for token_id, top in zip(out.token_ids, out.logprobs or []):
         text = serving.decode_token(token_id)
         ranked = sorted(top.items(), key=lambda kv: -kv[1].logprob)[:num_top]
-        tops = [TopLogprob(token=serving.logprob_token(t, lp.decoded_token), logprob=finite_logprob(lp.logprob),
+        tops = [TopLogprob(token=serving.logprob_token(t, lp.decoded_token, as_ids),
+                           logprob=finite_logprob(lp.logprob),
                            bytes=list(lp.decoded_token.encode())) for t, lp in ranked]
-        content.append(TokenLogprob(token=serving.logprob_token(token_id, text),
+        content.append(TokenLogprob(token=serving.logprob_token(token_id, text, as_ids),
                                     logprob=finite_logprob(token_logprob(top, token_id)),
                                     bytes=list(text.encode()), top_logprobs=tops))
     return ChatLogprobs(content=content)
@@ -147,7 +149,7 @@ async def _collect(serving, req, head, streams, num_prompt_tokens, num_top, time
             message.content = echo + (message.content or "")
         choices.append(ChatChoice(index=i, message=message, stop_reason=c.stop_reason,
                                   finish_reason="tool_calls" if message.tool_calls else c.finish_reason,
-                                  logprobs=_logprobs(serving, c, num_top) if req.logprobs else None))
+                                  logprobs=_logprobs(serving, req, c, num_top) if req.logprobs else None))
     usage = _usage(num_prompt_tokens, sum(len(c.token_ids) for c in latest.values()))
     return ChatCompletionResponse(id=head.id, model=head.model, choices=choices, usage=usage,
                                   prompt_logprobs=prompt_logprobs)
@@ -253,7 +255,7 @@ async def _stream(serving, req, head, streams, num_prompt_tokens, num_top, timer
             num_tokens[comp.index] = num_tokens.get(comp.index, 0) + len(comp.token_ids)
             delta = choice_streams[comp.index].delta(comp)
             if delta.content or delta.reasoning_content or delta.tool_calls or (req.logprobs and comp.token_ids):
-                logprobs = _logprobs(serving, comp, num_top) if req.logprobs else None
+                logprobs = _logprobs(serving, req, comp, num_top) if req.logprobs else None
                 yield chunk(comp.index, delta, logprobs)
             if comp.finished():
                 done.add(comp.index)

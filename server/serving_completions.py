@@ -50,8 +50,9 @@ class _Choices:
     echo_only: max_tokens 0 with echo, the prompt alone is the answer."""
 
     def __init__(self, serving: Serving, n: int, prompt_texts: list[str], echo: bool, num_logprobs: int | None,
-                 echo_only: bool = False):
+                 echo_only: bool = False, as_ids: bool = False):
         self.serving, self.n, self.echo, self.num_logprobs = serving, n, echo, num_logprobs
+        self.as_ids = as_ids        # logprobs name tokens "token_id:{id}"
         self.want_logprobs, self.echo_only = num_logprobs is not None, echo_only
         self.prompt_texts = prompt_texts
         self.latest: dict[int, CompletionOutput] = {}
@@ -82,7 +83,7 @@ class _Choices:
         offset = self.text_len.get(index, 0)
         for token_id, top in zip(token_ids, logprobs):
             token = self.serving.decode_token(token_id)
-            result.tokens.append(self.serving.logprob_token(token_id, token))
+            result.tokens.append(self.serving.logprob_token(token_id, token, self.as_ids))
             result.token_logprobs.append(None if top is None else finite_logprob(token_logprob(top, token_id)))
             result.top_logprobs.append(None if top is None else self._top(top))
             result.text_offset.append(offset)
@@ -92,7 +93,7 @@ class _Choices:
     def _top(self, top: LogprobsDict) -> dict[str, float]:
         """The token and the top `logprobs` alternatives (a prompt position may hold more), most likely first."""
         items = list(top.items())[:self.num_logprobs + 1]
-        return {self.serving.logprob_token(t, lp.decoded_token): finite_logprob(lp.logprob)
+        return {self.serving.logprob_token(t, lp.decoded_token, self.as_ids): finite_logprob(lp.logprob)
                 for t, lp in sorted(items, key=lambda kv: -kv[1].logprob)}
 
 
@@ -112,7 +113,8 @@ async def create_completion(serving: Serving, req: CompletionRequest, timer_fact
     echo_only = max_tokens == 0         # the engine generates one token, which is not returned (vLLM's)
     params = serving.sampling_params(req, max_tokens or 1, req.logprobs, _engine_prompt_logprobs(req))
     prompt_texts = [serving.tokenizer.decode(ids) for ids in prompts] if req.echo else [""] * len(prompts)
-    choices = _Choices(serving, req.n, prompt_texts, req.echo, req.logprobs, echo_only)
+    choices = _Choices(serving, req.n, prompt_texts, req.echo, req.logprobs, echo_only,
+                       serving.tokens_as_ids_for(req))
     streams = await serving.start("cmpl", prompts, params, req.priority)
     head = ResponseHead(f"cmpl-{request_id or uuid.uuid4().hex}", model)
     if req.stream:

@@ -3,6 +3,7 @@ config, the server's options or uvicorn (and does there what vLLM's does); the o
 naming the flag and why."""
 from __future__ import annotations
 
+import json
 import logging
 import re
 import shutil
@@ -116,6 +117,36 @@ def test_tokens_as_ids_response_role_and_request_log(server, caplog):
     assert tokenizer.decode(_ids(logprobs["tokens"])) == done["choices"][0]["text"]
     assert all(_ids(list(top)) for top in logprobs["top_logprobs"])
     assert len(re.findall(r"Received request \S+: params: SamplingParams\(.*num_prompt_tokens: \d+", caplog.text)) == 2
+
+
+def test_the_request_field_return_tokens_as_token_ids_wins_over_the_flag(server, tiny_model_path, start_server):
+    """vLLM's per-request `return_tokens_as_token_ids`: false names tokens by their text on a server started
+    with the flag, true names them by id on one without it, streamed chunks too (greedy: the same tokens)."""
+    tokenizer = server.async_engine.tokenizer
+    body = {"model": MODEL_NAME, "max_tokens": 4, "logprobs": 1, "ignore_eos": True, "prompt": "hi", "temperature": 0}
+    chat_body = {"model": MODEL_NAME, "max_tokens": 4, "logprobs": True, "ignore_eos": True, "temperature": 0,
+                 "messages": [{"role": "user", "content": "hi"}]}
+    with http_client(server, headers={"Authorization": "Bearer key-one"}) as http:
+        flag = http.post("/v1/completions", json=body).json()["choices"][0]["logprobs"]["tokens"]
+        by_text = http.post("/v1/completions", json={**body, "return_tokens_as_token_ids": False}).json()
+        chat_flag = http.post("/v1/chat/completions", json=chat_body).json()["choices"][0]["logprobs"]["content"]
+        chat = http.post("/v1/chat/completions", json={**chat_body, "return_tokens_as_token_ids": False}).json()
+    texts = [tokenizer.decode([i]) for i in _ids(flag)]
+    assert by_text["choices"][0]["logprobs"]["tokens"] == texts
+    chat_texts = [tokenizer.decode([i]) for i in _ids([c["token"] for c in chat_flag])]
+    assert [c["token"] for c in chat["choices"][0]["logprobs"]["content"]] == chat_texts
+    plain = start_server(engine_config(tiny_model_path))
+    with http_client(plain) as http:
+        default = http.post("/v1/completions", json=body).json()["choices"][0]["logprobs"]["tokens"]
+        by_id = http.post("/v1/completions", json={**body, "return_tokens_as_token_ids": True}).json()
+        with http.stream("POST", "/v1/completions", json={**body, "stream": True,
+                                                          "return_tokens_as_token_ids": True}) as resp:
+            chunks = [json.loads(line[6:]) for line in resp.iter_lines() if line.startswith("data: {")]
+    ids = _ids(by_id["choices"][0]["logprobs"]["tokens"])
+    assert default == [tokenizer.decode([i]) for i in ids] == texts
+    streamed = [t for c in chunks if c["choices"] and c["choices"][0]["logprobs"]
+                for t in c["choices"][0]["logprobs"]["tokens"]]
+    assert _ids(streamed) == ids
 
 
 def test_either_api_key_opens_the_server(server):
