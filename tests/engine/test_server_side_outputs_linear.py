@@ -15,6 +15,7 @@ from engine.output_wire import OutputAssembler, pack_completion, pack_prompt
 from engine.outputs import Logprob
 from engine.sampling_params import RequestOutputKind
 from engine.unread import Unread
+from tests.engine.test_unread import read_now
 
 DELTA, CUMULATIVE = RequestOutputKind.DELTA, RequestOutputKind.CUMULATIVE
 
@@ -30,16 +31,6 @@ def packed_steps(length: int, kind: RequestOutputKind) -> list[tuple]:
         prompt = pack_prompt(None, [1, 2, 3], None, kind) if i == 0 else None
         steps.append(("r", prompt, last, 0, {}, [completion]))
     return steps
-
-
-def read_now(unread: Unread):
-    """What Unread.get returns at once (something is unread: it does not wait)."""
-    coro = unread.get()
-    try:
-        coro.send(None)
-    except StopIteration as done:
-        return done.value
-    raise AssertionError("nothing was unread")
 
 
 def window_bytes(length: int, kind: RequestOutputKind, lag: int) -> list[int]:
