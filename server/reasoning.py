@@ -91,18 +91,12 @@ def _first_state(parser: str, prompt_state: str | None) -> str:
 
 
 class ReasoningStream:
-    """One choice's streamed split: `update(text, final)` returns the (reasoning, content) text not
-    sent yet, given the output's cumulative text (which only grows by appending); `feed(delta, final)`
-    the same given only the new text. Each step scans the new text and a held tail shorter than a tag."""
+    """One choice's streamed split: `feed(delta, final)` returns the (reasoning, content) text that the
+    answer's new text `delta` settles. Each step scans the new text and a held tail shorter than a tag."""
 
     def __init__(self, parser: str, prompt_state: str | None = None) -> None:
         self.state = _first_state(parser, prompt_state)
         self.held = ""          # a tail that may be (the start of) a tag, or LEADING's whole text so far
-        self.num_seen = 0       # the characters of the cumulative text read so far
-
-    def update(self, text: str, final: bool) -> ReasoningSplit:
-        delta, self.num_seen = text[self.num_seen:], len(text)
-        return self.feed(delta, final)
 
     def feed(self, delta: str, final: bool) -> ReasoningSplit:
         text, self.held = self.held + delta, ""

@@ -41,22 +41,17 @@ def tool_call_messages(split: ToolCallSplit) -> tuple[str | None, list[ToolCall]
 
 
 class ToolCallStream:
-    """One choice's streamed parse: `update(text, final)` takes the cumulative text (which only grows by
-    appending) and returns the content not sent yet and the calls completed since; `feed(delta, final)`
-    the same given only the new text (the chat route feeds it the reasoning stream's content). A format
-    gives `read(delta, final)`: the content and calls this new text settles, reading only it and what
-    the format holds back (all of it when final); a step's work is in the new text, not the answer's."""
+    """One choice's streamed parse: `feed(delta, final)` takes the answer's new text (the chat route: the
+    reasoning stream's new content, where there is one) and returns the content it settles and the calls
+    completed since. A format gives `read(delta, final)`: the content and calls this new text settles,
+    reading only it and what the format holds back (all of it when final); a step's work is in the new
+    text, not the answer's."""
 
     def __init__(self) -> None:
-        self.num_seen = 0       # the characters of the cumulative text read so far
         self.num_calls = 0
 
     def read(self, delta: str, final: bool) -> tuple[str, list[FunctionCall]]:
         raise NotImplementedError
-
-    def update(self, text: str, final: bool) -> tuple[str, list[DeltaToolCall]]:
-        delta, self.num_seen = text[self.num_seen:], len(text)
-        return self.feed(delta, final)
 
     def feed(self, delta: str, final: bool) -> tuple[str, list[DeltaToolCall]]:
         content, new_calls = self.read(delta, final)

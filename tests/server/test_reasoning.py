@@ -28,8 +28,8 @@ def test_an_unknown_parser_is_refused_naming_the_choices():
 
 def _stream(parser: str, text: str, cuts: list[int]) -> tuple[str, str, list[ReasoningSplit]]:
     stream, reasoning, content, deltas = ReasoningStream(parser), "", "", []
-    for i, cut in enumerate(cuts):
-        delta = stream.update(text[:cut], final=i == len(cuts) - 1)
+    for i, (start, cut) in enumerate(zip([0, *cuts], cuts)):
+        delta = stream.feed(text[start:cut], final=i == len(cuts) - 1)
         reasoning, content = reasoning + delta.reasoning, content + delta.content
         deltas.append(delta)
     return reasoning, content, deltas

@@ -50,8 +50,8 @@ def test_random_streams_add_up_to_the_whole_split(parser, state):
         text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 10)))
         cuts = sorted(set(rng.sample(range(len(text) + 1), k=min(len(text) + 1, rng.randint(1, 5)))) | {len(text)})
         stream, reasoning, content = ReasoningStream(parser, state), "", ""
-        for cut in cuts:
-            delta = stream.update(text[:cut], final=cut == len(text))
+        for start, cut in zip([0, *cuts], cuts):
+            delta = stream.feed(text[start:cut], final=cut == len(text))
             reasoning, content = reasoning + delta.reasoning, content + delta.content
         assert ReasoningSplit(reasoning, content) == split_reasoning(parser, text, prompt_state=state), (text, cuts)
 

@@ -72,11 +72,11 @@ def test_reasoning_deltas_are_the_growth_of_the_whole_text_split(parser, state):
     seed = 3 * ["qwen3", "deepseek_r1"].index(parser) + [None, PROMPT_OPEN, PROMPT_CLOSED].index(state)
     for text, cuts in cases(seed, count=400):
         stream, sent = ReasoningStream(parser, state), ReasoningSplit("", "")
-        for i, cut in enumerate(cuts):
+        for i, (start, cut) in enumerate(zip([0, *cuts], cuts)):
             final = i == len(cuts) - 1
             whole = split_reasoning(parser, text[:cut], final, state)
             expected = ReasoningSplit(growth(sent.reasoning, whole.reasoning), growth(sent.content, whole.content))
-            assert stream.update(text[:cut], final) == expected, (text, cuts, i)
+            assert stream.feed(text[start:cut], final) == expected, (text, cuts, i)
             sent = whole
         assert sent == split_reasoning(parser, text, prompt_state=state)
 
@@ -89,10 +89,10 @@ def calls_of(deltas) -> list[FunctionCall]:
 def test_hermes_deltas_are_the_growth_of_the_whole_text_scan(seed):
     for text, cuts in cases(seed, count=400):
         stream, content, calls = HERMES.stream(), "", []
-        for i, cut in enumerate(cuts):
+        for i, (start, cut) in enumerate(zip([0, *cuts], cuts)):
             final = i == len(cuts) - 1
             whole = _scan(text[:cut], final)[0]
-            new_content, new_calls = stream.update(text[:cut], final)
+            new_content, new_calls = stream.feed(text[start:cut], final)
             assert new_content == growth(content, whole.content), (text, cuts, i)
             assert [d.index for d in new_calls] == list(range(len(calls), len(whole.calls)))
             assert calls + calls_of(new_calls) == whole.calls, (text, cuts, i)
@@ -120,10 +120,10 @@ def test_llama3_json_deltas_are_the_growth_of_the_whole_text_rule(seed):
             text = rng.choice(["", " ", PYTHON_TAG]) + "; ".join([JSON_CALL] * rng.randint(1, 3))
             cuts = random_cuts(rng, text)
         stream, content, num_calls = LLAMA3_JSON.stream(), "", 0
-        for i, cut in enumerate(cuts):
+        for i, (start, cut) in enumerate(zip([0, *cuts], cuts)):
             final = i == len(cuts) - 1
             whole_content, whole_calls = llama3_settled(text[:cut], final)
-            new_content, new_calls = stream.update(text[:cut], final)
+            new_content, new_calls = stream.feed(text[start:cut], final)
             assert new_content == growth(content, whole_content), (text, cuts, i)
             assert calls_of(new_calls) == whole_calls[num_calls:], (text, cuts, i)
             content, num_calls = whole_content, len(whole_calls)

@@ -2,7 +2,7 @@
 work per step in proportion to the step's new text, not to the whole answer: a 32k-token thinking answer
 streamed a token at a time must not cost O(n^2) server CPU.
 
-Deterministic, no timing: the cumulative texts fed to a stream are CountingStr, a str whose scanning and
+Deterministic, no timing: the new texts fed to a stream are CountingStr, a str whose scanning and
 copying methods (find, startswith, slicing, concatenation, strip, ...) add the characters they touch to a
 counter, and whose results count too (a `"".join` of them does not: the streams join a block or the held
 answer once). Doubling the answer may at most about double the count (linear); re-reading the whole
@@ -109,11 +109,11 @@ def llama3_answer(n: int) -> str:
 
 
 def scanned(feed, text: str, step: int = 1) -> int:
-    """The characters the stream touches while `feed(cumulative_text, final)` gets `text` `step` at a time."""
+    """The characters the stream touches while `feed(new_text, final)` gets `text` `step` at a time."""
     counter = Counter()
     cuts = list(range(step, len(text), step)) + [len(text)]
-    for cut in cuts:
-        feed(CountingStr(text[:cut], counter), cut == len(text))
+    for start, cut in zip([0, *cuts], cuts):
+        feed(CountingStr(text[start:cut], counter), cut == len(text))
     return counter.total
 
 
@@ -126,25 +126,23 @@ def assert_linear(make_feed, make_text, n: int = 1500) -> None:
 
 @pytest.mark.parametrize("parser", ["qwen3", "deepseek_r1"])
 def test_reasoning_stream_touches_each_character_a_bounded_number_of_times(parser):
-    assert_linear(lambda: ReasoningStream(parser).update, hermes_answer)
+    assert_linear(lambda: ReasoningStream(parser).feed, hermes_answer)
 
 
 @pytest.mark.parametrize("tools, make_text", [(HERMES, hermes_answer), (LLAMA3_JSON, llama3_answer),
                                               (LLAMA3_JSON, hermes_answer)],
                          ids=["hermes", "llama3_json-calls", "llama3_json-text"])
 def test_tool_call_streams_touch_each_character_a_bounded_number_of_times(tools, make_text):
-    assert_linear(lambda: tools.stream().update, make_text)
+    assert_linear(lambda: tools.stream().feed, make_text)
 
 
 def choice_feed(parsers: AnswerParsers):
-    """The chat route's per-choice stream, fed CompletionOutputs as the engine sends them."""
-    stream, sent = _ChoiceStream(parsers), [0]
+    """The chat route's per-choice stream, fed DELTA CompletionOutputs as the engine sends them."""
+    stream = _ChoiceStream(parsers)
 
-    def feed(text: str, final: bool) -> None:
-        comp = CompletionOutput(index=0, text=text, token_ids=[], text_delta=text[sent[0]:],
-                                finish_reason="stop" if final else None)
-        sent[0] = len(text)
-        stream.delta(comp)
+    def feed(delta: str, final: bool) -> None:
+        stream.delta(CompletionOutput(index=0, text=delta, token_ids=[], text_delta=delta,
+                                      finish_reason="stop" if final else None))
     return feed
 
 

@@ -64,8 +64,8 @@ def test_a_stream_starting_with_a_brace_holds_everything_back_until_the_end():
     assert [(d.index, d.function.name) for d in deltas] == [(0, "get_weather"), (1, "get_time")]
     assert json.loads(deltas[0].function.arguments) == {"city": "Paris"}
     stream = LLAMA3_JSON.stream()
-    assert stream.update(text, final=False) == ("", [])     # whole calls, but not final yet: nothing
-    content, calls = stream.update(text, final=True)
+    assert stream.feed(text, final=False) == ("", [])       # whole calls, but not final yet: nothing
+    content, calls = stream.feed("", final=True)
     assert content == "" and [c.function.name for c in calls] == ["get_weather", "get_time"]
 
 

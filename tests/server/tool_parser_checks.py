@@ -1,4 +1,4 @@
-"""What the tool-call parser tests share: a parser's stream fed cumulative texts, and the check that a
+"""What the tool-call parser tests share: a parser's stream fed a text in pieces, and the check that a
 stream's deltas add up to the parser's whole-text result."""
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ from server.tool_calls import ToolCallParser
 
 
 def run_stream(parser: ToolCallParser, text: str, cuts: list[int]):
-    """The parser's stream fed text[:cut] for each cut (the last one final): content deltas, call deltas."""
+    """The parser's stream fed the text up to each cut, piece by piece (the last one final): content deltas,
+    call deltas."""
     stream, contents, deltas = parser.stream(), [], []
-    for i, cut in enumerate(cuts):
-        content, new = stream.update(text[:cut], final=i == len(cuts) - 1)
+    for i, (start, cut) in enumerate(zip([0, *cuts], cuts)):
+        content, new = stream.feed(text[start:cut], final=i == len(cuts) - 1)
         contents.append(content)
         deltas.extend(new)
     return contents, deltas
